@@ -1,0 +1,63 @@
+"""The ``stoq`` command: data on stdout, progress and logs on stderr.
+
+Exit codes (``ExitCode``):
+
+| code | meaning                                                                  |
+|------|--------------------------------------------------------------------------|
+| 0    | every file was scanned and no plugin reported an error                   |
+| 1    | every file was scanned; at least one document has entries in ``errors``  |
+| 2    | usage error (unknown option, bad value)                                  |
+| 3    | some input could not be read (missing, unreadable); the rest was scanned |
+| 4    | configuration error (unknown plugin, bad option, rules that do not compile) |
+| 5    | result store error (database unreachable or not migrated)                |
+| 6    | not found (``stoq results`` with an unknown id)                          |
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import IntEnum
+
+import typer
+
+
+class ExitCode(IntEnum):
+    """Documented exit codes of every ``stoq`` command."""
+
+    OK = 0
+    PLUGIN_ERRORS = 1
+    USAGE = 2
+    INPUT = 3
+    CONFIG = 4
+    STORE = 5
+    NOT_FOUND = 6
+
+
+app = typer.Typer(
+    name="stoq",
+    help="Analysis. Simplified. Hash, type, archive and analyse files, and everything inside them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr.")) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="stoq: %(levelname)s %(name)s: %(message)s")
+
+
+def fail(message: str, code: ExitCode) -> typer.Exit:
+    """Prints ``message`` on stderr and returns the ``typer.Exit`` to raise."""
+    typer.echo(f"stoq: {message}", err=True)
+    return typer.Exit(int(code))
+
+
+from stoq.cli import admin, scan  # noqa: E402  (registers the commands)
+
+__all__ = ["app", "main", "ExitCode", "fail", "admin", "scan"]
+
+
+def main() -> None:
+    app()

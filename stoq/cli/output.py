@@ -1,0 +1,69 @@
+"""Writers for scan documents on stdout: ``jsonl``, ``json``, ``table`` and Jinja2 templates."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+
+class Format(str, Enum):
+    """Output formats of ``scan``, ``submit`` and ``results``."""
+
+    jsonl = "jsonl"
+    json = "json"
+    table = "table"
+
+
+class Writer:
+    """Writes documents one at a time; ``close`` finishes the output (the closing ``]`` of json)."""
+
+    def __init__(self, fmt: Format, template: Path | None = None, out: BinaryIO | None = None) -> None:
+        self.fmt = fmt
+        self.out = out if out is not None else sys.stdout.buffer
+        self.count = 0
+        self.template = None
+        if template is not None:
+            import jinja2
+
+            env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+            self.template = env.from_string(template.read_text())
+
+    def write(self, doc: dict[str, Any], raw: bytes | None = None) -> None:
+        """Writes one document; ``raw`` is its compact JSON if already serialised."""
+        if self.template is not None:
+            self.out.write(self.template.render(doc=doc).encode())
+        elif self.fmt is Format.jsonl:
+            self.out.write((raw if raw is not None else orjson.dumps(doc)) + b"\n")
+        elif self.fmt is Format.json:
+            self.out.write(b"[\n" if self.count == 0 else b",\n")
+            self.out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        else:
+            self.out.write(table(doc).encode())
+        self.count += 1
+
+    def close(self) -> None:
+        if self.template is None and self.fmt is Format.json:
+            self.out.write(b"[]\n" if self.count == 0 else b"\n]\n")
+        self.out.flush()
+
+
+def table(doc: dict[str, Any]) -> str:
+    """A human summary: one line per payload, indented by depth, then the errors."""
+    lines = [f"scan {doc['scan_id']}  {doc['date']}  {doc['payloads']} payload(s)  {doc['source'].get('path', '')}"]
+    for p in doc["results"]:
+        indent = "  " * (p["depth"] + 1)
+        name = p["filename"] if p["filename"] is not None else "-"
+        extra = f" duplicate of {p['duplicate_of']}" if p["duplicate_of"] else ""
+        plugins = ",".join(p["workers"]) or "-"
+        flags = " [" + " ".join(p["flags"]) + "]" if p["flags"] else ""
+        lines.append(f"{indent}{name}  {p['mime']}  {p['size']} B  sha256:{p['sha256'][:16]}  plugins:{plugins}{flags}{extra}")
+        yara = (p["workers"].get("yara") or {}).get("matches") if isinstance(p["workers"].get("yara"), dict) else None
+        if yara:
+            lines.append(f"{indent}  yara: " + ", ".join(m.get("rule", "?") for m in yara))
+    for e in doc["errors"]:
+        lines.append(f"  ! {e['kind']} in {e['plugin']} on {e['payload_id']}: {e['message']}")
+    return "\n".join(lines) + "\n\n"

@@ -1,0 +1,169 @@
+"""``stoq scan`` and ``stoq submit``: scan files and print their documents."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import orjson
+import typer
+
+from stoq.cli import ExitCode, app, fail
+from stoq.cli.output import Format, Writer
+from stoq.config import ConfigError, Settings, load_settings, parse_plugin_options
+
+WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", help="Plugins to run on every payload, comma-separated.")]
+OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
+DepthOpt = Annotated[Optional[int], typer.Option("--max-depth", min=0, help="Deepest extracted level (root is 0). Default 8.")]
+JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=0, help="Worker processes (default: one per core).")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+TemplateOpt = Annotated[Optional[Path], typer.Option("--template", exists=True, dir_okay=False, help="Render each document with this Jinja2 template.")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into directories.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="stoq.toml to use.")]
+StoreOpt = Annotated[bool, typer.Option("--store/--no-store", help="Save documents in the result store.")]
+ProgressOpt = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal and there are several files).")]
+PathsArg = Annotated[list[Path], typer.Argument(help="Files or directories to scan.")]
+
+
+def settings_from(config: Path | None, workers: str | None, options: list[str] | None, max_depth: int | None,
+                  jobs: int | None) -> Settings:
+    try:
+        return load_settings(config, overrides={"workers": workers, "max_depth": max_depth, "jobs": jobs},
+                             plugin_options=parse_plugin_options(options or []))
+    except ConfigError as exc:
+        raise fail(str(exc), ExitCode.CONFIG) from None
+
+
+def collect(paths: list[Path], recursive: bool) -> tuple[list[Path], list[str]]:
+    """Regular files named or found under the given paths (sorted walk; symlinks inside directories are
+    not followed), and the problems met."""
+    files: list[Path] = []
+    problems: list[str] = []
+    for path in paths:
+        if path.is_file():
+            files.append(path.absolute())
+        elif path.is_dir():
+            if recursive:
+                for top, dirs, names in os.walk(path):
+                    dirs.sort()
+                    files.extend(Path(top, n).absolute() for n in sorted(names) if not os.path.islink(os.path.join(top, n))
+                                 and os.path.isfile(os.path.join(top, n)))
+            else:
+                files.extend(p.absolute() for p in sorted(path.iterdir()) if p.is_file() and not p.is_symlink())
+        else:
+            problems.append(f"{path}: no such file or directory")
+    return files, problems
+
+
+class Progress:
+    """A progress bar on stderr (rich), shown only when asked or when stderr is a terminal."""
+
+    def __init__(self, total: int, enabled: bool | None) -> None:
+        if enabled is None:
+            enabled = total > 1 and sys.stderr.isatty()
+        self._bar: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich import progress as rp
+
+            self._bar = rp.Progress(rp.TextColumn("scanning"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                                    rp.TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self._task = self._bar.add_task("scan", total=total)
+
+    def __enter__(self) -> "Progress":
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def step(self) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+
+def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_enabled: bool,
+                 show_progress: bool | None) -> ExitCode:
+    """Scans ``files`` in-process (``settings.jobs`` workers), writes and stores every document."""
+    from stoq.embedded import scan_files
+    from stoq.engine import Engine
+    from stoq.store import NotMigrated, Store, StoreError
+
+    try:
+        engine = Engine(settings)
+    except ConfigError as exc:
+        raise fail(str(exc), ExitCode.CONFIG) from None
+    store = None
+    if store_enabled:
+        try:
+            store = Store.open(settings.resolved_database_url())
+        except (NotMigrated, StoreError) as exc:
+            raise fail(str(exc), ExitCode.STORE) from None
+    code = ExitCode.OK
+    batch: list[dict[str, Any]] = []
+    last_flush = time.monotonic()
+    with Progress(len(files), show_progress) as bar:
+        for outcome in scan_files(engine, files, settings.resolved_jobs()):
+            bar.step()
+            if outcome.document is None:
+                typer.echo(f"stoq: {outcome.error}", err=True)
+                code = max(code, ExitCode.INPUT)
+                continue
+            doc = orjson.loads(outcome.document)
+            if doc["errors"]:
+                code = max(code, ExitCode.PLUGIN_ERRORS)
+            writer.write(doc, outcome.document)
+            batch.append(doc)
+            if store is not None and (len(batch) >= 200 or time.monotonic() - last_flush > 1.0):
+                store.save(batch)
+                batch, last_flush = [], time.monotonic()
+            elif store is None:
+                batch.clear()
+    if store is not None:
+        if batch:
+            store.save(batch)
+        store.close()
+    writer.close()
+    return code
+
+
+def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None, max_depth: int | None,
+          jobs: int | None, fmt: Format, template: Path | None, config: Path | None, store: bool,
+          show_progress: bool | None, submit: bool) -> None:
+    settings = settings_from(config, workers, options, max_depth, jobs)
+    files, problems = collect(paths, recursive)
+    for problem in problems:
+        typer.echo(f"stoq: {problem}", err=True)
+    if submit:
+        if settings.broker_url:
+            from stoq.tasks.client import submit_files
+
+            code = submit_files(settings, files, Writer(fmt, template), show_progress)
+            raise typer.Exit(int(max(code, ExitCode.INPUT if problems else ExitCode.OK)))
+        typer.echo("stoq: no STOQ_BROKER_URL set: running embedded, in this process", err=True)
+    code = run_embedded(settings, files, Writer(fmt, template), store, show_progress)
+    raise typer.Exit(int(max(code, ExitCode.INPUT if problems else ExitCode.OK)))
+
+
+@app.command()
+def scan(paths: PathsArg, recursive: RecursiveOpt = False, workers: WorkersOpt = None, option: OptionOpt = None,
+         max_depth: DepthOpt = None, jobs: JobsOpt = None, format: FormatOpt = Format.jsonl,
+         template: TemplateOpt = None, config: ConfigOpt = None, store: StoreOpt = True,
+         show_progress: ProgressOpt = None) -> None:
+    """Scan files here, in this machine's processes: no broker, no database server."""
+    _scan(paths, recursive, workers, option, max_depth, jobs, format, template, config, store, show_progress, False)
+
+
+@app.command()
+def submit(paths: PathsArg, recursive: RecursiveOpt = False, workers: WorkersOpt = None, option: OptionOpt = None,
+           max_depth: DepthOpt = None, jobs: JobsOpt = None, format: FormatOpt = Format.jsonl,
+           template: TemplateOpt = None, config: ConfigOpt = None, store: StoreOpt = True,
+           show_progress: ProgressOpt = None) -> None:
+    """Submit files to the cluster (STOQ_BROKER_URL); without a broker, scan them embedded."""
+    _scan(paths, recursive, workers, option, max_depth, jobs, format, template, config, store, show_progress, True)
+

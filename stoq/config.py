@@ -1,0 +1,144 @@
+"""Configuration: one precedence, written down once.
+
+    built-in defaults  <  stoq.toml  <  STOQ_* environment  <  command-line options
+
+``stoq.toml`` is the first of: ``--config PATH``, ``$STOQ_CONFIG``, ``./stoq.toml``,
+``<user config dir>/stoq/stoq.toml``. It has a ``[stoq]`` table of core settings and one
+``[plugins.NAME]`` table per plugin::
+
+    [stoq]
+    max_depth = 4
+    workers = ["yara", "peinfo"]
+
+    [plugins.yara]
+    rules = "/srv/rules/index.yar"
+
+Environment: a core setting is ``STOQ_<SETTING>`` (``STOQ_MAX_DEPTH=4``, ``STOQ_DATABASE_URL=...``,
+list settings comma-separated); a plugin option is ``STOQ_<PLUGIN>__<OPTION>`` (two underscores:
+``STOQ_YARA__RULES=/srv/rules/index.yar``). On the command line: ``--max-depth 4`` and
+``-o yara.rules=/srv/rules/index.yar``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+APP = "stoq"
+
+
+class ConfigError(Exception):
+    """A setting or plugin option that cannot be used, with a message naming it."""
+
+
+def data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP, appauthor=False))
+
+
+class Settings(BaseModel):
+    """Core settings; every field is also ``STOQ_<NAME>`` and, for most, a command-line option."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str = Field("", description="SQLAlchemy URL of the result store (default: SQLite in the user data dir).")
+    archive: str = Field("", description="Directory of the content-addressed payload archive (default: in the user data dir).")
+    workers: list[str] = Field(default_factory=list, description="Plugins run on every payload.")
+    dispatch_rules: str = Field("", description="YARA dispatch rule file (default: the bundled rules; 'none' disables).")
+    max_depth: int = Field(8, ge=0, description="Deepest level of extracted children (root is 0).")
+    max_children: int = Field(1000, ge=0, description="Most extracted payloads in one scan.")
+    max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Most bytes of extracted payloads in one scan.")
+    timeout: float = Field(60.0, gt=0, description="Seconds one plugin may spend on one payload.")
+    jobs: int = Field(0, ge=0, description="Embedded worker processes (0: one per core).")
+    broker_url: str = Field("", description="Celery broker; empty means embedded mode.")
+    result_backend: str = Field("", description="Celery result backend (Redis).")
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Options per plugin.")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return split_list(value)
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{data_dir() / 'stoq.db'}"
+
+    def resolved_archive(self) -> Path:
+        return Path(self.archive) if self.archive else data_dir() / "archive"
+
+    def resolved_jobs(self) -> int:
+        return self.jobs or (os.cpu_count() or 1)
+
+
+def split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if env.get("STOQ_CONFIG"):
+        return Path(env["STOQ_CONFIG"])
+    for candidate in (Path.cwd() / "stoq.toml", Path(platformdirs.user_config_dir(APP, appauthor=False)) / "stoq.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def parse_plugin_options(pairs: list[str]) -> dict[str, dict[str, str]]:
+    """``["yara.rules=/x", "peinfo.max=3"]`` -> ``{"yara": {"rules": "/x"}, "peinfo": {"max": "3"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        plugin, dot, option = key.strip().partition(".")
+        if not sep or not dot or not plugin or not option:
+            raise ConfigError(f"option {pair!r} is not of the form PLUGIN.OPTION=VALUE")
+        out.setdefault(plugin, {})[option] = value
+    return out
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None,
+                  plugin_options: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+    """Builds the settings from every layer, lowest first. ``overrides`` are command-line values
+    (``None`` means not given)."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    plugins: dict[str, dict[str, Any]] = {}
+
+    path = find_config_file(config_file, env)
+    if path is not None:
+        try:
+            table = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        merged.update(table.get("stoq", {}))
+        for name, opts in table.get("plugins", {}).items():
+            plugins.setdefault(name, {}).update(opts)
+
+    fields = Settings.model_fields
+    for key, value in env.items():
+        if not key.startswith("STOQ_") or key == "STOQ_CONFIG":
+            continue
+        rest = key[5:]
+        if "__" in rest:
+            plugin, _, option = rest.partition("__")
+            plugins.setdefault(plugin.lower(), {})[option.lower()] = value
+        elif rest.lower() in fields and rest.lower() != "plugins":
+            merged[rest.lower()] = value
+
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            merged[key] = value
+    for name, opts in (plugin_options or {}).items():
+        plugins.setdefault(name, {}).update(opts)
+    merged["plugins"] = plugins
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from exc

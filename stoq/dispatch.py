@@ -1,0 +1,123 @@
+"""Which plugins run on a payload.
+
+Three sources, merged in this order (a plugin runs at most once per payload):
+1. the ``workers`` list (``--workers``), on every payload, root and children;
+2. MIME routing: a scan plugin's ``mimes`` names the types routed to it without being asked;
+3. YARA dispatch rules (stoQ's convention): a matching rule's meta ``plugin = "carver:pe"`` (or a
+   comma list of ``category:name`` / ``name``) sends the payload to those plugins; ``save = "False"``
+   means what that plugin extracts is not kept in the archive after the scan; every other meta key
+   reaches the plugin as an option for that call.
+
+A plugin whose ``accepts()`` declines the payload is then skipped (not an error). At the depth limit,
+plugins that only produce children (carvers, extractors, decoders, readers) are not run and the payload
+is flagged ``limit:depth``; dispatch rules are not even evaluated there when every plugin they name is
+of those categories, which keeps the common ``--max-depth 0`` case as cheap as the plugins themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yara
+
+from stoq.config import ConfigError
+from stoq.plugin import EXTRACTING_CATEGORIES, ScanPlugin
+
+log = logging.getLogger(__name__)
+
+def bundled_dispatch_rules() -> Path:
+    """The dispatch rule file shipped with the bundled plugins (``stoq_plugins/rules/dispatch.yar``)."""
+    import stoq_plugins
+
+    return Path(stoq_plugins.__file__).resolve().parent / "rules" / "dispatch.yar"
+
+
+@dataclass(slots=True)
+class Planned:
+    """One plugin to run on a payload, with per-call options from dispatch rules."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    rules: tuple[str, ...] = ()
+    save: bool = True
+
+
+@dataclass(slots=True)
+class _RuleTarget:
+    rule: str
+    plugins: tuple[str, ...]
+    overrides: dict[str, Any]
+    save: bool
+
+
+class Dispatcher:
+    """Plans the plugins for each payload from the workers list, MIME routing and dispatch rules."""
+
+    RULE_TIMEOUT = 30  # seconds, YARA's own limit for one dispatch match
+
+    def __init__(self, plugins: Mapping[str, type[ScanPlugin]], workers: list[str], rules_path: str | None) -> None:
+        self.plugins = plugins
+        for name in workers:
+            if name not in plugins:
+                raise ConfigError(f"unknown worker plugin {name!r} (see `stoq list`)")
+        self.workers = list(workers)
+        self.by_mime: dict[str, list[str]] = {}
+        for name, cls in plugins.items():
+            for mime in cls.mimes:
+                self.by_mime.setdefault(mime, []).append(name)
+        self.rules: yara.Rules | None = None
+        self.rule_targets: dict[str, _RuleTarget] = {}
+        self.rules_only_extract = True
+        if rules_path and rules_path.lower() != "none":
+            self._load_rules(rules_path)
+
+    def _load_rules(self, path: str) -> None:
+        try:
+            self.rules = yara.compile(filepath=path)
+        except yara.Error as exc:
+            raise ConfigError(f"cannot compile dispatch rules {path}: {exc}") from exc
+        for rule in self.rules:
+            meta = dict(rule.meta)
+            spec = str(meta.pop("plugin", "")).strip()
+            save = str(meta.pop("save", "True")).strip().lower() not in ("false", "0", "no")
+            names = []
+            for part in filter(None, (p.strip() for p in spec.split(","))):
+                category, _, name = part.rpartition(":")
+                cls = self.plugins.get(name)
+                if cls is None:
+                    log.warning("dispatch rule %s names plugin %r, which is not installed", rule.identifier, name)
+                    continue
+                if category and category != cls.category:
+                    log.warning("dispatch rule %s says %s, but %r is a %s", rule.identifier, part, name, cls.category)
+                names.append(name)
+                if cls.category not in EXTRACTING_CATEGORIES:
+                    self.rules_only_extract = False
+            if names:
+                self.rule_targets[rule.identifier] = _RuleTarget(rule.identifier, tuple(names), meta, save)
+
+    def plan(self, content: bytes, mime: str, can_extract: bool) -> tuple[list[Planned], bool]:
+        """The plugins to run, and whether child-producing plugins were left out at the depth limit.
+
+        Raises ``yara.Error`` when the dispatch rules fail on this payload (the plan so far is lost;
+        the caller records the error and runs the workers list alone)."""
+        planned: dict[str, Planned] = {name: Planned(name) for name in self.workers}
+        for name in self.by_mime.get(mime, ()):
+            planned.setdefault(name, Planned(name))
+        if self.rule_targets and (can_extract or not self.rules_only_extract):
+            assert self.rules is not None
+            for match in self.rules.match(data=content, timeout=self.RULE_TIMEOUT):
+                target = self.rule_targets.get(match.rule)
+                if target is None:
+                    continue
+                for name in target.plugins:
+                    entry = planned.setdefault(name, Planned(name))
+                    entry.overrides.update(target.overrides)
+                    entry.rules += (match.rule,)
+                    entry.save = entry.save and target.save
+        if can_extract:
+            return list(planned.values()), False
+        kept = [p for p in planned.values() if self.plugins[p.name].category not in EXTRACTING_CATEGORIES]
+        return kept, len(kept) != len(planned)

@@ -1,0 +1,228 @@
+"""Embedded mode: the engine in a pool of supervised worker processes, no broker, no server.
+
+The parent process reads no payload bytes: it hands file paths to ``jobs`` worker processes (forked
+from a parent that has already loaded the plugins and compiled the rules), collects their documents
+as JSON bytes, stores them in batches and yields them in input order.
+
+Supervision: each worker publishes what it is running (plugin, payload sha256, start time) in a
+small shared-memory slot. A worker that dies (a segfault in a native parser, the OOM killer) or that
+overruns its plugin's time limit by more than ``HARD_GRACE`` seconds (stuck in native code, where the
+soft limit cannot reach) is killed and replaced; its file is scanned again from the start, with that
+plugin on that payload skipped and recorded as a ``crash`` or ``timeout`` error. Each kill adds one
+skip, so a file makes progress; after ``MAX_ATTEMPTS`` kills it gets a minimal document that says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import multiprocessing
+import multiprocessing.connection
+import signal
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import RawValue
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from stoq.engine import Activity, Engine, describe
+from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, now_iso
+
+HARD_GRACE = 5.0
+MAX_ATTEMPTS = 5
+
+
+class _Slot(ctypes.Structure):
+    _fields_ = [("active", ctypes.c_int), ("start", ctypes.c_double),
+                ("plugin", ctypes.c_char * 64), ("sha256", ctypes.c_char * 64)]
+
+
+class SlotActivity(Activity):
+    """Publishes the running plugin in shared memory for the supervising parent."""
+
+    def __init__(self, slot: _Slot) -> None:
+        self.slot = slot
+
+    def enter(self, plugin: str, sha256: str) -> None:
+        slot = self.slot
+        slot.active = 0
+        slot.plugin = plugin.encode()[:63]
+        slot.sha256 = sha256.encode()
+        slot.start = time.monotonic()
+        slot.active = 1
+
+    def leave(self) -> None:
+        self.slot.active = 0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One root file's result: its document as JSON bytes, or why it could not be read."""
+
+    path: Path
+    document: bytes | None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Job:
+    index: int
+    path: Path
+    skip: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    attempts: int = 0
+
+
+def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _Slot) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    faulthandler.disable()  # a crash is recorded by the parent; no traceback dump on stderr
+    activity = SlotActivity(slot)
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        path, skip = message
+        try:
+            activity.enter("read", "")
+            content = Path(path).read_bytes()
+            activity.leave()
+        except OSError as exc:
+            activity.leave()
+            conn.send_bytes(b"E" + f"{path}: {exc.strerror or exc}".encode("utf-8", "backslashreplace"))
+            continue
+        doc = engine.scan(content, Path(path).name, {"path": path}, skip=skip, activity=activity)
+        conn.send_bytes(b"D" + dumps(doc))
+
+
+class _Worker:
+    def __init__(self, ctx: Any, engine: Engine) -> None:
+        self.slot = RawValue(_Slot)
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, engine, self.slot), daemon=True)
+        self.process.start()
+        child.close()
+        self.job: _Job | None = None
+
+    def give(self, job: _Job) -> None:
+        self.job = job
+        self.slot.active = 0
+        self.conn.send((str(job.path), job.skip))
+
+    def running(self) -> tuple[str, str, float] | None:
+        slot = self.slot
+        if not slot.active:
+            return None
+        return slot.plugin.decode(), slot.sha256.decode(), slot.start
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def failed_document(path: Path, message: str) -> bytes:
+    """The document of a file whose scan killed its worker ``MAX_ATTEMPTS`` times."""
+    try:
+        content = path.read_bytes()
+    except OSError:
+        content = b""
+    facts = describe(content, lambda _: "application/octet-stream")
+    payload_id = str(uuid.uuid4())
+    record = PayloadRecord(payload_id=payload_id, parent_id=None, depth=0, filename=path.name, extracted_by=None,
+                           meta={}, flags=["crash:gave-up"], **facts)
+    error = ScanErrorEntry(payload_id, "stoq", "crash", message)
+    return dumps(document(str(uuid.uuid4()), now_iso(), {"path": str(path)}, [record], [error]))
+
+
+class EmbeddedPool:
+    """Scans files in ``jobs`` supervised processes; yields outcomes in input order."""
+
+    def __init__(self, engine: Engine, jobs: int) -> None:
+        self.engine = engine
+        self.jobs = max(1, jobs)
+        self.timeout = engine.settings.timeout
+        self._ctx = multiprocessing.get_context("fork")
+
+    def run(self, paths: Iterable[Path]) -> Iterator[Outcome]:
+        todo: deque[_Job] = deque(_Job(i, p) for i, p in enumerate(paths))
+        total = len(todo)
+        workers = [_Worker(self._ctx, self.engine) for _ in range(min(self.jobs, max(1, total)))]
+        done: dict[int, Outcome] = {}
+        next_out = 0
+        try:
+            while next_out < total:
+                for worker in workers:
+                    if worker.job is None and todo:
+                        worker.give(todo.popleft())
+                busy = [w for w in workers if w.job is not None]
+                waitables = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+                ready = set(multiprocessing.connection.wait(waitables, timeout=0.5))
+                for i, worker in enumerate(workers):
+                    job = worker.job
+                    if job is None:
+                        continue
+                    if worker.conn in ready:
+                        try:
+                            data = worker.conn.recv_bytes()
+                        except (EOFError, OSError):
+                            data = None
+                        if data is not None:
+                            worker.job = None
+                            done[job.index] = (Outcome(job.path, data[1:]) if data[:1] == b"D"
+                                               else Outcome(job.path, None, data[1:].decode()))
+                            continue
+                    problem = self._problem(worker, ready)
+                    if problem is not None:
+                        worker.kill()
+                        workers[i] = _Worker(self._ctx, self.engine)
+                        outcome = self._retry(job, problem)
+                        if outcome is not None:
+                            done[job.index] = outcome
+                        else:
+                            todo.appendleft(job)
+                while next_out in done:
+                    yield done.pop(next_out)
+                    next_out += 1
+        finally:
+            for worker in workers:
+                worker.stop()
+
+    def _problem(self, worker: _Worker, ready: set[Any]) -> tuple[str, str, str, str] | None:
+        """(sha256, plugin, kind, message) if the worker died or overran its hard limit."""
+        running = worker.running()
+        plugin, sha256 = (running[0], running[1]) if running else ("stoq", "")
+        if worker.process.sentinel in ready or not worker.process.is_alive():
+            worker.process.join()
+            code = worker.process.exitcode
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            return sha256, plugin, "crash", f"worker process died ({how}) while running {plugin}"
+        if running and time.monotonic() - running[2] > self.timeout + HARD_GRACE:
+            return sha256, plugin, "timeout", f"exceeded {self.timeout:g} s in native code; worker process killed"
+        return None
+
+    def _retry(self, job: _Job, problem: tuple[str, str, str, str]) -> Outcome | None:
+        sha256, plugin, kind, message = problem
+        job.attempts += 1
+        key = (sha256, plugin)
+        if job.attempts >= MAX_ATTEMPTS or not sha256 or key in job.skip:
+            return Outcome(job.path, failed_document(job.path, message))
+        job.skip[key] = (kind, message)
+        return None
+
+
+def scan_files(engine: Engine, paths: list[Path], jobs: int) -> Iterator[Outcome]:
+    """Scans ``paths`` with ``jobs`` worker processes (see ``EmbeddedPool``)."""
+    return EmbeddedPool(engine, jobs).run(paths)
+

@@ -1,0 +1,228 @@
+"""The scan step, written once and shared by the embedded mode and the cluster.
+
+``Engine.analyze`` takes one payload: it hashes and types it, checks it against the scan's budget and
+duplicates, archives it, plans its plugins, runs them, and returns its record, the errors, and the
+children to analyse next. ``Engine.scan`` is the embedded loop over that step, breadth first, so
+parents come before their children in ``results``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import magic
+import yara
+
+from stoq.archive import DirectoryArchive
+from stoq.config import ConfigError, Settings
+from stoq.dispatch import Dispatcher, Planned, bundled_dispatch_rules
+from stoq.limits import Budget, Limits
+from stoq.model import PayloadRecord, ScanErrorEntry, clean, document, now_iso
+from stoq.plugin import Payload, PluginOptions, ScanPlugin
+from stoq.registry import Registry, make_options
+from stoq.runner import run_plugin
+
+log = logging.getLogger(__name__)
+
+#: (sha256, plugin) -> (kind, message): plugin runs the supervisor already saw kill their process.
+SkipMap = Mapping[tuple[str, str], tuple[str, str]]
+
+
+class Activity:
+    """Where a scan is, for a supervisor that may have to kill the process (no-op in-process)."""
+
+    def enter(self, plugin: str, sha256: str) -> None:
+        """Called before a plugin (or a core step such as ``libmagic``) runs on a payload."""
+
+    def leave(self) -> None:
+        """Called when it returns."""
+
+
+@dataclass(slots=True)
+class Pending:
+    """A payload waiting to be analysed: its bytes and where it came from."""
+
+    content: bytes
+    filename: str | None
+    parent_id: str | None = None
+    depth: int = 0
+    extracted_by: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    save: bool = True
+
+
+@dataclass(slots=True)
+class Analysis:
+    """What ``Engine.analyze`` returns for one payload."""
+
+    record: PayloadRecord
+    errors: list[ScanErrorEntry]
+    children: list[Pending]
+
+
+def describe(content: bytes, mime_of: Callable[[bytes], str]) -> dict[str, Any]:
+    """Size, hashes and MIME type of a payload."""
+    return {
+        "size": len(content),
+        "md5": hashlib.md5(content).hexdigest(),
+        "sha1": hashlib.sha1(content).hexdigest(),
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "sha512": hashlib.sha512(content).hexdigest(),
+        "mime": mime_of(content),
+    }
+
+
+class Engine:
+    """Runs scans with the installed plugins under one set of settings."""
+
+    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else Registry.discover()
+        self.plugin_classes: dict[str, type[ScanPlugin]] = {
+            cls.name: cls for cls in self.registry.scan_plugins()  # type: ignore[misc]
+        }
+        for name in settings.workers:
+            self.registry.get(name)  # names a missing or broken plugin clearly
+        self.options: dict[str, PluginOptions] = {}
+        for name, values in settings.plugins.items():
+            if name in self.registry.entries:
+                self.options[name] = make_options(self.registry.get(name), values)
+            else:
+                log.warning("options given for plugin %r, which is not installed", name)
+        rules = settings.dispatch_rules or str(bundled_dispatch_rules())
+        self.dispatcher = Dispatcher(self.plugin_classes, settings.workers, rules)
+        self.limits = Limits(settings.max_depth, settings.max_children, settings.max_bytes)
+        self.archive = DirectoryArchive(settings.resolved_archive())
+        self._instances: dict[str, ScanPlugin] = {}
+        self._setup_errors: dict[str, str] = {}
+        self._magic = magic.Magic(mime=True)
+        for name in settings.workers:  # fail before scanning on a bad worker configuration
+            self.instance(name)
+            if name in self._setup_errors:
+                raise ConfigError(f"plugin {name!r} cannot start: {self._setup_errors[name]}")
+
+    # -- plugins ---------------------------------------------------------------------------------
+
+    def instance(self, name: str) -> ScanPlugin | None:
+        """The configured, set-up instance of a plugin (None if its setup failed)."""
+        plugin = self._instances.get(name)
+        if plugin is None and name not in self._setup_errors:
+            cls = self.plugin_classes[name]
+            try:
+                plugin = cls(self.options.get(name) or cls.Options())
+                plugin.setup()
+            except Exception as exc:  # recorded against every payload the plugin is dispatched to
+                self._setup_errors[name] = f"setup failed: {type(exc).__name__}: {exc}"
+                return None
+            self._instances[name] = plugin
+        return plugin
+
+    def call_options(self, plugin: ScanPlugin, planned: Planned) -> PluginOptions:
+        if not planned.overrides:
+            return plugin.options
+        known = {k: v for k, v in planned.overrides.items() if k in plugin.Options.model_fields}
+        values = plugin.options.model_dump() | known
+        return make_options(type(plugin), values)
+
+    def _mime(self, content: bytes) -> str:
+        return self._magic.from_buffer(content)
+
+    # -- the scan step ---------------------------------------------------------------------------
+
+    def analyze(self, item: Pending, budget: Budget, *, skip: SkipMap | None = None,
+                activity: Activity = Activity()) -> Analysis:
+        """Analyses one payload of a scan; ``budget`` carries the scan's limits and duplicates."""
+        payload_id = str(uuid.uuid4())
+        errors: list[ScanErrorEntry] = []
+        activity.enter("libmagic", "")
+        try:
+            facts = describe(item.content, self._mime)
+        except magic.MagicException as exc:
+            facts = describe(item.content, lambda _: "application/octet-stream")
+            errors.append(ScanErrorEntry(payload_id, "libmagic", "error", str(exc)))
+        finally:
+            activity.leave()
+        record = PayloadRecord(payload_id=payload_id, parent_id=item.parent_id, depth=item.depth,
+                               filename=item.filename, extracted_by=item.extracted_by, meta=clean(item.meta),
+                               **facts)
+        first = budget.first_seen(record.sha256, payload_id)
+        if first is not None:
+            record.duplicate_of = first
+            return Analysis(record, errors, [])
+        if item.save:
+            self.archive.put(record.sha256, item.content)
+
+        can_extract = item.depth < self.limits.max_depth
+        try:
+            plan, cut = self.dispatcher.plan(item.content, record.mime, can_extract)
+        except yara.Error as exc:
+            errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules failed: {exc}"))
+            plan, cut = self.dispatcher.plan(item.content, record.mime, False)[0], False
+        if cut:
+            record.flags.append("limit:depth")
+
+        payload = None
+        children: list[Pending] = []
+        for planned in plan:
+            name = planned.name
+            if skip and (record.sha256, name) in skip:
+                kind, message = skip[(record.sha256, name)]
+                errors.append(ScanErrorEntry(payload_id, name, kind, message))
+                continue
+            plugin = self.instance(name)
+            if plugin is None:
+                errors.append(ScanErrorEntry(payload_id, name, "error", self._setup_errors[name]))
+                continue
+            if payload is None or planned.rules:
+                payload = Payload(item.content, payload_id, item.filename, record.mime, record.sha256,
+                                  item.depth, record.meta, planned.rules)
+            if not plugin.accepts(payload):
+                continue
+            options = self.call_options(plugin, planned)
+            activity.enter(name, record.sha256)
+            outcome = run_plugin(name, lambda: plugin.scan(payload, options), payload_id, self.settings.timeout)
+            activity.leave()
+            if outcome.error is not None:
+                errors.append(outcome.error)
+                continue
+            result = outcome.result
+            assert result is not None
+            record.workers[name] = clean(result.data)
+            for flag in result.flags:
+                if flag not in record.flags:
+                    record.flags.append(flag)
+            for child in result.children:
+                flag = budget.admit(item.depth + 1, len(child.content))
+                if flag is not None:
+                    if flag not in record.flags:
+                        record.flags.append(flag)
+                    continue
+                children.append(Pending(child.content, child.filename, payload_id, item.depth + 1, name,
+                                        child.meta, planned.save))
+        return Analysis(record, errors, children)
+
+    def scan(self, content: bytes, filename: str | None, source: dict[str, Any], *,
+             skip: SkipMap | None = None, activity: Activity = Activity(), scan_id: str | None = None) -> dict[str, Any]:
+        """Scans one root payload and everything extracted from it; returns the scan document."""
+        scan_id = scan_id or str(uuid.uuid4())
+        date = now_iso()
+        budget = Budget(self.limits)
+        queue: deque[Pending] = deque([Pending(content, filename)])
+        results: list[PayloadRecord] = []
+        errors: list[ScanErrorEntry] = []
+        while queue:
+            analysis = self.analyze(queue.popleft(), budget, skip=skip, activity=activity)
+            results.append(analysis.record)
+            errors.extend(analysis.errors)
+            queue.extend(analysis.children)
+        return document(scan_id, date, source, results, errors)
+
+    def scan_path(self, path: Path, *, skip: SkipMap | None = None, activity: Activity = Activity()) -> dict[str, Any]:
+        content = path.read_bytes()
+        return self.scan(content, path.name, {"path": str(path)}, skip=skip, activity=activity)

@@ -1,0 +1,52 @@
+"""Per-scan budgets and the flags that record when one stops work.
+
+| flag             | set on                          | meaning                                                   |
+|------------------|---------------------------------|-----------------------------------------------------------|
+| `limit:depth`    | the payload at the depth limit  | its children were not extracted or not kept               |
+| `limit:children` | the parent of a dropped child   | the scan already holds `max_children` extracted payloads  |
+| `limit:bytes`    | the parent of a dropped child   | the child would take the scan past `max_bytes` extracted  |
+
+A dropped child is never analysed and never appears in ``results``; its parent carries the flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits of one scan (defaults: depth 8, 1000 children, 512 MiB extracted)."""
+
+    max_depth: int = 8
+    max_children: int = 1000
+    max_bytes: int = 512 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Budget:
+    """What one scan has used of its limits, and the payloads it has already seen (by sha256)."""
+
+    limits: Limits
+    children: int = 0
+    bytes: int = 0
+    seen: dict[str, str] = field(default_factory=dict)
+
+    def admit(self, depth: int, size: int) -> str | None:
+        """Takes a child into the scan, or returns the flag that says why it cannot be."""
+        if depth > self.limits.max_depth:
+            return "limit:depth"
+        if self.children >= self.limits.max_children:
+            return "limit:children"
+        if self.bytes + size > self.limits.max_bytes:
+            return "limit:bytes"
+        self.children += 1
+        self.bytes += size
+        return None
+
+    def first_seen(self, sha256: str, payload_id: str) -> str | None:
+        """The payload id that first had this sha256 in the scan, or None (and remembers this one)."""
+        first = self.seen.get(sha256)
+        if first is None:
+            self.seen[sha256] = payload_id
+        return first

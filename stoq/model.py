@@ -1,0 +1,144 @@
+"""The scan document: the public, versioned result contract (``docs/scan-document.schema.json``).
+
+The text rule, applied to every key and value a plugin or an input contributes: every string in a
+document is valid Unicode with no U+0000, so it can be stored as PostgreSQL JSONB.
+- ``bytes`` are decoded as UTF-8; each byte that is not part of a valid UTF-8 sequence becomes the four
+  characters ``\\xNN`` (Python's ``backslashreplace``);
+- a ``str`` holding lone surrogates (file names read with ``surrogateescape``) is first encoded back
+  to its original bytes, then treated as bytes;
+- U+0000 becomes the four characters ``\\x00``;
+- dictionary keys are converted to strings; tuples and sets become lists (sets sorted);
+- integers outside the signed 64-bit range become decimal strings; NaN and infinities become null.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = "1.0"
+
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
+def text(value: str | bytes) -> str:
+    """Applies the text rule to one string or bytes value."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    else:
+        value = bytes(value).decode("utf-8", "backslashreplace")
+    return value.replace("\x00", "\\x00") if "\x00" in value else value
+
+
+def clean(value: Any) -> Any:
+    """Makes any plugin output JSON-safe under the text rule (see the module docstring)."""
+    if value is None or value is True or value is False:
+        return value
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, int):
+        return value if _INT_MIN <= value <= _INT_MAX else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {text(k) if isinstance(k, (str, bytes)) else text(str(k)): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((clean(v) for v in value), key=lambda v: orjson.dumps(v))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return text(bytes(value))
+    if isinstance(value, datetime):
+        return iso(value)
+    return text(str(value))
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 in UTC with a ``Z``, as every date in a document is written."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def now_iso() -> str:
+    return iso(datetime.now(timezone.utc))
+
+
+@dataclass(slots=True)
+class ScanErrorEntry:
+    """A plugin failure: ``kind`` is ``error`` (it raised), ``timeout`` or ``crash`` (its process died)."""
+
+    payload_id: str
+    plugin: str
+    kind: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"payload_id": self.payload_id, "plugin": self.plugin, "kind": self.kind,
+                "message": text(self.message)}
+
+
+@dataclass(slots=True)
+class PayloadRecord:
+    """One entry of ``results``: a payload, where it came from, and what the plugins said of it."""
+
+    payload_id: str
+    parent_id: str | None
+    depth: int
+    filename: str | None
+    extracted_by: str | None
+    meta: dict[str, Any]
+    size: int
+    md5: str
+    sha1: str
+    sha256: str
+    sha512: str
+    mime: str
+    duplicate_of: str | None = None
+    workers: dict[str, Any] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "payload_id": self.payload_id,
+            "parent_id": self.parent_id,
+            "depth": self.depth,
+            "filename": None if self.filename is None else text(self.filename),
+            "extracted_by": self.extracted_by,
+            "meta": self.meta,
+            "duplicate_of": self.duplicate_of,
+            "size": self.size,
+            "md5": self.md5,
+            "sha1": self.sha1,
+            "sha256": self.sha256,
+            "sha512": self.sha512,
+            "mime": self.mime,
+            "workers": self.workers,
+            "flags": self.flags,
+        }
+
+
+def document(scan_id: str, date: str, source: dict[str, Any], results: list[PayloadRecord],
+             errors: list[ScanErrorEntry]) -> dict[str, Any]:
+    """Assembles a scan document (schema ``SCHEMA_VERSION``)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "scan_id": scan_id,
+        "date": date,
+        "source": clean(source),
+        "payloads": len(results),
+        "results": [r.as_dict() for r in results],
+        "errors": [e.as_dict() for e in errors],
+    }
+
+
+def dumps(doc: Any, *, indent: bool = False) -> bytes:
+    """Serialises a document (already cleaned) to JSON bytes."""
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2 if indent else 0)

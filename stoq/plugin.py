@@ -1,0 +1,187 @@
+"""Plugin base classes and the types plugins exchange with the framework.
+
+A plugin is a plain class: a few class attributes, an ``Options`` model and one method. It never
+imports Celery, never times itself and never catches errors to turn them into prose: it raises, and the
+framework (``stoq.runner``) records the failure against the plugin and the payload.
+
+```python
+class Hello(WorkerPlugin):
+    \"\"\"Says hello to every payload.\"\"\"
+    name = "hello"
+    version = "1.0"
+
+    class Options(PluginOptions):
+        greeting: str = Field("hello", description="What to say.")
+
+    def scan(self, payload: Payload, options: Options) -> Result:
+        return Result(data={"said": options.greeting})
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Category = Literal["worker", "carver", "extractor", "decoder", "reader", "connector", "archiver", "source"]
+
+#: Categories whose plugins analyse a payload (and may return children).
+SCAN_CATEGORIES: tuple[str, ...] = ("worker", "carver", "extractor", "decoder", "reader")
+#: Scan categories whose purpose is to produce children; skipped at the depth limit.
+EXTRACTING_CATEGORIES: frozenset[str] = frozenset({"carver", "extractor", "decoder", "reader"})
+
+
+class PluginOptions(BaseModel):
+    """Typed options of a plugin: subclass it as ``Options`` inside the plugin class.
+
+    Each field has a default and a ``description``. Values given as text (``stoq.toml``, ``STOQ_*``,
+    ``-o name.option=value``, YARA dispatch meta) are coerced to the field's type; for list fields a
+    comma-separated string is split.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """What a plugin sees of one payload: its bytes and what the framework knows of them."""
+
+    content: bytes
+    payload_id: str
+    filename: str | None
+    mime: str
+    sha256: str
+    depth: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    #: YARA dispatch rules that sent this payload to the plugin (names), if any.
+    dispatch_rules: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+
+@dataclass(slots=True)
+class Extracted:
+    """A child payload produced by a plugin: its bytes, a name, and what the plugin knows of it."""
+
+    content: bytes
+    filename: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Result:
+    """What a scan plugin returns: its output, children, and named soft-failure flags."""
+
+    data: Any = None
+    children: list[Extracted] = field(default_factory=list)
+    #: Named tokens (``limit:members``, ``password:none-worked``...) added to the payload's flags.
+    flags: list[str] = field(default_factory=list)
+
+
+class Plugin:
+    """Base of every plugin: identity, typed options and an optional one-time ``setup``.
+
+    Subclasses set ``name`` (unique across categories: it is also the plugin's queue), ``version`` and
+    ``category``; the description defaults to the first line of the class docstring.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0"
+    category: ClassVar[Category]
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+
+    def __init__(self, options: PluginOptions | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def setup(self) -> None:
+        """Prepare expensive state (compile rules, open handles). Called once before first use."""
+
+    @classmethod
+    def summary(cls) -> str:
+        """The one-line description: ``description`` or the docstring's first line."""
+        if cls.description:
+            return cls.description
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+class ScanPlugin(Plugin):
+    """A plugin that analyses a payload: worker, carver, extractor, decoder or reader.
+
+    ``mimes`` routes payloads of those MIME types to the plugin without being asked (used by
+    extractors: a zip goes to ``decompress``). ``accepts`` is a cheap filter applied to every
+    payload the plugin is dispatched to; a declined payload is skipped, not an error.
+    """
+
+    category: ClassVar[Category] = "worker"
+    mimes: ClassVar[frozenset[str]] = frozenset()
+    #: Largest payload the plugin is given, in bytes (None: no limit of its own).
+    max_size: ClassVar[int | None] = None
+
+    def accepts(self, payload: Payload) -> bool:
+        return self.max_size is None or payload.size <= self.max_size
+
+    def scan(self, payload: Payload, options: PluginOptions) -> Result | dict[str, Any] | None:
+        raise NotImplementedError
+
+
+class WorkerPlugin(ScanPlugin):
+    """Analyses a payload and reports on it (YARA, PE metadata...)."""
+
+    category: ClassVar[Category] = "worker"
+
+
+class CarverPlugin(ScanPlugin):
+    """Finds payloads embedded at offsets inside another (a PE in a document)."""
+
+    category: ClassVar[Category] = "carver"
+
+
+class ExtractorPlugin(ScanPlugin):
+    """Unpacks containers and compressed streams into their members."""
+
+    category: ClassVar[Category] = "extractor"
+
+
+class DecoderPlugin(ScanPlugin):
+    """Decodes an encoded payload (base64, XOR...) into a child."""
+
+    category: ClassVar[Category] = "decoder"
+
+
+class ReaderPlugin(ScanPlugin):
+    """Reads the text of a document (PDF text, e-mail bodies) as children or output."""
+
+    category: ClassVar[Category] = "reader"
+
+
+class ConnectorPlugin(Plugin):
+    """Sends finished scan documents somewhere (a database, a file, a queue)."""
+
+    category: ClassVar[Category] = "connector"
+
+    def save(self, documents: Iterable[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+
+class ArchiverPlugin(Plugin):
+    """Stores payload bytes by sha256 and gives them back."""
+
+    category: ClassVar[Category] = "archiver"
+
+    def put(self, sha256: str, content: bytes) -> None:
+        raise NotImplementedError
+
+    def get(self, sha256: str) -> bytes:
+        raise NotImplementedError
+
+
+class SourcePlugin(Plugin):
+    """Produces payloads to scan (a watched directory, a queue)."""
+
+    category: ClassVar[Category] = "source"

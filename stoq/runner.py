@@ -1,0 +1,128 @@
+"""Run one plugin on one payload: time limit, error capture, timing.
+
+Time limits come in two stages, as Celery's soft and hard limits do:
+- soft: a watchdog thread raises ``PluginTimeout`` in the thread running the plugin when its time is
+  up. ``PluginTimeout`` derives from ``BaseException``, so a plugin's ``except Exception`` cannot
+  swallow it. It fires at the next Python bytecode, so it stops Python loops, not native code;
+- hard: a plugin stuck in native code is killed with its process by the supervisor (the embedded
+  pool, or Celery's hard time limit), which reads what was running from ``Activity``. The scan then
+  goes on without that plugin on that payload, and records a ``timeout`` or ``crash`` error.
+
+No SIGALRM: it works only in the main thread and cannot interrupt native code either.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from stoq.model import ScanErrorEntry
+from stoq.plugin import Result
+
+
+class PluginTimeout(BaseException):
+    """Raised inside a plugin whose time is up. Not an ``Exception``: plugins cannot catch it by accident."""
+
+
+class Watchdog:
+    """One daemon thread per process that raises ``PluginTimeout`` in an overrunning call.
+
+    Starting and ending a call costs two attribute writes and a lock; the thread polls (every 0.1 s)
+    instead of being woken for each call.
+    """
+
+    POLL = 0.1
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: tuple[int, float, int] | None = None  # (token, deadline, thread id)
+        self._token = 0
+        self._fired = 0
+        self._thread: threading.Thread | None = None
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="stoq-watchdog", daemon=True)
+            self._thread.start()
+
+    def begin(self, seconds: float) -> int:
+        self._ensure_thread()
+        with self._lock:
+            self._token += 1
+            self._active = (self._token, time.monotonic() + seconds, threading.get_ident())
+            return self._token
+
+    def end(self, token: int) -> None:
+        with self._lock:
+            if self._active is not None and self._active[0] == token:
+                self._active = None
+            if self._fired == token:
+                # Injected but maybe not raised yet: clear it so it cannot fire outside the call.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.POLL)
+            with self._lock:
+                active = self._active
+                if active is None or time.monotonic() < active[1] or self._fired == active[0]:
+                    continue
+                self._fired = active[0]
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(active[2]), ctypes.py_object(PluginTimeout))
+
+
+WATCHDOG = Watchdog()
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What running one plugin gave: a result, or an error entry (never both)."""
+
+    result: Result | None
+    error: ScanErrorEntry | None
+    seconds: float
+
+
+def as_result(value: Any) -> Result:
+    if isinstance(value, Result):
+        return value
+    if value is None or isinstance(value, dict):
+        return Result(data=value)
+    raise TypeError(f"plugin returned {type(value).__name__}; expected Result, dict or None")
+
+
+def run_plugin(plugin_name: str, call: Callable[[], Any], payload_id: str, timeout: float) -> Outcome:
+    """Calls ``call()`` under the soft time limit and turns every failure into an error entry."""
+    start = time.perf_counter()
+    token = WATCHDOG.begin(timeout)
+    try:
+        try:
+            value = call()
+        finally:
+            WATCHDOG.end(token)
+        result = as_result(value)
+    except PluginTimeout:
+        WATCHDOG.end(token)
+        return Outcome(None, ScanErrorEntry(payload_id, plugin_name, "timeout", f"exceeded {timeout:g} s"),
+                       time.perf_counter() - start)
+    except MemoryError:
+        return Outcome(None, ScanErrorEntry(payload_id, plugin_name, "error", "MemoryError"),
+                       time.perf_counter() - start)
+    except Exception as exc:  # the framework owns error capture: a plugin raises, we record it
+        return Outcome(None, ScanErrorEntry(payload_id, plugin_name, "error", describe_exception(exc)),
+                       time.perf_counter() - start)
+    return Outcome(result, None, time.perf_counter() - start)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message (at file:line)``: enough to find it, short enough to store."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    message = str(exc)
+    if len(message) > 1000:
+        message = message[:1000] + "..."
+    return f"{type(exc).__name__}: {message}{where}"

@@ -1,0 +1,181 @@
+"""The scan step: hashes and types, plugin failures, time limits, crashes, limits, dedup, dispatch."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from conftest import CORPUS, corpus_files, validate
+from stoq import embedded
+from stoq.config import ConfigError, load_settings
+from stoq.embedded import scan_files
+from stoq.engine import Engine
+
+
+def make_engine(tmp_path: Path, **overrides: object) -> Engine:
+    plugin_options = overrides.pop("plugin_options", {})
+    env = {"STOQ_ARCHIVE": str(tmp_path / "archive"), "STOQ_DISPATCH_RULES": str(overrides.pop("rules", "none"))}
+    return Engine(load_settings(env=env, overrides=overrides, plugin_options=plugin_options))  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _plugins(testplugins_site: Path) -> None:
+    """Every test here may use the misbehaving test plugins."""
+
+
+def test_every_corpus_file_gets_hashes_and_libmagic_type(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, max_depth=0)
+    files = corpus_files()
+    for path in files:
+        # the reference tool, reading the bytes from a pipe as we read them from a buffer
+        mime = subprocess.run(["file", "--brief", "--mime-type", "-"], input=path.read_bytes(), capture_output=True,
+                              check=True).stdout.decode().strip()
+        if path.name == "test.elf":  # file(1) looks into the ELF dynamic section through the descriptor;
+            mime = "application/x-sharedlib"  # libmagic's buffer mode cannot tell a PIE from a shared object
+
+        doc = engine.scan(path.read_bytes(), path.name, {"path": str(path)})
+        validate(doc)
+        root = doc["results"][0]
+        data = path.read_bytes()
+        assert root["size"] == len(data)
+        for algo in ("md5", "sha1", "sha256", "sha512"):
+            assert root[algo] == hashlib.new(algo, data).hexdigest(), (path.name, algo)
+        assert root["mime"] == mime, path.name
+        assert root["filename"] == path.name and root["depth"] == 0 and root["parent_id"] is None
+        assert (tmp_path / "archive" / root["sha256"][:2] / root["sha256"][2:4] / root["sha256"]).read_bytes() == data
+
+
+def test_a_raising_plugin_is_an_error_entry_and_the_others_still_run(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, workers="boom,nest", max_depth=1, plugin_options={"boom": {"trigger": "#0"}})
+    doc = engine.scan(b"hello", "h.txt", {})
+    validate(doc)
+    # root: boom runs fine; children: child0 ("hello#0") makes boom raise, child1 does not
+    assert [p["filename"] for p in doc["results"]] == ["h.txt", "child0", "child1"]
+    assert doc["results"][0]["workers"]["boom"] == {"ok": True}
+    assert "boom" not in doc["results"][1]["workers"]
+    assert doc["results"][2]["workers"]["boom"] == {"ok": True}
+    assert len(doc["errors"]) == 1
+    error = doc["errors"][0]
+    assert error["payload_id"] == doc["results"][1]["payload_id"]
+    assert (error["plugin"], error["kind"]) == ("boom", "error")
+    assert error["message"].startswith("ValueError: boom on purpose (at stoq_testplugins.py:")
+
+
+def test_a_timeout_cannot_be_swallowed_by_except_exception(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, workers="spin,boom", timeout=0.3, plugin_options={"boom": {"trigger": "zzz"}})
+    start = time.monotonic()
+    doc = engine.scan(b"data", "d", {})
+    elapsed = time.monotonic() - start
+    validate(doc)
+    assert [(e["plugin"], e["kind"], e["message"]) for e in doc["errors"]] == [("spin", "timeout", "exceeded 0.3 s")]
+    assert doc["results"][0]["workers"] == {"boom": {"ok": True}}
+    assert 0.3 <= elapsed < 1.5
+
+
+def test_depth_limit_stops_extraction_and_is_flagged(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, workers="nest", max_depth=2, plugin_options={"nest": {"count": 3}})
+    doc = engine.scan(b"root", "root", {})
+    validate(doc)
+    depths = [p["depth"] for p in doc["results"]]
+    assert depths == [0] + [1] * 3 + [2] * 9
+    for p in doc["results"]:
+        if p["depth"] < 2:
+            assert p["workers"] == {"nest": {"emitted": 3}} and p["flags"] == []
+        else:
+            assert p["workers"] == {} and p["flags"] == ["limit:depth"]
+    # the text rule: NUL and a byte that is not UTF-8 in a plugin's meta
+    assert doc["results"][1]["meta"] == {"index": 0, "raw": "\\x00\\xff"}
+    assert doc["results"][1]["extracted_by"] == "nest"
+    assert [p["parent_id"] for p in doc["results"][1:4]] == [doc["results"][0]["payload_id"]] * 3
+
+
+def test_children_and_bytes_limits_drop_children_with_a_flag(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, workers="nest", max_children=5, plugin_options={"nest": {"count": 3}})
+    doc = engine.scan(b"r", "r", {})
+    validate(doc)
+    assert doc["payloads"] == 6  # the root and the first 5 children, breadth first
+    assert "limit:children" in doc["results"][1]["flags"]  # the 2nd payload could place 2 of 3
+    engine = make_engine(tmp_path, workers="nest", max_bytes=7, plugin_options={"nest": {"count": 3}})
+    doc = engine.scan(b"abc", "r", {})  # children are 5 bytes each: one fits in 7
+    assert doc["payloads"] == 2
+    assert doc["results"][0]["flags"] == ["limit:bytes"]
+
+
+def test_duplicates_point_to_the_first_and_are_not_analysed_again(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, workers="nest", plugin_options={"nest": {"count": 3, "same": True}})
+    doc = engine.scan(b"same bytes", "r", {})
+    validate(doc)
+    root_id = doc["results"][0]["payload_id"]
+    assert doc["payloads"] == 4
+    for child in doc["results"][1:]:
+        assert child["duplicate_of"] == root_id and child["workers"] == {}
+        assert child["sha256"] == hashlib.sha256(b"same bytes").hexdigest()
+
+
+def test_dispatch_rule_meta_becomes_options_and_save_false_keeps_children_out_of_the_archive(tmp_path: Path) -> None:
+    rules = tmp_path / "dispatch.yar"
+    rules.write_text('rule to_nest { meta: plugin = "extractor:nest" count = "1" save = "False" '
+                     'strings: $a = "NEST ME" condition: $a }')
+    engine = make_engine(tmp_path, rules=rules, max_depth=1)
+    doc = engine.scan(b"please NEST ME", "r", {})
+    validate(doc)
+    assert [p["filename"] for p in doc["results"]] == ["r", "child0"]
+    assert doc["results"][0]["workers"] == {"nest": {"emitted": 1}}
+    child = doc["results"][1]["sha256"]
+    assert not (tmp_path / "archive" / child[:2] / child[2:4] / child).exists()
+    assert (tmp_path / "archive" / doc["results"][0]["sha256"][:2]).is_dir()
+
+
+def test_unknown_and_broken_plugins_are_configuration_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown plugin 'nope'"):
+        make_engine(tmp_path, workers="nope")
+    with pytest.raises(ConfigError, match="plugin 'broken' failed to load: TypeError"):
+        make_engine(tmp_path, workers="broken")
+    with pytest.raises(ConfigError, match="invalid options for plugin 'nest'"):
+        make_engine(tmp_path, workers="nest", plugin_options={"nest": {"count": "many"}})
+
+
+def test_pool_survives_a_segfault_and_records_a_crash(tmp_path: Path) -> None:
+    files = []
+    for name, data in (("a", b"fine"), ("bad", b"xx SEGV xx"), ("c", b"also fine")):
+        (tmp_path / name).write_bytes(data)
+        files.append(tmp_path / name)
+    engine = make_engine(tmp_path, workers="segv,boom", plugin_options={"boom": {"trigger": "zzz"}})
+    outcomes = list(scan_files(engine, files, 2))
+    assert [o.path.name for o in outcomes] == ["a", "bad", "c"]
+    docs = [orjson.loads(o.document) for o in outcomes]
+    for doc in docs:
+        validate(doc)
+    assert docs[0]["results"][0]["workers"] == {"segv": {"crashed": False}, "boom": {"ok": True}}
+    bad = docs[1]
+    assert bad["results"][0]["workers"] == {"boom": {"ok": True}}  # rescanned without segv, boom still ran
+    assert [(e["plugin"], e["kind"]) for e in bad["errors"]] == [("segv", "crash")]
+    assert "signal 11" in bad["errors"][0]["message"]
+
+
+def test_pool_kills_a_plugin_stuck_in_native_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded, "HARD_GRACE", 0.5)
+    (tmp_path / "s").write_bytes(b"SLEEP")
+    (tmp_path / "t").write_bytes(b"awake")
+    engine = make_engine(tmp_path, workers="sleeper", timeout=0.5)
+    start = time.monotonic()
+    outcomes = list(scan_files(engine, [tmp_path / "s", tmp_path / "t"], 1))
+    assert time.monotonic() - start < 10
+    stuck, awake = (orjson.loads(o.document) for o in outcomes)
+    validate(stuck)
+    assert [(e["plugin"], e["kind"]) for e in stuck["errors"]] == [("sleeper", "timeout")]
+    assert "worker process killed" in stuck["errors"][0]["message"]
+    assert awake["results"][0]["workers"] == {"sleeper": {"slept": False}} and awake["errors"] == []
+
+
+def test_unreadable_input_is_reported_not_fatal(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    missing = tmp_path / "gone"
+    outcomes = list(scan_files(engine, [missing, CORPUS / "test.txt"], 1))
+    assert outcomes[0].document is None and "No such file or directory" in (outcomes[0].error or "")
+    validate(orjson.loads(outcomes[1].document or b""))
