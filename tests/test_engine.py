@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import CORPUS, corpus_files, validate
+from helpers import CORPUS, corpus_files, validate
 from stoq import embedded
 from stoq.config import ConfigError, load_settings
 from stoq.embedded import scan_files

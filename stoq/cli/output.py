@@ -52,18 +52,24 @@ class Writer:
 
 
 def table(doc: dict[str, Any]) -> str:
-    """A human summary: one line per payload, indented by depth, then the errors."""
+    """A human summary: the payload tree (each child under its parent, indented), then the errors."""
     lines = [f"scan {doc['scan_id']}  {doc['date']}  {doc['payloads']} payload(s)  {doc['source'].get('path', '')}"]
+    children: dict[str | None, list[dict[str, Any]]] = {}
     for p in doc["results"]:
+        children.setdefault(p["parent_id"], []).append(p)
+    stack = list(reversed(children.get(None, [])))
+    while stack:
+        p = stack.pop()
         indent = "  " * (p["depth"] + 1)
         name = p["filename"] if p["filename"] is not None else "-"
-        extra = f" duplicate of {p['duplicate_of']}" if p["duplicate_of"] else ""
+        extra = f"  (duplicate of {p['duplicate_of']})" if p["duplicate_of"] else ""
         plugins = ",".join(p["workers"]) or "-"
-        flags = " [" + " ".join(p["flags"]) + "]" if p["flags"] else ""
+        flags = "  [" + " ".join(p["flags"]) + "]" if p["flags"] else ""
         lines.append(f"{indent}{name}  {p['mime']}  {p['size']} B  sha256:{p['sha256'][:16]}  plugins:{plugins}{flags}{extra}")
-        yara = (p["workers"].get("yara") or {}).get("matches") if isinstance(p["workers"].get("yara"), dict) else None
-        if yara:
-            lines.append(f"{indent}  yara: " + ", ".join(m.get("rule", "?") for m in yara))
+        yara = p["workers"].get("yara")
+        if isinstance(yara, dict) and yara.get("matches"):
+            lines.append(f"{indent}  yara: " + ", ".join(str(m.get("rule", "?")) for m in yara["matches"]))
+        stack.extend(reversed(children.get(p["payload_id"], [])))
     for e in doc["errors"]:
         lines.append(f"  ! {e['kind']} in {e['plugin']} on {e['payload_id']}: {e['message']}")
     return "\n".join(lines) + "\n\n"

@@ -1,0 +1,24 @@
+# Newcomer entry points. `make demo` sets up and scans a bundled sample, embedded (no services needed);
+# `make test` runs the test suite (needs the loopback services: see README.md).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test bench
+
+$(BIN)/stoq: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/stoq
+
+setup: $(BIN)/stoq
+
+demo: setup
+	$(BIN)/stoq scan samples/invoice.zip --workers yara -o yara.rules=samples/demo.yar --format table
+
+test: setup
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/run.py

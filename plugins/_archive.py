@@ -1,0 +1,187 @@
+"""Bounded extraction from compressed streams and tar archives, and the byte budget shared with zip.
+
+Every reader here is drained in chunks and the bytes it gives are counted against the caps: no size
+declared by the input is trusted. Nothing is written to disk; member names are metadata only.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from stoq.model import iso
+
+#: Most bytes asked of a reader at once.
+CHUNK = 1 << 20
+
+#: Stream openers by format (each concatenated stream is read, as the stdlib modules do).
+_STREAMS: dict[str, Callable[[io.BytesIO], io.BufferedIOBase]] = {
+    "gzip": lambda f: gzip.GzipFile(fileobj=f),
+    "bzip2": bz2.BZ2File,
+    "xz": lzma.LZMAFile,
+}
+#: Errors a corrupt stream raises (gzip.BadGzipFile and bz2's are OSError).
+STREAM_ERRORS = (OSError, zlib.error, lzma.LZMAError)
+_SUFFIXES = {".gz": "", ".gzip": "", ".bz2": "", ".xz": "", ".tgz": ".tar", ".tbz2": ".tar", ".tbz": ".tar",
+             ".txz": ".tar"}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The caps of one extraction (the ``decompress`` options)."""
+
+    max_member_bytes: int
+    max_total_bytes: int
+    max_members: int
+    ratio_flag: float
+    passwords: tuple[bytes, ...] = ()
+
+
+@dataclass(slots=True)
+class Member:
+    """One extracted member: its bytes and what the container says of it."""
+
+    name: str | None
+    content: bytes
+    compressed_size: int | None
+    modified: str | None = None
+    encrypted: bool = False
+    crc: int | None = None
+
+
+@dataclass(slots=True)
+class Unpacker:
+    """Collects the members and flags of one container while keeping its byte budget."""
+
+    limits: Limits
+    members: list[Member] = field(default_factory=list)
+    flags: dict[str, None] = field(default_factory=dict)  # an ordered set
+    listed: int = 0  # regular-file members seen in the container
+    total: int = 0  # bytes decompressed so far, kept or not
+    stopped: bool = False  # the total cap was reached: extract nothing more
+
+    def flag(self, name: str) -> None:
+        self.flags[name] = None
+
+    def admit(self) -> bool:
+        """Counts one more member; False (with a flag) past ``max_members`` or the total cap."""
+        if self.stopped:
+            return False
+        if self.listed >= self.limits.max_members:
+            self.flag("limit:members")
+            return False
+        self.listed += 1
+        return True
+
+    def drain(self, read: Callable[[int], bytes], sink: bytearray, compressed_size: int | None) -> bool:
+        """Appends ``read(CHUNK)`` to ``sink`` until it gives nothing. False, with a flag, at a cap.
+
+        On an exception from ``read``, ``sink`` keeps what was read before it.
+        """
+        limits = self.limits
+        try:
+            while chunk := read(CHUNK):
+                sink += chunk
+                self.total += len(chunk)
+                if len(sink) > limits.max_member_bytes:
+                    self.flag("limit:member-bytes")
+                    return False
+                if self.total > limits.max_total_bytes:
+                    self.flag("limit:total-bytes")
+                    self.stopped = True
+                    return False
+            return True
+        finally:
+            if compressed_size is not None and len(sink) > limits.ratio_flag * max(compressed_size, 1):
+                self.flag("ratio:high")
+
+
+def timestamp(seconds: float | None) -> str | None:
+    """ISO-8601 UTC of a Unix time, or None when absent or out of range."""
+    if not seconds:
+        return None
+    try:
+        return iso(datetime.fromtimestamp(seconds, timezone.utc))
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def gzip_header(data: bytes) -> tuple[str | None, int]:
+    """The file name (FNAME, ISO-8859-1) and MTIME of a gzip header (RFC 1952)."""
+    if len(data) < 10 or data[3] & 0x08 == 0:
+        return None, int.from_bytes(data[4:8], "little")
+    start = 12 + int.from_bytes(data[10:12], "little") if data[3] & 0x04 else 10
+    end = data.find(b"\x00", start)
+    return (data[start:end].decode("latin-1") if end > start else None), int.from_bytes(data[4:8], "little")
+
+
+def stream_name(filename: str | None) -> str | None:
+    """The name of a compressed stream's content from the container's name (``a.tgz`` -> ``a.tar``)."""
+    if not filename or "." not in filename:
+        return None
+    stem, dot, suffix = filename.rpartition(".")
+    replacement = _SUFFIXES.get(dot + suffix.lower())
+    return None if replacement is None or not stem else stem + replacement
+
+
+def unpack_stream(fmt: str, data: bytes, filename: str | None, unpacker: Unpacker) -> None:
+    """One gzip, bzip2 or xz stream -> one member. A truncated or corrupt stream gives what was
+    decompressed before the damage, with a flag; it raises if nothing was."""
+    name, mtime = gzip_header(data) if fmt == "gzip" else (None, 0)
+    if not unpacker.admit():
+        return
+    sink = bytearray()
+    try:
+        # read1: one decompression step per call, so an error cannot discard output already produced
+        complete = unpacker.drain(_STREAMS[fmt](io.BytesIO(data)).read1, sink, len(data))
+    except EOFError:
+        if not sink:
+            raise
+        unpacker.flag("corrupt:truncated")
+        complete = True
+    except STREAM_ERRORS:
+        if not sink:
+            raise
+        unpacker.flag("corrupt:data")
+        complete = True
+    if complete:
+        content = bytes(sink)
+        unpacker.members.append(Member(name or stream_name(filename), content, len(data), timestamp(mtime),
+                                       crc=zlib.crc32(content) if fmt == "gzip" else None))
+
+
+def unpack_tar(data: bytes, unpacker: Unpacker) -> None:
+    """Regular files of a tar archive (links, devices and directories are skipped)."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:  # not a tar: ReadError
+        while True:
+            try:
+                info = archive.next()
+            except tarfile.ReadError:
+                unpacker.flag("corrupt:truncated")
+                return
+            if info is None:  # tarfile also ends quietly at a damaged header past the first
+                rest = data[archive.offset:archive.offset + 512]
+                if rest and rest != bytes(512):
+                    unpacker.flag("corrupt:truncated" if len(rest) < 512 else "corrupt:data")
+                return
+            if not info.isreg():
+                continue
+            if not unpacker.admit():
+                return
+            sink = bytearray()
+            reader = archive.extractfile(info)
+            assert reader is not None  # a regular file always has one
+            try:
+                complete = unpacker.drain(reader.read, sink, None)
+            except tarfile.ReadError:
+                unpacker.flag("corrupt:truncated")
+                return
+            if complete:
+                unpacker.members.append(Member(info.name, bytes(sink), info.size, timestamp(info.mtime)))

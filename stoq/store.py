@@ -1,0 +1,744 @@
+"""The result store: scan documents kept in SQL (SQLite embedded, PostgreSQL for a fleet).
+
+A scan document (see :mod:`stoq.model`) is split into
+
+- ``scans``           one row per scan (the original ``date`` string plus a real timestamp);
+- ``payloads``        one row per distinct file content, keyed by sha256;
+- ``scan_payloads``   the lineage edges: which payload sat where in which scan, in ``results`` order;
+- ``plugin_results``  one row per (scan, payload, plugin), in ``workers`` order;
+- ``scan_errors``     the ``errors`` list, in order.
+
+:meth:`Store.get` puts the document back together exactly as it was saved, key order included.
+SQLite stores JSON as text, which keeps everything; PostgreSQL stores it as JSONB, which keeps
+neither the order of object keys nor the spelling of a float such as ``1e+16`` (it comes back as an
+integer). For those, a small hint (``*_order`` columns, NULL whenever JSONB keeps the value as is)
+records what JSONB forgets, so PostgreSQL round-trips exactly too.
+
+Every write is idempotent (``INSERT ... ON CONFLICT DO NOTHING``): a redelivered batch changes nothing.
+
+The schema belongs to the Alembic migrations in :mod:`stoq.migrations`. :meth:`Store.open` checks the
+database revision with one query and, for SQLite, migrates an empty or older database itself; a
+server database must be migrated explicitly (``stoq db upgrade``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sqlite3
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import orjson
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Engine,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["HEAD_REVISION", "NotMigrated", "Store", "StoreError", "alembic_config", "current_revision",
+           "upgrade"]
+
+#: The newest migration in ``stoq/migrations/versions`` (a test checks they agree), so that opening a
+#: store compares one string instead of loading the Alembic script directory.
+HEAD_REVISION = "0001"
+
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_SQLITE_BUSY_MS = 30_000
+_SQLITE_CACHE_KIB = -65_536  # negative: KiB, so 64 MiB at most (allocated as used)
+_SQLITE_CHECKPOINT_PAGES = 10_000  # ~40 MB of WAL between automatic checkpoints
+_SQLITE_WAL_LIMIT = 64 * 1024 * 1024
+_PG_LOCK_KEY = 0x5370_0051  # pg_advisory_xact_lock key serialising concurrent upgrades
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class NotMigrated(Exception):
+    """The database schema is missing or not at :data:`HEAD_REVISION`."""
+
+
+class StoreError(Exception):
+    """The store cannot be opened, or a read or write failed."""
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+class SQLiteJSON(TypeDecorator):
+    """JSON kept as TEXT on SQLite.
+
+    SQLAlchemy's ``JSON`` is declared ``JSON`` there, which SQLite gives NUMERIC affinity: a top-level
+    scalar such as ``123.0`` or ``-0.0`` is then stored as a number and comes back as ``123`` or
+    ``0.0`` (and SQLAlchemy cannot even decode it). TEXT affinity keeps the JSON text as written.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, none_as_null: bool = False) -> None:
+        super().__init__()
+        self.none_as_null = none_as_null
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        if value is None and self.none_as_null:
+            return None
+        return orjson.dumps(value).decode()
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else orjson.loads(value)
+
+
+def _json(none_as_null: bool = False) -> Any:
+    return (JSON(none_as_null=none_as_null)
+            .with_variant(JSONB(none_as_null=none_as_null), "postgresql")
+            .with_variant(SQLiteJSON(none_as_null=none_as_null), "sqlite"))
+
+
+JSONValue = _json()
+#: The ``*_order`` hint columns: SQL NULL when there is nothing to record.
+JSONHint = _json(none_as_null=True)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Scan(Base):
+    __tablename__ = "scans"
+
+    scan_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    schema_version: Mapped[str] = mapped_column(String(16))
+    #: The ``date`` exactly as written in the document.
+    date: Mapped[str] = mapped_column(String(64))
+    #: ``date`` parsed (UTC), for ordering and range queries; NULL if it does not parse.
+    scanned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    source: Mapped[Any] = mapped_column(JSONValue)
+    source_order: Mapped[Any | None] = mapped_column(JSONHint)
+    payload_count: Mapped[int] = mapped_column(Integer)
+    root_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class Payload(Base):
+    __tablename__ = "payloads"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    md5: Mapped[str] = mapped_column(String(32))
+    sha1: Mapped[str] = mapped_column(String(40))
+    sha512: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mime: Mapped[str] = mapped_column(String(255))
+    #: Date of the first stored scan that contained this content.
+    first_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ScanPayload(Base):
+    __tablename__ = "scan_payloads"
+
+    scan_id: Mapped[str] = mapped_column(String(64), ForeignKey("scans.scan_id", ondelete="CASCADE"),
+                                         primary_key=True)
+    payload_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: Position in ``results``.
+    seq: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[str | None] = mapped_column(String(255))
+    depth: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), ForeignKey("payloads.sha256"), index=True)
+    filename: Mapped[str | None] = mapped_column(Text)
+    extracted_by: Mapped[str | None] = mapped_column(String(255))
+    meta: Mapped[Any] = mapped_column(JSONValue)
+    meta_order: Mapped[Any | None] = mapped_column(JSONHint)
+    duplicate_of: Mapped[str | None] = mapped_column(String(255))
+    flags: Mapped[Any] = mapped_column(JSONValue)
+
+
+class PluginResult(Base):
+    __tablename__ = "plugin_results"
+    __table_args__ = (
+        UniqueConstraint("scan_id", "payload_id", "plugin"),
+        ForeignKeyConstraint(["scan_id", "payload_id"], ["scan_payloads.scan_id", "scan_payloads.payload_id"],
+                             ondelete="CASCADE"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    scan_id: Mapped[str] = mapped_column(String(64))
+    payload_id: Mapped[str] = mapped_column(String(255))
+    plugin: Mapped[str] = mapped_column(String(255), index=True)
+    #: Position in the payload's ``workers``.
+    ordinal: Mapped[int] = mapped_column(Integer)
+    result: Mapped[Any] = mapped_column(JSONValue)
+    result_order: Mapped[Any | None] = mapped_column(JSONHint)
+
+
+class ScanErrorRow(Base):
+    __tablename__ = "scan_errors"
+    __table_args__ = (UniqueConstraint("scan_id", "payload_id", "plugin", "kind"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    scan_id: Mapped[str] = mapped_column(String(64), ForeignKey("scans.scan_id", ondelete="CASCADE"))
+    payload_id: Mapped[str] = mapped_column(String(255))
+    plugin: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    #: Position in ``errors``.
+    seq: Mapped[int] = mapped_column(Integer)
+
+
+SCANS = Scan.__table__
+PAYLOADS = Payload.__table__
+SCAN_PAYLOADS = ScanPayload.__table__
+PLUGIN_RESULTS = PluginResult.__table__
+SCAN_ERRORS = ScanErrorRow.__table__
+#: Every table the store owns, parents first (drop in reverse).
+TABLES = (SCANS, PAYLOADS, SCAN_PAYLOADS, PLUGIN_RESULTS, SCAN_ERRORS)
+#: The columns :meth:`Store.save` writes, per table, in the order of its row tuples.
+ROW_COLUMNS = (
+    ("scan_id", "schema_version", "date", "scanned_at", "source", "source_order", "payload_count", "root_sha256"),
+    ("sha256", "md5", "sha1", "sha512", "size", "mime", "first_seen"),
+    ("scan_id", "payload_id", "seq", "parent_id", "depth", "sha256", "filename", "extracted_by", "meta",
+     "meta_order", "duplicate_of", "flags"),
+    ("scan_id", "payload_id", "plugin", "ordinal", "result", "result_order"),
+    ("scan_id", "payload_id", "plugin", "kind", "message", "seq"),
+)
+#: How many leading ROW_COLUMNS make each table's unique key.
+_KEY_LENGTHS = (1, 1, 2, 3, 4)
+
+
+# ---------------------------------------------------------------------------------- engine & migration
+
+def _url(url: str | URL) -> URL:
+    try:
+        return make_url(url)
+    except Exception as exc:  # ArgumentError, ValueError
+        raise StoreError(f"invalid database URL {str(url)!r}: {exc}") from exc
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL (None for in-memory)."""
+    db = url.database or ""
+    if db in ("", ":memory:") or db.startswith("file:") or url.query.get("mode") == "memory":
+        return None
+    return Path(db)
+
+
+def _make_engine(url: URL) -> Engine:
+    is_sqlite = url.get_backend_name() == "sqlite"
+    kwargs: dict[str, Any] = {
+        "json_serializer": lambda o: orjson.dumps(o).decode(),
+        "json_deserializer": orjson.loads,
+    }
+    if not is_sqlite:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(url, **kwargs)
+    except Exception as exc:  # unknown dialect, missing driver
+        raise StoreError(f"cannot use database {url.render_as_string(hide_password=True)}: {exc}") from exc
+    if is_sqlite:
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Transactions are begun explicitly (see _on_begin), so DDL and DML share them.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+            _wal(cur)
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            # Every saved document adds a row to several indexes keyed by random values (sha256,
+            # uuid4 scan ids), so a batch dirties pages all over the file. A bigger page cache and
+            # fewer, larger checkpoints (each page copied back once however often it changed) roughly
+            # halve the cost of a save; the WAL file is truncated back after a checkpoint.
+            cur.execute(f"PRAGMA cache_size={_SQLITE_CACHE_KIB}")
+            cur.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_CHECKPOINT_PAGES}")
+            cur.execute(f"PRAGMA journal_size_limit={_SQLITE_WAL_LIMIT}")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            # A writer takes the write lock up front (waiting up to busy_timeout) instead of failing
+            # with SQLITE_BUSY when it upgrades a read lock.
+            write = conn.get_execution_options().get("stoq_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    return engine
+
+
+def _wal(cur: Any) -> None:
+    """Switches a SQLite database to WAL (a setting kept in the file), once.
+
+    The switch needs the database to itself, and SQLite may refuse it at once ("database is locked")
+    without waiting when another connection is opening the new file too: retry until busy_timeout.
+    """
+    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() in ("wal", "memory"):
+        return
+    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def alembic_config(url: str | None = None) -> Any:
+    """An Alembic ``Config`` for the bundled migrations (no ``alembic.ini`` needed).
+
+    For ``alembic revision --autogenerate`` during development::
+
+        from alembic import command
+        command.revision(alembic_config("sqlite:///dev.db"), "describe it", autogenerate=True)
+    """
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    if url is not None:
+        cfg.attributes["url"] = url  # not a main option: configparser would choke on '%' in passwords
+    return cfg
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The database's Alembic revision, None if it has never been migrated. One query."""
+    try:
+        with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    except SQLAlchemyError as exc:
+        if _missing_table(exc):
+            return None
+        raise
+    return rows[0][0] if len(rows) == 1 else (None if not rows else ",".join(sorted(r[0] for r in rows)))
+
+
+def _missing_table(exc: SQLAlchemyError) -> bool:
+    """True if ``exc`` says that alembic_version does not exist (and not, say, the database)."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "pgcode", None) == "42P01":  # PostgreSQL undefined_table
+        return True
+    message = str(orig if orig is not None else exc).lower()
+    return "alembic_version" in message and ("no such table" in message or "does not exist" in message)
+
+
+def _upgrade_engine(engine: Engine) -> str:
+    from alembic import command
+
+    cfg = alembic_config()
+    with engine.connect().execution_options(stoq_write=True) as conn:
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})")
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        revision = current_revision(conn)
+    return revision or ""
+
+
+def upgrade(url: str) -> str:
+    """Migrates the database at ``url`` to the newest schema; returns its revision.
+
+    Safe to run concurrently (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock) and when
+    already up to date. Creates the parent directory of a SQLite file.
+    """
+    sa_url = _url(url)
+    if sa_url.get_backend_name() == "sqlite":
+        _mkparent(sa_url)
+    engine = _make_engine(sa_url)
+    try:
+        return _upgrade_engine(engine)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot migrate {_safe(sa_url)}: {exc}") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("alembic"):
+            raise StoreError(f"cannot migrate {_safe(sa_url)}: {exc}") from exc
+        raise
+    finally:
+        engine.dispose()
+
+
+def _mkparent(url: URL) -> None:
+    path = _sqlite_file(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory of {path}: {exc}") from exc
+
+
+def _safe(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+# ------------------------------------------------------------------------------------ JSONB fidelity
+
+def _jsonb_sorted(keys: list[str]) -> bool:
+    """True if ``keys`` are already in JSONB's storage order (shorter first, then bytewise)."""
+    prev = None
+    for k in keys:
+        b = k.encode()
+        cur = (len(b), b)
+        if prev is not None and cur < prev:
+            return False
+        prev = cur
+    return True
+
+
+def order_hint(value: Any) -> Any:
+    """What JSONB would forget about ``value``: None if it keeps it exactly.
+
+    ``{"k": [keys in order]}`` for an object JSONB would reorder, ``{"c": {key or index: hint}}`` for
+    members that need one, ``{"f": "1e+16"}`` for a float JSONB would turn into an integer (or -0.0).
+    """
+    t = type(value)
+    if t is dict:
+        sub = None
+        for k, v in value.items():
+            h = order_hint(v)
+            if h is not None:
+                if sub is None:
+                    sub = {}
+                sub[k] = h
+        hint: dict[str, Any] = {}
+        if len(value) > 1 and not _jsonb_sorted(list(value)):
+            hint["k"] = list(value)
+        if sub is not None:
+            hint["c"] = sub
+        return hint or None
+    if t is list:
+        sub = None
+        for i, v in enumerate(value):
+            h = order_hint(v)
+            if h is not None:
+                if sub is None:
+                    sub = {}
+                sub[str(i)] = h
+        return None if sub is None else {"c": sub}
+    if t is float:
+        if (value.is_integer() and abs(value) >= 1e16) or (value == 0 and math.copysign(1.0, value) < 0):
+            return {"f": repr(value)}
+    return None
+
+
+def apply_hint(value: Any, hint: Any) -> Any:
+    """Inverse of :func:`order_hint`: ``value`` as read from JSONB, restored."""
+    if not hint:
+        return value
+    if "f" in hint:
+        return float(hint["f"])
+    sub = hint.get("c") or {}
+    if isinstance(value, dict):
+        keys = hint.get("k") or list(value)
+        return {k: apply_hint(value[k], sub.get(k)) for k in keys}
+    if isinstance(value, list) and sub:
+        return [apply_hint(v, sub.get(str(i))) for i, v in enumerate(value)]
+    return value
+
+
+# --------------------------------------------------------------------------------------------- store
+
+def _parse_date(date: Any) -> datetime | None:
+    if not isinstance(date, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(date)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo is timezone.utc else moment.astimezone(timezone.utc)
+
+
+_DOC_KEYS = frozenset(("schema_version", "scan_id", "date", "source", "payloads", "results", "errors"))
+_PAYLOAD_KEYS = frozenset(("payload_id", "parent_id", "depth", "filename", "extracted_by", "meta",
+                           "duplicate_of", "size", "md5", "sha1", "sha256", "sha512", "mime", "workers",
+                           "flags"))
+_ERROR_KEYS = frozenset(("payload_id", "plugin", "kind", "message"))
+
+
+def _check_keys(what: str, obj: Any, expected: frozenset[str]) -> None:
+    if not isinstance(obj, dict):
+        raise StoreError(f"{what} is a {type(obj).__name__}, not an object")
+    if obj.keys() != expected:
+        keys = set(obj)
+        raise StoreError(f"{what} does not have the scan-document shape: missing {sorted(expected - keys)}, "
+                         f"unexpected {sorted(keys - expected)}")
+
+
+class Store:
+    """Saves and loads scan documents. Thread-safe; one per process is plenty."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(stoq_write=True)
+        dialect = engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            raise StoreError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
+        self._sqlite = dialect == "sqlite"
+        self._columns = ROW_COLUMNS
+        # JSON comes back as text from SQLite, already decoded by psycopg2 from PostgreSQL.
+        self._loads: Any = _sqlite_loads if self._sqlite else _identity
+        self._sql = {name: sql if self._sqlite else sql.replace(":k", "%(k)s") for name, sql in _READ_SQL.items()}
+        if self._sqlite:
+            # SQLite: plain executemany of prebuilt SQL and rows (JSON already text), which skips
+            # SQLAlchemy's per-row parameter processing: most of the cost of a small document.
+            self._inserts: list[Any] = [
+                f"INSERT INTO {t.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                "ON CONFLICT DO NOTHING" for t, cols in zip(TABLES, self._columns)]
+        else:
+            # PostgreSQL: SQLAlchemy Core, whose "insertmanyvalues" sends multi-row INSERTs (up to 1000
+            # rows a statement). SQLAlchemy 2.1 uses it for ON CONFLICT only with a RETURNING clause
+            # (sqlalchemy#13130); without one, psycopg2 would send one INSERT per row.
+            self._inserts = [pg_insert(t).on_conflict_do_nothing().returning(t.c[cols[0]])
+                             for t, cols in zip(TABLES, ROW_COLUMNS)]
+
+    @classmethod
+    def open(cls, url: str, *, auto_migrate: bool | None = None) -> Store:
+        """Connects to ``url`` and checks that its schema is current.
+
+        ``auto_migrate`` (default: True for SQLite, False for server databases) creates or upgrades the
+        schema when needed; without it, an out-of-date database raises :class:`NotMigrated`.
+        """
+        sa_url = _url(url)
+        backend = sa_url.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise StoreError(f"unsupported database {backend!r} in {_safe(sa_url)}: use SQLite or PostgreSQL")
+        is_sqlite = backend == "sqlite"
+        if auto_migrate is None:
+            auto_migrate = is_sqlite
+        if is_sqlite and auto_migrate:
+            _mkparent(sa_url)
+        engine = _make_engine(sa_url)
+        try:
+            with engine.connect() as conn:
+                revision = current_revision(conn)
+            if revision != HEAD_REVISION:
+                if not auto_migrate:
+                    state = "has no stoq schema" if revision is None else f"is at schema revision {revision}"
+                    raise NotMigrated(
+                        f"the database {_safe(sa_url)} {state}, this stoq needs {HEAD_REVISION}: "
+                        f"run `stoq db upgrade` (or `python manage.py db upgrade`)")
+                _upgrade_engine(engine)
+            return cls(engine)
+        except NotMigrated:
+            engine.dispose()
+            raise
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open the store {_safe(sa_url)}: {exc}") from exc
+        except Exception as exc:
+            engine.dispose()
+            if type(exc).__module__.startswith("alembic"):
+                raise StoreError(f"cannot migrate the store {_safe(sa_url)}: {exc}") from exc
+            raise
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ write
+
+    def save(self, documents: Iterable[dict[str, Any]]) -> None:
+        """Saves scan documents, all in one transaction. Saving a document again changes nothing."""
+        rows = self._rows(documents)
+        if not rows[0]:
+            return
+        try:
+            with self._writer.begin() as conn:
+                if self._sqlite:
+                    for sql, batch in zip(self._inserts, rows):
+                        if batch:
+                            conn.exec_driver_sql(sql, batch)
+                else:
+                    for stmt, cols, keylen, batch in zip(self._inserts, self._columns, _KEY_LENGTHS, rows):
+                        if batch:
+                            # Rows in key order: concurrent savers then take row locks in the same
+                            # order and cannot deadlock on shared payloads.
+                            batch = sorted(batch, key=lambda row: row[:keylen])
+                            conn.execute(stmt, [dict(zip(cols, row)) for row in batch])
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot save {len(rows[0])} scan document(s): {exc}") from exc
+
+    def _rows(self, documents: Iterable[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], ...]:
+        """The rows of every table (tuples in ``self._columns`` order), checking the document shape.
+
+        SQLite gets JSON as text and timestamps in SQLAlchemy's SQLite format; PostgreSQL gets Python
+        values (SQLAlchemy serialises them) plus the JSONB hints.
+        """
+        if self._sqlite:
+            def js(value: Any) -> str:
+                return dumps(value).decode()
+
+            def hint(value: Any) -> None:
+                return None  # SQLite's JSON text keeps everything
+
+            def stamp(moment: datetime | None) -> Any:
+                return None if moment is None else moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+        else:
+            def js(value: Any) -> Any:
+                return value
+
+            hint = order_hint
+
+            def stamp(moment: datetime | None) -> Any:
+                return moment
+
+        dumps = orjson.dumps
+        scans: list[tuple[Any, ...]] = []
+        payloads: dict[str, tuple[Any, ...]] = {}
+        edges: list[tuple[Any, ...]] = []
+        results: list[tuple[Any, ...]] = []
+        errors: list[tuple[Any, ...]] = []
+        for doc in documents:
+            try:
+                if doc.keys() != _DOC_KEYS:
+                    _check_keys("a document", doc, _DOC_KEYS)
+                scan_id = doc["scan_id"]
+                date = doc["date"]
+                when = stamp(_parse_date(date))
+                source = doc["source"]
+                records = doc["results"]
+                # scans: scan_id, schema_version, date, scanned_at, source, source_order, payload_count,
+                # root_sha256
+                scans.append((scan_id, doc["schema_version"], date, when, js(source), hint(source),
+                              doc["payloads"], records[0]["sha256"] if records else None))
+                for seq, rec in enumerate(records):
+                    if rec.keys() != _PAYLOAD_KEYS:
+                        _check_keys(f"results[{seq}] of scan {scan_id}", rec, _PAYLOAD_KEYS)
+                    sha256 = rec["sha256"]
+                    if sha256 not in payloads:
+                        # payloads: sha256, md5, sha1, sha512, size, mime, first_seen
+                        payloads[sha256] = (sha256, rec["md5"], rec["sha1"], rec["sha512"], rec["size"],
+                                            rec["mime"], when)
+                    payload_id = rec["payload_id"]
+                    meta = rec["meta"]
+                    # scan_payloads: scan_id, payload_id, seq, parent_id, depth, sha256, filename,
+                    # extracted_by, meta, meta_order, duplicate_of, flags
+                    edges.append((scan_id, payload_id, seq, rec["parent_id"], rec["depth"], sha256,
+                                  rec["filename"], rec["extracted_by"], js(meta), hint(meta),
+                                  rec["duplicate_of"], js(rec["flags"])))
+                    # plugin_results: scan_id, payload_id, plugin, ordinal, result, result_order
+                    for ordinal, (plugin, result) in enumerate(rec["workers"].items()):
+                        results.append((scan_id, payload_id, plugin, ordinal, js(result), hint(result)))
+                for seq, err in enumerate(doc["errors"]):
+                    if err.keys() != _ERROR_KEYS:
+                        _check_keys(f"errors[{seq}] of scan {scan_id}", err, _ERROR_KEYS)
+                    # scan_errors: scan_id, payload_id, plugin, kind, message, seq
+                    errors.append((scan_id, err["payload_id"], err["plugin"], err["kind"], err["message"], seq))
+            except StoreError:
+                raise
+            except (KeyError, TypeError, AttributeError, IndexError, orjson.JSONEncodeError) as exc:
+                raise StoreError(f"not a scan document ({type(exc).__name__}: {exc})") from exc
+        return scans, list(payloads.values()), edges, results, errors
+
+    # ------------------------------------------------------------------------------------------- read
+
+    def get(self, scan_id: str) -> dict[str, Any] | None:
+        """The document saved under ``scan_id``, exactly as it was saved; None if there is none."""
+        try:
+            with self._engine.connect() as conn:
+                return self._load(conn, scan_id)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read scan {scan_id}: {exc}") from exc
+
+    def find(self, key: str) -> list[dict[str, Any]]:
+        """Documents for ``key``: the scan with that id, or, for a sha256, every scan containing that
+        payload (as root or extracted child), oldest first."""
+        try:
+            with self._engine.connect() as conn:
+                found: list[dict[str, Any]] = []
+                doc = self._load(conn, key)
+                if doc is not None:
+                    found.append(doc)
+                if _SHA256.fullmatch(key):
+                    for (scan_id,) in conn.exec_driver_sql(self._sql["find"], {"k": key.lower()}).all():
+                        if scan_id != key:
+                            doc = self._load(conn, scan_id)
+                            if doc is not None:
+                                found.append(doc)
+                return found
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot search for {key}: {exc}") from exc
+
+    def _load(self, conn: Connection, scan_id: str) -> dict[str, Any] | None:
+        # Plain SQL through the driver: building and caching SQLAlchemy statements would cost more
+        # than the four indexed queries themselves.
+        sql, key, loads = self._sql, {"k": scan_id}, self._loads
+        scan = conn.exec_driver_sql(sql["scan"], key).first()
+        if scan is None:
+            return None
+        workers: dict[str, dict[str, Any]] = {}
+        for payload_id, plugin, result, hint in conn.exec_driver_sql(sql["workers"], key):
+            result = loads(result)
+            workers.setdefault(payload_id, {})[plugin] = apply_hint(result, loads(hint)) if hint else result
+        results = []
+        for (payload_id, parent_id, depth, filename, extracted_by, meta, meta_order, duplicate_of, size, md5,
+             sha1, sha256, sha512, mime, flags) in conn.exec_driver_sql(sql["payloads"], key):
+            meta = loads(meta)
+            results.append({
+                "payload_id": payload_id, "parent_id": parent_id, "depth": depth, "filename": filename,
+                "extracted_by": extracted_by, "meta": apply_hint(meta, loads(meta_order)) if meta_order else meta,
+                "duplicate_of": duplicate_of, "size": size, "md5": md5, "sha1": sha1, "sha256": sha256,
+                "sha512": sha512, "mime": mime, "workers": workers.get(payload_id, {}), "flags": loads(flags)})
+        errors = [{"payload_id": payload_id, "plugin": plugin, "kind": kind, "message": message}
+                  for payload_id, plugin, kind, message in conn.exec_driver_sql(sql["errors"], key)]
+        schema_version, scan_id, date, source, source_order, payload_count = scan
+        source = loads(source)
+        return {"schema_version": schema_version, "scan_id": scan_id, "date": date,
+                "source": apply_hint(source, loads(source_order)) if source_order else source,
+                "payloads": payload_count, "results": results, "errors": errors}
+
+
+#: The read queries, with ``:k`` for the key (rewritten to the driver's parameter style).
+_READ_SQL = {
+    "scan": "SELECT schema_version, scan_id, date, source, source_order, payload_count FROM scans "
+            "WHERE scan_id = :k",
+    "workers": "SELECT payload_id, plugin, result, result_order FROM plugin_results WHERE scan_id = :k "
+               "ORDER BY payload_id, ordinal",
+    "payloads": "SELECT e.payload_id, e.parent_id, e.depth, e.filename, e.extracted_by, e.meta, e.meta_order, "
+                "e.duplicate_of, p.size, p.md5, p.sha1, p.sha256, p.sha512, p.mime, e.flags "
+                "FROM scan_payloads e JOIN payloads p ON p.sha256 = e.sha256 WHERE e.scan_id = :k ORDER BY e.seq",
+    "errors": "SELECT payload_id, plugin, kind, message FROM scan_errors WHERE scan_id = :k ORDER BY seq",
+    "find": "SELECT scan_id FROM scans WHERE scan_id IN (SELECT scan_id FROM scan_payloads WHERE sha256 = :k) "
+            "ORDER BY scanned_at, date, scan_id",
+}
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _sqlite_loads(value: str | None) -> Any:
+    return None if value is None else orjson.loads(value)

@@ -1,0 +1,44 @@
+"""Paths and checks shared by the tests (imported as ``helpers``; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("STOQ_SHARED", ROOT.parent / "shared"))
+CORPUS = SHARED / "corpus"
+BENCH_RULES = SHARED / "bench" / "rules200.yar"
+SCHEMA = json.loads((ROOT / "docs" / "scan-document.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+PG_URL = os.environ.get("STOQ_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+EXPECTED_CHILDREN: dict[str, Any] = json.loads((CORPUS / "expected_children.json").read_text())
+
+
+def corpus_files() -> list[Path]:
+    return sorted(p for p in CORPUS.iterdir() if p.is_file() and p.name not in ("README.md", "expected_children.json"))
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Fails the test with every schema violation of ``doc``, and checks what the schema cannot say."""
+    errors = sorted(VALIDATOR.iter_errors(doc), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors[:10])
+    assert doc["payloads"] == len(doc["results"])
+    ids = [p["payload_id"] for p in doc["results"]]
+    assert len(set(ids)) == len(ids)
+    seen: set[str] = set()
+    for p in doc["results"]:  # parents before children
+        assert (p["parent_id"] is None) == (p["depth"] == 0)
+        if p["parent_id"] is not None:
+            assert p["parent_id"] in seen
+        seen.add(p["payload_id"])
+    assert b"\\u0000" not in json.dumps(doc).encode()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
