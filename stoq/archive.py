@@ -1,6 +1,7 @@
 """Content-addressed payload archive: bytes stored and fetched by sha256.
 
-The directory archive lays a payload at ``ROOT/ab/cd/abcd...`` (sha256 in hex). Writes go to a
+Two layouts: ``PackArchive`` (the embedded default: appends to pack files, fast on any local disk)
+and ``DirectoryArchive`` (one file per payload: simple to inspect, works over NFS). The directory archive lays a payload at ``ROOT/ab/cd/abcd...`` (sha256 in hex). Writes go to a
 temporary file in the same directory and are renamed into place, so a reader never sees a partial
 payload and two processes writing the same payload do not conflict. An archive is shared by the
 embedded worker processes and, over a shared filesystem, by the workers of a cluster.
@@ -8,8 +9,13 @@ embedded worker processes and, over a shared filesystem, by the workers of a clu
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import secrets
+import socket
+import sqlite3
+import time
 from contextlib import suppress
 import tempfile
 from pathlib import Path
@@ -26,6 +32,16 @@ class DirectoryArchive:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    def prepare(self) -> None:
+        """Creates the archive's directory."""
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def flush(self) -> None:
+        """Nothing to do: every put is complete when it returns."""
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def path(self, sha256: str) -> Path:
         if not _SHA256.match(sha256):
@@ -60,3 +76,214 @@ class DirectoryArchive:
         with suppress(FileNotFoundError):
             self.path(sha256).unlink()
 
+
+
+class PackArchive:
+    """Payloads appended to pack files, found through a SQLite index: the embedded default.
+
+    On this project's reference machine (ext4 in a VM) creating one file per payload costs ~1 ms of
+    kernel time, more than hashing, typing and matching a typical payload together; appending to an
+    open pack costs ~20 µs. Layout under ``ROOT``::
+
+        packs/<host>-<pid>-<random>.pack   records: b"SQPK" + sha256 (32 bytes) + length (8, big-endian) + bytes
+        index.sqlite                       sha256 -> (pack, offset, length)
+
+    Each process appends to packs of its own (opened lazily, so a forked worker never shares its
+    parent's), and adds index rows in batches (every ``FLUSH_EVERY`` payloads or ``FLUSH_SECONDS``,
+    and on ``close``). ``get`` verifies the sha256 of what it reads. A process killed between an
+    append and its index flush leaves bytes that ``reindex`` recovers from the pack headers.
+    """
+
+    MAGIC = b"SQPK"
+    HEADER = 44
+    PACK_LIMIT = 1 << 30
+    FLUSH_EVERY = 64
+    FLUSH_SECONDS = 0.5
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._pid = -1
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._fd: int | None = None
+        self._pack = ""
+        self._offset = 0
+        self._db: sqlite3.Connection | None = None
+        self._pending: list[tuple[str, str, int, int]] = []
+        self._local: dict[str, tuple[str, int, int]] = {}
+        self._last_flush = time.monotonic()
+
+    def _state(self) -> None:
+        if self._pid != os.getpid():
+            self._reset()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
+            db.execute("PRAGMA busy_timeout = 60000")
+            for attempt in range(50):  # switching a new file to WAL can fail while another process does it
+                try:
+                    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        db.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError:
+                    if attempt == 49:
+                        raise
+                    time.sleep(0.02)
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, pack TEXT NOT NULL, "
+                       "offset INTEGER NOT NULL, length INTEGER NOT NULL) WITHOUT ROWID")
+            self._db = db
+        return self._db
+
+    def prepare(self) -> None:
+        """Creates the archive's directory and index now (call before forking workers)."""
+        self._state()
+        self._conn()
+        self.close()
+
+    def _locate(self, sha256: str) -> tuple[str, int, int] | None:
+        found = self._local.get(sha256)
+        if found is None:
+            row = self._conn().execute("SELECT pack, offset, length FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
+            found = tuple(row) if row else None  # type: ignore[assignment]
+        return found
+
+    def _writer(self, size: int) -> int:
+        if self._fd is None or self._offset + size > self.PACK_LIMIT:
+            if self._fd is not None:
+                os.close(self._fd)
+            packs = self.root / "packs"
+            packs.mkdir(parents=True, exist_ok=True)
+            self._pack = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.pack"
+            self._fd = os.open(packs / self._pack, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            self._offset = 0
+        return self._fd
+
+    def exists(self, sha256: str) -> bool:
+        self._state()
+        return self._locate(sha256) is not None
+
+    def put(self, sha256: str, content: bytes) -> None:
+        self._state()
+        if self._locate(sha256) is not None:
+            return
+        header = self.MAGIC + bytes.fromhex(sha256) + len(content).to_bytes(8, "big")
+        fd = self._writer(len(header) + len(content))
+        written = os.writev(fd, [header, content])
+        if written != len(header) + len(content):
+            raise ArchiveError(f"short write to pack {self._pack}")
+        where = (self._pack, self._offset + len(header), len(content))
+        self._offset += written
+        self._local[sha256] = where
+        self._pending.append((sha256, *where))
+        if len(self._pending) >= self.FLUSH_EVERY or time.monotonic() - self._last_flush > self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes pending index rows (one transaction)."""
+        self._state()
+        if self._pending:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", self._pending)
+            self._pending.clear()
+            self._local.clear()
+        self._last_flush = time.monotonic()
+
+    def get(self, sha256: str) -> bytes:
+        self._state()
+        where = self._locate(sha256)
+        if where is None:
+            raise ArchiveError(f"payload {sha256} is not in the archive {self.root}")
+        pack, offset, length = where
+        with open(self.root / "packs" / pack, "rb") as handle:
+            handle.seek(offset)
+            content = handle.read(length)
+        if hashlib.sha256(content).hexdigest() != sha256:
+            raise ArchiveError(f"payload {sha256} is damaged in pack {pack}")
+        return content
+
+    def delete(self, sha256: str) -> None:
+        """Forgets a payload (its bytes stay in the pack until the pack is removed)."""
+        self.flush()
+        db = self._conn()
+        with db:
+            db.execute("BEGIN")
+            db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+
+    def reindex(self) -> int:
+        """Re-adds index rows for every complete record in every pack; returns how many were read."""
+        self.flush()
+        rows = []
+        for pack in sorted((self.root / "packs").glob("*.pack")):
+            with open(pack, "rb") as handle:
+                offset = 0
+                while True:
+                    header = handle.read(self.HEADER)
+                    if len(header) < self.HEADER or header[:4] != self.MAGIC:
+                        break
+                    length = int.from_bytes(header[36:44], "big")
+                    handle.seek(length, os.SEEK_CUR)
+                    if handle.tell() > pack.stat().st_size:
+                        break
+                    rows.append((header[4:36].hex(), pack.name, offset + self.HEADER, length))
+                    offset += self.HEADER + length
+        db = self._conn()
+        with db:
+            db.execute("BEGIN")
+            db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            self.flush()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class NoArchive:
+    """Keeps nothing (``archiver = "none"``): for quick triage where payloads need not be kept."""
+
+    def exists(self, sha256: str) -> bool:
+        return False
+
+    def put(self, sha256: str, content: bytes) -> None:
+        return None
+
+    def get(self, sha256: str) -> bytes:
+        raise ArchiveError("the archive is disabled (archiver = none)")
+
+    def delete(self, sha256: str) -> None:
+        return None
+
+    def prepare(self) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+Archive = DirectoryArchive | PackArchive | NoArchive
+ARCHIVERS = ("pack", "directory", "none")
+
+
+def open_archive(kind: str, root: str | os.PathLike[str]) -> Archive:
+    """The archive of a kind: ``pack`` (embedded default), ``directory`` (a file per payload) or ``none``."""
+    if kind == "pack":
+        return PackArchive(root)
+    if kind == "directory":
+        return DirectoryArchive(root)
+    if kind == "none":
+        return NoArchive()
+    raise ArchiveError(f"unknown archiver {kind!r} (one of {', '.join(ARCHIVERS)})")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -47,6 +47,7 @@ class Settings(BaseModel):
 
     database_url: str = Field("", description="SQLAlchemy URL of the result store (default: SQLite in the user data dir).")
     archive: str = Field("", description="Directory of the content-addressed payload archive (default: in the user data dir).")
+    archiver: Literal["pack", "directory", "none"] = Field("pack", description="Archive layout: pack files (fast), a file per payload, or none.")
     workers: list[str] = Field(default_factory=list, description="Plugins run on every payload.")
     dispatch_rules: str = Field("", description="YARA dispatch rule file (default: the bundled rules; 'none' disables).")
     max_depth: int = Field(8, ge=0, description="Deepest level of extracted children (root is 0).")

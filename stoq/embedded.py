@@ -25,13 +25,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import RawValue
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from stoq.engine import Activity, Engine, describe
+from stoq.runner import describe_exception
 from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, now_iso
 
 HARD_GRACE = 5.0
 MAX_ATTEMPTS = 5
+PREFETCH = 2
 
 
 class _Slot(ctypes.Structure):
@@ -78,35 +80,45 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     faulthandler.disable()  # a crash is recorded by the parent; no traceback dump on stderr
     activity = SlotActivity(slot)
-    while True:
-        message = conn.recv()
-        if message is None:
-            return
-        path, skip = message
-        try:
-            activity.enter("read", "")
-            content = Path(path).read_bytes()
-            activity.leave()
-        except OSError as exc:
-            activity.leave()
-            conn.send_bytes(b"E" + f"{path}: {exc.strerror or exc}".encode("utf-8", "backslashreplace"))
-            continue
-        doc = engine.scan(content, Path(path).name, {"path": path}, skip=skip, activity=activity)
-        conn.send_bytes(b"D" + dumps(doc))
+    try:
+        while True:
+            message = conn.recv()
+            if message is None:
+                return
+            path, skip = message
+            try:
+                activity.enter("read", "")
+                content = Path(path).read_bytes()
+            except OSError as exc:
+                conn.send_bytes(b"E" + f"{path}: {exc.strerror or exc}".encode("utf-8", "backslashreplace"))
+                continue
+            finally:
+                activity.leave()
+            try:
+                doc = engine.scan(content, Path(path).name, {"path": path}, skip=skip, activity=activity)
+            except Exception as exc:  # a fault of stoq itself, not of a plugin: report it, keep serving
+                conn.send_bytes(b"E" + f"{path}: scan failed: {describe_exception(exc)}".encode("utf-8", "backslashreplace"))
+                continue
+            conn.send_bytes(b"D" + dumps(doc))
+            if not conn.poll():
+                engine.archive.flush()  # idle: make the archive index complete
+    finally:
+        engine.close()
 
 
 class _Worker:
+    """One worker process, the jobs handed to it (in order), and its activity slot."""
+
     def __init__(self, ctx: Any, engine: Engine) -> None:
         self.slot = RawValue(_Slot)
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_serve, args=(child, engine, self.slot), daemon=True)
         self.process.start()
         child.close()
-        self.job: _Job | None = None
+        self.jobs: deque[_Job] = deque()
 
     def give(self, job: _Job) -> None:
-        self.job = job
-        self.slot.active = 0
+        self.jobs.append(job)
         self.conn.send((str(job.path), job.skip))
 
     def running(self) -> tuple[str, str, float] | None:
@@ -155,42 +167,52 @@ class EmbeddedPool:
         self.timeout = engine.settings.timeout
         self._ctx = multiprocessing.get_context("fork")
 
-    def run(self, paths: Iterable[Path]) -> Iterator[Outcome]:
+    def run(self, paths: Iterable[Path], *, started: Callable[[], None] | None = None,
+            before_fork: Callable[[], None] | None = None) -> Iterator[Outcome]:
+        """Yields one outcome per path, in order. ``started`` is called once the workers are forked
+        (the parent may start threads then); ``before_fork`` before a dead worker is replaced."""
         todo: deque[_Job] = deque(_Job(i, p) for i, p in enumerate(paths))
         total = len(todo)
         workers = [_Worker(self._ctx, self.engine) for _ in range(min(self.jobs, max(1, total)))]
+        if started is not None:
+            started()
         done: dict[int, Outcome] = {}
         next_out = 0
         try:
             while next_out < total:
-                for worker in workers:
-                    if worker.job is None and todo:
+                for worker in workers:  # keep PREFETCH jobs queued at each worker: no idle round trips
+                    while len(worker.jobs) < PREFETCH and todo:
                         worker.give(todo.popleft())
-                busy = [w for w in workers if w.job is not None]
+                busy = [w for w in workers if w.jobs]
                 waitables = [w.conn for w in busy] + [w.process.sentinel for w in busy]
                 ready = set(multiprocessing.connection.wait(waitables, timeout=0.5))
                 for i, worker in enumerate(workers):
-                    job = worker.job
-                    if job is None:
+                    if not worker.jobs:
                         continue
-                    if worker.conn in ready:
+                    while worker.conn.poll():  # drain what it sent, even if it died since
                         try:
                             data = worker.conn.recv_bytes()
                         except (EOFError, OSError):
-                            data = None
-                        if data is not None:
-                            worker.job = None
-                            done[job.index] = (Outcome(job.path, data[1:]) if data[:1] == b"D"
-                                               else Outcome(job.path, None, data[1:].decode()))
-                            continue
+                            break
+                        job = worker.jobs.popleft()
+                        done[job.index] = (Outcome(job.path, data[1:]) if data[:1] == b"D"
+                                           else Outcome(job.path, None, data[1:].decode()))
+                        if not worker.jobs:
+                            break
+                    if not worker.jobs:
+                        continue
                     problem = self._problem(worker, ready)
                     if problem is not None:
                         worker.kill()
+                        if before_fork is not None:
+                            before_fork()
                         workers[i] = _Worker(self._ctx, self.engine)
+                        job = worker.jobs.popleft()
                         outcome = self._retry(job, problem)
                         if outcome is not None:
                             done[job.index] = outcome
-                        else:
+                        todo.extendleft(reversed(worker.jobs))  # the others never started
+                        if outcome is None:
                             todo.appendleft(job)
                 while next_out in done:
                     yield done.pop(next_out)
@@ -215,14 +237,14 @@ class EmbeddedPool:
     def _retry(self, job: _Job, problem: tuple[str, str, str, str]) -> Outcome | None:
         sha256, plugin, kind, message = problem
         job.attempts += 1
-        key = (sha256, plugin)
-        if job.attempts >= MAX_ATTEMPTS or not sha256 or key in job.skip:
+        key = (sha256, plugin)  # ("", name) when it died outside a plugin: one more plain attempt
+        if job.attempts >= MAX_ATTEMPTS or key in job.skip:
             return Outcome(job.path, failed_document(job.path, message))
         job.skip[key] = (kind, message)
         return None
 
 
-def scan_files(engine: Engine, paths: list[Path], jobs: int) -> Iterator[Outcome]:
-    """Scans ``paths`` with ``jobs`` worker processes (see ``EmbeddedPool``)."""
-    return EmbeddedPool(engine, jobs).run(paths)
+def scan_files(engine: Engine, paths: list[Path], jobs: int, **hooks: Callable[[], None] | None) -> Iterator[Outcome]:
+    """Scans ``paths`` with ``jobs`` worker processes (see ``EmbeddedPool.run`` for the hooks)."""
+    return EmbeddedPool(engine, jobs).run(paths, **hooks)
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import magic
 import yara
 
-from stoq.archive import DirectoryArchive
+from stoq.archive import ArchiveError, open_archive
 from stoq.config import ConfigError, Settings
 from stoq.dispatch import Dispatcher, Planned, bundled_dispatch_rules
 from stoq.limits import Budget, Limits
-from stoq.model import PayloadRecord, ScanErrorEntry, clean, document, now_iso
+from stoq.model import PayloadRecord, ScanErrorEntry, document, json_safe, now_iso
 from stoq.plugin import Payload, PluginOptions, ScanPlugin
 from stoq.registry import Registry, make_options
 from stoq.runner import run_plugin
@@ -98,7 +98,11 @@ class Engine:
         rules = settings.dispatch_rules or str(bundled_dispatch_rules())
         self.dispatcher = Dispatcher(self.plugin_classes, settings.workers, rules)
         self.limits = Limits(settings.max_depth, settings.max_children, settings.max_bytes)
-        self.archive = DirectoryArchive(settings.resolved_archive())
+        self.archive = open_archive(settings.archiver, settings.resolved_archive())
+        try:
+            self.archive.prepare()  # before any worker forks: they then only open it
+        except (OSError, ArchiveError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot use the archive {settings.resolved_archive()}: {exc}") from exc
         self._instances: dict[str, ScanPlugin] = {}
         self._setup_errors: dict[str, str] = {}
         self._magic = magic.Magic(mime=True)
@@ -149,14 +153,17 @@ class Engine:
         finally:
             activity.leave()
         record = PayloadRecord(payload_id=payload_id, parent_id=item.parent_id, depth=item.depth,
-                               filename=item.filename, extracted_by=item.extracted_by, meta=clean(item.meta),
+                               filename=item.filename, extracted_by=item.extracted_by, meta=json_safe(item.meta),
                                **facts)
         first = budget.first_seen(record.sha256, payload_id)
         if first is not None:
             record.duplicate_of = first
             return Analysis(record, errors, [])
         if item.save:
-            self.archive.put(record.sha256, item.content)
+            try:
+                self.archive.put(record.sha256, item.content)
+            except (OSError, ArchiveError, sqlite3.Error) as exc:  # the analysis goes on without a copy
+                errors.append(ScanErrorEntry(payload_id, "archive", "error", f"{type(exc).__name__}: {exc}"))
 
         can_extract = item.depth < self.limits.max_depth
         try:
@@ -193,7 +200,7 @@ class Engine:
                 continue
             result = outcome.result
             assert result is not None
-            record.workers[name] = clean(result.data)
+            record.workers[name] = json_safe(result.data)
             for flag in result.flags:
                 if flag not in record.flags:
                     record.flags.append(flag)
@@ -223,6 +230,6 @@ class Engine:
             queue.extend(analysis.children)
         return document(scan_id, date, source, results, errors)
 
-    def scan_path(self, path: Path, *, skip: SkipMap | None = None, activity: Activity = Activity()) -> dict[str, Any]:
-        content = path.read_bytes()
-        return self.scan(content, path.name, {"path": str(path)}, skip=skip, activity=activity)
+    def close(self) -> None:
+        """Flushes and releases what the engine holds (the archive's pack and index)."""
+        self.archive.close()

@@ -57,9 +57,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = ["HEAD_REVISION", "NotMigrated", "Store", "StoreError", "alembic_config", "current_revision",
            "upgrade"]
 
-#: The newest migration in ``stoq/migrations/versions`` (a test checks they agree), so that opening a
-#: store compares one string instead of loading the Alembic script directory.
-HEAD_REVISION = "0001"
+# The newest migration in ``stoq/migrations/versions`` (a test checks they agree), so that opening a
+# store compares one string instead of loading the Alembic script directory.
+from stoq.migrations import HEAD_REVISION  # noqa: E402
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _SQLITE_BUSY_MS = 30_000

@@ -47,7 +47,7 @@ def test_every_corpus_file_gets_hashes_and_libmagic_type(tmp_path: Path) -> None
             assert root[algo] == hashlib.new(algo, data).hexdigest(), (path.name, algo)
         assert root["mime"] == mime, path.name
         assert root["filename"] == path.name and root["depth"] == 0 and root["parent_id"] is None
-        assert (tmp_path / "archive" / root["sha256"][:2] / root["sha256"][2:4] / root["sha256"]).read_bytes() == data
+        assert engine.archive.get(root["sha256"]) == data  # verified against its sha256 on the way out
 
 
 def test_a_raising_plugin_is_an_error_entry_and_the_others_still_run(tmp_path: Path) -> None:
@@ -126,9 +126,9 @@ def test_dispatch_rule_meta_becomes_options_and_save_false_keeps_children_out_of
     validate(doc)
     assert [p["filename"] for p in doc["results"]] == ["r", "child0"]
     assert doc["results"][0]["workers"] == {"nest": {"emitted": 1}}
-    child = doc["results"][1]["sha256"]
-    assert not (tmp_path / "archive" / child[:2] / child[2:4] / child).exists()
-    assert (tmp_path / "archive" / doc["results"][0]["sha256"][:2]).is_dir()
+    engine.close()
+    assert not engine.archive.exists(doc["results"][1]["sha256"])
+    assert engine.archive.exists(doc["results"][0]["sha256"])
 
 
 def test_unknown_and_broken_plugins_are_configuration_errors(tmp_path: Path) -> None:

@@ -90,45 +90,55 @@ class Progress:
 def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_enabled: bool,
                  show_progress: bool | None) -> ExitCode:
     """Scans ``files`` in-process (``settings.jobs`` workers), writes and stores every document."""
+    from stoq.cli.storeload import StoreLoader
     from stoq.embedded import scan_files
     from stoq.engine import Engine
-    from stoq.store import NotMigrated, Store, StoreError
 
     try:
         engine = Engine(settings)
     except ConfigError as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
-    store = None
+    loader = None
     if store_enabled:
         try:
-            store = Store.open(settings.resolved_database_url())
-        except (NotMigrated, StoreError) as exc:
+            loader = StoreLoader(settings.resolved_database_url())
+        except Exception as exc:  # NotMigrated, StoreError: said before anything is scanned
             raise fail(str(exc), ExitCode.STORE) from None
     code = ExitCode.OK
     batch: list[dict[str, Any]] = []
+    store = None
     last_flush = time.monotonic()
-    with Progress(len(files), show_progress) as bar:
-        for outcome in scan_files(engine, files, settings.resolved_jobs()):
-            bar.step()
-            if outcome.document is None:
-                typer.echo(f"stoq: {outcome.error}", err=True)
-                code = max(code, ExitCode.INPUT)
-                continue
-            doc = orjson.loads(outcome.document)
-            if doc["errors"]:
-                code = max(code, ExitCode.PLUGIN_ERRORS)
-            writer.write(doc, outcome.document)
-            batch.append(doc)
-            if store is not None and (len(batch) >= 200 or time.monotonic() - last_flush > 1.0):
+    hooks = {"started": loader.start, "before_fork": loader.join} if loader else {}
+    try:
+        with Progress(len(files), show_progress) as bar:
+            for outcome in scan_files(engine, files, settings.resolved_jobs(), **hooks):
+                bar.step()
+                if outcome.document is None:
+                    typer.echo(f"stoq: {outcome.error}", err=True)
+                    code = max(code, ExitCode.INPUT)
+                    continue
+                doc = orjson.loads(outcome.document)
+                if doc["errors"]:
+                    code = max(code, ExitCode.PLUGIN_ERRORS)
+                writer.write(doc, outcome.document)
+                if loader is None:
+                    continue
+                batch.append(doc)
+                if len(batch) >= 200 or time.monotonic() - last_flush > 1.0:
+                    store = store or loader.get()
+                    store.save(batch)
+                    batch, last_flush = [], time.monotonic()
+        if loader is not None:
+            store = store or loader.get()
+            if batch:
                 store.save(batch)
-                batch, last_flush = [], time.monotonic()
-            elif store is None:
-                batch.clear()
-    if store is not None:
-        if batch:
-            store.save(batch)
-        store.close()
-    writer.close()
+            store.close()
+    except Exception as exc:
+        if type(exc).__name__ in ("NotMigrated", "StoreError"):
+            raise fail(str(exc), ExitCode.STORE) from None
+        raise
+    finally:
+        writer.close()
     return code
 
 

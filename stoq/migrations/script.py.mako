@@ -4,7 +4,7 @@ Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
-Remember: set stoq.store.HEAD_REVISION to this revision.
+Remember: set stoq.migrations.HEAD_REVISION to this revision.
 """
 from typing import Sequence, Union
 
