@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """The bare loop the embedded target is stated against: the same library calls stoq makes per payload
-(four hashes, libmagic on the buffer, a YARA match, a full pefile parse of MZ files), nothing else.
+with `--workers yara,peinfo` (four hashes, libmagic on the buffer, a YARA match, and for MZ files the
+pefile parse and the pefile calls peinfo makes: imphash, section entropy and MD5, overlay, warnings),
+nothing else: no archive, no document, no store, no output.
 
 Usage: bare.py RULES DIR [--jobs N]   (prints payloads and seconds as JSON on stdout)
 """
@@ -40,6 +42,11 @@ def one(path: str) -> int:
         try:
             pe = pefile.PE(data=data)
             pe.get_imphash()
+            for section in pe.sections:
+                section.get_entropy()
+                section.get_hash_md5()
+            pe.get_overlay_data_start_offset()
+            pe.get_warnings()
         except pefile.PEFormatError:
             pass
     return 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import gc
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -33,7 +34,7 @@ from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, now_iso
 
 HARD_GRACE = 5.0
 MAX_ATTEMPTS = 5
-PREFETCH = 2
+PREFETCH = 16
 
 
 class _Slot(ctypes.Structure):
@@ -173,6 +174,7 @@ class EmbeddedPool:
         (the parent may start threads then); ``before_fork`` before a dead worker is replaced."""
         todo: deque[_Job] = deque(_Job(i, p) for i, p in enumerate(paths))
         total = len(todo)
+        gc.freeze()  # what is loaded now is shared with the workers: keep the collector off those pages
         workers = [_Worker(self._ctx, self.engine) for _ in range(min(self.jobs, max(1, total)))]
         if started is not None:
             started()

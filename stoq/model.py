@@ -8,7 +8,7 @@ document is valid Unicode with no U+0000, so it can be stored as PostgreSQL JSON
   to its original bytes, then treated as bytes;
 - U+0000 becomes the four characters ``\\x00``;
 - dictionary keys are converted to strings; tuples and sets become lists (sets sorted);
-- integers outside the signed 64-bit range become decimal strings; NaN and infinities become null.
+- integers outside [-2**63, 2**64 - 1] become decimal strings; NaN and infinities become null.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import orjson
 
 SCHEMA_VERSION = "1.0"
 
-_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def text(value: str | bytes) -> str:
@@ -63,12 +63,19 @@ def clean(value: Any) -> Any:
 _PASSTHROUGH = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
+def _orjson_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return text(bytes(value))
+    raise TypeError  # anything else: the slow, general path
+
+
 def json_safe(value: Any) -> Any:
-    """``clean(value)``, faster for the common case: when orjson takes the value as plain JSON types
-    and it holds no NUL, a JSON round trip is the answer (it only turns tuples into lists)."""
+    """``clean(value)``, faster for the common case: orjson serialises the value (bytes through the
+    text rule) and the JSON is read back; only what orjson refuses (surrogates, integers beyond 64
+    bits, non-string keys, sets, datetimes...) or output holding a NUL takes ``clean``."""
     try:
-        raw = orjson.dumps(value, option=_PASSTHROUGH)
-    except TypeError:  # bytes, surrogates, big integers, non-string keys, datetimes, sets...
+        raw = orjson.dumps(value, default=_orjson_default, option=_PASSTHROUGH)
+    except TypeError:
         return clean(value)
     if b"\\u0000" in raw:
         return clean(value)

@@ -16,6 +16,8 @@ Exit codes (``ExitCode``):
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from enum import IntEnum
 
 import typer
@@ -60,4 +62,25 @@ __all__ = ["app", "main", "ExitCode", "fail", "admin", "scan"]
 
 
 def main() -> None:
-    app()
+    """The console script: runs the command, then leaves without the interpreter's teardown.
+
+    Tearing down the modules and objects of a finished scan (SQLAlchemy, pydantic, the plugins) takes
+    ~0.3 s here and changes nothing: every file, the store and the streams are closed or flushed by
+    then. So the process ends with ``os._exit`` once the command has returned.
+    """
+    try:
+        app()
+        code: int = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 1
+    os._exit(code)
