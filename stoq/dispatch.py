@@ -71,6 +71,7 @@ class Dispatcher:
         self.rules: yara.Rules | None = None
         self.rule_targets: dict[str, _RuleTarget] = {}
         self.rules_only_extract = True
+        self._static: dict[tuple[str, bool], tuple[list[Planned], bool]] = {}
         if rules_path and rules_path.lower() != "none":
             self._load_rules(rules_path)
 
@@ -103,10 +104,19 @@ class Dispatcher:
 
         Raises ``yara.Error`` when the dispatch rules fail on this payload (the plan so far is lost;
         the caller records the error and runs the workers list alone)."""
+        use_rules = bool(self.rule_targets) and (can_extract or not self.rules_only_extract)
+        if not use_rules:  # the plan depends on the MIME type alone: build it once per type
+            cached = self._static.get((mime, can_extract))
+            if cached is None:
+                cached = self._static[(mime, can_extract)] = self._plan(content, mime, can_extract, False)
+            return cached[0][:], cached[1]
+        return self._plan(content, mime, can_extract, True)
+
+    def _plan(self, content: bytes, mime: str, can_extract: bool, use_rules: bool) -> tuple[list[Planned], bool]:
         planned: dict[str, Planned] = {name: Planned(name) for name in self.workers}
         for name in self.by_mime.get(mime, ()):
             planned.setdefault(name, Planned(name))
-        if self.rule_targets and (can_extract or not self.rules_only_extract):
+        if use_rules:
             assert self.rules is not None
             for match in self.rules.match(data=content, timeout=self.RULE_TIMEOUT):
                 target = self.rule_targets.get(match.rule)

@@ -19,6 +19,7 @@ import faulthandler
 import gc
 import multiprocessing
 import multiprocessing.connection
+import selectors
 import signal
 import time
 import uuid
@@ -34,7 +35,8 @@ from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, now_iso
 
 HARD_GRACE = 5.0
 MAX_ATTEMPTS = 5
-PREFETCH = 16
+PREFETCH = 32
+CHECK_EVERY = 0.25  # seconds between checks of the hard time limits
 
 
 class _Slot(ctypes.Structure):
@@ -110,13 +112,22 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
 class _Worker:
     """One worker process, the jobs handed to it (in order), and its activity slot."""
 
-    def __init__(self, ctx: Any, engine: Engine) -> None:
+    def __init__(self, ctx: Any, engine: Engine, index: int) -> None:
+        self.index = index
         self.slot = RawValue(_Slot)
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_serve, args=(child, engine, self.slot), daemon=True)
         self.process.start()
         child.close()
         self.jobs: deque[_Job] = deque()
+
+    def watch(self, selector: selectors.BaseSelector) -> None:
+        selector.register(self.conn, selectors.EVENT_READ, self.index)
+        selector.register(self.process.sentinel, selectors.EVENT_READ, self.index)
+
+    def unwatch(self, selector: selectors.BaseSelector) -> None:
+        selector.unregister(self.conn)
+        selector.unregister(self.process.sentinel)
 
     def give(self, job: _Job) -> None:
         self.jobs.append(job)
@@ -159,6 +170,10 @@ def failed_document(path: Path, message: str) -> bytes:
     return dumps(document(str(uuid.uuid4()), now_iso(), {"path": str(path)}, [record], [error]))
 
 
+def ready_fds(events: list[tuple[selectors.SelectorKey, int]]) -> set[Any]:
+    return {key.fileobj for key, _ in events}
+
+
 class EmbeddedPool:
     """Scans files in ``jobs`` supervised processes; yields outcomes in input order."""
 
@@ -175,59 +190,76 @@ class EmbeddedPool:
         todo: deque[_Job] = deque(_Job(i, p) for i, p in enumerate(paths))
         total = len(todo)
         gc.freeze()  # what is loaded now is shared with the workers: keep the collector off those pages
-        workers = [_Worker(self._ctx, self.engine) for _ in range(min(self.jobs, max(1, total)))]
+        workers = [_Worker(self._ctx, self.engine, i) for i in range(min(self.jobs, max(1, total)))]
         if started is not None:
             started()
         done: dict[int, Outcome] = {}
         next_out = 0
+        selector = selectors.DefaultSelector()  # one selector for the run: no per-wake set-up
+        for worker in workers:
+            worker.watch(selector)
+        next_check = time.monotonic() + CHECK_EVERY
         try:
             while next_out < total:
                 for worker in workers:  # keep PREFETCH jobs queued at each worker: no idle round trips
                     while len(worker.jobs) < PREFETCH and todo:
                         worker.give(todo.popleft())
-                busy = [w for w in workers if w.jobs]
-                waitables = [w.conn for w in busy] + [w.process.sentinel for w in busy]
-                ready = set(multiprocessing.connection.wait(waitables, timeout=0.5))
-                for i, worker in enumerate(workers):
+                events = selector.select(timeout=CHECK_EVERY)
+                woken = {key.data for key, _ in events}
+                now = time.monotonic()
+                if now >= next_check:  # hard time limits: every worker, a few times a second
+                    woken.update(range(len(workers)))
+                    next_check = now + CHECK_EVERY
+                for i in sorted(woken):
+                    worker = workers[i]
+                    self._collect(worker, done)
                     if not worker.jobs:
+                        if worker.process.sentinel in ready_fds(events) and not worker.process.is_alive():
+                            worker.unwatch(selector)  # died idle: replace it, nothing to retry
+                            workers[i] = _Worker(self._ctx, self.engine, i)
+                            workers[i].watch(selector)
                         continue
-                    while worker.conn.poll():  # drain what it sent, even if it died since
-                        try:
-                            data = worker.conn.recv_bytes()
-                        except (EOFError, OSError):
-                            break
-                        job = worker.jobs.popleft()
-                        done[job.index] = (Outcome(job.path, data[1:]) if data[:1] == b"D"
-                                           else Outcome(job.path, None, data[1:].decode()))
-                        if not worker.jobs:
-                            break
-                    if not worker.jobs:
+                    problem = self._problem(worker)
+                    if problem is None:
                         continue
-                    problem = self._problem(worker, ready)
-                    if problem is not None:
-                        worker.kill()
-                        if before_fork is not None:
-                            before_fork()
-                        workers[i] = _Worker(self._ctx, self.engine)
-                        job = worker.jobs.popleft()
-                        outcome = self._retry(job, problem)
-                        if outcome is not None:
-                            done[job.index] = outcome
-                        todo.extendleft(reversed(worker.jobs))  # the others never started
-                        if outcome is None:
-                            todo.appendleft(job)
+                    worker.unwatch(selector)
+                    worker.kill()
+                    if before_fork is not None:
+                        before_fork()
+                    workers[i] = _Worker(self._ctx, self.engine, i)
+                    workers[i].watch(selector)
+                    job = worker.jobs.popleft()
+                    outcome = self._retry(job, problem)
+                    todo.extendleft(reversed(worker.jobs))  # the others never started
+                    if outcome is not None:
+                        done[job.index] = outcome
+                    else:
+                        todo.appendleft(job)
                 while next_out in done:
                     yield done.pop(next_out)
                     next_out += 1
         finally:
+            selector.close()
             for worker in workers:
                 worker.stop()
 
-    def _problem(self, worker: _Worker, ready: set[Any]) -> tuple[str, str, str, str] | None:
+    @staticmethod
+    def _collect(worker: _Worker, done: dict[int, Outcome]) -> None:
+        """Takes every document the worker has sent (even if it died since)."""
+        while worker.jobs and worker.conn.poll():
+            try:
+                data = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            job = worker.jobs.popleft()
+            done[job.index] = (Outcome(job.path, data[1:]) if data[:1] == b"D"
+                               else Outcome(job.path, None, data[1:].decode()))
+
+    def _problem(self, worker: _Worker) -> tuple[str, str, str, str] | None:
         """(sha256, plugin, kind, message) if the worker died or overran its hard limit."""
         running = worker.running()
         plugin, sha256 = (running[0], running[1]) if running else ("stoq", "")
-        if worker.process.sentinel in ready or not worker.process.is_alive():
+        if not worker.process.is_alive():
             worker.process.join()
             code = worker.process.exitcode
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
