@@ -16,13 +16,9 @@ import secrets
 import socket
 import sqlite3
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, TypeVar
-
-T = TypeVar("T")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -292,47 +288,3 @@ def open_archive(kind: str, root: str | os.PathLike[str]) -> Archive:
         return NoArchive()
     raise ArchiveError(f"unknown archiver {kind!r} (one of {', '.join(ARCHIVERS)})")
 
-
-class BackgroundArchive:
-    """Runs an archive's writes in one background thread of the process, so that storing a payload
-    overlaps with analysing it (file writes and SQLite release the GIL). ``put`` returns a Future; every
-    other call waits for the writes before it. The thread is started on first use in each process, so a
-    forked worker never inherits its parent's."""
-
-    def __init__(self, archive: Archive) -> None:
-        self.archive = archive
-        self._pid = -1
-        self._pool: ThreadPoolExecutor | None = None
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None or self._pid != os.getpid():
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="stoq-archive")
-            self._pid = os.getpid()
-        return self._pool
-
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return self._executor().submit(fn, *args).result()
-
-    def prepare(self) -> None:
-        self.archive.prepare()  # in the caller's thread: done before any worker forks
-
-    def put(self, sha256: str, content: bytes) -> Future[None]:
-        return self._executor().submit(self.archive.put, sha256, content)
-
-    def exists(self, sha256: str) -> bool:
-        return self._call(self.archive.exists, sha256)
-
-    def get(self, sha256: str) -> bytes:
-        return self._call(self.archive.get, sha256)
-
-    def delete(self, sha256: str) -> None:
-        self._call(self.archive.delete, sha256)
-
-    def flush(self) -> None:
-        self._call(self.archive.flush)
-
-    def close(self) -> None:
-        if self._pool is not None and self._pid == os.getpid():
-            self._call(self.archive.close)
-            self._pool.shutdown()
-            self._pool = None

@@ -5,8 +5,8 @@ Three sources, merged in this order (a plugin runs at most once per payload):
 2. MIME routing: a scan plugin's ``mimes`` names the types routed to it without being asked;
 3. YARA dispatch rules (stoQ's convention): a matching rule's meta ``plugin = "carver:pe"`` (or a
    comma list of ``category:name`` / ``name``) sends the payload to those plugins; ``save = "False"``
-   means what that plugin extracts is not kept in the archive after the scan; every other meta key
-   reaches the plugin as an option for that call.
+   means what that plugin extracts is not written to the archive; every other meta key that names an
+   option of the plugin reaches it as that option for this call (other keys are ignored).
 
 A plugin whose ``accepts()`` declines the payload is then skipped (not an error). At the depth limit,
 plugins that only produce children (carvers, extractors, decoders, readers) are not run and the payload
@@ -99,12 +99,12 @@ class Dispatcher:
             if names:
                 self.rule_targets[rule.identifier] = _RuleTarget(rule.identifier, tuple(names), meta, save)
 
-    def plan(self, content: bytes, mime: str, can_extract: bool) -> tuple[list[Planned], bool]:
+    def plan(self, content: bytes, mime: str, can_extract: bool, *, rules: bool = True) -> tuple[list[Planned], bool]:
         """The plugins to run, and whether child-producing plugins were left out at the depth limit.
 
-        Raises ``yara.Error`` when the dispatch rules fail on this payload (the plan so far is lost;
-        the caller records the error and runs the workers list alone)."""
-        use_rules = bool(self.rule_targets) and (can_extract or not self.rules_only_extract)
+        Raises ``yara.Error`` when the dispatch rules fail on this payload; the caller records the
+        error and plans again with ``rules=False`` (the workers list and MIME routing)."""
+        use_rules = rules and bool(self.rule_targets) and (can_extract or not self.rules_only_extract)
         if not use_rules:  # the plan depends on the MIME type alone: build it once per type
             cached = self._static.get((mime, can_extract))
             if cached is None:

@@ -1,6 +1,6 @@
 """Embedded mode: the engine in a pool of supervised worker processes, no broker, no server.
 
-The parent process reads no payload bytes: it hands file paths to ``jobs`` worker processes (forked
+The parent process hands file paths to ``jobs`` worker processes (forked
 from a parent that has already loaded the plugins and compiled the rules), collects their documents
 as JSON bytes, stores them in batches and yields them in input order.
 
@@ -9,7 +9,9 @@ small shared-memory slot. A worker that dies (a segfault in a native parser, the
 overruns its plugin's time limit by more than ``HARD_GRACE`` seconds (stuck in native code, where the
 soft limit cannot reach) is killed and replaced; its file is scanned again from the start, with that
 plugin on that payload skipped and recorded as a ``crash`` or ``timeout`` error. Each kill adds one
-skip, so a file makes progress; after ``MAX_ATTEMPTS`` kills it gets a minimal document that says so.
+skip, so a file makes progress. A worker that dies outside any plugin gets the file once more. After
+``MAX_ATTEMPTS`` deaths, or a second death at the same place, the file gets a minimal document (hashed
+by the parent, flagged ``crash:gave-up``) with the last ``crash`` or ``timeout`` error.
 """
 
 from __future__ import annotations
@@ -156,8 +158,8 @@ class _Worker:
             self.process.join()
 
 
-def failed_document(path: Path, message: str) -> bytes:
-    """The document of a file whose scan killed its worker ``MAX_ATTEMPTS`` times."""
+def failed_document(path: Path, kind: str, message: str) -> bytes:
+    """The document of a file whose scan kept killing its worker (see the module docstring)."""
     try:
         content = path.read_bytes()
     except OSError:
@@ -166,7 +168,7 @@ def failed_document(path: Path, message: str) -> bytes:
     payload_id = str(uuid.uuid4())
     record = PayloadRecord(payload_id=payload_id, parent_id=None, depth=0, filename=path.name, extracted_by=None,
                            meta={}, flags=["crash:gave-up"], **facts)
-    error = ScanErrorEntry(payload_id, "stoq", "crash", message)
+    error = ScanErrorEntry(payload_id, "stoq", kind, message)
     return dumps(document(str(uuid.uuid4()), now_iso(), {"path": str(path)}, [record], [error]))
 
 
@@ -273,7 +275,7 @@ class EmbeddedPool:
         job.attempts += 1
         key = (sha256, plugin)  # ("", name) when it died outside a plugin: one more plain attempt
         if job.attempts >= MAX_ATTEMPTS or key in job.skip:
-            return Outcome(job.path, failed_document(job.path, message))
+            return Outcome(job.path, failed_document(job.path, kind, message))
         job.skip[key] = (kind, message)
         return None
 

@@ -13,14 +13,13 @@ import logging
 import sqlite3
 import uuid
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import magic
 import yara
 
-from stoq.archive import ArchiveError, BackgroundArchive, open_archive
+from stoq.archive import ArchiveError, open_archive
 from stoq.config import ConfigError, Settings
 from stoq.dispatch import Dispatcher, Planned, bundled_dispatch_rules
 from stoq.limits import Budget, Limits
@@ -65,17 +64,6 @@ class Analysis:
     record: PayloadRecord
     errors: list[ScanErrorEntry]
     children: list[Pending]
-    #: The payload's archive write, still running: ``settle`` waits for it.
-    archived: Future[None] | None = None
-
-    def settle(self) -> None:
-        """Waits for the archive write; a failed one becomes an ``archive`` error entry."""
-        if self.archived is not None:
-            exc = self.archived.exception()
-            self.archived = None
-            if exc is not None:
-                self.errors.append(ScanErrorEntry(self.record.payload_id, "archive", "error",
-                                                  f"{type(exc).__name__}: {exc}"))
 
 
 def describe(content: bytes, mime_of: Callable[[bytes], str]) -> dict[str, Any]:
@@ -110,7 +98,7 @@ class Engine:
         rules = settings.dispatch_rules or str(bundled_dispatch_rules())
         self.dispatcher = Dispatcher(self.plugin_classes, settings.workers, rules)
         self.limits = Limits(settings.max_depth, settings.max_children, settings.max_bytes)
-        self.archive = BackgroundArchive(open_archive(settings.archiver, settings.resolved_archive()))
+        self.archive = open_archive(settings.archiver, settings.resolved_archive())
         try:
             self.archive.prepare()  # before any worker forks: they then only open it
         except (OSError, ArchiveError, sqlite3.Error) as exc:
@@ -171,14 +159,18 @@ class Engine:
         if first is not None:
             record.duplicate_of = first
             return Analysis(record, errors, [])
-        archived = self.archive.put(record.sha256, item.content) if item.save else None  # overlaps the plugins
+        if item.save:
+            try:
+                self.archive.put(record.sha256, item.content)
+            except (OSError, ArchiveError, sqlite3.Error) as exc:  # the analysis goes on without a copy
+                errors.append(ScanErrorEntry(payload_id, "archive", "error", f"{type(exc).__name__}: {exc}"))
 
         can_extract = item.depth < self.limits.max_depth
         try:
             plan, cut = self.dispatcher.plan(item.content, record.mime, can_extract)
         except yara.Error as exc:
             errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules failed: {exc}"))
-            plan, cut = self.dispatcher.plan(item.content, record.mime, False)[0], False
+            plan, cut = self.dispatcher.plan(item.content, record.mime, can_extract, rules=False)
         if cut:
             record.flags.append("limit:depth")
 
@@ -220,7 +212,7 @@ class Engine:
                     continue
                 children.append(Pending(child.content, child.filename, payload_id, item.depth + 1, name,
                                         child.meta, planned.save))
-        return Analysis(record, errors, children, archived)
+        return Analysis(record, errors, children)
 
     def scan(self, content: bytes, filename: str | None, source: dict[str, Any], *,
              skip: SkipMap | None = None, activity: Activity = Activity(), scan_id: str | None = None) -> dict[str, Any]:
@@ -233,7 +225,6 @@ class Engine:
         errors: list[ScanErrorEntry] = []
         while queue:
             analysis = self.analyze(queue.popleft(), budget, skip=skip, activity=activity)
-            analysis.settle()
             results.append(analysis.record)
             errors.extend(analysis.errors)
             queue.extend(analysis.children)

@@ -471,9 +471,9 @@ def test_list_reports_broken_plugins_and_keeps_the_others(run_stoq: Run, testplu
     for name, (category, version, summary) in bundled_expectations().items():
         assert categories[category][name] == (version, summary)
 
-    # In JSON the failures are data: exit 0, each with its error (docs/cli.md).
+    # In JSON the failures are data, each with its error, and the exit code is the same 4.
     proc = run_stoq("list", "--format", "json", env=with_pythonpath(testplugins_site))
-    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.returncode == 4, proc.stderr.decode()
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     assert {n for n, r in rows.items() if r["error"]} == {"broken", "missing"}
     assert rows["broken"]["error"] == failed["broken"] and rows["missing"]["error"] == failed["missing"]
@@ -553,3 +553,17 @@ def test_stdout_is_only_documents_and_diagnostics_go_to_stderr(run_stoq: Run, tm
     assert str(missing) in stderr and str(missing) not in stdout
     for line in filter(str.strip, stderr.splitlines()):
         assert line not in stdout
+
+
+def test_bad_template_and_cluster_without_client_are_configuration_errors(run_stoq, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.j2"
+    bad.write_text("{{ doc.results[0].nope }}\n")
+    proc = run_stoq("scan", str(CORPUS / "test.txt"), "--template", str(bad))
+    assert proc.returncode == 4 and proc.stdout == b""
+    assert b"template failed on scan" in proc.stderr and b"nope" in proc.stderr
+    broken = tmp_path / "broken.j2"
+    broken.write_text("{% for %}\n")
+    proc = run_stoq("scan", str(CORPUS / "test.txt"), "--template", str(broken))
+    assert proc.returncode == 4 and b"template" in proc.stderr
+    proc = run_stoq("submit", str(CORPUS / "test.txt"), env={"STOQ_BROKER_URL": "redis://127.0.0.1:6379/0"})
+    assert proc.returncode == 4 and b"unset it to scan embedded" in proc.stderr and proc.stdout == b""

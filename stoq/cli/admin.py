@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,8 +20,15 @@ app.add_typer(db_app, name="db")
 CATEGORY_ORDER = ("worker", "carver", "extractor", "decoder", "reader", "connector", "archiver", "source")
 
 
+class ListFormat(str, Enum):
+    """Output formats of ``stoq list``."""
+
+    text = "text"
+    json = "json"
+
+
 @app.command("list")
-def list_plugins(format: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text") -> None:
+def list_plugins(format: Annotated[ListFormat, typer.Option("--format", "-f", help="text or json.")] = ListFormat.text) -> None:
     """List installed plugins by category, with version and description (and load errors)."""
     from stoq.registry import Registry
 
@@ -40,11 +48,10 @@ def list_plugins(format: Annotated[str, typer.Option("--format", "-f", help="tex
         })
     order = {c: i for i, c in enumerate(CATEGORY_ORDER)}
     rows.sort(key=lambda r: (order.get(r["category"], 99), r["name"]))
-    if format == "json":
+    if format is ListFormat.json:
         typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
-        return
     category = None
-    for row in rows:
+    for row in rows if format is ListFormat.text else ():
         if row["category"] != category:
             category = row["category"]
             typer.echo(f"{category if category != '?' else 'failed to load'}:")

@@ -18,6 +18,10 @@ class Format(str, Enum):
     table = "table"
 
 
+class TemplateFailure(Exception):
+    """A ``--template`` that does not compile or fails on a document."""
+
+
 class Writer:
     """Writes documents one at a time; ``close`` finishes the output (the closing ``]`` of json)."""
 
@@ -30,12 +34,20 @@ class Writer:
             import jinja2
 
             env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-            self.template = env.from_string(template.read_text())
+            try:
+                self.template = env.from_string(template.read_text())
+            except (OSError, UnicodeDecodeError, jinja2.TemplateError) as exc:
+                raise TemplateFailure(f"template {template}: {exc}") from exc
 
     def write(self, doc: dict[str, Any], raw: bytes | None = None) -> None:
         """Writes one document; ``raw`` is its compact JSON if already serialised."""
         if self.template is not None:
-            self.out.write(self.template.render(doc=doc).encode())
+            import jinja2
+
+            try:
+                self.out.write(self.template.render(doc=doc).encode())
+            except jinja2.TemplateError as exc:
+                raise TemplateFailure(f"template failed on scan {doc.get('scan_id')}: {exc}") from exc
         elif self.fmt is Format.jsonl:
             self.out.write((raw if raw is not None else orjson.dumps(doc)) + b"\n")
         elif self.fmt is Format.json:

@@ -12,7 +12,7 @@ import orjson
 import typer
 
 from stoq.cli import ExitCode, app, fail
-from stoq.cli.output import Format, Writer
+from stoq.cli.output import Format, TemplateFailure, Writer
 from stoq.config import ConfigError, Settings, load_settings, parse_plugin_options
 
 WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", help="Plugins to run on every payload, comma-separated.")]
@@ -151,12 +151,17 @@ def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list
         typer.echo(f"stoq: {problem}", err=True)
     if submit:
         if settings.broker_url:
-            from stoq.tasks.client import submit_files
-
-            code = submit_files(settings, files, Writer(fmt, template), show_progress)
-            raise typer.Exit(int(max(code, ExitCode.INPUT if problems else ExitCode.OK)))
-        typer.echo("stoq: no STOQ_BROKER_URL set: running embedded, in this process", err=True)
-    code = run_embedded(settings, files, Writer(fmt, template), store, show_progress)
+            raise fail("STOQ_BROKER_URL is set, but this version has no cluster client yet (the distributed "
+                       "pipeline is the next milestone): unset it to scan embedded", ExitCode.CONFIG)
+        typer.echo("stoq: no STOQ_BROKER_URL set: running embedded (local worker processes)", err=True)
+    try:
+        writer = Writer(fmt, template)
+    except TemplateFailure as exc:
+        raise fail(str(exc), ExitCode.CONFIG) from None
+    try:
+        code = run_embedded(settings, files, writer, store, show_progress)
+    except TemplateFailure as exc:
+        raise fail(str(exc), ExitCode.CONFIG) from None
     raise typer.Exit(int(max(code, ExitCode.INPUT if problems else ExitCode.OK)))
 
 

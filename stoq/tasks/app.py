@@ -4,12 +4,13 @@ is importable (Celery's convention), then ``STOQ_*`` environment variables insid
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from celery import Celery
 
 DEFAULTS = {
-    "broker_url": "redis://127.0.0.1:6379/0",
-    "result_backend": "redis://127.0.0.1:6379/1",
+    "broker_url": os.environ.get("STOQ_BROKER_URL") or "redis://127.0.0.1:6379/0",
+    "result_backend": os.environ.get("STOQ_RESULT_BACKEND") or "redis://127.0.0.1:6379/1",
     "task_serializer": "json",
     "result_serializer": "json",
     "accept_content": ["json"],
