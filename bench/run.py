@@ -35,12 +35,22 @@ def bare(files: Path, jobs: int) -> float:
     return json.loads(out)["payloads"] / elapsed
 
 
-def stoq(files: Path, jobs: int, count: int) -> float:
+#: Variants of the stoq command for `--decompose`: extra environment and arguments.
+VARIANTS: dict[str, tuple[dict[str, str], list[str]]] = {
+    "stoq": ({}, []),
+    "no-archive": ({"STOQ_ARCHIVER": "none"}, []),
+    "no-archive-no-store": ({"STOQ_ARCHIVER": "none"}, ["--no-store"]),
+}
+
+
+def stoq(files: Path, jobs: int, count: int, variant: str = "stoq") -> float:
     work = Path(tempfile.mkdtemp(prefix="stoq-bench-"))
+    extra_env, extra_args = VARIANTS[variant]
     env = dict(os.environ, STOQ_ARCHIVE=str(work / "archive"), STOQ_DATABASE_URL=f"sqlite:///{work / 'stoq.db'}",
-               XDG_DATA_HOME=str(work / "data"))
+               XDG_DATA_HOME=str(work / "data"), **extra_env)
     cmd = [str(BIN / "stoq"), "scan", str(files), "--recursive", "--jobs", str(jobs), "--max-depth", "0",
-           "--workers", "yara,peinfo", "-o", f"yara.rules={RULES}", "--format", "jsonl", "--no-progress"]
+           "--workers", "yara,peinfo", "-o", f"yara.rules={RULES}", "--format", "jsonl", "--no-progress",
+           *extra_args]
     try:
         with open(work / "out.jsonl", "wb") as out:
             start = time.perf_counter()
@@ -60,12 +70,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--copies", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--decompose", action="store_true",
+                        help="instead: one process, bare loop vs stoq with and without archive and store")
     args = parser.parse_args()
     files = Path(tempfile.mkdtemp(prefix="stoq-bench-files-"))
     subprocess.run([sys.executable, str(SHARED / "bench" / "make_unique.py"), str(SHARED / "corpus"), str(files),
                     str(args.copies)], check=True, capture_output=True)
     count = sum(len(names) for _, _, names in os.walk(files))
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(files) for f in names)
+    if args.decompose:
+        parts: dict[str, list[float]] = {"bare1": [], **{v: [] for v in VARIANTS}}
+        for r in range(args.rounds):
+            parts["bare1"].append(bare(files, 1))
+            for variant in VARIANTS:
+                parts[variant].append(stoq(files, 1, count, variant))
+            print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.0f}/s" for k, v in parts.items()), file=sys.stderr)
+        meds = {k: statistics.median(v) for k, v in parts.items()}
+        print(json.dumps({"files": count, "rounds": args.rounds, "median_payloads_per_s": meds,
+                          "over_bare1": {k: round(v / meds["bare1"], 3) for k, v in meds.items()}}, indent=2))
+        shutil.rmtree(files, ignore_errors=True)
+        return
     runs: dict[str, list[float]] = {"bare1": [], "stoq1": [], "bare2": [], "stoq2": []}
     for r in range(args.rounds):
         runs["bare1"].append(bare(files, 1))

@@ -1,0 +1,13 @@
+# stoq image: the CLI and (with the distributed issue) the Celery workers. Not built in CI: Docker does
+# not run on the project's machines; the same topology runs without Docker (see docs/architecture.md).
+FROM python:3.11-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libmagic1 file \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/stoq
+COPY pyproject.toml README.md celeryconfig.py manage.py ./
+COPY stoq ./stoq
+COPY plugins ./plugins
+RUN pip install --no-cache-dir . && useradd --create-home stoq && mkdir -p /data && chown stoq /data
+USER stoq
+ENTRYPOINT ["stoq"]
