@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import sqlite3
 import uuid
 from collections import deque
@@ -64,6 +65,16 @@ class Analysis:
     record: PayloadRecord
     errors: list[ScanErrorEntry]
     children: list[Pending]
+
+
+_FLAG_PART = re.compile(r"[^a-z0-9_.-]+")
+
+
+def normal_flag(flag: str) -> str:
+    """A plugin's flag in the documented shape ``word(:word)*`` (lower case; other characters become -)."""
+    parts = [_FLAG_PART.sub("-", part.lower()).strip("-") or "x" for part in str(flag).split(":")]
+    parts[0] = parts[0].replace(".", "-")
+    return ":".join(parts)
 
 
 def describe(content: bytes, mime_of: Callable[[bytes], str]) -> dict[str, Any]:
@@ -201,7 +212,7 @@ class Engine:
             result = outcome.result
             assert result is not None
             record.workers[name] = json_safe(result.data)
-            for flag in result.flags:
+            for flag in map(normal_flag, result.flags):
                 if flag not in record.flags:
                     record.flags.append(flag)
             for child in result.children:

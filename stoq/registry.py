@@ -7,6 +7,7 @@ that fails to load is kept with its error and never hides the others.
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -18,6 +19,8 @@ from stoq.config import ConfigError, split_list
 from stoq.plugin import SCAN_CATEGORIES, Plugin, PluginOptions
 
 GROUP = "stoq.plugins"
+#: What a plugin name may be: it is also a queue name and appears in documents (``extracted_by``).
+NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 
 
 @dataclass(slots=True)
@@ -56,6 +59,8 @@ class Registry:
                     raise TypeError(f"{ep.value} is not a stoq Plugin class")
                 if loaded.name != ep.name:
                     raise TypeError(f"{ep.value} declares name {loaded.name!r}, its entry point says {ep.name!r}")
+                if not NAME.match(ep.name):
+                    raise TypeError(f"plugin name {ep.name!r} is not lower-case letters, digits, '_' or '-'")
                 entry.cls = loaded
             except Exception as exc:  # a broken third-party plugin must not hide the others
                 entry.error = f"{type(exc).__name__}: {exc}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from helpers import CORPUS, corpus_files, validate
+from helpers import CORPUS, VALIDATOR, corpus_files, validate
 from stoq import embedded
 from stoq.config import ConfigError, load_settings
 from stoq.embedded import scan_files
@@ -179,3 +180,14 @@ def test_unreadable_input_is_reported_not_fatal(tmp_path: Path) -> None:
     outcomes = list(scan_files(engine, [missing, CORPUS / "test.txt"], 1))
     assert outcomes[0].document is None and "No such file or directory" in (outcomes[0].error or "")
     validate(orjson.loads(outcomes[1].document or b""))
+
+
+def test_plugin_flags_are_normalised_to_the_documented_shape() -> None:
+    from stoq.engine import normal_flag
+
+    pattern = re.compile(VALIDATOR.schema["$defs"]["payload"]["properties"]["flags"]["items"]["pattern"])
+    cases = {"limit:depth": "limit:depth", "Zip:Overlapping Entries": "zip:overlapping-entries",
+             "weird flag!": "weird-flag", "a.b:c.d": "a-b:c.d", "::": "x:x:x"}
+    for raw, expected in cases.items():
+        assert normal_flag(raw) == expected
+        assert pattern.match(expected)

@@ -1,0 +1,55 @@
+"""Wiring as data: every bundled plugin loads, is well declared, has tests, and the dispatch rules only
+name installed plugins. A new plugin without these fails here."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import pytest
+import yara
+
+from helpers import ROOT
+from stoq.dispatch import bundled_dispatch_rules
+from stoq.plugin import ScanPlugin
+from stoq.registry import NAME, Registry
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+BUNDLED = PYPROJECT["project"]["entry-points"]["stoq.plugins"]
+REGISTRY = Registry.discover()
+
+
+def test_bundled_entry_points_are_exactly_the_plugin_modules() -> None:
+    modules = {p.stem for p in (ROOT / "plugins").glob("*.py") if not p.name.startswith("_")}
+    assert {target.split(":")[0].removeprefix("stoq_plugins.") for target in BUNDLED.values()} == modules
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED))
+def test_each_bundled_plugin_is_declared_tested_and_short(name: str) -> None:
+    entry = REGISTRY.entries[name]
+    assert entry.error is None and entry.cls is not None
+    cls = entry.cls
+    assert NAME.match(cls.name) and cls.name == name
+    assert re.match(r"^\d+(\.\d+)*$", cls.version)
+    assert cls.__doc__ and cls.summary()
+    assert issubclass(cls, ScanPlugin)
+    for option, field in cls.Options.model_fields.items():
+        assert field.description, f"{name}.{option} has no description"
+    cls().setup()  # the defaults work out of the box
+    assert (ROOT / "tests" / "plugins" / f"test_plugin_{name}.py").is_file()
+    source = ROOT / "plugins" / f"{BUNDLED[name].split(':')[0].rsplit('.', 1)[1]}.py"
+    assert len(source.read_text().splitlines()) <= 150, "plugin files stay short: move parsing to a helper"
+    assert "celery" not in source.read_text().lower()
+
+
+def test_bundled_dispatch_rules_compile_and_name_installed_plugins() -> None:
+    rules = yara.compile(filepath=str(bundled_dispatch_rules()))
+    named = 0
+    for rule in rules:
+        spec = dict(rule.meta).get("plugin", "")
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            category, _, plugin = part.rpartition(":")
+            cls = REGISTRY.get(plugin)
+            assert category in ("", cls.category), f"{rule.identifier}: {part} but {plugin} is a {cls.category}"
+            named += 1
+    assert named >= 5
