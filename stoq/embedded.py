@@ -20,6 +20,7 @@ import ctypes
 import faulthandler
 import gc
 import multiprocessing
+import os
 import multiprocessing.connection
 import selectors
 import signal
@@ -93,6 +94,9 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
             path, skip = message
             try:
                 activity.enter("read", "")
+                if os.stat(path).st_size > engine.settings.max_file_bytes:
+                    conn.send_bytes(b"D" + dumps(engine.scan_oversized(Path(path), {"path": path})))
+                    continue
                 content = Path(path).read_bytes()
             except OSError as exc:
                 conn.send_bytes(b"E" + f"{path}: {exc.strerror or exc}".encode("utf-8", "backslashreplace"))

@@ -15,6 +15,7 @@ import sqlite3
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import magic
@@ -240,6 +241,26 @@ class Engine:
             errors.extend(analysis.errors)
             queue.extend(analysis.children)
         return document(scan_id, date, source, results, errors)
+
+    def scan_oversized(self, path: Path, source: dict[str, Any]) -> dict[str, Any]:
+        """The document of an input larger than ``max_file_bytes``: hashed in chunks, typed from its
+        first MiB, flagged ``limit:file-bytes``; no plugin runs and nothing is archived."""
+        hashes = [hashlib.md5(), hashlib.sha1(), hashlib.sha256(), hashlib.sha512()]
+        size = 0
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 20)
+            chunk = head
+            while chunk:
+                size += len(chunk)
+                for h in hashes:
+                    h.update(chunk)
+                chunk = handle.read(1 << 20)
+        payload_id = str(uuid.uuid4())
+        record = PayloadRecord(payload_id=payload_id, parent_id=None, depth=0, filename=path.name, extracted_by=None,
+                               meta={}, size=size, md5=hashes[0].hexdigest(), sha1=hashes[1].hexdigest(),
+                               sha256=hashes[2].hexdigest(), sha512=hashes[3].hexdigest(), mime=self._mime(head),
+                               flags=["limit:file-bytes"])
+        return document(str(uuid.uuid4()), now_iso(), source, [record], [])
 
     def close(self) -> None:
         """Flushes and releases what the engine holds (the archive's pack and index)."""

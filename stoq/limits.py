@@ -5,6 +5,7 @@
 | `limit:depth`    | the payload at the depth limit  | its children were not extracted or not kept               |
 | `limit:children` | the parent of a dropped child   | the scan already holds `max_children` extracted payloads  |
 | `limit:bytes`    | the parent of a dropped child   | the child would take the scan past `max_bytes` extracted  |
+| `limit:file-bytes` | a root over `max_file_bytes`  | the input was only hashed (streamed) and typed (first MiB); no plugin ran, nothing archived |
 
 A dropped child is never analysed and never appears in ``results``; its parent carries the flag.
 """

@@ -191,3 +191,19 @@ def test_plugin_flags_are_normalised_to_the_documented_shape() -> None:
     for raw, expected in cases.items():
         assert normal_flag(raw) == expected
         assert pattern.match(expected)
+
+
+def test_an_input_over_max_file_bytes_is_hashed_and_typed_but_not_analysed(tmp_path: Path) -> None:
+    big = tmp_path / "big.zip"
+    data = (CORPUS / "test.zip").read_bytes() + b"\x00" * 3000
+    big.write_bytes(data)
+    engine = make_engine(tmp_path, workers="boom", max_file_bytes=2048, plugin_options={"boom": {"trigger": "zzz"}})
+    (outcome,) = scan_files(engine, [big], 1)
+    doc = orjson.loads(outcome.document or b"")
+    validate(doc)
+    (root,) = doc["results"]
+    assert root["flags"] == ["limit:file-bytes"] and root["workers"] == {} and root["size"] == len(data)
+    for algo in ("md5", "sha1", "sha256", "sha512"):
+        assert root[algo] == hashlib.new(algo, data).hexdigest()
+    assert root["mime"] == "application/zip"
+    assert not engine.archive.exists(root["sha256"])
