@@ -24,6 +24,7 @@ import os
 import multiprocessing.connection
 import selectors
 import signal
+import struct
 import time
 import uuid
 from collections import deque
@@ -32,18 +33,20 @@ from multiprocessing.sharedctypes import RawValue
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from stoq.engine import Activity, Engine, describe
+from stoq.engine import Activity, Engine, SkipMap, describe
 from stoq.runner import describe_exception
 from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, now_iso
 
 HARD_GRACE = 5.0
 MAX_ATTEMPTS = 5
 PREFETCH = 32
+BATCH = 16  # results per message at most, while more work is queued
+BATCH_BYTES = 1 << 20
 CHECK_EVERY = 0.25  # seconds between checks of the hard time limits
 
 
 class _Slot(ctypes.Structure):
-    _fields_ = [("active", ctypes.c_int), ("start", ctypes.c_double),
+    _fields_ = [("active", ctypes.c_int), ("job", ctypes.c_longlong), ("start", ctypes.c_double),
                 ("plugin", ctypes.c_char * 64), ("sha256", ctypes.c_char * 64)]
 
 
@@ -82,35 +85,49 @@ class _Job:
     attempts: int = 0
 
 
+_FRAME = struct.Struct("<cQI")  # kind (D: document, E: error), job index, length
+
+
+def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity) -> tuple[bytes, bytes]:
+    """(kind, body) for one file: its document, or why it could not be scanned."""
+    try:
+        activity.enter("read", "")
+        if os.stat(path).st_size > engine.settings.max_file_bytes:
+            return b"D", dumps(engine.scan_oversized(Path(path), {"path": path}))
+        content = Path(path).read_bytes()
+    except OSError as exc:
+        return b"E", f"{path}: {exc.strerror or exc}".encode("utf-8", "backslashreplace")
+    finally:
+        activity.leave()
+    try:
+        return b"D", dumps(engine.scan(content, Path(path).name, {"path": path}, skip=skip, activity=activity))
+    except Exception as exc:  # a fault of stoq itself, not of a plugin: report it, keep serving
+        return b"E", f"{path}: scan failed: {describe_exception(exc)}".encode("utf-8", "backslashreplace")
+
+
 def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _Slot) -> None:
+    """A worker's loop. Results go back in batches while more work is queued (fewer wake-ups of the
+    parent), at once when the queue is empty."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     faulthandler.disable()  # a crash is recorded by the parent; no traceback dump on stderr
     activity = SlotActivity(slot)
+    out: list[bytes] = []
+    size = 0
     try:
         while True:
             message = conn.recv()
             if message is None:
                 return
-            path, skip = message
-            try:
-                activity.enter("read", "")
-                if os.stat(path).st_size > engine.settings.max_file_bytes:
-                    conn.send_bytes(b"D" + dumps(engine.scan_oversized(Path(path), {"path": path})))
-                    continue
-                content = Path(path).read_bytes()
-            except OSError as exc:
-                conn.send_bytes(b"E" + f"{path}: {exc.strerror or exc}".encode("utf-8", "backslashreplace"))
-                continue
-            finally:
-                activity.leave()
-            try:
-                doc = engine.scan(content, Path(path).name, {"path": path}, skip=skip, activity=activity)
-            except Exception as exc:  # a fault of stoq itself, not of a plugin: report it, keep serving
-                conn.send_bytes(b"E" + f"{path}: scan failed: {describe_exception(exc)}".encode("utf-8", "backslashreplace"))
-                continue
-            conn.send_bytes(b"D" + dumps(doc))
-            if not conn.poll():
-                engine.archive.flush()  # idle: make the archive index complete
+            index, path, skip = message
+            slot.job = index
+            kind, body = _scan_one(engine, path, skip, activity)
+            out += (_FRAME.pack(kind, index, len(body)), body)
+            size += len(body)
+            if len(out) >= 2 * BATCH or size >= BATCH_BYTES or not conn.poll():
+                conn.send_bytes(b"".join(out))
+                out, size = [], 0
+                if not conn.poll():
+                    engine.archive.flush()  # idle: make the archive index complete
     finally:
         engine.close()
 
@@ -137,7 +154,16 @@ class _Worker:
 
     def give(self, job: _Job) -> None:
         self.jobs.append(job)
-        self.conn.send((str(job.path), job.skip))
+        self.conn.send((job.index, str(job.path), job.skip))
+
+    def take_current(self) -> _Job:
+        """Removes and returns the job the worker was on (its slot says which), else the oldest."""
+        current = self.slot.job
+        for job in self.jobs:
+            if job.index == current:
+                self.jobs.remove(job)
+                return job
+        return self.jobs.popleft()
 
     def running(self) -> tuple[str, str, float] | None:
         slot = self.slot
@@ -234,9 +260,9 @@ class EmbeddedPool:
                         before_fork()
                     workers[i] = _Worker(self._ctx, self.engine, i)
                     workers[i].watch(selector)
-                    job = worker.jobs.popleft()
+                    job = worker.take_current()
                     outcome = self._retry(job, problem)
-                    todo.extendleft(reversed(worker.jobs))  # the others never started
+                    todo.extendleft(reversed(worker.jobs))  # the others: never started, or results lost
                     if outcome is not None:
                         done[job.index] = outcome
                     else:
@@ -251,15 +277,21 @@ class EmbeddedPool:
 
     @staticmethod
     def _collect(worker: _Worker, done: dict[int, Outcome]) -> None:
-        """Takes every document the worker has sent (even if it died since)."""
+        """Takes every result the worker has sent (even if it died since)."""
         while worker.jobs and worker.conn.poll():
             try:
                 data = worker.conn.recv_bytes()
             except (EOFError, OSError):
                 return
-            job = worker.jobs.popleft()
-            done[job.index] = (Outcome(job.path, data[1:]) if data[:1] == b"D"
-                               else Outcome(job.path, None, data[1:].decode()))
+            view, at = memoryview(data), 0
+            while at < len(data):
+                kind, index, length = _FRAME.unpack_from(data, at)
+                at += _FRAME.size
+                body = bytes(view[at:at + length])
+                at += length
+                job = worker.jobs.popleft()
+                assert job.index == index, "results come back in the order the jobs were given"
+                done[index] = Outcome(job.path, body) if kind == b"D" else Outcome(job.path, None, body.decode())
 
     def _problem(self, worker: _Worker) -> tuple[str, str, str, str] | None:
         """(sha256, plugin, kind, message) if the worker died or overran its hard limit."""

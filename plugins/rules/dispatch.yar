@@ -43,3 +43,135 @@ rule tar_ustar
     condition:
         uint32(257) == 0x61747375 and uint8(261) == 0x72
 }
+
+rule pe_embedded
+{
+    meta:
+        plugin = "carver:pe"
+    strings:
+        $mz = { 4D 5A }
+    condition:
+        for any i in (1..#mz) : (@mz[i] > 0 and uint32(@mz[i] + uint32(@mz[i] + 0x3C)) == 0x00004550)
+}
+
+// Base64 text from the first byte (the decoder checks the rest). A condition, not a regex:
+// an unanchored regex without atoms costs a pass over every payload.
+rule base64_text
+{
+    meta:
+        plugin = "decoder:b64"
+    condition:
+        filesize >= 64 and for all i in (0..63) : (
+            (uint8(i) >= 0x41 and uint8(i) <= 0x5A) or (uint8(i) >= 0x61 and uint8(i) <= 0x7A) or
+            (uint8(i) >= 0x30 and uint8(i) <= 0x39) or uint8(i) == 0x2B or uint8(i) == 0x2F or
+            uint8(i) == 0x2D or uint8(i) == 0x5F or uint8(i) == 0x0A or uint8(i) == 0x0D)
+}
+
+rule ascii85_adobe
+{
+    meta:
+        plugin = "decoder:b85"
+    condition:
+        filesize >= 8 and uint16(0) == 0x7e3c and uint16(filesize - 2) == 0x3e7e
+}
+
+// The DOS stub XORed with one byte (YARA's xor modifier): the xor decoder finds the key itself.
+// stoQ's `xor_This_program_key_<n>` rules (meta `key = <n>`) also work.
+rule xor_This_program
+{
+    meta:
+        plugin = "decoder:xor"
+    strings:
+        $stub = "This program cannot be run in DOS mode" xor(1-255)
+    condition:
+        $stub
+}
+
+rule rot47_This_program
+{
+    meta:
+        plugin = "decoder:rot47"
+    strings:
+        $stub = "%9:D AC@8C2> 42??@E 36 CF? :? s~$ >@56"
+    condition:
+        $stub
+}
+
+// The DOS stub with its bits rotated: bitrot with `bits = N` rotates them back (left by N).
+
+rule bitrot_This_program_1
+{
+    meta:
+        plugin = "decoder:bitrot"
+        bits = 1
+    strings:
+        $stub = { 2A 34 B4 B9 10 38 39 B7 B3 39 B0 B6 10 B1 B0 37 }
+    condition:
+        $stub
+}
+
+rule bitrot_This_program_2
+{
+    meta:
+        plugin = "decoder:bitrot"
+        bits = 2
+    strings:
+        $stub = { 15 1A 5A DC 08 1C 9C DB D9 9C 58 5B 08 D8 58 9B }
+    condition:
+        $stub
+}
+
+rule bitrot_This_program_3
+{
+    meta:
+        plugin = "decoder:bitrot"
+        bits = 3
+    strings:
+        $stub = { 8A 0D 2D 6E 04 0E 4E ED EC 4E 2C AD 04 6C 2C CD }
+    condition:
+        $stub
+}
+
+rule bitrot_This_program_4
+{
+    meta:
+        plugin = "decoder:bitrot"
+        bits = 4
+    strings:
+        $stub = { 45 86 96 37 02 07 27 F6 76 27 16 D6 02 36 16 E6 }
+    condition:
+        $stub
+}
+
+rule bitrot_This_program_5
+{
+    meta:
+        plugin = "decoder:bitrot"
+        bits = 5
+    strings:
+        $stub = { A2 43 4B 9B 01 83 93 7B 3B 93 0B 6B 01 1B 0B 73 }
+    condition:
+        $stub
+}
+
+rule bitrot_This_program_6
+{
+    meta:
+        plugin = "decoder:bitrot"
+        bits = 6
+    strings:
+        $stub = { 51 A1 A5 CD 80 C1 C9 BD 9D C9 85 B5 80 8D 85 B9 }
+    condition:
+        $stub
+}
+
+rule bitrot_This_program_7
+{
+    meta:
+        plugin = "decoder:bitrot"
+        bits = 7
+    strings:
+        $stub = { A8 D0 D2 E6 40 E0 E4 DE CE E4 C2 DA 40 C6 C2 DC }
+    condition:
+        $stub
+}

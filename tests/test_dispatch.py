@@ -1,0 +1,57 @@
+"""Wiring as data: with the bundled dispatch rules and MIME routing, each corpus sample reaches the
+plugins that should open it, and the engine analyses what they extract."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from helpers import CORPUS, validate
+from stoq.config import load_settings
+from stoq.engine import Engine
+
+#: Sample -> the plugins that must run on it as a root payload (no --workers given).
+ROUTES = {
+    "test.zip": {"decompress"},
+    "test.gz": {"decompress"},
+    "test.tar": {"decompress"},
+    "test.docx": {"decompress"},
+    "test.b64": {"b64"},
+    "test_pe_object.doc": {"pe"},
+    "test.exe": set(),
+    "test.txt": set(),
+    "test.jpg": set(),
+}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    archive = tmp_path_factory.mktemp("archive")
+    return Engine(load_settings(env={"STOQ_ARCHIVE": str(archive)}, overrides={"max_depth": 2}))
+
+
+@pytest.mark.parametrize("name", sorted(ROUTES))
+def test_default_routing(engine: Engine, name: str) -> None:
+    data = (CORPUS / name).read_bytes()
+    doc = engine.scan(data, name, {"path": name})
+    validate(doc)
+    assert set(doc["results"][0]["workers"]) == ROUTES[name]
+    assert doc["errors"] == []
+
+
+def test_base64_text_is_decoded_by_default(engine: Engine) -> None:
+    text = (CORPUS / "test.b64").read_bytes()
+    expected = hashlib.sha256(base64.b64decode(b"".join(text.split()))).hexdigest()
+    doc = engine.scan(text, "test.b64", {})
+    children = [p for p in doc["results"] if p["extracted_by"] == "b64"]
+    assert [c["sha256"] for c in children] == [expected]
+
+
+def test_embedded_executable_is_carved_from_the_document(engine: Engine) -> None:
+    doc = engine.scan((CORPUS / "test_pe_object.doc").read_bytes(), "test_pe_object.doc", {})
+    (child,) = [p for p in doc["results"] if p["extracted_by"] == "pe"]
+    assert child["mime"] == "application/vnd.microsoft.portable-executable"
+    assert child["meta"]["offset"] == 19629 and child["size"] == 12288
