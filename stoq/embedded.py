@@ -26,7 +26,6 @@ import selectors
 import signal
 import struct
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import RawValue
@@ -35,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from stoq.engine import Activity, Engine, SkipMap, describe
 from stoq.runner import describe_exception
-from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, now_iso
+from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, new_id, now_iso
 
 HARD_GRACE = 5.0
 MAX_ATTEMPTS = 5
@@ -195,11 +194,11 @@ def failed_document(path: Path, kind: str, message: str) -> bytes:
     except OSError:
         content = b""
     facts = describe(content, lambda _: "application/octet-stream")
-    payload_id = str(uuid.uuid4())
+    payload_id = new_id()
     record = PayloadRecord(payload_id=payload_id, parent_id=None, depth=0, filename=path.name, extracted_by=None,
                            meta={}, flags=["crash:gave-up"], **facts)
     error = ScanErrorEntry(payload_id, "stoq", kind, message)
-    return dumps(document(str(uuid.uuid4()), now_iso(), {"path": str(path)}, [record], [error]))
+    return dumps(document(new_id(), now_iso(), {"path": str(path)}, [record], [error]))
 
 
 def ready_fds(events: list[tuple[selectors.SelectorKey, int]]) -> set[Any]:

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import re
 import sqlite3
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from stoq.archive import ArchiveError, open_archive
 from stoq.config import ConfigError, Settings
 from stoq.dispatch import Dispatcher, Planned, bundled_dispatch_rules
 from stoq.limits import Budget, Limits
-from stoq.model import PayloadRecord, ScanErrorEntry, document, json_safe, now_iso
+from stoq.model import PayloadRecord, ScanErrorEntry, document, json_safe, new_id, now_iso
 from stoq.plugin import Payload, PluginOptions, ScanPlugin
 from stoq.registry import Registry, make_options
 from stoq.runner import run_plugin
@@ -154,7 +153,7 @@ class Engine:
     def analyze(self, item: Pending, budget: Budget, *, skip: SkipMap | None = None,
                 activity: Activity = Activity()) -> Analysis:
         """Analyses one payload of a scan; ``budget`` carries the scan's limits and duplicates."""
-        payload_id = str(uuid.uuid4())
+        payload_id = new_id()
         errors: list[ScanErrorEntry] = []
         activity.enter("libmagic", "")
         try:
@@ -229,7 +228,7 @@ class Engine:
     def scan(self, content: bytes, filename: str | None, source: dict[str, Any], *,
              skip: SkipMap | None = None, activity: Activity = Activity(), scan_id: str | None = None) -> dict[str, Any]:
         """Scans one root payload and everything extracted from it; returns the scan document."""
-        scan_id = scan_id or str(uuid.uuid4())
+        scan_id = scan_id or new_id()
         date = now_iso()
         budget = Budget(self.limits)
         queue: deque[Pending] = deque([Pending(content, filename)])
@@ -255,12 +254,12 @@ class Engine:
                 for h in hashes:
                     h.update(chunk)
                 chunk = handle.read(1 << 20)
-        payload_id = str(uuid.uuid4())
+        payload_id = new_id()
         record = PayloadRecord(payload_id=payload_id, parent_id=None, depth=0, filename=path.name, extracted_by=None,
                                meta={}, size=size, md5=hashes[0].hexdigest(), sha1=hashes[1].hexdigest(),
                                sha256=hashes[2].hexdigest(), sha512=hashes[3].hexdigest(), mime=self._mime(head),
                                flags=["limit:file-bytes"])
-        return document(str(uuid.uuid4()), now_iso(), source, [record], [])
+        return document(new_id(), now_iso(), source, [record], [])
 
     def close(self) -> None:
         """Flushes and releases what the engine holds (the archive's pack and index)."""

@@ -14,6 +14,9 @@ document is valid Unicode with no U+0000, so it can be stored as PostgreSQL JSON
 from __future__ import annotations
 
 import math
+import os
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -80,6 +83,15 @@ def json_safe(value: Any) -> Any:
     if b"\\u0000" in raw:
         return clean(value)
     return orjson.loads(raw)
+
+
+def new_id() -> str:
+    """A new scan or payload id: a UUID version 7 (RFC 9562), time-ordered, so that the store's
+    indexes grow at their end instead of at random places."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | (rand & (2**62 - 1))
+    return str(uuid.UUID(int=value))
 
 
 def iso(moment: datetime) -> str:

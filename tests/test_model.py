@@ -35,3 +35,20 @@ def test_text_rule_on_invalid_utf8() -> None:
     assert text(b"MZ\x90\x00\x03") == "MZ\\x90\\x00\x03"  # control characters other than NUL stay
     assert text("plain") == "plain"
     assert text(b"\xe2\x82\xac") == "€"  # valid UTF-8 is kept
+
+
+def test_new_ids_are_uuid7_and_time_ordered() -> None:
+    import time
+    import uuid
+
+    from stoq.model import new_id
+
+    first = new_id()
+    time.sleep(0.002)
+    ids = [first] + [new_id() for _ in range(100)]
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert ids[1] > ids[0]  # a later millisecond sorts later
+    assert abs((uuid.UUID(first).int >> 80) - time.time_ns() // 1_000_000) < 5000
+    assert len(set(ids)) == len(ids)
