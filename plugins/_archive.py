@@ -14,7 +14,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 from stoq.model import iso
 
@@ -22,15 +22,36 @@ from stoq.model import iso
 CHUNK = 1 << 20
 
 #: Stream openers by format (each concatenated stream is read, as the stdlib modules do).
-_STREAMS: dict[str, Callable[[io.BytesIO], io.BufferedIOBase]] = {
+_STREAMS: dict[str, Callable[[io.BytesIO], Any]] = {
     "gzip": lambda f: gzip.GzipFile(fileobj=f),
     "bzip2": bz2.BZ2File,
     "xz": lzma.LZMAFile,
+    "lzma": lambda f: lzma.LZMAFile(f, format=lzma.FORMAT_ALONE),
+    "zlib": lambda f: ZlibReader(f.getvalue()),
 }
 #: Errors a corrupt stream raises (gzip.BadGzipFile and bz2's are OSError).
 STREAM_ERRORS = (OSError, zlib.error, lzma.LZMAError)
-_SUFFIXES = {".gz": "", ".gzip": "", ".bz2": "", ".xz": "", ".tgz": ".tar", ".tbz2": ".tar", ".tbz": ".tar",
-             ".txz": ".tar"}
+_SUFFIXES = {".gz": "", ".gzip": "", ".bz2": "", ".xz": "", ".lzma": "", ".lz": "", ".zst": "", ".zz": "",
+             ".tgz": ".tar", ".tbz2": ".tar", ".tbz": ".tar", ".txz": ".tar", ".tlz": ".tar", ".tzst": ".tar"}
+
+
+class ZlibReader:
+    """A zlib stream (RFC 1950), at most ``n`` bytes per ``read1``; EOFError if it ends too soon."""
+
+    def __init__(self, data: bytes) -> None:
+        self.d, self.data, self.pos = zlib.decompressobj(), data, 0
+
+    def read1(self, n: int) -> bytes:
+        while not self.d.eof:
+            src = self.d.unconsumed_tail or self.data[self.pos:self.pos + CHUNK]
+            if not self.d.unconsumed_tail:
+                self.pos += len(src)
+            out = self.d.decompress(src, n)
+            if out:
+                return out
+            if not src:
+                raise EOFError("zlib stream ends before its end marker")
+        return b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +153,7 @@ def stream_name(filename: str | None) -> str | None:
 
 
 def unpack_stream(fmt: str, data: bytes, filename: str | None, unpacker: Unpacker) -> None:
-    """One gzip, bzip2 or xz stream -> one member. A truncated or corrupt stream gives what was
+    """One gzip, bzip2, xz, lzma or zlib stream -> one member. A truncated or corrupt stream gives what was
     decompressed before the damage, with a flag; it raises if nothing was."""
     name, mtime = gzip_header(data) if fmt == "gzip" else (None, 0)
     if not unpacker.admit():

@@ -1,0 +1,436 @@
+"""Extraction by external tools, for the formats no stdlib module reads. One tool per format:
+
+- ``7z`` (p7zip-full): 7z, cab, iso9660/udf, and zip with WinZip AES members; names from ``7z l -slt``.
+- ``unar``/``lsar`` (unar): rar (RAR 1.5 to 5; the non-free unrar is not used); names from ``lsar -j``.
+- ``bsdtar`` (libarchive-tools): cpio and ar (deb), converted to a pax stream on stdout
+  (``bsdtar -cf - @archive``) and read by ``unpack_tar``: nothing is extracted to disk.
+- ``bsdcat`` (libarchive-tools): lzip and zstd streams, read from its stdout.
+
+Input is hostile. Each tool runs without a shell on a copy of the payload in a private scratch
+directory (``tempfile.mkdtemp``, mode 0700, its cwd and HOME), in a new session, with stdin closed, a
+time limit (flag ``limit:tool-time``), no core dumps and ``RLIMIT_FSIZE`` at ``max_member_bytes + 1``
+(``SIGXFSZ`` ignored: the write fails instead). While a tool extracts, the output directory is watched
+and the tool killed once it holds more than ``max_members`` files or ``max_total_bytes`` bytes.
+Afterwards the output is walked without following links: only regular files (``os.lstat``), each inode
+once, read with ``O_NOFOLLOW``; then the same caps and flags as the in-process formats apply. A file
+whose size differs from the listed one (a member the tool failed on) is flagged ``corrupt:member`` and
+dropped. Member names are metadata: a file is matched to its listing entry by its path with empty,
+``.`` and ``..`` parts removed, and keeps the archive's name. The scratch directory is always removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import IO, Callable
+
+from stoq.model import iso
+from stoq_plugins._archive import Member, Unpacker, stream_name, unpack_tar
+
+INPUT, OUT = "input", "out"
+#: Leading bytes each tool-read stream must have (bsdcat would copy anything else unchanged).
+STREAM_MAGIC = {"lzip": b"LZIP", "zstd": b"\x28\xb5\x2f\xfd"}
+#: No password tried when the list is empty: 7z would otherwise prompt for one.
+NO_PASSWORD = "stoq-no-password"
+_LOG_BYTES = 1 << 16
+#: What the tools say of input that ends too soon (liblzma's "no progress" is a cut lzip stream).
+TRUNCATION = ("unexpected end", "truncated", "no progress is possible")
+
+
+class ToolError(ValueError):
+    """The tool could read nothing of the input."""
+
+
+@dataclass(slots=True)
+class Entry:
+    """One listed member."""
+
+    name: str
+    size: int | None
+    packed: int | None
+    modified: str | None
+    encrypted: bool
+
+
+@dataclass(slots=True)
+class Run:
+    """How one tool run ended: exit status, the start of its messages, the cap that stopped it."""
+
+    code: int
+    log: str
+    stopped: str | None = None
+
+
+def key(name: str) -> str:
+    """A member name as extractors sanitize it: separators unified, empty, ``.`` and ``..`` parts gone."""
+    return "/".join(p for p in name.replace("\\", "/").split("/") if p not in ("", ".", ".."))
+
+
+def _modified(text: str | None) -> str | None:
+    try:
+        return iso(datetime.strptime(text[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)) if text else None
+    except ValueError:
+        return None
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+class Scratch:
+    """A private directory holding a copy of the payload; removed on exit, whatever happened."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __enter__(self) -> Scratch:
+        self.root = tempfile.mkdtemp(prefix="stoq-")  # mode 0700
+        try:
+            fd = os.open(os.path.join(self.root, INPUT), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(self.data)
+            self.out = os.path.join(self.root, OUT)
+            os.mkdir(self.out, 0o700)
+        except BaseException:
+            _rmtree(self.root)
+            raise
+        return self
+
+    def reset(self) -> None:
+        """An empty output directory (after a wrong password)."""
+        _rmtree(self.out)
+        os.mkdir(self.out, 0o700)
+
+    def __exit__(self, *exc: object) -> None:
+        _rmtree(self.root)
+
+
+def _rmtree(path: str) -> None:
+    for root, dirs, _ in os.walk(path, followlinks=False):  # read-only directories a tool made
+        for name in dirs:
+            full = os.path.join(root, name)
+            if stat.S_ISDIR(os.lstat(full).st_mode):
+                os.chmod(full, 0o700)
+    shutil.rmtree(path)
+
+
+class Tools:
+    """Runs the tools for one payload under the caps of ``unpacker`` and a time limit in seconds."""
+
+    def __init__(self, unpacker: Unpacker, timeout: float) -> None:
+        self.unpacker, self.timeout = unpacker, timeout
+        self.limits = unpacker.limits
+        self.cut = False  # a tool was killed: files may be partial
+
+    def _env(self, scratch: Scratch) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": scratch.root}
+
+    def _preexec(self) -> Callable[[], None]:
+        size = self.limits.max_member_bytes + 1
+
+        def limit() -> None:
+            hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+            cap = size if hard == resource.RLIM_INFINITY else min(size, hard)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        return limit
+
+    def _popen(self, argv: list[str], scratch: Scratch, log: IO[bytes], stdout: int | IO[bytes]) -> subprocess.Popen:
+        return subprocess.Popen(argv, shell=False, cwd=scratch.root, env=self._env(scratch), stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=log, preexec_fn=self._preexec(), start_new_session=True)
+
+    def listing(self, argv: list[str], scratch: Scratch) -> subprocess.CompletedProcess[bytes]:
+        """A listing command (its output is read whole: it has no extracted data)."""
+        try:
+            return subprocess.run(argv, shell=False, cwd=scratch.root, env=self._env(scratch), capture_output=True,
+                                  stdin=subprocess.DEVNULL, timeout=self.timeout, preexec_fn=self._preexec(),
+                                  start_new_session=True)
+        except subprocess.TimeoutExpired:
+            self.unpacker.flag("limit:tool-time")
+            return subprocess.CompletedProcess(argv, -1, b"", b"")
+
+    def extract(self, argv: list[str], scratch: Scratch) -> Run:
+        """Runs an extracting tool, killing it at the time limit or when its output passes a cap."""
+        with tempfile.TemporaryFile(dir=scratch.root) as log:
+            proc = self._popen(argv, scratch, log, log)
+            deadline, delay, stopped = time.monotonic() + self.timeout, 0.005, None
+            while True:
+                try:
+                    proc.wait(delay)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                stopped = "limit:tool-time" if time.monotonic() > deadline else self._over(scratch.out)
+                if stopped:
+                    self.cut = True
+                    _kill(proc)
+                    break
+                delay = min(delay * 2, 0.2)
+            log.seek(0)
+            return Run(proc.returncode, log.read(_LOG_BYTES).decode("utf-8", "replace"), stopped)
+
+    def _over(self, out: str) -> str | None:
+        count = total = 0
+        for root, _, names in os.walk(out, followlinks=False):
+            for name in names:
+                try:
+                    st = os.lstat(os.path.join(root, name))
+                except OSError:
+                    continue
+                count, total = count + 1, total + st.st_size
+                if count > self.limits.max_members:
+                    return "limit:members"
+                if total > self.limits.max_total_bytes:
+                    return "limit:total-bytes"
+        return None
+
+    def pipe(self, argv: list[str], scratch: Scratch, consume: Callable[[IO[bytes]], None]) -> Run:
+        """Runs a tool writing to stdout, read by ``consume``; killed at the time limit or when it returns."""
+        with tempfile.TemporaryFile(dir=scratch.root) as log:
+            proc = self._popen(argv, scratch, log, subprocess.PIPE)
+            expired = threading.Event()
+
+            def expire() -> None:
+                expired.set()
+                _kill(proc)
+            timer = threading.Timer(self.timeout, expire)
+            timer.start()
+            try:
+                assert proc.stdout is not None
+                with proc.stdout:
+                    consume(proc.stdout)
+                proc.wait()  # still under the timer; a tool whose output was cut short gets EPIPE
+            finally:
+                timer.cancel()
+                _kill(proc)
+            log.seek(0)
+            return Run(proc.returncode, log.read(_LOG_BYTES).decode("utf-8", "replace"),
+                       "limit:tool-time" if expired.is_set() else None)
+
+    def collect(self, scratch: Scratch, entries: list[Entry], compressed: int) -> None:
+        """Admits the regular files of the output directory, in listing order, as members."""
+        by_key: dict[str, list[Entry]] = {}
+        order = {id(e): i for i, e in enumerate(entries)}
+        for entry in entries:
+            by_key.setdefault(key(entry.name), []).append(entry)
+        found: list[tuple[int, str, str, Entry | None]] = []
+        seen: set[tuple[int, int]] = set()
+        for root, dirs, names in os.walk(scratch.out, followlinks=False):
+            dirs.sort()
+            for name in sorted(names):
+                path = os.path.join(root, name)
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                rel = os.path.relpath(path, scratch.out)
+                matches = by_key.get(key(rel))
+                entry = matches.pop(0) if matches else None
+                found.append((order[id(entry)] if entry else len(entries), rel, path, entry))
+        for _, rel, path, entry in sorted(found, key=lambda f: (f[0], f[1])):
+            if not self.unpacker.admit():
+                return
+            self._read(path, rel, entry, compressed)
+
+    def _read(self, path: str, rel: str, entry: Entry | None, compressed: int) -> None:
+        size = os.lstat(path).st_size
+        if size > self.limits.max_member_bytes:  # (RLIMIT_FSIZE stopped the tool there)
+            self.unpacker.flag("limit:member-bytes")
+            return
+        if self.unpacker.total + size > self.limits.max_total_bytes:
+            self.unpacker.flag("limit:total-bytes")
+            self.unpacker.stopped = True
+            return
+        if entry is not None and entry.size is not None and entry.size != size:
+            if not self.cut:
+                self.unpacker.flag("corrupt:member")
+            return
+        sink = bytearray()
+        packed = entry.packed if entry is not None and entry.packed else compressed
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as stream:
+            if not self.unpacker.drain(stream.read, sink, packed):
+                return
+        self.unpacker.members.append(Member(entry.name if entry else rel, bytes(sink), entry.packed if entry else None,
+                                            entry.modified if entry else None, entry.encrypted if entry else False))
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+# --- per tool -------------------------------------------------------------------------------------------
+
+def declared_size(data: bytes) -> int | None:
+    """The size a 7z or cab header says its archive has (None for other input)."""
+    if data.startswith(b"7z\xbc\xaf\x27\x1c") and len(data) >= 32:
+        return 32 + int.from_bytes(data[12:20], "little") + int.from_bytes(data[20:28], "little")
+    if data.startswith(b"MSCF") and len(data) >= 12:
+        return int.from_bytes(data[8:12], "little")
+    return None
+
+
+def _flag_run(tools: Tools, run: Run, recovered: bool, data: bytes = b"") -> None:
+    """Flags a failed run (corrupt:truncated or corrupt:data) or the cap that stopped it; raises ToolError
+    when the tool failed and read nothing of an input that is not a cut 7z or cab."""
+    if run.stopped:
+        tools.unpacker.flag(run.stopped)
+        return
+    text = run.log.lower()
+    if (run.code == 0 and "error" not in text) or "limit:member-bytes" in tools.unpacker.flags:
+        return  # (a tool fails on the file that reached RLIMIT_FSIZE)
+    size = declared_size(data)
+    cut = size is not None and size > len(data)
+    if not recovered and not cut:
+        raise ToolError(f"{run.log.strip()[-300:]} (exit status {run.code})")
+    tools.unpacker.flag("corrupt:truncated" if cut or any(m in text for m in TRUNCATION)
+                        else "corrupt:data")
+
+
+def list_7z(text: str) -> list[Entry]:
+    entries = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(" = ", 1) for line in block.splitlines() if " = " in line)
+        attributes = fields.get("Attributes", "").split(" ")[0]
+        if "Path" not in fields or "D" in attributes.split("_")[0] or fields.get("Folder") == "+":
+            continue
+        entries.append(Entry(fields["Path"], _int(fields.get("Size")), _int(fields.get("Packed Size")),
+                             _modified(fields.get("Modified")), fields.get("Encrypted") == "+"))
+    return entries
+
+
+def unpack_7z(tools: Tools, scratch: Scratch) -> None:
+    """7z, cab, iso/udf, AES zip: each password in turn while 7z says it is the wrong one."""
+    passwords = list(tools.limits.passwords) or [NO_PASSWORD.encode()]
+    for password in passwords:
+        secret = "-p" + password.decode("utf-8", "replace")
+        run = tools.extract(["7z", "x", "-y", "-bd", "-bso0", "-bsp0", secret, "-o" + OUT, INPUT], scratch)
+        if "wrong password" not in run.log.lower():
+            break
+        scratch.reset()
+    else:
+        tools.unpacker.flag("password:none-worked")
+        return
+    listing = tools.listing(["7z", "l", "-slt", "-ba", secret, INPUT], scratch)
+    entries = list_7z(listing.stdout.decode("utf-8", "replace"))
+    tools.collect(scratch, entries, len(scratch.data))
+    _flag_run(tools, run, bool(entries) or bool(tools.unpacker.members), scratch.data)
+
+
+def unpack_rar(tools: Tools, scratch: Scratch) -> None:
+    """rar via unar; passwords are tried when lsar lists an encrypted member (or cannot list)."""
+    listing = tools.listing(["lsar", "-j", INPUT], scratch)
+    try:
+        contents = json.loads(listing.stdout).get("lsarContents", [])
+    except (ValueError, AttributeError):
+        contents = []
+    entries = [Entry(str(c.get("XADFileName", "")), _int(c.get("XADFileSize")), _int(c.get("XADCompressedSize")),
+                     _modified(c.get("XADLastModificationDate")), bool(c.get("XADIsEncrypted")))
+               for c in contents if isinstance(c, dict) and not c.get("XADIsDirectory") and not c.get("XADIsLink")]
+    encrypted = listing.returncode != 0 or any(e.encrypted for e in entries)
+    attempts: list[bytes | None] = list(tools.limits.passwords) if encrypted else [None]
+    for password in attempts:
+        secret = [] if password is None else ["-p", password.decode("utf-8", "replace")]
+        run = tools.extract(["unar", "-q", "-f", "-D", "-nr", "-o", OUT, *secret, INPUT], scratch)
+        if "password" not in run.log.lower() or run.code == 0:
+            break
+        scratch.reset()
+    else:
+        tools.unpacker.flag("password:none-worked")
+        return
+    tools.collect(scratch, entries, len(scratch.data))
+    _flag_run(tools, run, bool(entries) or bool(tools.unpacker.members))
+
+
+def unpack_libarchive(tools: Tools, scratch: Scratch) -> None:
+    """cpio, ar: bsdtar rewrites the archive as a pax stream, read in process (names untouched)."""
+    limits = tools.limits
+    cap = limits.max_total_bytes + (limits.max_members + 1) * 4096 + (1 << 20)
+    data = bytearray()
+    capped = False
+
+    def consume(stdout: IO[bytes]) -> None:
+        nonlocal capped
+        while chunk := stdout.read1(1 << 20):  # type: ignore[attr-defined]
+            data.extend(chunk)
+            if len(data) > cap:
+                capped = True
+                return
+    run = tools.pipe(["bsdtar", "-cf", "-", "--format", "pax", "@" + INPUT], scratch, consume)
+    cut = capped or run.stopped is not None
+    if run.stopped:
+        tools.unpacker.flag(run.stopped)
+    if capped:
+        tools.unpacker.flag("limit:total-bytes")
+    if data:
+        before = set(tools.unpacker.flags)
+        try:
+            unpack_tar(bytes(data), tools.unpacker)
+        except tarfile.ReadError:
+            if not cut:
+                raise
+        if cut:  # the stream was cut by us, not damaged
+            for name in set(tools.unpacker.flags) - before:
+                if name.startswith("corrupt:"):
+                    del tools.unpacker.flags[name]
+    if not cut:
+        _flag_run(tools, run, tools.unpacker.listed > 0)
+
+
+def unpack_piped_stream(fmt: str, tools: Tools, scratch: Scratch, name: str | None) -> None:
+    """One lzip or zstd stream (concatenated members or frames are read on) -> one member."""
+    if not scratch.data.startswith(STREAM_MAGIC[fmt]):
+        raise ToolError(f"not a {fmt} stream")
+    if not tools.unpacker.admit():
+        return
+    sink = bytearray()
+    complete = True
+
+    def consume(stdout: IO[bytes]) -> None:
+        nonlocal complete
+        complete = tools.unpacker.drain(stdout.read1, sink, len(scratch.data))  # type: ignore[attr-defined]
+    run = tools.pipe(["bsdcat", INPUT], scratch, consume)
+    if complete:
+        _flag_run(tools, run, bool(sink))
+        if sink or not run.stopped:
+            tools.unpacker.members.append(Member(stream_name(name), bytes(sink), len(scratch.data)))
+
+
+#: The formats read here, by the tool that reads them.
+TOOL_FORMATS = {"7z": "7z", "cab": "7z", "iso": "7z", "rar": "unar", "cpio": "bsdtar", "ar": "bsdtar",
+                "lzip": "bsdcat", "zstd": "bsdcat"}
+
+
+def unpack_tool(fmt: str, data: bytes, name: str | None, unpacker: Unpacker, timeout: float) -> None:
+    """Extracts ``data`` of format ``fmt`` (a TOOL_FORMATS key, or ``zip`` for 7z) into ``unpacker``."""
+    tools = Tools(unpacker, timeout)
+    with Scratch(data) as scratch:
+        tool = "7z" if fmt == "zip" else TOOL_FORMATS[fmt]
+        if tool == "7z":
+            unpack_7z(tools, scratch)
+        elif tool == "unar":
+            unpack_rar(tools, scratch)
+        elif tool == "bsdtar":
+            unpack_libarchive(tools, scratch)
+        else:
+            unpack_piped_stream(fmt, tools, scratch, name)
