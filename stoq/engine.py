@@ -27,7 +27,7 @@ from stoq.limits import Budget, Limits
 from stoq.model import PayloadRecord, ScanErrorEntry, document, json_safe, new_id, now_iso
 from stoq.plugin import Payload, PluginOptions, ScanPlugin
 from stoq.registry import Registry, make_options
-from stoq.runner import run_plugin
+from stoq.runner import Outcome, run_plugin
 
 log = logging.getLogger(__name__)
 
@@ -193,19 +193,12 @@ class Engine:
                 kind, message = skip[(record.sha256, name)]
                 errors.append(ScanErrorEntry(payload_id, name, kind, message))
                 continue
-            plugin = self.instance(name)
-            if plugin is None:
-                errors.append(ScanErrorEntry(payload_id, name, "error", self._setup_errors[name]))
-                continue
             if payload is None or planned.rules:
                 payload = Payload(item.content, payload_id, item.filename, record.mime, record.sha256,
                                   item.depth, record.meta, planned.rules)
-            if not plugin.accepts(payload):
-                continue
-            options = self.call_options(plugin, planned)
-            activity.enter(name, record.sha256)
-            outcome = run_plugin(name, lambda: plugin.scan(payload, options), payload_id, self.settings.timeout)
-            activity.leave()
+            outcome = self.run_one(name, payload, planned, activity)
+            if outcome is None:
+                continue  # declined by accepts()
             if outcome.error is not None:
                 errors.append(outcome.error)
                 continue
@@ -224,6 +217,48 @@ class Engine:
                 children.append(Pending(child.content, child.filename, payload_id, item.depth + 1, name,
                                         child.meta, planned.save))
         return Analysis(record, errors, children)
+
+    def run_one(self, name: str, payload: Payload, planned: Planned,
+                activity: Activity = Activity()) -> Outcome | None:
+        """Runs one plugin on one payload: set-up errors, ``accepts``, per-call options, the soft time
+        limit and error capture. None when the plugin declines the payload."""
+        plugin = self.instance(name)
+        if plugin is None:
+            return Outcome(None, ScanErrorEntry(payload.payload_id, name, "error", self._setup_errors[name]), 0.0)
+        if not plugin.accepts(payload):
+            return None
+        options = self.call_options(plugin, planned)
+        activity.enter(name, payload.sha256)
+        try:
+            return run_plugin(name, lambda: plugin.scan(payload, options), payload.payload_id, self.settings.timeout)
+        finally:
+            activity.leave()
+
+    def run_on(self, name: str, ref: dict[str, Any]) -> dict[str, Any]:
+        """Runs one plugin on an archived payload given by reference (the Celery adapter's step).
+        Children are archived; the answer holds references to them, never bytes."""
+        payload = Payload(self.archive.get(ref["sha256"]), ref["payload_id"], ref.get("filename"), ref["mime"],
+                          ref["sha256"], ref.get("depth", 0), ref.get("meta") or {}, tuple(ref.get("rules", ())))
+        answer: dict[str, Any] = {"payload_id": ref["payload_id"]}
+        outcome = self.run_one(name, payload, Planned(name, dict(ref.get("overrides") or {})))
+        if outcome is None:
+            answer["skipped"] = True
+            return answer
+        if outcome.error is not None:
+            answer["error"] = outcome.error.as_dict()
+            return answer
+        result = outcome.result
+        assert result is not None
+        children = []
+        for child in result.children:
+            sha256 = hashlib.sha256(child.content).hexdigest()
+            if ref.get("save", True):
+                self.archive.put(sha256, child.content)
+            children.append({"sha256": sha256, "size": len(child.content), "filename": child.filename,
+                             "meta": json_safe(child.meta)})
+        self.archive.flush()
+        answer.update(result=json_safe(result.data), flags=[normal_flag(f) for f in result.flags], children=children)
+        return answer
 
     def scan(self, content: bytes, filename: str | None, source: dict[str, Any], *,
              skip: SkipMap | None = None, activity: Activity = Activity(), scan_id: str | None = None) -> dict[str, Any]:

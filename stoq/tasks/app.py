@@ -25,3 +25,8 @@ if importlib.util.find_spec("celeryconfig") is not None:
     app.config_from_object("celeryconfig")
 for _key, _value in DEFAULTS.items():
     app.conf.setdefault(_key, _value)
+
+# Every installed scan plugin becomes a task on its own queue (see stoq.tasks.adapter).
+from stoq.tasks.adapter import register_plugins  # noqa: E402
+
+PLUGIN_TASKS = register_plugins(app)

@@ -1,0 +1,88 @@
+"""The Celery adapter on real services: a real `celery -A stoq worker` process, Redis as broker and
+result backend, payloads passed by reference through a shared directory archive."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pefile
+import pytest
+import redis
+import yara
+from celery import Celery
+
+from helpers import BENCH_RULES, CORPUS
+from stoq.archive import DirectoryArchive
+
+BROKER = "redis://127.0.0.1:6379/14"
+BACKEND = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, Path, Path]]:
+    for db in (14, 15):
+        redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()
+    work = tmp_path_factory.mktemp("cluster")
+    archive = work / "archive"
+    log = work / "worker.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")}
+    env.update(STOQ_BROKER_URL=BROKER, STOQ_RESULT_BACKEND=BACKEND, STOQ_ARCHIVE=str(archive),
+               STOQ_ARCHIVER="directory", STOQ_YARA__RULES=str(BENCH_RULES), HOME=str(work),
+               STOQ_DATABASE_URL=f"sqlite:///{work / 'unused.db'}")
+    celery_bin = Path(sys.executable).parent / "celery"
+    worker = subprocess.Popen([str(celery_bin), "-A", "stoq", "worker", "-Q", "yara,peinfo", "-c", "1",
+                               "-n", "stoq-test@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                               "-l", "info", "--logfile", str(log)], env=env, cwd=work)
+    client = Celery("stoq-test-client", broker=BROKER, backend=BACKEND)
+    client.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+    deadline = time.monotonic() + 60
+    while not client.control.ping(timeout=0.5):
+        assert worker.poll() is None, log.read_text() if log.exists() else "worker died"
+        assert time.monotonic() < deadline, "worker did not start"
+    try:
+        yield client, archive, log
+    finally:
+        client.backend.result_consumer.stop()  # no pub/sub clean-up left for interpreter exit
+        client.close()
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def ref_for(archive: Path, name: str) -> dict[str, object]:
+    data = (CORPUS / name).read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    DirectoryArchive(archive).put(sha256, data)
+    return {"payload_id": f"p-{name}", "sha256": sha256, "filename": name, "mime": "application/octet-stream",
+            "depth": 0, "meta": {}}
+
+
+def test_plugins_run_as_tasks_on_their_own_queues(cluster: tuple[Celery, Path, Path]) -> None:
+    client, archive, _ = cluster
+    refs = [ref_for(archive, n) for n in ("test.exe", "test_xor.exe", "test.txt")]
+    answers = client.send_task("stoq.worker.yara", args=[refs], queue="yara").get(timeout=60)
+    rules = yara.compile(filepath=str(BENCH_RULES))
+    assert [a["payload_id"] for a in answers] == [r["payload_id"] for r in refs]
+    for ref, answer in zip(refs, answers):
+        expected = sorted(m.rule for m in rules.match(data=(CORPUS / str(ref["filename"])).read_bytes()))
+        assert sorted(m["rule"] for m in answer["result"]["matches"]) == expected
+    answers = client.send_task("stoq.worker.peinfo", args=[refs], queue="peinfo").get(timeout=60)
+    assert answers[0]["result"]["imphash"] == pefile.PE(data=(CORPUS / "test.exe").read_bytes()).get_imphash()
+    assert answers[2] == {"payload_id": "p-test.txt", "skipped": True}  # not MZ: declined by accepts()
+
+
+def test_only_json_is_accepted_on_the_wire(cluster: tuple[Celery, Path, Path]) -> None:
+    client, archive, log = cluster
+    ref = ref_for(archive, "test.txt")
+    pickled = client.send_task("stoq.worker.yara", args=[[ref]], queue="yara", serializer="pickle")
+    with pytest.raises(Exception):  # never answered: the worker refuses the message
+        pickled.get(timeout=5)
+    client.backend.remove_pending_result(pickled)  # stop waiting for it now, not at interpreter exit
+    assert "disallowed" in log.read_text().lower() or "refusing" in log.read_text().lower()
+    ok = client.send_task("stoq.worker.yara", args=[[ref]], queue="yara").get(timeout=60)
+    assert ok[0]["payload_id"] == "p-test.txt" and "result" in ok[0]  # the worker is still serving
