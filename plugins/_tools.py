@@ -169,18 +169,20 @@ class Tools:
         with tempfile.TemporaryFile(dir=scratch.root) as log:
             proc = self._popen(argv, scratch, log, log)
             deadline, delay, stopped = time.monotonic() + self.timeout, 0.005, None
-            while True:
-                try:
-                    proc.wait(delay)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                stopped = "limit:tool-time" if time.monotonic() > deadline else self._over(scratch.out)
-                if stopped:
-                    self.cut = True
-                    _kill(proc)
-                    break
-                delay = min(delay * 2, 0.2)
+            try:
+                while True:
+                    try:
+                        proc.wait(delay)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    stopped = "limit:tool-time" if time.monotonic() > deadline else self._over(scratch.out)
+                    if stopped:
+                        self.cut = True
+                        break
+                    delay = min(delay * 2, 0.2)
+            finally:  # also when the plugin's own time limit interrupts the loop
+                _kill(proc)
             log.seek(0)
             return Run(proc.returncode, log.read(_LOG_BYTES).decode("utf-8", "replace"), stopped)
 
@@ -240,8 +242,8 @@ class Tools:
                 seen.add((st.st_dev, st.st_ino))
                 rel = os.path.relpath(path, scratch.out)
                 matches = by_key.get(key(rel))
-                entry = matches.pop(0) if matches else None
-                found.append((order[id(entry)] if entry else len(entries), rel, path, entry))
+                match: Entry | None = matches.pop(0) if matches else None
+                found.append((order[id(match)] if match else len(entries), rel, path, match))
         for _, rel, path, entry in sorted(found, key=lambda f: (f[0], f[1])):
             if not self.unpacker.admit():
                 return

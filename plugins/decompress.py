@@ -114,8 +114,8 @@ class DecompressPlugin(ExtractorPlugin):
                 try:
                     unpack_tool("zip", payload.content, payload.filename, by_tool, options.tool_timeout)
                     unpacker = by_tool
-                except ToolError:  # 7z cannot open it either: keep what zipfile read
-                    pass
+                except (ToolError, FileNotFoundError):  # 7z cannot open it, or is not installed:
+                    pass  # keep what zipfile read, flagged password:unsupported-encryption
         elif fmt == "tar":
             unpack_tar(payload.content, unpacker)
         elif fmt in TOOL_FORMATS:

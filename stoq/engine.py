@@ -209,10 +209,10 @@ class Engine:
                 if flag not in record.flags:
                     record.flags.append(flag)
             for child in result.children:
-                flag = budget.admit(item.depth + 1, len(child.content))
-                if flag is not None:
-                    if flag not in record.flags:
-                        record.flags.append(flag)
+                refused = budget.admit(item.depth + 1, len(child.content))
+                if refused is not None:
+                    if refused not in record.flags:
+                        record.flags.append(refused)
                     continue
                 children.append(Pending(child.content, child.filename, payload_id, item.depth + 1, name,
                                         child.meta, planned.save))

@@ -96,7 +96,8 @@ class Plugin:
     Options: ClassVar[type[PluginOptions]] = PluginOptions
 
     def __init__(self, options: PluginOptions | None = None) -> None:
-        self.options = options if options is not None else self.Options()
+        #: The configured options (an instance of the plugin's ``Options``).
+        self.options: Any = options if options is not None else self.Options()
 
     def setup(self) -> None:
         """Prepare expensive state (compile rules, open handles). Called once before first use."""
@@ -126,7 +127,8 @@ class ScanPlugin(Plugin):
     def accepts(self, payload: Payload) -> bool:
         return self.max_size is None or payload.size <= self.max_size
 
-    def scan(self, payload: Payload, options: PluginOptions) -> Result | dict[str, Any] | None:
+    # ``options`` is the plugin's own ``Options`` instance; subclasses annotate it with that class.
+    def scan(self, payload: Payload, options: Any) -> Result | dict[str, Any] | None:
         raise NotImplementedError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import orjson
 import typer
@@ -33,7 +33,7 @@ def list_plugins(format: Annotated[ListFormat, typer.Option("--format", "-f", he
     from stoq.registry import Registry
 
     registry = Registry.discover()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry in registry.entries.values():
         cls: type[Plugin] | None = entry.cls
         rows.append({
