@@ -20,7 +20,10 @@ ROUTES = {
     "test.tar": {"decompress"},
     "test.docx": {"decompress"},
     "test.b64": {"b64"},
-    "test_pe_object.doc": {"pe"},
+    "test_pe_object.doc": {"pe", "ole"},
+    "test.xls": {"ole"},
+    "test.pdf": {"pdftext"},
+    "test.eml": {"email"},
     "test.exe": set(),
     "test.txt": set(),
     "test.jpg": set(),
@@ -52,6 +55,10 @@ def test_base64_text_is_decoded_by_default(engine: Engine) -> None:
 
 def test_embedded_executable_is_carved_from_the_document(engine: Engine) -> None:
     doc = engine.scan((CORPUS / "test_pe_object.doc").read_bytes(), "test_pe_object.doc", {})
-    (child,) = [p for p in doc["results"] if p["extracted_by"] == "pe"]
+    root = doc["results"][0]["payload_id"]
+    (child,) = [p for p in doc["results"] if p["extracted_by"] == "pe" and p["parent_id"] == root]
     assert child["mime"] == "application/vnd.microsoft.portable-executable"
     assert child["meta"]["offset"] == 19629 and child["size"] == 12288
+    # the ole carver finds the same executable in the Ole10Native stream: one analysis, one duplicate
+    from_ole = [p for p in doc["results"] if p["extracted_by"] == "ole" and p["sha256"] == child["sha256"]]
+    assert len(from_ole) == 1 and (from_ole[0]["duplicate_of"] is None) != (child["duplicate_of"] is None)

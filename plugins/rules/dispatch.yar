@@ -175,3 +175,57 @@ rule bitrot_This_program_7
     condition:
         $stub
 }
+
+// OLE2 compound files (Word, Excel, MSI...): streams, Ole10Native objects, VBA. Outlook .msg files
+// (property streams) go to the email reader instead.
+rule ole_compound_file
+{
+    meta:
+        plugin = "carver:ole"
+    strings:
+        $property = "__substg1.0_" wide
+    condition:
+        uint32(0) == 0xe011cfd0 and uint32(4) == 0xe11ab1a1 and not $property
+}
+
+rule outlook_message
+{
+    meta:
+        plugin = "reader:email"
+    strings:
+        $property = "__substg1.0_" wide
+    condition:
+        uint32(0) == 0xe011cfd0 and uint32(4) == 0xe11ab1a1 and $property
+}
+
+rule rtf_document
+{
+    meta:
+        plugin = "carver:rtf"
+    condition:
+        uint32(0) == 0x74725c7b
+}
+
+rule pdf_document
+{
+    meta:
+        plugin = "reader:pdftext"
+    strings:
+        $pdf = "%PDF-"
+    condition:
+        $pdf in (0..1024)
+}
+
+rule rfc822_message
+{
+    meta:
+        plugin = "reader:email"
+    strings:
+        $received = "Received: "
+        $return_path = "Return-Path: "
+        $delivered_to = "Delivered-To: "
+        $mime_version = "MIME-Version: "
+        $message_id = "Message-ID: " nocase
+    condition:
+        $received at 0 or $return_path at 0 or $delivered_to at 0 or $mime_version at 0 or $message_id at 0
+}

@@ -1,0 +1,82 @@
+"""The ``pdftext`` reader on the corpus PDF (compared with pdfminer's extract_text called here) and on
+multi-page PDFs written here, for the page and character caps; garbage raises."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+from pdfminer.high_level import extract_text
+from pdfminer.pdfparser import PDFSyntaxError
+
+from stoq.plugin import Payload, Result
+from stoq_plugins.pdftext import PdfTextPlugin
+
+
+def scan(content: bytes, filename: str | None = None, **options) -> Result:
+    plugin = PdfTextPlugin(PdfTextPlugin.Options(**options))
+    plugin.setup()
+    payload = Payload(content, "t", filename, "application/pdf", hashlib.sha256(content).hexdigest(), 0)
+    assert plugin.accepts(payload)
+    return plugin.scan(payload, plugin.options)
+
+
+def pdf(pages: list[str]) -> bytes:
+    """A minimal PDF with one line of Helvetica text per page, with a correct xref table."""
+    count = len(pages)
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(count))
+               + b"] /Count %d >>" % count,
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    for i, text in enumerate(pages):
+        stream = b"BT /F1 12 Tf 72 720 Td (" + text.encode("latin-1") + b") Tj ET"
+        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792]"
+                       b" /Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (5 + 2 * i))
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    out.write(b"".join(b"%010d 00000 n \n" % o for o in offsets))
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
+    return out.getvalue()
+
+
+def test_corpus_pdf_text_is_pdfminers(corpus) -> None:
+    data = (corpus / "test.pdf").read_bytes()
+    expected = extract_text(io.BytesIO(data))
+    result = scan(data, filename="test.pdf")
+    [child] = result.children
+    assert child.content.decode("utf-8") == expected
+    assert child.filename == "test.pdf.txt"
+    assert "Lorem ipsum dolor sit amet, consectetur adipiscing elit." in expected
+    assert result.data == {"pages": 1, "characters": len(expected)} and result.flags == []
+
+
+def test_pages_and_characters_are_capped() -> None:
+    data = pdf([f"This is page number {i}" for i in range(1, 6)])
+    assert scan(data).children[0].content.decode() == extract_text(io.BytesIO(data))
+    result = scan(data, max_pages=2)
+    assert result.data["pages"] == 2 and result.flags == ["limit:pdf-pages"]
+    assert result.children[0].content.decode() == extract_text(io.BytesIO(data), maxpages=2)
+    assert "page number 3" not in result.children[0].content.decode()
+    result = scan(data, max_chars=30)
+    assert result.flags == ["limit:pdf-chars"] and result.data["characters"] == 30
+    assert result.children[0].content.decode() == extract_text(io.BytesIO(data))[:30]
+    assert result.data["pages"] < 5  # stopped reading once past the cap
+
+
+def test_pdf_without_text_has_no_child() -> None:
+    result = scan(pdf([""]))
+    assert result.children == [] and result.data["pages"] == 1
+
+
+def test_garbage_raises_and_non_pdf_is_declined(make_payload) -> None:
+    with pytest.raises(PDFSyntaxError):
+        scan(b"%PDF-1.4\n" + bytes(range(256)) * 8)
+    assert not PdfTextPlugin().accepts(make_payload(b"PK\x03\x04"))
