@@ -38,7 +38,7 @@ from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, new_id, n
 
 HARD_GRACE = 5.0
 MAX_ATTEMPTS = 5
-PREFETCH = 32
+PREFETCH = 64
 BATCH = 16  # results per message at most, while more work is queued
 BATCH_BYTES = 1 << 20
 CHECK_EVERY = 0.25  # seconds between checks of the hard time limits

@@ -106,7 +106,6 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             raise fail(str(exc), ExitCode.STORE) from None
     code = ExitCode.OK
     batch: list[dict[str, Any]] = []
-    store = None
     last_flush = time.monotonic()
     hooks = {"started": loader.start, "before_fork": loader.join} if loader else {}
     try:
@@ -124,15 +123,13 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
                 if loader is None:
                     continue
                 batch.append(doc)
-                if len(batch) >= 200 or time.monotonic() - last_flush > 1.0:
-                    store = store or loader.get()
-                    store.save(batch)
+                if len(batch) >= 100 or time.monotonic() - last_flush > 0.5:
+                    loader.save(batch)
                     batch, last_flush = [], time.monotonic()
         if loader is not None:
-            store = store or loader.get()
             if batch:
-                store.save(batch)
-            store.close()
+                loader.save(batch)
+            loader.finish()
     except Exception as exc:
         if type(exc).__name__ in ("NotMigrated", "StoreError"):
             raise fail(str(exc), ExitCode.STORE) from None

@@ -1,4 +1,4 @@
-"""Opening the result store without making the scan wait for it.
+"""Opening the result store and saving to it without making the scan wait.
 
 Importing SQLAlchemy costs ~0.4 s here, about as long as scanning 400 small files. When the store is
 the usual SQLite file already at the current schema (checked with the standard ``sqlite3`` module),
@@ -10,7 +10,7 @@ scan starts, so that a store that cannot be used stops the command before anythi
 from __future__ import annotations
 
 import sqlite3
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote
 
@@ -34,41 +34,73 @@ def sqlite_at_head(url: str) -> bool:
 
 
 class StoreLoader:
-    """Opens ``Store.open(url)`` now, or in a thread (``start``) when that is known to be safe."""
+    """Opens the store and saves batches of documents in one background thread, so that the scan's
+    supervisor never waits for SQLite (a WAL checkpoint can take a tenth of a second). A store that
+    is not known to be ready is opened here, before the scan, so that a store that cannot be used stops
+    the command before anything is printed."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._store: Any = None
         self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if sqlite_at_head(url):
-            self._thread = threading.Thread(target=self._open, name="stoq-store-open", daemon=True)
-        else:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+        if not sqlite_at_head(url):
             self._open()
             if self._error is not None:
                 raise self._error
 
     def _open(self) -> None:
+        if self._store is not None or self._error is not None:
+            return
         try:
             from stoq.store import Store
 
             self._store = Store.open(self.url)
-        except BaseException as exc:  # handed to the caller of get()
+        except BaseException as exc:  # handed to the caller of finish()
             self._error = exc
 
+    def _save(self, batch: list[dict[str, Any]]) -> None:
+        self._open()
+        if self._error is None:
+            self._store.save(batch)
+
     def start(self) -> None:
-        """Starts the background open (after the worker processes are forked)."""
-        if self._thread is not None and not self._thread.is_alive() and self._store is None:
-            self._thread.start()
+        """Starts the thread and the opening of the store (after the worker processes are forked)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="stoq-store")
+            self._pending.append(self._pool.submit(self._open))
 
-    def join(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join()
-
-    def get(self) -> Any:
-        """The open ``Store`` (waits for the thread); raises what opening it raised."""
+    def save(self, batch: list[dict[str, Any]]) -> None:
+        """Queues a batch; a failure surfaces in ``check`` or ``finish``."""
         self.start()
-        self.join()
+        assert self._pool is not None
+        self._pending.append(self._pool.submit(self._save, batch))
+        self.check()
+
+    def check(self) -> None:
+        """Raises the first failure of the saves done so far."""
+        while self._pending and self._pending[0].done():
+            self._pending.pop(0).result()
         if self._error is not None:
             raise self._error
-        return self._store
+
+    def join(self) -> None:
+        """Waits until the thread is idle (before forking a replacement worker)."""
+        for future in list(self._pending):
+            future.exception()
+
+    def finish(self) -> None:
+        """Waits for every save, closes the store, and raises the first failure."""
+        self.start()
+        try:
+            self.join()
+            for future in self._pending:
+                future.result()
+            if self._error is not None:
+                raise self._error
+        finally:
+            assert self._pool is not None
+            self._pool.shutdown()
+            if self._store is not None:
+                self._store.close()
