@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import io
 
-from pdfminer.converter import TextConverter
-from pdfminer.layout import LAParams
-from pdfminer.pdfinterp import PDFPageInterpreter, PDFResourceManager
-from pdfminer.pdfpage import PDFPage
 from pydantic import Field
 
 from stoq.plugin import Extracted, Payload, PluginOptions, ReaderPlugin, Result
@@ -40,6 +36,11 @@ class PdfTextPlugin(ReaderPlugin):
         flags: list[str] = []
         pages = 0
         with io.StringIO() as output:
+            from pdfminer.converter import TextConverter  # imported on first use: ~0.1 s of start-up
+            from pdfminer.layout import LAParams
+            from pdfminer.pdfinterp import PDFPageInterpreter, PDFResourceManager
+            from pdfminer.pdfpage import PDFPage
+
             resources = PDFResourceManager(caching=True)
             device = TextConverter(resources, output, codec="utf-8", laparams=LAParams())
             interpreter = PDFPageInterpreter(resources, device)
