@@ -13,6 +13,8 @@ $(BIN)/stoq: pyproject.toml
 	touch $(BIN)/stoq
 
 setup: $(BIN)/stoq
+	@# bytecode for the checkout's modules (environments with PYTHONDONTWRITEBYTECODE never cache it)
+	@$(BIN)/python -m compileall -q stoq plugins
 
 demo: setup
 	$(BIN)/stoq scan samples/invoice.zip --workers yara -o yara.rules=samples/demo.yar --format table

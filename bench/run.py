@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--decompose", action="store_true",
                         help="instead: one process, bare loop vs stoq with and without archive and store")
     args = parser.parse_args()
+    # bytecode for the checkout (as an installed package would have it)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "stoq"), str(ROOT / "plugins")], check=True)
     files = Path(tempfile.mkdtemp(prefix="stoq-bench-files-"))
     subprocess.run([sys.executable, str(SHARED / "bench" / "make_unique.py"), str(SHARED / "corpus"), str(files),
                     str(args.copies)], check=True, capture_output=True)
