@@ -24,6 +24,7 @@ ROUTES = {
     "test.xls": {"ole"},
     "test.pdf": {"pdftext"},
     "test.eml": {"email"},
+    "test.txt.gpg": {"gpg"},
     "test.exe": set(),
     "test.txt": set(),
     "test.jpg": set(),

@@ -229,3 +229,50 @@ rule rfc822_message
     condition:
         $received at 0 or $return_path at 0 or $delivered_to at 0 or $mime_version at 0 or $message_id at 0
 }
+
+// Flash files at the start or embedded: FWS/CWS/ZWS, a version byte 1-64, a length from 13 bytes to
+// 144 MiB (a top length byte below 9 keeps text, base64 included, out).
+rule swf_file
+{
+    meta:
+        plugin = "carver:swf"
+    strings:
+        $fws = "FWS"
+        $cws = "CWS"
+        $zws = "ZWS"
+    condition:
+        for any of ($fws, $cws, $zws) : (
+            for any i in (1..#) : (uint8(@[i] + 3) >= 1 and uint8(@[i] + 3) <= 64 and uint32(@[i] + 4) >= 13 and uint32(@[i] + 4) < 0x09000000))
+}
+
+// Adobe XML Data Package (libmagic: text/xml): the XDP namespace or root element near the start,
+// instead of routing every XML file to the xdp carver.
+rule xdp_package
+{
+    meta:
+        plugin = "carver:xdp"
+    strings:
+        $ns = "http://ns.adobe.com/xdp/"
+        $root = "<xdp:xdp"
+    condition:
+        $ns in (0..4096) or $root in (0..4096)
+}
+
+// OpenPGP messages: armored, clear-signed, or binary packets that start a message (public-key or
+// passphrase encrypted session key, one-pass signature, compressed data), old and new packet formats.
+rule openpgp_message
+{
+    meta:
+        plugin = "extractor:gpg"
+    strings:
+        $armor = "-----BEGIN PGP MESSAGE-----"
+        $clear = "-----BEGIN PGP SIGNED MESSAGE-----"
+    condition:
+        $armor at 0 or $clear at 0 or
+        (uint8(0) == 0x84 and uint8(2) == 3) or (uint8(0) == 0x85 and uint8(3) == 3) or
+        (uint8(0) == 0xC1 and (uint8(2) == 3 or uint8(3) == 3)) or
+        (uint8(0) == 0x8C and uint8(2) == 4) or (uint8(0) == 0xC3 and uint8(2) == 4) or
+        (uint8(0) == 0x90 and uint8(1) == 0x0D and uint8(2) == 3) or
+        (uint8(0) == 0xC4 and uint8(1) == 0x0D and uint8(2) == 3) or
+        (uint8(0) == 0xA3 and uint8(1) <= 3) or (uint8(0) == 0xC8 and uint8(2) <= 3)
+}
