@@ -3,6 +3,7 @@ result backend, payloads passed by reference through a shared directory archive.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import subprocess
@@ -24,11 +25,8 @@ BROKER = "redis://127.0.0.1:6379/14"
 BACKEND = "redis://127.0.0.1:6379/15"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, Path, Path]]:
-    for db in (14, 15):
-        redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()
-    work = tmp_path_factory.mktemp("cluster")
+def start_worker(work: Path, queues: list[str]) -> tuple[subprocess.Popen[bytes], Celery, Path]:
+    """A real `celery -A stoq worker` (with `-Q` when queues are given) and a client, once it answers."""
     archive = work / "archive"
     log = work / "worker.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")}
@@ -36,22 +34,36 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, 
                STOQ_ARCHIVER="directory", STOQ_YARA__RULES=str(BENCH_RULES), HOME=str(work),
                STOQ_DATABASE_URL=f"sqlite:///{work / 'unused.db'}")
     celery_bin = Path(sys.executable).parent / "celery"
-    worker = subprocess.Popen([str(celery_bin), "-A", "stoq", "worker", "-Q", "yara,peinfo", "-c", "1",
-                               "-n", "stoq-test@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                               "-l", "info", "--logfile", str(log)], env=env, cwd=work)
+    select = ["-Q", ",".join(queues)] if queues else []
+    worker = subprocess.Popen([str(celery_bin), "-A", "stoq", "worker", *select, "-c", "1",
+                               "-n", f"stoq-test-{work.name}@%h", "--without-gossip", "--without-mingle",
+                               "--without-heartbeat", "-l", "info", "--logfile", str(log)], env=env, cwd=work)
     client = Celery("stoq-test-client", broker=BROKER, backend=BACKEND)
     client.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
     deadline = time.monotonic() + 60
     while not client.control.ping(timeout=0.5):
         assert worker.poll() is None, log.read_text() if log.exists() else "worker died"
         assert time.monotonic() < deadline, "worker did not start"
+    return worker, client, log
+
+
+def stop_worker(worker: subprocess.Popen[bytes], client: Celery) -> None:
+    client.backend.result_consumer.stop()  # no pub/sub clean-up left for interpreter exit
+    client.close()
+    worker.terminate()
+    worker.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, Path, Path]]:
+    for db in (14, 15):
+        redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()
+    work = tmp_path_factory.mktemp("cluster")
+    worker, client, log = start_worker(work, ["yara", "peinfo"])
     try:
-        yield client, archive, log
+        yield client, work / "archive", log
     finally:
-        client.backend.result_consumer.stop()  # no pub/sub clean-up left for interpreter exit
-        client.close()
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_worker(worker, client)
 
 
 def ref_for(archive: Path, name: str) -> dict[str, object]:
@@ -86,3 +98,18 @@ def test_only_json_is_accepted_on_the_wire(cluster: tuple[Celery, Path, Path]) -
     assert "disallowed" in log.read_text().lower() or "refusing" in log.read_text().lower()
     ok = client.send_task("stoq.worker.yara", args=[[ref]], queue="yara").get(timeout=60)
     assert ok[0]["payload_id"] == "p-test.txt" and "result" in ok[0]  # the worker is still serving
+
+
+def test_a_worker_without_queues_serves_every_plugin(tmp_path: Path, cluster: tuple[Celery, Path, Path]) -> None:
+    worker, client, _ = start_worker(tmp_path, [])
+    try:
+        data = (CORPUS / "test.gz").read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        DirectoryArchive(tmp_path / "archive").put(sha256, data)
+        ref = {"payload_id": "gz", "sha256": sha256, "filename": "test.gz", "mime": "application/gzip", "depth": 0}
+        (answer,) = client.send_task("stoq.extractor.decompress", args=[[ref]], queue="decompress").get(timeout=60)
+        (child,) = answer["children"]
+        assert child["sha256"] == hashlib.sha256(gzip.decompress(data)).hexdigest()
+        assert DirectoryArchive(tmp_path / "archive").get(child["sha256"]) == gzip.decompress(data)
+    finally:
+        stop_worker(worker, client)

@@ -16,11 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu import Queue
 
 from stoq.plugin import SCAN_CATEGORIES
 from stoq.registry import Registry
 
 _ENGINE: Any = None
+#: The queue of stoq's own tasks (the publisher and the connectors, when they come).
+DEFAULT_QUEUE = "stoq"
 
 
 def engine() -> Any:
@@ -61,4 +64,7 @@ def register_plugins(app: Celery, registry: Registry | None = None) -> dict[str,
         app.task(name=name, queue=cls.name, acks_late=True, reject_on_worker_lost=True)(run)
         names[cls.name] = name
     app.conf.task_routes = {name: {"queue": plugin} for plugin, name in names.items()}
+    # A worker started without -Q consumes every queue declared here: all plugins, and stoq's own.
+    app.conf.task_default_queue = DEFAULT_QUEUE
+    app.conf.task_queues = [Queue(DEFAULT_QUEUE)] + [Queue(plugin) for plugin in sorted(names)]
     return names
