@@ -77,16 +77,23 @@ def normal_flag(flag: str) -> str:
     return ":".join(parts)
 
 
-def describe(content: bytes, mime_of: Callable[[bytes], str]) -> dict[str, Any]:
-    """Size, hashes and MIME type of a payload."""
+OCTET_STREAM = "application/octet-stream"
+
+
+def hashes(content: bytes) -> dict[str, Any]:
+    """Size and hashes of a payload."""
     return {
         "size": len(content),
         "md5": hashlib.md5(content).hexdigest(),
         "sha1": hashlib.sha1(content).hexdigest(),
         "sha256": hashlib.sha256(content).hexdigest(),
         "sha512": hashlib.sha512(content).hexdigest(),
-        "mime": mime_of(content),
     }
+
+
+def describe(content: bytes, mime_of: Callable[[bytes], str]) -> dict[str, Any]:
+    """Size, hashes and MIME type of a payload."""
+    return hashes(content) | {"mime": mime_of(content)}
 
 
 class Engine:
@@ -155,14 +162,21 @@ class Engine:
         """Analyses one payload of a scan; ``budget`` carries the scan's limits and duplicates."""
         payload_id = new_id()
         errors: list[ScanErrorEntry] = []
-        activity.enter("libmagic", "")
-        try:
-            facts = describe(item.content, self._mime)
-        except magic.MagicException as exc:
-            facts = describe(item.content, lambda _: "application/octet-stream")
-            errors.append(ScanErrorEntry(payload_id, "libmagic", "error", str(exc)))
-        finally:
-            activity.leave()
+        facts = hashes(item.content)
+        sha256 = facts["sha256"]
+        if skip and (sha256, "libmagic") in skip:  # libmagic killed the worker on this payload before
+            kind, message = skip[(sha256, "libmagic")]
+            facts["mime"] = OCTET_STREAM
+            errors.append(ScanErrorEntry(payload_id, "libmagic", kind, message))
+        else:
+            activity.enter("libmagic", sha256)
+            try:
+                facts["mime"] = self._mime(item.content)
+            except magic.MagicException as exc:
+                facts["mime"] = OCTET_STREAM
+                errors.append(ScanErrorEntry(payload_id, "libmagic", "error", str(exc)))
+            finally:
+                activity.leave()
         record = PayloadRecord(payload_id=payload_id, parent_id=item.parent_id, depth=item.depth,
                                filename=item.filename, extracted_by=item.extracted_by, meta=json_safe(item.meta),
                                **facts)

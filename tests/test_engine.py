@@ -207,3 +207,15 @@ def test_an_input_over_max_file_bytes_is_hashed_and_typed_but_not_analysed(tmp_p
         assert root[algo] == hashlib.new(algo, data).hexdigest()
     assert root["mime"] == "application/zip"
     assert not engine.archive.exists(root["sha256"])
+
+
+def test_a_payload_that_killed_libmagic_is_typed_octet_stream_with_a_crash_entry(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    data = (CORPUS / "test.zip").read_bytes()
+    skip = {(hashlib.sha256(data).hexdigest(), "libmagic"): ("crash", "worker process died (signal 11) while running libmagic")}
+    doc = engine.scan(data, "test.zip", {}, skip=skip)
+    validate(doc)
+    root = doc["results"][0]
+    assert root["mime"] == "application/octet-stream" and root["sha256"] == hashlib.sha256(data).hexdigest()
+    assert [(e["plugin"], e["kind"]) for e in doc["errors"]] == [("libmagic", "crash")]
+    assert engine.scan(data, "test.zip", {})["results"][0]["mime"] == "application/zip"  # without the skip
