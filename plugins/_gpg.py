@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from stoq.model import iso
+from stoq_plugins._tools import kill_group
 
 PREFIX = "[GNUPG:] "
 #: Longest GNUPGHOME: gpg-agent's sockets (``S.gpg-agent.browser``) live there, and AF_UNIX paths are short.
@@ -137,15 +138,6 @@ def _preexec() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-
-
 class Gpg:
     """A scratch directory with a private GNUPGHOME; use as a context manager."""
 
@@ -192,7 +184,7 @@ class Gpg:
 
             def expire() -> None:
                 expired.set()
-                _kill(proc)
+                kill_group(proc)
             timer = threading.Timer(max(self.deadline - time.monotonic(), 0.001), expire)
             timer.start()
             data, capped = bytearray(), False
@@ -213,7 +205,7 @@ class Gpg:
                     proc.wait()
             finally:
                 timer.cancel()
-                _kill(proc)
+                kill_group(proc)
             log.seek(0)
             text = log.read(1 << 16).decode("utf-8", "replace")
         status = Status()

@@ -1,8 +1,9 @@
 """Extraction by external tools, for the formats no stdlib module reads. One tool per format:
 
-- ``7z`` (p7zip-full): 7z, cab, iso9660/udf, and zip with WinZip AES members; names from ``7z l -slt``.
+- ``7z`` (p7zip-full): 7z, cab, iso9660/udf, vhd disk images (the files of the filesystem inside, when 7z
+  reads it; else the disk image) and zip with WinZip AES members; names from ``7z l -slt``.
 - ``unar``/``lsar`` (unar): rar (RAR 1.5 to 5; the non-free unrar is not used); names from ``lsar -j``.
-- ``bsdtar`` (libarchive-tools): cpio and ar (deb), converted to a pax stream on stdout
+- ``bsdtar`` (libarchive-tools): cpio, ar (deb), rpm and xar, converted to a pax stream on stdout
   (``bsdtar -cf - @archive``) and read by ``unpack_tar``: nothing is extracted to disk.
 - ``bsdcat`` (libarchive-tools): lzip and zstd streams, read from its stdout.
 
@@ -182,7 +183,7 @@ class Tools:
                         break
                     delay = min(delay * 2, 0.2)
             finally:  # also when the plugin's own time limit interrupts the loop
-                _kill(proc)
+                kill_group(proc)
             log.seek(0)
             return Run(proc.returncode, log.read(_LOG_BYTES).decode("utf-8", "replace"), stopped)
 
@@ -209,7 +210,7 @@ class Tools:
 
             def expire() -> None:
                 expired.set()
-                _kill(proc)
+                kill_group(proc)
             timer = threading.Timer(self.timeout, expire)
             timer.start()
             try:
@@ -219,7 +220,7 @@ class Tools:
                 proc.wait()  # still under the timer; a tool whose output was cut short gets EPIPE
             finally:
                 timer.cancel()
-                _kill(proc)
+                kill_group(proc)
             log.seek(0)
             return Run(proc.returncode, log.read(_LOG_BYTES).decode("utf-8", "replace"),
                        "limit:tool-time" if expired.is_set() else None)
@@ -272,7 +273,8 @@ class Tools:
                                             entry.modified if entry else None, entry.encrypted if entry else False))
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kills a tool started in its own session, with everything it started, and reaps it."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -289,6 +291,18 @@ def declared_size(data: bytes) -> int | None:
         return 32 + int.from_bytes(data[12:20], "little") + int.from_bytes(data[20:28], "little")
     if data.startswith(b"MSCF") and len(data) >= 12:
         return int.from_bytes(data[8:12], "little")
+    return None
+
+
+def disk_image(data: bytes) -> str | None:
+    """``udf`` (a volume recognition sequence from 32 KiB: BEA01 then NSR02 or NSR03, descriptors 2 or 4 KiB
+    apart, ISO 9660 ones perhaps first), ``vhd`` (a fixed disk's footer, or a dynamic disk's copy of it
+    first) or None."""
+    if data[:8] == b"conectix" or data[-512:-504] == b"conectix":
+        return "vhd"
+    ids = [data[32769 + 2048 * i:32774 + 2048 * i] for i in range(16)]
+    if b"BEA01" in ids and {b"NSR02", b"NSR03"} & set(ids[ids.index(b"BEA01"):]):
+        return "udf"
     return None
 
 
@@ -322,7 +336,7 @@ def list_7z(text: str) -> list[Entry]:
 
 
 def unpack_7z(tools: Tools, scratch: Scratch) -> None:
-    """7z, cab, iso/udf, AES zip: each password in turn while 7z says it is the wrong one."""
+    """7z, cab, iso/udf, vhd, AES zip: each password in turn while 7z says it is the wrong one."""
     passwords = list(tools.limits.passwords) or [NO_PASSWORD.encode()]
     for password in passwords:
         secret = "-p" + password.decode("utf-8", "replace")
@@ -365,7 +379,7 @@ def unpack_rar(tools: Tools, scratch: Scratch) -> None:
 
 
 def unpack_libarchive(tools: Tools, scratch: Scratch) -> None:
-    """cpio, ar: bsdtar rewrites the archive as a pax stream, read in process (names untouched)."""
+    """cpio, ar, rpm, xar: bsdtar rewrites the archive as a pax stream, read in process (names untouched)."""
     limits = tools.limits
     cap = limits.max_total_bytes + (limits.max_members + 1) * 4096 + (1 << 20)
     data = bytearray()
@@ -419,8 +433,8 @@ def unpack_piped_stream(fmt: str, tools: Tools, scratch: Scratch, name: str | No
 
 
 #: The formats read here, by the tool that reads them.
-TOOL_FORMATS = {"7z": "7z", "cab": "7z", "iso": "7z", "rar": "unar", "cpio": "bsdtar", "ar": "bsdtar",
-                "lzip": "bsdcat", "zstd": "bsdcat"}
+TOOL_FORMATS = {"7z": "7z", "cab": "7z", "iso": "7z", "udf": "7z", "vhd": "7z", "rar": "unar", "cpio": "bsdtar",
+                "ar": "bsdtar", "rpm": "bsdtar", "xar": "bsdtar", "lzip": "bsdcat", "zstd": "bsdcat"}
 
 
 def unpack_tool(fmt: str, data: bytes, name: str | None, unpacker: Unpacker, timeout: float) -> None:

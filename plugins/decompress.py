@@ -1,5 +1,5 @@
-"""The ``decompress`` extractor: members of archives (zip, tar, 7z, rar, cab, iso, cpio, ar) and contents of
-compressed streams (gzip, bzip2, xz, lzma, zlib, lzip, zstd)."""
+"""The ``decompress`` extractor: members of archives (zip, tar, 7z, rar, cab, iso, udf, vhd, cpio, ar, rpm,
+xar) and contents of compressed streams (gzip, bzip2, xz, lzma, zlib, lzip, zstd)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
 from stoq_plugins._archive import Limits, Unpacker, unpack_stream, unpack_tar
-from stoq_plugins._tools import TOOL_FORMATS, ToolError, unpack_tool
+from stoq_plugins._tools import TOOL_FORMATS, ToolError, disk_image, unpack_tool
 from stoq_plugins._zip import unpack_zip
 
 MiB = 1 << 20
@@ -24,6 +24,9 @@ FORMATS: dict[str, str] = {
     "application/x-bzip2": "bzip2",
     "application/x-xz": "xz",
     "application/x-tar": "tar",
+    "application/x-rpm": "rpm",
+    "application/x-xar": "xar",
+    "application/x-virtualbox-vhd": "vhd",
     "application/x-lzma": "lzma",
     "application/zlib": "zlib",
     "application/x-lzip": "lzip",
@@ -43,7 +46,7 @@ MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"), (b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"),
     (b"\xfd7zXZ\x00", "xz"), (b"LZIP", "lzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"7z\xbc\xaf\x27\x1c", "7z"),
     (b"Rar!\x1a\x07", "rar"), (b"MSCF\x00\x00\x00\x00", "cab"), (b"!<arch>\n", "ar"), (b"070701", "cpio"),
-    (b"070702", "cpio"), (b"070707", "cpio"),
+    (b"070702", "cpio"), (b"070707", "cpio"), (b"\xed\xab\xee\xdb", "rpm"), (b"xar!\x00\x1c", "xar"),
 )
 
 
@@ -60,15 +63,19 @@ def detect(payload: Payload) -> str | None:
         return "iso"
     if head[:2] in (b"\xc7\x71", b"\x71\xc7") and b"TRAILER!!!" in payload.content[-1024:]:
         return "cpio"  # old binary cpio: a 2-byte magic, so its trailer is asked for too
-    return "tar" if payload.content[257:262] == b"ustar" else None
+    if payload.content[257:262] == b"ustar":
+        return "tar"
+    return disk_image(payload.content)  # udf (no ISO 9660 descriptors first) or vhd, else None
 
 
 class DecompressPlugin(ExtractorPlugin):
     """Extracts archive members and compressed streams' contents, within byte and member caps.
 
-    zip, tar, gzip, bzip2, xz, lzma and zlib are read in process; 7z, cab, iso (9660/udf) and zip with
-    WinZip AES members by ``7z``, rar by ``unar``, cpio and ar (deb) by ``bsdtar``, lzip and zstd by
-    ``bsdcat``, each run on a copy in a scratch directory under the same caps (``stoq_plugins._tools``).
+    zip, tar, gzip, bzip2, xz, lzma and zlib are read in process; 7z, cab, iso (9660/udf), udf, vhd (the
+    files of its filesystem, else the disk image) and zip with WinZip AES members by ``7z``, rar by
+    ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip and zstd by ``bsdcat``, each run on a copy
+    in a scratch directory under the same caps (``stoq_plugins._tools``). rpm, xar, udf and vhd are
+    recognised by their magic bytes (they are not in ``mimes``).
 
     Output: ``{"format", "members" (regular-file members examined), "extracted" (children)}``; each
     child's meta holds member, size, compressed_size, modified, encrypted and crc (None where the

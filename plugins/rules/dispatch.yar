@@ -276,3 +276,43 @@ rule openpgp_message
         (uint8(0) == 0xC4 and uint8(1) == 0x0D and uint8(2) == 3) or
         (uint8(0) == 0xA3 and uint8(1) <= 3) or (uint8(0) == 0xC8 and uint8(2) <= 3)
 }
+
+// Containers libmagic types as application/octet-stream: a fixed VHD (its footer is at the end) and
+// a UDF-only image (volume recognition sequence). rpm and xar are also routed by MIME type.
+rule vhd_disk
+{
+    meta:
+        plugin = "extractor:decompress"
+    strings:
+        $cookie = "conectix"
+    condition:
+        $cookie at 0 or $cookie at filesize - 512
+}
+
+rule udf_image
+{
+    meta:
+        plugin = "extractor:decompress"
+    strings:
+        $bea = "BEA01"
+        $nsr2 = "NSR02"
+        $nsr3 = "NSR03"
+    condition:
+        filesize > 36864 and $bea in (32769..65536) and ($nsr2 in (32769..73728) or $nsr3 in (32769..73728))
+}
+
+rule rpm_package
+{
+    meta:
+        plugin = "extractor:decompress"
+    condition:
+        uint32(0) == 0xdbeeabed
+}
+
+rule xar_archive
+{
+    meta:
+        plugin = "extractor:decompress"
+    condition:
+        uint32be(0) == 0x78617221
+}

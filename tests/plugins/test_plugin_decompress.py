@@ -219,7 +219,8 @@ def test_mimes_and_accepts(make_payload) -> None:
         "application/x-lzma", "application/zlib", "application/x-lzip", "application/zstd",
         "application/x-7z-compressed", "application/x-rar", "application/vnd.rar", "application/x-rar-compressed",
         "application/vnd.ms-cab-compressed", "application/x-iso9660-image", "application/x-cpio",
-        "application/x-archive", "application/vnd.debian.binary-package"}
+        "application/x-archive", "application/vnd.debian.binary-package",
+        "application/x-rpm", "application/x-xar", "application/x-virtualbox-vhd"}
     assert not DecompressPlugin.mimes & {"application/x-msi", "application/msword", "application/vnd.ms-excel"}
     plugin = DecompressPlugin()
     assert not plugin.accepts(make_payload(b"just text", "text/plain"))
