@@ -6,7 +6,9 @@ Three sources, merged in this order (a plugin runs at most once per payload):
 3. YARA dispatch rules (stoQ's convention): a matching rule's meta ``plugin = "carver:pe"`` (or a
    comma list of ``category:name`` / ``name``) sends the payload to those plugins; ``save = "False"``
    means what that plugin extracts is not written to the archive; every other meta key that names an
-   option of the plugin reaches it as that option for this call (other keys are ignored).
+   option of the plugin reaches it as that option for this call (other keys are ignored). When a
+   string of the rule matched through YARA's ``xor`` modifier, the key YARA reports becomes the
+   plugin's ``key`` option (if it has one and the meta does not set it).
 
 A plugin whose ``accepts()`` declines the payload is then skipped (not an error). At the depth limit,
 plugins that only produce children (carvers, extractors, decoders, readers) are not run and the payload
@@ -51,6 +53,16 @@ class _RuleTarget:
     plugins: tuple[str, ...]
     overrides: dict[str, Any]
     save: bool
+
+
+def reported_xor_key(match: yara.Match) -> int | None:
+    """The key YARA reports for a string matched with the ``xor`` modifier (the first non-zero one)."""
+    for string in match.strings:
+        for instance in string.instances:
+            key = getattr(instance, "xor_key", 0)
+            if key:
+                return int(key)
+    return None
 
 
 class Dispatcher:
@@ -122,8 +134,11 @@ class Dispatcher:
                 target = self.rule_targets.get(match.rule)
                 if target is None:
                     continue
+                xor_key = reported_xor_key(match)
                 for name in target.plugins:
                     entry = planned.setdefault(name, Planned(name))
+                    if xor_key is not None and "key" in self.plugins[name].Options.model_fields:
+                        entry.overrides.setdefault("key", xor_key)  # the key YARA found for an xor string
                     entry.overrides.update(target.overrides)
                     entry.rules += (match.rule,)
                     entry.save = entry.save and target.save

@@ -63,3 +63,13 @@ def test_embedded_executable_is_carved_from_the_document(engine: Engine) -> None
     # the ole carver finds the same executable in the Ole10Native stream: one analysis, one duplicate
     from_ole = [p for p in doc["results"] if p["extracted_by"] == "ole" and p["sha256"] == child["sha256"]]
     assert len(from_ole) == 1 and (from_ole[0]["duplicate_of"] is None) != (child["duplicate_of"] is None)
+
+
+def test_the_key_yara_reports_for_an_xor_match_reaches_the_xor_decoder(engine: Engine) -> None:
+    exe = (CORPUS / "test.exe").read_bytes()
+    encoded = bytes(b ^ 0x2A for b in exe)
+    doc = engine.scan(encoded, "encoded.bin", {})
+    root = doc["results"][0]
+    assert root["workers"]["xor"]["key"] == "0x2a" and root["workers"]["xor"]["key_source"] == "option"
+    (child,) = [p for p in doc["results"] if p["extracted_by"] == "xor"]
+    assert child["sha256"] == hashlib.sha256(exe).hexdigest()
