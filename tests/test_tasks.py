@@ -14,6 +14,7 @@ from typing import Iterator
 
 import pefile
 import pytest
+import requests
 import redis
 import yara
 from celery import Celery
@@ -25,17 +26,22 @@ BROKER = "redis://127.0.0.1:6379/14"
 BACKEND = "redis://127.0.0.1:6379/15"
 
 
-def start_worker(work: Path, queues: list[str]) -> tuple[subprocess.Popen[bytes], Celery, Path]:
+def stoq_env(work: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")}
+    env.update(STOQ_BROKER_URL=BROKER, STOQ_RESULT_BACKEND=BACKEND, STOQ_ARCHIVE=str(work / "archive"),
+               STOQ_ARCHIVER="directory", STOQ_YARA__RULES=str(BENCH_RULES), HOME=str(work),
+               STOQ_DATABASE_URL=f"sqlite:///{work / 'unused.db'}")
+    return env
+
+
+def start_worker(work: Path, queues: list[str], *extra: str) -> tuple[subprocess.Popen[bytes], Celery, Path]:
     """A real `celery -A stoq worker` (with `-Q` when queues are given) and a client, once it answers."""
     archive = work / "archive"
     log = work / "worker.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")}
-    env.update(STOQ_BROKER_URL=BROKER, STOQ_RESULT_BACKEND=BACKEND, STOQ_ARCHIVE=str(archive),
-               STOQ_ARCHIVER="directory", STOQ_YARA__RULES=str(BENCH_RULES), HOME=str(work),
-               STOQ_DATABASE_URL=f"sqlite:///{work / 'unused.db'}")
+    env = stoq_env(work)
     celery_bin = Path(sys.executable).parent / "celery"
     select = ["-Q", ",".join(queues)] if queues else []
-    worker = subprocess.Popen([str(celery_bin), "-A", "stoq", "worker", *select, "-c", "1",
+    worker = subprocess.Popen([str(celery_bin), "-A", "stoq", "worker", *select, *extra, "-c", "1",
                                "-n", f"stoq-test-{work.name}@%h", "--without-gossip", "--without-mingle",
                                "--without-heartbeat", "-l", "info", "--logfile", str(log)], env=env, cwd=work)
     client = Celery("stoq-test-client", broker=BROKER, backend=BACKEND)
@@ -112,4 +118,47 @@ def test_a_worker_without_queues_serves_every_plugin(tmp_path: Path, cluster: tu
         assert child["sha256"] == hashlib.sha256(gzip.decompress(data)).hexdigest()
         assert DirectoryArchive(tmp_path / "archive").get(child["sha256"]) == gzip.decompress(data)
     finally:
+        stop_worker(worker, client)
+
+
+def test_flower_lists_the_workers_and_a_finished_task_behind_basic_auth(tmp_path: Path,
+                                                                          cluster: tuple[Celery, Path, Path]) -> None:
+    # -E: task events, which Flower shows; a queue of its own, so that this worker (not the module's) runs it
+    worker, client, _ = start_worker(tmp_path, ["flower-test"], "-E")
+    port = 15555
+    flower = subprocess.Popen([str(Path(sys.executable).parent / "celery"), "-A", "stoq", "flower",
+                               f"--port={port}", "--address=127.0.0.1", "--basic-auth=analyst:s3cret"],
+                              env=stoq_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / "flower.log", "wb"))
+    auth = requests.auth.HTTPBasicAuth("analyst", "s3cret")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{base}/api/workers", auth=auth, timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert flower.poll() is None and time.monotonic() < deadline, (tmp_path / "flower.log").read_text()
+            time.sleep(0.3)
+        assert requests.get(f"{base}/api/workers", timeout=5).status_code == 401  # no credentials
+        ref = ref_for(tmp_path / "archive", "test.txt")
+        result = client.send_task("stoq.worker.yara", args=[[ref]], queue="flower-test")
+        result.get(timeout=60)
+        deadline = time.monotonic() + 30
+        while True:  # events reach Flower asynchronously
+            tasks = requests.get(f"{base}/api/tasks", auth=auth, timeout=5).json()
+            task = tasks.get(result.id)
+            if task and task.get("state") == "SUCCESS":
+                break
+            assert time.monotonic() < deadline, tasks
+            time.sleep(0.3)
+        assert task["name"] == "stoq.worker.yara"
+        assert "p-test.txt" in str(task["args"])  # readable arguments: the reference, not bytes
+        workers = requests.get(f"{base}/api/workers?refresh=1", auth=auth, timeout=10).json()
+        assert any(name.startswith(f"stoq-test-{tmp_path.name}@") for name in workers)
+    finally:
+        flower.terminate()
+        flower.wait(timeout=30)
         stop_worker(worker, client)
