@@ -8,6 +8,6 @@ WORKDIR /opt/stoq
 COPY pyproject.toml README.md celeryconfig.py manage.py ./
 COPY stoq ./stoq
 COPY plugins ./plugins
-RUN pip install --no-cache-dir . && useradd --create-home stoq && mkdir -p /data && chown stoq /data
+RUN pip install --no-cache-dir '.[flower]' && useradd --create-home stoq && mkdir -p /data && chown stoq /data
 USER stoq
 ENTRYPOINT ["stoq"]
