@@ -23,7 +23,6 @@ server database must be migrated explicitly (``stoq db upgrade``).
 
 from __future__ import annotations
 
-import math
 import re
 import sqlite3
 import time
@@ -32,27 +31,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import orjson
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    DateTime,
-    Engine,
-    ForeignKey,
-    ForeignKeyConstraint,
-    Integer,
-    MetaData,
-    String,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
-    create_engine,
-    event,
-)
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["HEAD_REVISION", "NotMigrated", "Store", "StoreError", "alembic_config", "current_revision",
            "upgrade"]
@@ -78,155 +60,8 @@ class StoreError(Exception):
     """The store cannot be opened, or a read or write failed."""
 
 
-# --------------------------------------------------------------------------------------------- schema
-
-class SQLiteJSON(TypeDecorator):
-    """JSON kept as TEXT on SQLite.
-
-    SQLAlchemy's ``JSON`` is declared ``JSON`` there, which SQLite gives NUMERIC affinity: a top-level
-    scalar such as ``123.0`` or ``-0.0`` is then stored as a number and comes back as ``123`` or
-    ``0.0`` (and SQLAlchemy cannot even decode it). TEXT affinity keeps the JSON text as written.
-    """
-
-    impl = Text
-    cache_ok = True
-
-    def __init__(self, none_as_null: bool = False) -> None:
-        super().__init__()
-        self.none_as_null = none_as_null
-
-    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
-        if value is None and self.none_as_null:
-            return None
-        return orjson.dumps(value).decode()
-
-    def process_result_value(self, value: Any, dialect: Any) -> Any:
-        return None if value is None else orjson.loads(value)
-
-
-def _json(none_as_null: bool = False) -> Any:
-    return (JSON(none_as_null=none_as_null)
-            .with_variant(JSONB(none_as_null=none_as_null), "postgresql")
-            .with_variant(SQLiteJSON(none_as_null=none_as_null), "sqlite"))
-
-
-JSONValue = _json()
-#: The ``*_order`` hint columns: SQL NULL when there is nothing to record.
-JSONHint = _json(none_as_null=True)
-
-NAMING_CONVENTION = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class Scan(Base):
-    __tablename__ = "scans"
-
-    scan_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    schema_version: Mapped[str] = mapped_column(String(16))
-    #: The ``date`` exactly as written in the document.
-    date: Mapped[str] = mapped_column(String(64))
-    #: ``date`` parsed (UTC), for ordering and range queries; NULL if it does not parse.
-    scanned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
-    source: Mapped[Any] = mapped_column(JSONValue)
-    source_order: Mapped[Any | None] = mapped_column(JSONHint)
-    payload_count: Mapped[int] = mapped_column(Integer)
-    root_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
-
-
-class Payload(Base):
-    __tablename__ = "payloads"
-
-    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    md5: Mapped[str] = mapped_column(String(32))
-    sha1: Mapped[str] = mapped_column(String(40))
-    sha512: Mapped[str] = mapped_column(String(128))
-    size: Mapped[int] = mapped_column(BigInteger)
-    mime: Mapped[str] = mapped_column(String(255))
-    #: Date of the first stored scan that contained this content.
-    first_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class ScanPayload(Base):
-    __tablename__ = "scan_payloads"
-
-    scan_id: Mapped[str] = mapped_column(String(64), ForeignKey("scans.scan_id", ondelete="CASCADE"),
-                                         primary_key=True)
-    payload_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    #: Position in ``results``.
-    seq: Mapped[int] = mapped_column(Integer)
-    parent_id: Mapped[str | None] = mapped_column(String(255))
-    depth: Mapped[int] = mapped_column(Integer)
-    sha256: Mapped[str] = mapped_column(String(64), ForeignKey("payloads.sha256"), index=True)
-    filename: Mapped[str | None] = mapped_column(Text)
-    extracted_by: Mapped[str | None] = mapped_column(String(255))
-    meta: Mapped[Any] = mapped_column(JSONValue)
-    meta_order: Mapped[Any | None] = mapped_column(JSONHint)
-    duplicate_of: Mapped[str | None] = mapped_column(String(255))
-    flags: Mapped[Any] = mapped_column(JSONValue)
-
-
-class PluginResult(Base):
-    __tablename__ = "plugin_results"
-    __table_args__ = (
-        UniqueConstraint("scan_id", "payload_id", "plugin"),
-        ForeignKeyConstraint(["scan_id", "payload_id"], ["scan_payloads.scan_id", "scan_payloads.payload_id"],
-                             ondelete="CASCADE"),
-    )
-
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
-                                    autoincrement=True)
-    scan_id: Mapped[str] = mapped_column(String(64))
-    payload_id: Mapped[str] = mapped_column(String(255))
-    plugin: Mapped[str] = mapped_column(String(255), index=True)
-    #: Position in the payload's ``workers``.
-    ordinal: Mapped[int] = mapped_column(Integer)
-    result: Mapped[Any] = mapped_column(JSONValue)
-    result_order: Mapped[Any | None] = mapped_column(JSONHint)
-
-
-class ScanErrorRow(Base):
-    __tablename__ = "scan_errors"
-    __table_args__ = (UniqueConstraint("scan_id", "payload_id", "plugin", "kind"),)
-
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
-                                    autoincrement=True)
-    scan_id: Mapped[str] = mapped_column(String(64), ForeignKey("scans.scan_id", ondelete="CASCADE"))
-    payload_id: Mapped[str] = mapped_column(String(255))
-    plugin: Mapped[str] = mapped_column(String(255))
-    kind: Mapped[str] = mapped_column(String(16))
-    message: Mapped[str] = mapped_column(Text)
-    #: Position in ``errors``.
-    seq: Mapped[int] = mapped_column(Integer)
-
-
-SCANS = Scan.__table__
-PAYLOADS = Payload.__table__
-SCAN_PAYLOADS = ScanPayload.__table__
-PLUGIN_RESULTS = PluginResult.__table__
-SCAN_ERRORS = ScanErrorRow.__table__
-#: Every table the store owns, parents first (drop in reverse).
-TABLES = (SCANS, PAYLOADS, SCAN_PAYLOADS, PLUGIN_RESULTS, SCAN_ERRORS)
-#: The columns :meth:`Store.save` writes, per table, in the order of its row tuples.
-ROW_COLUMNS = (
-    ("scan_id", "schema_version", "date", "scanned_at", "source", "source_order", "payload_count", "root_sha256"),
-    ("sha256", "md5", "sha1", "sha512", "size", "mime", "first_seen"),
-    ("scan_id", "payload_id", "seq", "parent_id", "depth", "sha256", "filename", "extracted_by", "meta",
-     "meta_order", "duplicate_of", "flags"),
-    ("scan_id", "payload_id", "plugin", "ordinal", "result", "result_order"),
-    ("scan_id", "payload_id", "plugin", "kind", "message", "seq"),
-)
-#: How many leading ROW_COLUMNS make each table's unique key.
-_KEY_LENGTHS = (1, 1, 2, 3, 4)
-
+from stoq.jsonb import apply_hint, order_hint  # noqa: E402
+from stoq.tables import _KEY_LENGTHS, ROW_COLUMNS, TABLES  # noqa: E402
 
 # ---------------------------------------------------------------------------------- engine & migration
 
@@ -391,71 +226,6 @@ def _mkparent(url: URL) -> None:
 
 def _safe(url: URL) -> str:
     return url.render_as_string(hide_password=True)
-
-
-# ------------------------------------------------------------------------------------ JSONB fidelity
-
-def _jsonb_sorted(keys: list[str]) -> bool:
-    """True if ``keys`` are already in JSONB's storage order (shorter first, then bytewise)."""
-    prev = None
-    for k in keys:
-        b = k.encode()
-        cur = (len(b), b)
-        if prev is not None and cur < prev:
-            return False
-        prev = cur
-    return True
-
-
-def order_hint(value: Any) -> Any:
-    """What JSONB would forget about ``value``: None if it keeps it exactly.
-
-    ``{"k": [keys in order]}`` for an object JSONB would reorder, ``{"c": {key or index: hint}}`` for
-    members that need one, ``{"f": "1e+16"}`` for a float JSONB would turn into an integer (or -0.0).
-    """
-    t = type(value)
-    if t is dict:
-        sub = None
-        for k, v in value.items():
-            h = order_hint(v)
-            if h is not None:
-                if sub is None:
-                    sub = {}
-                sub[k] = h
-        hint: dict[str, Any] = {}
-        if len(value) > 1 and not _jsonb_sorted(list(value)):
-            hint["k"] = list(value)
-        if sub is not None:
-            hint["c"] = sub
-        return hint or None
-    if t is list:
-        sub = None
-        for i, v in enumerate(value):
-            h = order_hint(v)
-            if h is not None:
-                if sub is None:
-                    sub = {}
-                sub[str(i)] = h
-        return None if sub is None else {"c": sub}
-    if t is float:
-        if (value.is_integer() and abs(value) >= 1e16) or (value == 0 and math.copysign(1.0, value) < 0):
-            return {"f": repr(value)}
-    return None
-
-
-def apply_hint(value: Any, hint: Any) -> Any:
-    """Inverse of :func:`order_hint`: ``value`` as read from JSONB, restored."""
-    if not hint:
-        return value
-    if "f" in hint:
-        return float(hint["f"])
-    sub = hint.get("c") or {}
-    if isinstance(value, dict):
-        keys = hint.get("k") or list(value)
-        return {k: apply_hint(value[k], sub.get(k)) for k in keys}
-    if isinstance(value, list) and sub:
-        return [apply_hint(v, sub.get(str(i))) for i, v in enumerate(value)]
-    return value
 
 
 # --------------------------------------------------------------------------------------------- store

@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from stoq import model
 from stoq import store as store_mod
+from stoq import tables as tables_mod
 from stoq.model import PayloadRecord, ScanErrorEntry
 from stoq.store import HEAD_REVISION, NotMigrated, Store, StoreError, upgrade
 
@@ -261,7 +262,7 @@ def test_schema_matches_migrations(store):
 
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                store_mod.Base.metadata)
+                                tables_mod.Base.metadata)
     assert diff == []
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from stoq.store import Base, _make_engine, _url
+from stoq.store import _make_engine, _url
+from stoq.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -18,7 +18,7 @@ branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
 # Frozen copies of the column types in stoq.store as of this revision.
-# JSON is TEXT on SQLite (TEXT affinity keeps the JSON text exactly; see stoq.store.SQLiteJSON).
+# JSON is TEXT on SQLite (TEXT affinity keeps the JSON text exactly; see stoq.tables.SQLiteJSON).
 JSON_VALUE = sa.JSON().with_variant(postgresql.JSONB(), "postgresql").with_variant(sa.Text(), "sqlite")
 JSON_HINT = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql") \
     .with_variant(sa.Text(), "sqlite")

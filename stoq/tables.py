@@ -1,0 +1,170 @@
+"""The result store's tables (SQLAlchemy 2 typed models); the Alembic migrations create the same."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+class SQLiteJSON(TypeDecorator):
+    """JSON kept as TEXT on SQLite.
+
+    SQLAlchemy's ``JSON`` is declared ``JSON`` there, which SQLite gives NUMERIC affinity: a top-level
+    scalar such as ``123.0`` or ``-0.0`` is then stored as a number and comes back as ``123`` or
+    ``0.0`` (and SQLAlchemy cannot even decode it). TEXT affinity keeps the JSON text as written.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, none_as_null: bool = False) -> None:
+        super().__init__()
+        self.none_as_null = none_as_null
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        if value is None and self.none_as_null:
+            return None
+        return orjson.dumps(value).decode()
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else orjson.loads(value)
+
+
+def _json(none_as_null: bool = False) -> Any:
+    return (JSON(none_as_null=none_as_null)
+            .with_variant(JSONB(none_as_null=none_as_null), "postgresql")
+            .with_variant(SQLiteJSON(none_as_null=none_as_null), "sqlite"))
+
+
+JSONValue = _json()
+#: The ``*_order`` hint columns: SQL NULL when there is nothing to record.
+JSONHint = _json(none_as_null=True)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Scan(Base):
+    __tablename__ = "scans"
+
+    scan_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    schema_version: Mapped[str] = mapped_column(String(16))
+    #: The ``date`` exactly as written in the document.
+    date: Mapped[str] = mapped_column(String(64))
+    #: ``date`` parsed (UTC), for ordering and range queries; NULL if it does not parse.
+    scanned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    source: Mapped[Any] = mapped_column(JSONValue)
+    source_order: Mapped[Any | None] = mapped_column(JSONHint)
+    payload_count: Mapped[int] = mapped_column(Integer)
+    root_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class Payload(Base):
+    __tablename__ = "payloads"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    md5: Mapped[str] = mapped_column(String(32))
+    sha1: Mapped[str] = mapped_column(String(40))
+    sha512: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mime: Mapped[str] = mapped_column(String(255))
+    #: Date of the first stored scan that contained this content.
+    first_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ScanPayload(Base):
+    __tablename__ = "scan_payloads"
+
+    scan_id: Mapped[str] = mapped_column(String(64), ForeignKey("scans.scan_id", ondelete="CASCADE"),
+                                         primary_key=True)
+    payload_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: Position in ``results``.
+    seq: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[str | None] = mapped_column(String(255))
+    depth: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), ForeignKey("payloads.sha256"), index=True)
+    filename: Mapped[str | None] = mapped_column(Text)
+    extracted_by: Mapped[str | None] = mapped_column(String(255))
+    meta: Mapped[Any] = mapped_column(JSONValue)
+    meta_order: Mapped[Any | None] = mapped_column(JSONHint)
+    duplicate_of: Mapped[str | None] = mapped_column(String(255))
+    flags: Mapped[Any] = mapped_column(JSONValue)
+
+
+class PluginResult(Base):
+    __tablename__ = "plugin_results"
+    __table_args__ = (
+        UniqueConstraint("scan_id", "payload_id", "plugin"),
+        ForeignKeyConstraint(["scan_id", "payload_id"], ["scan_payloads.scan_id", "scan_payloads.payload_id"],
+                             ondelete="CASCADE"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    scan_id: Mapped[str] = mapped_column(String(64))
+    payload_id: Mapped[str] = mapped_column(String(255))
+    plugin: Mapped[str] = mapped_column(String(255), index=True)
+    #: Position in the payload's ``workers``.
+    ordinal: Mapped[int] = mapped_column(Integer)
+    result: Mapped[Any] = mapped_column(JSONValue)
+    result_order: Mapped[Any | None] = mapped_column(JSONHint)
+
+
+class ScanErrorRow(Base):
+    __tablename__ = "scan_errors"
+    __table_args__ = (UniqueConstraint("scan_id", "payload_id", "plugin", "kind"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    scan_id: Mapped[str] = mapped_column(String(64), ForeignKey("scans.scan_id", ondelete="CASCADE"))
+    payload_id: Mapped[str] = mapped_column(String(255))
+    plugin: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    #: Position in ``errors``.
+    seq: Mapped[int] = mapped_column(Integer)
+
+
+SCANS = Scan.__table__
+PAYLOADS = Payload.__table__
+SCAN_PAYLOADS = ScanPayload.__table__
+PLUGIN_RESULTS = PluginResult.__table__
+SCAN_ERRORS = ScanErrorRow.__table__
+#: Every table the store owns, parents first (drop in reverse).
+TABLES = (SCANS, PAYLOADS, SCAN_PAYLOADS, PLUGIN_RESULTS, SCAN_ERRORS)
+#: The columns :meth:`Store.save` writes, per table, in the order of its row tuples.
+ROW_COLUMNS = (
+    ("scan_id", "schema_version", "date", "scanned_at", "source", "source_order", "payload_count", "root_sha256"),
+    ("sha256", "md5", "sha1", "sha512", "size", "mime", "first_seen"),
+    ("scan_id", "payload_id", "seq", "parent_id", "depth", "sha256", "filename", "extracted_by", "meta",
+     "meta_order", "duplicate_of", "flags"),
+    ("scan_id", "payload_id", "plugin", "ordinal", "result", "result_order"),
+    ("scan_id", "payload_id", "plugin", "kind", "message", "seq"),
+)
+#: How many leading ROW_COLUMNS make each table's unique key.
+_KEY_LENGTHS = (1, 1, 2, 3, 4)
