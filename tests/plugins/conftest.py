@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -27,3 +28,13 @@ def make_payload() -> Callable[..., Payload]:
                        sha256=hashlib.sha256(content).hexdigest(), depth=0)
 
     return make
+
+
+@pytest.fixture
+def scratch_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Scratch directories are made in ``tmp_path/scratch``, which must be empty after the test."""
+    parent = tmp_path / "scratch"
+    parent.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(parent))
+    yield parent
+    assert list(parent.iterdir()) == []

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import tempfile
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -22,14 +21,7 @@ MiB = 1 << 20
 FILES = {"a.txt": b"hello from a packed file\n", "sub/b.bin": bytes(range(256)) * 20 + b"tail"}
 
 
-@pytest.fixture(autouse=True)
-def scratch_parent(tmp_path: Path, monkeypatch) -> Path:
-    """Scratch directories are made in ``tmp_path/scratch``, which must be empty after each test."""
-    parent = tmp_path / "scratch"
-    parent.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(parent))
-    yield parent
-    assert list(parent.iterdir()) == []
+pytestmark = pytest.mark.usefixtures("scratch_parent")  # tools' scratch dirs must be gone after each test
 
 
 def scan(make_payload, content: bytes, mime: str, **options) -> Result:

@@ -7,7 +7,6 @@ import hashlib
 import os
 import random
 import subprocess
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -26,14 +25,7 @@ RAR, CAB = "application/x-rar", "application/vnd.ms-cab-compressed"
 LOREM = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 40
 
 
-@pytest.fixture(autouse=True)
-def scratch_parent(tmp_path: Path, monkeypatch) -> Path:
-    """Scratch directories are made in ``tmp_path/scratch``, which must be empty after each test."""
-    parent = tmp_path / "scratch"
-    parent.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(parent))
-    yield parent
-    assert list(parent.iterdir()) == []
+pytestmark = pytest.mark.usefixtures("scratch_parent")  # tools' scratch dirs must be gone after each test
 
 
 def scan(make_payload, content: bytes, mime: str, filename: str | None = None, **options) -> Result:
