@@ -270,7 +270,6 @@ class Engine:
                 self.archive.put(sha256, child.content)
             children.append({"sha256": sha256, "size": len(child.content), "filename": child.filename,
                              "meta": json_safe(child.meta)})
-        self.archive.flush()
         answer.update(result=json_safe(result.data), flags=[normal_flag(f) for f in result.flags], children=children)
         return answer
 

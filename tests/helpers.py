@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,22 @@ def validate(doc: dict[str, Any]) -> None:
             assert p["parent_id"] in seen
         seen.add(p["payload_id"])
     assert b"\\u0000" not in json.dumps(doc).encode()
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    """A deflated zip of ``members`` (name -> bytes), built with the standard library."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def pg_admin() -> Any:
+    """An autocommit SQLAlchemy engine on the test PostgreSQL database (it must be reachable)."""
+    from sqlalchemy import create_engine
+
+    return create_engine(PG_URL, isolation_level="AUTOCOMMIT")
 
 
 def sha256(data: bytes) -> str:

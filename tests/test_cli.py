@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from helpers import CORPUS, PG_URL, ROOT, corpus_files, validate
+from helpers import CORPUS, PG_URL, ROOT, corpus_files, make_zip, pg_admin, validate
 
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
 
@@ -68,14 +68,6 @@ def with_pythonpath(site: Path, env: dict[str, str] | None = None) -> dict[str, 
     rest = os.environ.get("PYTHONPATH")
     out["PYTHONPATH"] = str(site) + (os.pathsep + rest if rest else "")
     return out
-
-
-def make_zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def nested_zip(path: Path) -> Path:
@@ -324,15 +316,9 @@ def test_no_store_leaves_nothing_to_read_back(run_stoq: Run) -> None:
 def pg_schema_url() -> Iterator[tuple[str, Any]]:
     """A PostgreSQL URL whose search_path is a fresh schema of its own (dropped afterwards), and an
     autocommit engine on the database."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+    admin = pg_admin()
     schema = f"stoq_test_cli_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))

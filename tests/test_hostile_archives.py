@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
+from helpers import make_zip as zipped
 from helpers import validate
 from stoq.config import load_settings
 from stoq.engine import Engine
-
-
-def zipped(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def engine(tmp_path: Path, **overrides: object) -> Engine:

@@ -12,27 +12,17 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
+from helpers import PG_URL, pg_admin
 from stoq import model
 from stoq import store as store_mod
 from stoq import tables as tables_mod
 from stoq.model import PayloadRecord, ScanErrorEntry
 from stoq.store import HEAD_REVISION, NotMigrated, Store, StoreError, upgrade
 
-PG_URL = os.environ.get("STOQ_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 STOQ_TABLES = ("scan_errors", "plugin_results", "scan_payloads", "payloads", "scans", "alembic_version")
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-
-def _pg_admin():
-    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        engine.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
-    return engine
 
 
 def _drop_stoq_tables(conn, schema: str) -> None:
@@ -44,7 +34,7 @@ def _drop_stoq_tables(conn, schema: str) -> None:
 def pg_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a schema of its own, emptied before and dropped after,
     so the tests neither see nor touch anything else in the shared ``test`` database."""
-    admin = _pg_admin()
+    admin = pg_admin()
     schema = f"stoq_test_store_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))

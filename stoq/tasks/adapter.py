@@ -44,7 +44,9 @@ def task_name(category: str, name: str) -> str:
 def run_batch(plugin: str, refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Runs ``plugin`` on each referenced payload; one answer per reference, in order."""
     eng = engine()
-    return [eng.run_on(plugin, ref) for ref in refs]
+    answers = [eng.run_on(plugin, ref) for ref in refs]
+    eng.archive.flush()  # the children's index rows, once per batch
+    return answers
 
 
 def register_plugins(app: Celery, registry: Registry | None = None) -> dict[str, str]:
