@@ -16,3 +16,8 @@ result_accept_content = ["json"]
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = int(os.environ.get("STOQ_PREFETCH_MULTIPLIER", "1"))
+
+# Redis redelivers a task nobody acknowledged within this many seconds; it must be longer than the
+# longest task (batch_max x (time limit + 5 s)): a worker refuses to start otherwise.
+broker_transport_options = {"visibility_timeout": float(os.environ.get("STOQ_VISIBILITY_TIMEOUT", "7200"))}
+result_expires = 24 * 3600

@@ -301,8 +301,9 @@ class EmbeddedPool:
             code = worker.process.exitcode
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             return sha256, plugin, "crash", f"worker process died ({how}) while running {plugin}"
-        if running and time.monotonic() - running[2] > self.timeout + HARD_GRACE:
-            return sha256, plugin, "timeout", f"exceeded {self.timeout:g} s in native code; worker process killed"
+        if running and time.monotonic() - running[2] > self.engine.timeout_for(plugin) + HARD_GRACE:
+            limit = self.engine.timeout_for(plugin)
+            return sha256, plugin, "timeout", f"exceeded {limit:g} s in native code; worker process killed"
         return None
 
     def _retry(self, job: _Job, problem: tuple[str, str, str, str]) -> Outcome | None:

@@ -49,13 +49,33 @@ class Activity:
 class Pending:
     """A payload waiting to be analysed: its bytes and where it came from."""
 
-    content: bytes
+    content: bytes | None
     filename: str | None
     parent_id: str | None = None
     depth: int = 0
     extracted_by: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     save: bool = True
+    sha256: str | None = None  # set when ``content`` is left in the archive (the cluster)
+    known_size: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.content) if self.content is not None else self.known_size
+
+
+@dataclass(slots=True)
+class Started:
+    """A payload after ``Engine.begin``: its record, the errors so far, and the plugins to run."""
+
+    record: PayloadRecord
+    errors: list[ScanErrorEntry]
+    plan: list[Planned]
+    content: bytes
+
+    def payload(self, planned: Planned) -> Payload:
+        r = self.record
+        return Payload(self.content, r.payload_id, r.filename, r.mime, r.sha256, r.depth, r.meta, planned.rules)
 
 
 @dataclass(slots=True)
@@ -108,7 +128,16 @@ class Engine:
         for name in settings.workers:
             self.registry.get(name)  # names a missing or broken plugin clearly
         self.options: dict[str, PluginOptions] = {}
+        self.timeouts: dict[str, float] = {}
         for name, values in settings.plugins.items():
+            if "timeout" in values:  # the framework's option, valid for every plugin
+                values = dict(values)
+                try:
+                    self.timeouts[name] = float(values.pop("timeout"))
+                except ValueError:
+                    raise ConfigError(f"{name}.timeout must be a number of seconds") from None
+                if not self.timeouts[name] > 0:
+                    raise ConfigError(f"{name}.timeout must be positive")
             if name in self.registry.entries:
                 self.options[name] = make_options(self.registry.get(name), values)
             else:
@@ -145,6 +174,10 @@ class Engine:
             self._instances[name] = plugin
         return plugin
 
+    def timeout_for(self, name: str) -> float:
+        """Seconds ``name`` may spend on one payload: its ``timeout`` option, else the global one."""
+        return self.timeouts.get(name, self.settings.timeout)
+
     def call_options(self, plugin: ScanPlugin, planned: Planned) -> PluginOptions:
         if not planned.overrides:
             return plugin.options
@@ -160,9 +193,43 @@ class Engine:
     def analyze(self, item: Pending, budget: Budget, *, skip: SkipMap | None = None,
                 activity: Activity = Activity()) -> Analysis:
         """Analyses one payload of a scan; ``budget`` carries the scan's limits and duplicates."""
+        started = self.begin(item, budget, skip=skip, activity=activity)
+        record, errors = started.record, started.errors
+        payload = None
+        children: list[Pending] = []
+        for planned in started.plan:
+            name = planned.name
+            if skip and (record.sha256, name) in skip:
+                kind, message = skip[(record.sha256, name)]
+                errors.append(ScanErrorEntry(record.payload_id, name, kind, message))
+                continue
+            if payload is None or planned.rules:
+                payload = started.payload(planned)
+            outcome = self.run_one(name, payload, planned, activity)
+            if outcome is None:
+                continue  # declined by accepts()
+            if outcome.error is not None:
+                errors.append(outcome.error)
+                continue
+            result = outcome.result
+            assert result is not None
+            found = [Pending(child.content, child.filename, meta=child.meta) for child in result.children]
+            children.extend(self.absorb(record, name, planned, result.data, result.flags, found, budget))
+        return Analysis(record, errors, children)
+
+    def begin(self, item: Pending, budget: Budget, *, skip: SkipMap | None = None,
+              activity: Activity = Activity()) -> Started:
+        """The first half of the scan step: hashes, type, duplicates, archive, plugin plan.
+
+        ``item.content`` may be None when the payload is already in the archive (the cluster's
+        children): it is then read back by ``item.sha256``."""
         payload_id = new_id()
         errors: list[ScanErrorEntry] = []
-        facts = hashes(item.content)
+        content = item.content
+        if content is None:
+            assert item.sha256 is not None
+            content = self.archive.get(item.sha256)
+        facts = hashes(content)
         sha256 = facts["sha256"]
         if skip and (sha256, "libmagic") in skip:  # libmagic killed the worker on this payload before
             kind, message = skip[(sha256, "libmagic")]
@@ -171,7 +238,7 @@ class Engine:
         else:
             activity.enter("libmagic", sha256)
             try:
-                facts["mime"] = self._mime(item.content)
+                facts["mime"] = self._mime(content)
             except magic.MagicException as exc:
                 facts["mime"] = OCTET_STREAM
                 errors.append(ScanErrorEntry(payload_id, "libmagic", "error", str(exc)))
@@ -183,54 +250,42 @@ class Engine:
         first = budget.first_seen(record.sha256, payload_id)
         if first is not None:
             record.duplicate_of = first
-            return Analysis(record, errors, [])
-        if item.save:
+            return Started(record, errors, [], content)
+        if item.save and item.content is not None:
             try:
-                self.archive.put(record.sha256, item.content)
+                self.archive.put(record.sha256, content)
             except (OSError, ArchiveError, sqlite3.Error) as exc:  # the analysis goes on without a copy
                 errors.append(ScanErrorEntry(payload_id, "archive", "error", f"{type(exc).__name__}: {exc}"))
 
         can_extract = item.depth < self.limits.max_depth
         try:
-            plan, cut = self.dispatcher.plan(item.content, record.mime, can_extract)
+            plan, cut = self.dispatcher.plan(content, record.mime, can_extract)
         except yara.Error as exc:
             errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules failed: {exc}"))
-            plan, cut = self.dispatcher.plan(item.content, record.mime, can_extract, rules=False)
+            plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
         if cut:
             record.flags.append("limit:depth")
+        return Started(record, errors, plan, content)
 
-        payload = None
-        children: list[Pending] = []
-        for planned in plan:
-            name = planned.name
-            if skip and (record.sha256, name) in skip:
-                kind, message = skip[(record.sha256, name)]
-                errors.append(ScanErrorEntry(payload_id, name, kind, message))
+    def absorb(self, record: PayloadRecord, name: str, planned: Planned, data: Any, flags: list[str],
+               children: list[Pending], budget: Budget) -> list[Pending]:
+        """The second half of the scan step, once per plugin that answered: its output and flags go
+        on the record; its children are admitted into the scan's budget (or flagged) and returned."""
+        record.workers[name] = json_safe(data)
+        for flag in map(normal_flag, flags):
+            if flag not in record.flags:
+                record.flags.append(flag)
+        admitted: list[Pending] = []
+        for child in children:
+            refused = budget.admit(record.depth + 1, child.size)
+            if refused is not None:
+                if refused not in record.flags:
+                    record.flags.append(refused)
                 continue
-            if payload is None or planned.rules:
-                payload = Payload(item.content, payload_id, item.filename, record.mime, record.sha256,
-                                  item.depth, record.meta, planned.rules)
-            outcome = self.run_one(name, payload, planned, activity)
-            if outcome is None:
-                continue  # declined by accepts()
-            if outcome.error is not None:
-                errors.append(outcome.error)
-                continue
-            result = outcome.result
-            assert result is not None
-            record.workers[name] = json_safe(result.data)
-            for flag in map(normal_flag, result.flags):
-                if flag not in record.flags:
-                    record.flags.append(flag)
-            for child in result.children:
-                refused = budget.admit(item.depth + 1, len(child.content))
-                if refused is not None:
-                    if refused not in record.flags:
-                        record.flags.append(refused)
-                    continue
-                children.append(Pending(child.content, child.filename, payload_id, item.depth + 1, name,
-                                        child.meta, planned.save))
-        return Analysis(record, errors, children)
+            child.parent_id, child.depth, child.extracted_by, child.save = (
+                record.payload_id, record.depth + 1, name, planned.save)
+            admitted.append(child)
+        return admitted
 
     def run_one(self, name: str, payload: Payload, planned: Planned,
                 activity: Activity = Activity()) -> Outcome | None:
@@ -244,17 +299,18 @@ class Engine:
         options = self.call_options(plugin, planned)
         activity.enter(name, payload.sha256)
         try:
-            return run_plugin(name, lambda: plugin.scan(payload, options), payload.payload_id, self.settings.timeout)
+            return run_plugin(name, lambda: plugin.scan(payload, options), payload.payload_id, self.timeout_for(name))
         finally:
             activity.leave()
 
-    def run_on(self, name: str, ref: dict[str, Any]) -> dict[str, Any]:
+    def run_on(self, name: str, ref: dict[str, Any], activity: Activity = Activity()) -> dict[str, Any]:
         """Runs one plugin on an archived payload given by reference (the Celery adapter's step).
         Children are archived; the answer holds references to them, never bytes."""
         payload = Payload(self.archive.get(ref["sha256"]), ref["payload_id"], ref.get("filename"), ref["mime"],
                           ref["sha256"], ref.get("depth", 0), ref.get("meta") or {}, tuple(ref.get("rules", ())))
         answer: dict[str, Any] = {"payload_id": ref["payload_id"]}
-        outcome = self.run_one(name, payload, Planned(name, dict(ref.get("overrides") or {})))
+        planned = Planned(name, dict(ref.get("overrides") or {}), tuple(ref.get("rules", ())), ref.get("save", True))
+        outcome = self.run_one(name, payload, planned, activity)
         if outcome is None:
             answer["skipped"] = True
             return answer
@@ -266,8 +322,7 @@ class Engine:
         children = []
         for child in result.children:
             sha256 = hashlib.sha256(child.content).hexdigest()
-            if ref.get("save", True):
-                self.archive.put(sha256, child.content)
+            self.archive.put(sha256, child.content)  # always: the next wave reads it back (even save=False)
             children.append({"sha256": sha256, "size": len(child.content), "filename": child.filename,
                              "meta": json_safe(child.meta)})
         answer.update(result=json_safe(result.data), flags=[normal_flag(f) for f in result.flags], children=children)
@@ -290,25 +345,28 @@ class Engine:
         return document(scan_id, date, source, results, errors)
 
     def scan_oversized(self, path: Path, source: dict[str, Any]) -> dict[str, Any]:
-        """The document of an input larger than ``max_file_bytes``: hashed in chunks, typed from its
-        first MiB, flagged ``limit:file-bytes``; no plugin runs and nothing is archived."""
-        hashes = [hashlib.md5(), hashlib.sha1(), hashlib.sha256(), hashlib.sha512()]
-        size = 0
-        with open(path, "rb") as handle:
-            head = handle.read(1 << 20)
-            chunk = head
-            while chunk:
-                size += len(chunk)
-                for h in hashes:
-                    h.update(chunk)
-                chunk = handle.read(1 << 20)
-        payload_id = new_id()
-        record = PayloadRecord(payload_id=payload_id, parent_id=None, depth=0, filename=path.name, extracted_by=None,
-                               meta={}, size=size, md5=hashes[0].hexdigest(), sha1=hashes[1].hexdigest(),
-                               sha256=hashes[2].hexdigest(), sha512=hashes[3].hexdigest(), mime=self._mime(head),
-                               flags=["limit:file-bytes"])
-        return document(new_id(), now_iso(), source, [record], [])
+        """The document of an input larger than ``max_file_bytes`` (see ``oversized_record``)."""
+        return document(new_id(), now_iso(), source, [oversized_record(path, self._mime)], [])
 
     def close(self) -> None:
         """Flushes and releases what the engine holds (the archive's pack and index)."""
         self.archive.close()
+
+
+def oversized_record(path: Path, mime_of: Callable[[bytes], str]) -> PayloadRecord:
+    """The record of an input larger than ``max_file_bytes``: hashed in chunks, typed from its first
+    MiB, flagged ``limit:file-bytes``; no plugin runs and nothing is archived."""
+    digests = [hashlib.md5(), hashlib.sha1(), hashlib.sha256(), hashlib.sha512()]
+    size = 0
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 20)
+        chunk = head
+        while chunk:
+            size += len(chunk)
+            for h in digests:
+                h.update(chunk)
+            chunk = handle.read(1 << 20)
+    return PayloadRecord(payload_id=new_id(), parent_id=None, depth=0, filename=path.name, extracted_by=None,
+                         meta={}, size=size, md5=digests[0].hexdigest(), sha1=digests[1].hexdigest(),
+                         sha256=digests[2].hexdigest(), sha512=digests[3].hexdigest(), mime=mime_of(head),
+                         flags=["limit:file-bytes"])

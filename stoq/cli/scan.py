@@ -139,24 +139,67 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
     return code
 
 
+def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: bool,
+                show_progress: bool | None) -> ExitCode:
+    """Submits ``files`` to the cluster; waits for and writes their documents (or, with ``--no-wait``,
+    prints one scan id per line)."""
+    from stoq.tasks.client import ClusterClient, new_notify_key
+
+    try:
+        client = ClusterClient(settings)
+    except Exception as exc:  # the broker, Redis or the archive cannot be reached
+        raise fail(f"cannot reach the cluster: {type(exc).__name__}: {exc}", ExitCode.CONFIG) from None
+    code = ExitCode.OK
+    notify = new_notify_key() if wait else None
+    scan_ids: set[str] = set()
+    sent_ids: list[str] = []
+    try:
+        with Progress(len(files) * (2 if wait else 1), show_progress) as bar:
+            for sent in client.submit(files, notify):
+                bar.step()
+                if sent.scan_id is None:
+                    typer.echo(f"stoq: {sent.error}", err=True)
+                    code = max(code, ExitCode.INPUT)
+                elif wait:
+                    scan_ids.add(sent.scan_id)
+                else:
+                    sent_ids.append(sent.scan_id)
+            if notify is not None:
+                for doc, raw in client.documents(notify, scan_ids):
+                    bar.step()
+                    if doc["errors"]:
+                        code = max(code, ExitCode.PLUGIN_ERRORS)
+                    writer.write(doc, raw)
+        if not wait:  # the ids: one per line, or a JSON array with --format json
+            out = orjson.dumps(sent_ids) + b"\n" if writer.fmt is Format.json else "".join(
+                f"{i}\n" for i in sent_ids).encode()
+            sys.stdout.buffer.write(out)
+            sys.stdout.buffer.flush()
+    finally:
+        if wait:
+            writer.close()
+        client.close()
+    return code
+
+
 def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None, max_depth: int | None,
           jobs: int | None, fmt: Format, template: Path | None, config: Path | None, store: bool,
-          show_progress: bool | None, submit: bool) -> None:
+          show_progress: bool | None, submit: bool, wait: bool = True) -> None:
     settings = settings_from(config, workers, options, max_depth, jobs)
     files, problems = collect(paths, recursive)
     for problem in problems:
         typer.echo(f"stoq: {problem}", err=True)
-    if submit:
-        if settings.broker_url:
-            raise fail("STOQ_BROKER_URL is set, but this version has no cluster client yet (the distributed "
-                       "pipeline is the next milestone): unset it to scan embedded", ExitCode.CONFIG)
+    if submit and not settings.broker_url:
         typer.echo("stoq: no STOQ_BROKER_URL set: running embedded (local worker processes)", err=True)
     try:
         writer = Writer(fmt, template)
     except TemplateFailure as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
     try:
-        code = run_embedded(settings, files, writer, store, show_progress)
+        if submit and settings.broker_url:
+            code = run_cluster(settings, files, writer, wait, show_progress)
+        else:
+            code = run_embedded(settings, files, writer, store, show_progress)
     except TemplateFailure as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
     raise typer.Exit(int(max(code, ExitCode.INPUT if problems else ExitCode.OK)))
@@ -175,7 +218,9 @@ def scan(paths: PathsArg, recursive: RecursiveOpt = False, workers: WorkersOpt =
 def submit(paths: PathsArg, recursive: RecursiveOpt = False, workers: WorkersOpt = None, option: OptionOpt = None,
            max_depth: DepthOpt = None, jobs: JobsOpt = None, format: FormatOpt = Format.jsonl,
            template: TemplateOpt = None, config: ConfigOpt = None, store: StoreOpt = True,
-           show_progress: ProgressOpt = None) -> None:
+           show_progress: ProgressOpt = None,
+           wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Cluster: wait for the documents and print them (default), or print the scan ids at once.")] = True) -> None:
     """Submit files to the cluster (STOQ_BROKER_URL); without a broker, scan them embedded."""
-    _scan(paths, recursive, workers, option, max_depth, jobs, format, template, config, store, show_progress, True)
+    _scan(paths, recursive, workers, option, max_depth, jobs, format, template, config, store, show_progress, True,
+          wait)
 

@@ -2,50 +2,95 @@
 
 Each installed scan plugin becomes the task ``stoq.<category>.<name>`` (``stoq.worker.yara``,
 ``stoq.extractor.decompress``) routed to the queue named after the plugin, so ``celery -A stoq worker
--Q yara`` serves YARA alone. The task is a thin shell (STYLE 1): it takes a batch of payload
-*references* (never bytes), fetches each payload from the shared archive, and runs the plugin through
-the same engine code as the embedded mode (``Engine.run_on``: options, ``accepts``, soft time limit,
-error capture, the text rule). Children are written to the archive and returned as references.
+-Q yara`` serves YARA alone. The task is a thin shell (STYLE 1): it takes a submission's profile id and
+a batch of payload *references* (never bytes), fetches each payload from the shared archive, and runs
+the plugin through the same engine code as the embedded mode (``Engine.run_on``: options, ``accepts``,
+soft time limit, error capture, the text rule). Children are written to the archive and returned as
+references.
 
-A reference is ``{"payload_id", "sha256", "filename", "mime", "depth", "meta", "overrides"}``; the
-task returns, per reference, ``{"payload_id", "skipped"|"result"|"error", "flags", "children"}``.
+A reference is ``{"payload_id", "sha256", "filename", "mime", "depth", "meta", "overrides", "rules",
+"save"}``; the task returns, per reference, ``{"payload_id", "skipped"|"result"|"error", "flags",
+"children"}`` (wrapped in a blob when over ``limit`` bytes).
+
+Isolation inside a batch: the first delivery runs the batch straight through. A redelivered batch
+(its worker died: a crash, or the guard's hard time limit) runs *carefully*: each payload's start and
+answer are recorded in Redis, answers already given are reused, and a payload that was started
+``quarantine_after - 1`` times in careful runs without answering (so it went down with its worker on
+every attempt) gets a ``crash`` error instead of another run.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from celery import Celery
 from kombu import Queue
 
 from stoq.plugin import SCAN_CATEGORIES
 from stoq.registry import Registry
+from stoq.tasks import pipeline
+from stoq.tasks import state as st
+from stoq.tasks.guard import Guard
 
-_ENGINE: Any = None
-#: The queue of stoq's own tasks (the publisher and the connectors, when they come).
-DEFAULT_QUEUE = "stoq"
+_GUARD: Guard | None = None
+DEFAULT_QUEUE = pipeline.DEFAULT_QUEUE
 
 
-def engine() -> Any:
-    """This worker process's engine, built on first use from the settings (stoq.toml, STOQ_*)."""
-    global _ENGINE
-    if _ENGINE is None:
-        from stoq.config import load_settings
-        from stoq.engine import Engine
+def guard() -> Guard:
+    """This process's guard (forked on first use, so each pool process has its own)."""
+    global _GUARD
+    import os
 
-        _ENGINE = Engine(load_settings())
-    return _ENGINE
+    if _GUARD is None or _GUARD._worker != os.getpid():
+        _GUARD = Guard()
+    return _GUARD
 
 
 def task_name(category: str, name: str) -> str:
     return f"stoq.{category}.{name}"
 
 
-def run_batch(plugin: str, refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run_batch(app: Celery, plugin: str, task_id: str | None, profile_id: str, refs: Any, limit: int) -> Any:
     """Runs ``plugin`` on each referenced payload; one answer per reference, in order."""
-    eng = engine()
-    answers = [eng.run_on(plugin, ref) for ref in refs]
+    r = pipeline.redis_client(app)
+    refs = st.unwrap(r, refs)
+    eng = pipeline.engine_for(r, profile_id)
+    g = guard()
+    g.timeout_for = eng.timeout_for
+    key = f"{st.PREFIX}tries:{task_id}"
+    with r.pipeline(transaction=False) as pipe:
+        pipe.hincrby(key, "deliveries", 1)
+        pipe.expire(key, st.BLOB_TTL)
+        deliveries = pipe.execute()[0]
+    if deliveries == 1:
+        answers = [eng.run_on(plugin, ref, g) for ref in refs]
+    else:
+        answers = careful(r, key, eng, plugin, refs, g)
     eng.archive.flush()  # the children's index rows, once per batch
+    return st.wrap(r, answers, limit)
+
+
+def careful(r: Any, key: str, eng: Any, plugin: str, refs: list[dict[str, Any]], g: Guard) -> list[dict[str, Any]]:
+    """A redelivered batch, one recorded payload at a time (see the module's docstring)."""
+    known = {k.decode(): v for k, v in r.hgetall(key).items()}
+    limit = pipeline.worker_settings().quarantine_after
+    answers = []
+    for ref in refs:
+        pid = ref["payload_id"]
+        if f"a:{pid}" in known:
+            answers.append(orjson.loads(known[f"a:{pid}"]))
+            continue
+        attempts = 1 + int(known.get(f"s:{pid}", 0))  # the first delivery, then each careful start
+        if attempts >= limit:
+            answers.append({"payload_id": pid, "error": {
+                "payload_id": pid, "plugin": plugin, "kind": "crash",
+                "message": f"the worker process died or hung on this payload {attempts} times; quarantined"}})
+            continue
+        r.hincrby(key, f"s:{pid}", 1)
+        answer = eng.run_on(plugin, ref, g)
+        r.hset(key, f"a:{pid}", orjson.dumps(answer))
+        answers.append(answer)
     return answers
 
 
@@ -59,12 +104,13 @@ def register_plugins(app: Celery, registry: Registry | None = None) -> dict[str,
             continue
         name = task_name(cls.category, cls.name)
 
-        def run(refs: list[dict[str, Any]], _plugin: str = cls.name) -> list[dict[str, Any]]:
-            return run_batch(_plugin, refs)
+        def run(self: Any, profile_id: str, refs: Any, limit: int = st.INLINE_LIMIT, _plugin: str = cls.name) -> Any:
+            return run_batch(app, _plugin, self.request.id, profile_id, refs, limit)
 
         run.__doc__ = cls.summary()
-        app.task(name=name, queue=cls.name, acks_late=True, reject_on_worker_lost=True)(run)
+        app.task(name=name, queue=cls.name, bind=True, acks_late=True, reject_on_worker_lost=True)(run)
         names[cls.name] = name
+    app.conf.stoq_plugin_tasks = names
     app.conf.task_routes = {name: {"queue": plugin} for plugin, name in names.items()}
     # A worker started without -Q consumes every queue declared here: all plugins, and stoq's own.
     app.conf.task_default_queue = DEFAULT_QUEUE

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps, signals
 
 DEFAULTS = {
     "broker_url": os.environ.get("STOQ_BROKER_URL") or "redis://127.0.0.1:6379/0",
@@ -18,6 +19,8 @@ DEFAULTS = {
     "task_acks_late": True,
     "task_reject_on_worker_lost": True,
     "worker_prefetch_multiplier": 1,
+    "result_expires": 24 * 3600,
+    "broker_transport_options": {"visibility_timeout": float(os.environ.get("STOQ_VISIBILITY_TIMEOUT", "7200"))},
 }
 
 app = Celery("stoq")
@@ -26,7 +29,60 @@ if importlib.util.find_spec("celeryconfig") is not None:
 for _key, _value in DEFAULTS.items():
     app.conf.setdefault(_key, _value)
 
-# Every installed scan plugin becomes a task on its own queue (see stoq.tasks.adapter).
+from stoq.tasks import checks, pipeline  # noqa: E402
 from stoq.tasks.adapter import register_plugins  # noqa: E402
 
+# Every installed scan plugin becomes a task on its own queue (see stoq.tasks.adapter).
 PLUGIN_TASKS = register_plugins(app)
+
+
+@app.task(name="stoq.publish", queue=pipeline.DEFAULT_QUEUE, ignore_result=True)
+def publish(profile_id: str, roots: Any, notify: str | None = None) -> None:
+    """Starts scans: hashes, types and dispatches each root, then fans out to the plugin queues."""
+    pipeline.publish(app, profile_id, roots, notify)
+
+
+@app.task(name="stoq.collect", queue=pipeline.DEFAULT_QUEUE, ignore_result=True)
+def collect(results: list[Any], batch: Any) -> None:
+    """A wave's chord callback: applies the plugins' answers, sends the next wave or the connectors."""
+    pipeline.collect(app, results, batch)
+
+
+@app.task(name="stoq.connector.store", queue=pipeline.DEFAULT_QUEUE, ignore_result=True,
+          autoretry_for=(Exception,), retry_backoff=True, retry_backoff_max=60, max_retries=20)
+def store(scan_ids: list[str]) -> None:
+    """Saves finished scans to the result store (PostgreSQL) and wakes the waiting client."""
+    pipeline.store(app, scan_ids)
+
+
+class Sweeper(bootsteps.StartStopStep):
+    """Every worker closes overdue scans every few seconds (``stoq.tasks.pipeline.sweep``)."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.tref: Any = None
+
+    def start(self, worker: Any) -> None:
+        self.tref = worker.timer.call_repeatedly(pipeline.SWEEP_EVERY, self.run, (), priority=10)
+
+    def run(self) -> None:
+        try:
+            pipeline.sweep(app)
+        except Exception:  # a broker or Redis hiccup: the next round tries again
+            pipeline.log.exception("sweeper round failed")
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+
+app.steps["worker"].add(Sweeper)
+
+
+@signals.worker_init.connect
+def _check_settings(sender: Any = None, **_: Any) -> None:
+    checks.refuse_bad_settings(app)
+
+
+checks.watch_message_sizes(app)

@@ -1,0 +1,69 @@
+"""Start-up checks of a worker, and the (opt-in) measurement of broker message sizes."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery, signals
+
+from stoq.tasks.guard import HARD_GRACE
+
+#: Redis redelivers an unacknowledged task after this many seconds (kombu's default).
+REDIS_DEFAULT_VISIBILITY = 3600
+
+
+class SettingsRefused(SystemExit):
+    """A combination of settings that would break a guarantee; the worker does not start."""
+
+
+def longest_task(settings: Any) -> float:
+    """Seconds the longest plugin task may run: a full batch, each payload up to its hard limit."""
+    limits = [settings.timeout] + [float(o["timeout"]) for o in settings.plugins.values() if "timeout" in o]
+    return settings.batch_max * (max(limits) + HARD_GRACE)
+
+
+def refuse_bad_settings(app: Celery) -> None:
+    """Refuses a Redis visibility timeout shorter than the longest task: Redis would hand a task that
+    is still running to a second worker, and the batch would run twice."""
+    from stoq.tasks.pipeline import worker_settings
+
+    settings = worker_settings()
+    broker = str(app.conf.broker_url or "")
+    if not broker.startswith(("redis://", "rediss://", "redis+socket://")):
+        return
+    options = app.conf.broker_transport_options or {}
+    visibility = float(options.get("visibility_timeout", REDIS_DEFAULT_VISIBILITY))
+    needed = longest_task(settings)
+    if visibility <= needed:
+        raise SettingsRefused(
+            f"stoq: refusing to start: the Redis visibility timeout ({visibility:g} s) is not longer than the "
+            f"longest plugin task ({needed:g} s = batch_max {settings.batch_max} x (time limit + {HARD_GRACE:g} s "
+            f"grace)); a running task would be delivered twice. Raise broker_transport_options"
+            f"['visibility_timeout'] (STOQ_VISIBILITY_TIMEOUT) or lower STOQ_BATCH_MAX / the time limits.")
+
+
+def watch_message_sizes(app: Celery) -> None:
+    """With ``STOQ_MEASURE_MESSAGES`` set (tests, benchmarks), records the largest task message body
+    and task result, in bytes, in Redis (``stoq:measure:*``) and counts the messages sent."""
+    if not os.environ.get("STOQ_MEASURE_MESSAGES"):
+        return
+    import orjson
+
+    from stoq.tasks import state as st
+
+    def record(kind: str, size: int) -> None:
+        r = st.connect(str(app.conf.result_backend))
+        with r.pipeline(transaction=False) as pipe:
+            pipe.incr(f"{st.PREFIX}measure:{kind}:count")
+            pipe.eval("local v = tonumber(redis.call('get', KEYS[1]) or '0'); if ARGV[1] + 0 > v then "
+                      "redis.call('set', KEYS[1], ARGV[1]) end", 1, f"{st.PREFIX}measure:{kind}:max", size)
+            pipe.execute()
+
+    @signals.before_task_publish.connect(weak=False)
+    def _sent(body: Any = None, **_: Any) -> None:
+        record("task", len(orjson.dumps(body)))
+
+    @signals.task_success.connect(weak=False)
+    def _answered(result: Any = None, **_: Any) -> None:
+        record("result", len(orjson.dumps(result)))

@@ -1,0 +1,119 @@
+"""``stoq submit`` against a cluster: archive each file, publish references, wait for the documents.
+
+The client writes each file into the shared archive (the workers read it from there: messages carry
+references), stores the submission's profile (workers, plugin options, limits) once in Redis, and
+sends ``stoq.publish`` tasks of root references. A batch grows with what is left to send (up to
+``batch_max``) and is a single file when only one is left, so one file starts at once and a directory
+travels in few messages. Waiting, it pops finished documents from its own notification list, which
+the store connector fills after the database commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import magic
+import orjson
+
+from stoq.archive import open_archive
+from stoq.config import Settings
+from stoq.engine import oversized_record
+from stoq.limits import Budget, Limits
+from stoq.model import new_id, now_iso
+from stoq.tasks import state as st
+from stoq.tasks.pipeline import DEFAULT_QUEUE
+
+
+def batch_size(left: int, batch_max: int) -> int:
+    """References per publish task: a quarter of what is left, at least 1, at most ``batch_max``."""
+    return max(1, min(batch_max, left // 4))
+
+
+class Submitted:
+    """One input of a submission: its scan id, or why it could not be sent."""
+
+    def __init__(self, path: Path, scan_id: str | None, error: str | None = None) -> None:
+        self.path, self.scan_id, self.error = path, scan_id, error
+
+
+class ClusterClient:
+    """Submits files to the cluster named by ``settings.broker_url`` (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        os.environ["STOQ_BROKER_URL"] = settings.broker_url
+        if settings.result_backend:
+            os.environ["STOQ_RESULT_BACKEND"] = settings.result_backend
+        from stoq.tasks.app import app
+
+        self.app = app
+        self.settings = settings
+        self.r = st.connect(str(app.conf.result_backend))
+        self.archive = open_archive(settings.archiver, settings.resolved_archive())
+        self.archive.prepare()
+        self.profile = st.put_profile(self.r, st.profile_of(settings))
+        self._mime = magic.Magic(mime=True)
+
+    def submit(self, files: list[Path], notify: str | None) -> Iterator[Submitted]:
+        """Archives and publishes every file; yields each one's scan id (or error) as it is sent."""
+        roots: list[dict[str, Any]] = []
+        left = len(files)
+        for path in files:
+            left -= 1
+            scan_id = new_id()
+            try:
+                if os.stat(path).st_size > self.settings.max_file_bytes:
+                    self._oversized(path, scan_id, notify)
+                    yield Submitted(path, scan_id)
+                    continue
+                data = path.read_bytes()
+            except OSError as exc:
+                yield Submitted(path, None, f"{path}: {exc.strerror or exc}")
+                continue
+            sha256 = hashlib.sha256(data).hexdigest()
+            self.archive.put(sha256, data)
+            roots.append({"scan_id": scan_id, "sha256": sha256, "size": len(data), "filename": path.name,
+                          "source": {"path": str(path)}, "date": now_iso()})
+            yield Submitted(path, scan_id)
+            if len(roots) >= batch_size(left + len(roots), self.settings.batch_max) or left == 0:
+                self._publish(roots, notify)
+                roots = []
+        if roots:
+            self._publish(roots, notify)
+
+    def _publish(self, roots: list[dict[str, Any]], notify: str | None) -> None:
+        self.archive.flush()  # the workers must find the index rows before the message
+        self.app.send_task("stoq.publish", args=(self.profile, st.wrap(self.r, roots), notify), queue=DEFAULT_QUEUE)
+
+    def _oversized(self, path: Path, scan_id: str, notify: str | None) -> None:
+        """An input over ``max_file_bytes`` is only hashed and typed, here; the store connector saves it."""
+        limits = Limits(self.settings.max_depth, self.settings.max_children, self.settings.max_bytes)
+        record = oversized_record(path, self._mime.from_buffer)
+        scan = st.ScanState(scan_id, now_iso(), {"path": str(path)}, self.profile, notify, limits, Budget(limits),
+                            results=[record.as_dict()], done=True)
+        self.r.set(st.scan_key(scan_id), scan.to_json(), ex=st.TTL)
+        self.app.send_task("stoq.connector.store", args=([scan_id],), queue=DEFAULT_QUEUE)
+
+    def documents(self, notify: str, scan_ids: set[str]) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """Finished documents (JSON bytes) as the store connector commits them, each once."""
+        waiting = set(scan_ids)
+        while waiting:
+            popped = self.r.blpop([notify], timeout=1)
+            if popped is None:
+                continue
+            raw = popped[1]
+            doc = orjson.loads(raw)
+            if doc["scan_id"] in waiting:  # a redelivered connector may notify twice
+                waiting.discard(doc["scan_id"])
+                yield doc, raw
+        self.r.delete(notify)
+
+    def close(self) -> None:
+        self.archive.close()
+        self.app.close()
+
+
+def new_notify_key() -> str:
+    return f"{st.PREFIX}notify:{new_id()}"

@@ -1,0 +1,295 @@
+"""The scan step as Celery tasks: publisher, plugin chords, collector, store connector, sweeper.
+
+A scan advances in *waves*, breadth first, exactly as ``Engine.scan`` does in one process:
+
+1. ``stoq.publish`` (queue ``stoq``) takes a batch of root references from ``stoq submit``: for each
+   payload of a wave it runs ``Engine.begin`` (hashes, type, duplicates, dispatch plan), keeps the
+   scan's state in Redis, and sends one chord: a task per plugin per chunk of at most ``batch_max``
+   references (``stoq.worker.yara`` on queue ``yara`` ...), then ``stoq.collect``.
+2. ``stoq.collect`` applies the answers in the embedded order (payloads of the wave in order, each
+   one's plugins in plan order) through ``Engine.absorb``: the budget admits or flags each child; the
+   admitted children are the next wave, begun at once and sent as the next chord.
+3. A scan with no next wave is finished: ``stoq.connector.store`` saves its document to the result
+   store (one transaction per batch, idempotent by scan id) and hands it to a waiting ``stoq submit``.
+
+Waves of many scans travel together, so a batch of 32 small files costs a few messages, not 32 x 5.
+Every state change of a scan is one Redis transaction guarded by the wave token; a late or duplicated
+chord finds another token and changes nothing. A wave left unanswered for ``sweep_after`` seconds
+(a lost message, a broken chord) is closed by the sweeper that runs in every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+import redis
+from celery import Celery, chord, signature
+
+from stoq.config import Settings, load_settings
+from stoq.dispatch import Planned
+from stoq.engine import Engine, Pending
+from stoq.limits import Budget
+from stoq.model import SCHEMA_VERSION, PayloadRecord, clean, new_id
+from stoq.tasks import state as st
+from stoq.tasks.state import ScanState
+
+log = logging.getLogger(__name__)
+
+#: The queue of stoq's own tasks: publisher, collector, connectors.
+DEFAULT_QUEUE = "stoq"
+SWEEP_EVERY = 5.0
+
+_SETTINGS: Settings | None = None
+_ENGINES: OrderedDict[str, Engine] = OrderedDict()
+
+
+def worker_settings() -> Settings:
+    """This process's settings (stoq.toml, STOQ_*): the archive, the store, the cluster's knobs."""
+    global _SETTINGS
+    if _SETTINGS is None:
+        _SETTINGS = load_settings()
+    return _SETTINGS
+
+
+def redis_client(app: Celery) -> redis.Redis:
+    return st.connect(str(app.conf.result_backend))
+
+
+def engine_for(r: redis.Redis, profile_id: str) -> Engine:
+    """The engine for a submission's profile (its workers, options and limits over this worker's
+    settings); a few are kept per process, since building one compiles YARA rules."""
+    eng = _ENGINES.get(profile_id)
+    if eng is None:
+        settings = worker_settings().model_copy(update=st.get_profile(r, profile_id))
+        eng = _ENGINES[profile_id] = Engine(settings)
+        while len(_ENGINES) > 4:
+            _ENGINES.popitem(last=False)[1].close()
+    else:
+        _ENGINES.move_to_end(profile_id)
+    return eng
+
+
+# -- the two halves of a wave ------------------------------------------------------------------------
+
+def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Begins each scan's wave (new token, pending records); returns the plugin work: (profile,
+    plugin) -> references, in wave order."""
+    parts: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for scan, items in waves:
+        eng = engine_for(r, scan.profile)
+        scan.wave, scan.pending = new_id(), []
+        for item in items:
+            started = eng.begin(item, scan.budget)
+            rec = started.record
+            scan.pending.append({"record": rec.as_dict(), "errors": [e.as_dict() for e in started.errors],
+                                 "plan": [[p.name, p.overrides, list(p.rules), p.save] for p in started.plan]})
+            for p in started.plan:
+                parts.setdefault((scan.profile, p.name), []).append({
+                    "payload_id": rec.payload_id, "sha256": rec.sha256, "filename": rec.filename, "mime": rec.mime,
+                    "depth": rec.depth, "meta": rec.meta, "overrides": p.overrides, "rules": list(p.rules),
+                    "save": p.save})
+        eng.archive.flush()
+    return parts
+
+
+def absorb_wave(r: redis.Redis, scan: ScanState, answers: dict[tuple[str, str], dict[str, Any]]) -> list[Pending]:
+    """Applies the answers to the scan's pending wave in the embedded order; returns the next wave."""
+    eng = engine_for(r, scan.profile)
+    children: list[Pending] = []
+    for entry in scan.pending:
+        record = PayloadRecord(**entry["record"])
+        errors = entry["errors"]
+        for name, overrides, rules, save in entry["plan"]:
+            answer = answers.get((record.payload_id, name))
+            if answer is None:
+                errors.append({"payload_id": record.payload_id, "plugin": name, "kind": "error",
+                               "message": "the plugin task gave no answer for this payload"})
+            elif "error" in answer:
+                errors.append(answer["error"])
+            elif not answer.get("skipped"):
+                found = [Pending(None, c["filename"], meta=c["meta"], sha256=c["sha256"], known_size=c["size"])
+                         for c in answer["children"]]
+                planned = Planned(name, overrides, tuple(rules), save)
+                children.extend(eng.absorb(record, name, planned, answer["result"], answer["flags"], found, scan.budget))
+        scan.results.append(record.as_dict())
+        scan.errors.extend(errors)
+    scan.pending = []
+    return children
+
+
+# -- sending work --------------------------------------------------------------------------------------
+
+def plugin_task_names(app: Celery) -> dict[str, str]:
+    return app.conf.get("stoq_plugin_tasks") or {}
+
+
+def send_wave(app: Celery, r: redis.Redis, scans: list[ScanState],
+              parts: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    """One chord: a task per plugin per chunk of references, then ``stoq.collect`` for these scans."""
+    if not scans:
+        return
+    batch_max = worker_settings().batch_max
+    names = plugin_task_names(app)
+    header, keys = [], []
+    for (profile, plugin), refs in parts.items():
+        for at in range(0, len(refs), batch_max):
+            keys.append([profile, plugin])
+            header.append((plugin, profile, refs[at:at + batch_max]))
+    answer_limit = max(256, st.INLINE_LIMIT // max(1, len(header)))
+    sigs = [signature(names[plugin], args=(profile, st.wrap(r, chunk)), kwargs={"limit": answer_limit},
+                      queue=plugin, app=app)
+            for plugin, profile, chunk in header]
+    batch = st.wrap(r, {"scans": [[s.scan_id, s.wave] for s in scans], "parts": keys})
+    chord(sigs)(signature("stoq.collect", args=(batch,), queue=DEFAULT_QUEUE, app=app))
+
+
+def send_store(app: Celery, scan_ids: list[str]) -> None:
+    if scan_ids:
+        app.send_task("stoq.connector.store", args=(scan_ids,), queue=DEFAULT_QUEUE)
+
+
+def commit(pipe: Any, scans: list[ScanState]) -> None:
+    """Writes the scans' states in the open transaction; keeps the sweeper's schedule."""
+    deadline = time.time() + worker_settings().sweep_after
+    for scan in scans:
+        pipe.set(st.scan_key(scan.scan_id), scan.to_json(), ex=st.TTL)
+        if scan.done:
+            pipe.zrem(st.ACTIVE, scan.scan_id)
+        else:
+            pipe.zadd(st.ACTIVE, {scan.scan_id: deadline})
+
+
+def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]],
+           finished: list[ScanState], pipe: Any) -> None:
+    """Begins the next waves, commits every state in ``pipe`` (a watched pipeline or a plain one),
+    then sends the next chord and the store connector for finished scans."""
+    parts = begin_waves(r, waves)
+    waiting = []
+    for scan, _ in waves:
+        if any(entry["plan"] for entry in scan.pending):
+            waiting.append(scan)
+        else:  # nothing to run on this wave: its records are final now
+            absorb_wave(r, scan, {})
+            scan.done = True
+            finished.append(scan)
+    for scan in finished:
+        scan.done = True
+    pipe.multi()
+    commit(pipe, waiting + finished)
+    pipe.execute()
+    send_wave(app, r, waiting, parts)
+    send_store(app, [s.scan_id for s in finished])
+
+
+# -- the tasks' bodies ---------------------------------------------------------------------------------
+
+def publish(app: Celery, profile_id: str, roots: Any, notify: str | None) -> None:
+    """Starts a scan per root reference: ``{"scan_id", "sha256", "size", "filename", "source", "date"}``.
+    A redelivered publish skips the scans it already started."""
+    r = redis_client(app)
+    roots = st.unwrap(r, roots)
+    eng = engine_for(r, profile_id)
+    known = st.load_states(r, [root["scan_id"] for root in roots])
+    waves = []
+    for root, existing in zip(roots, known):
+        if existing is not None:
+            continue
+        scan = ScanState(root["scan_id"], root["date"], root["source"], profile_id, notify, eng.limits,
+                         Budget(eng.limits))
+        waves.append((scan, [Pending(None, root["filename"], sha256=root["sha256"], known_size=root["size"])]))
+    with r.pipeline() as pipe:
+        settle(app, r, waves, [], pipe)
+
+
+def collect(app: Celery, results: list[Any], batch: Any) -> None:
+    """The chord's callback: applies a wave's answers, then settles the scans (next wave or done)."""
+    r = redis_client(app)
+    batch = st.unwrap(r, batch)
+    answers: dict[tuple[str, str], dict[str, Any]] = {}
+    for (_profile, plugin), part in zip(batch["parts"], results):
+        for answer in st.unwrap(r, part):
+            answers[(answer["payload_id"], plugin)] = answer
+    tokens = dict(batch["scans"])
+    keys = [st.scan_key(s) for s in tokens]
+    for _attempt in range(20):
+        with r.pipeline() as pipe:
+            try:
+                pipe.watch(*keys)
+                scans = [s for s in st.load_states(pipe, list(tokens))
+                         if s is not None and not s.done and s.wave == tokens[s.scan_id]]
+                waves, finished = [], []
+                for scan in scans:
+                    children = absorb_wave(r, scan, answers)
+                    if children:
+                        waves.append((scan, children))
+                    else:
+                        finished.append(scan)
+                settle(app, r, waves, finished, pipe)
+                return
+            except redis.WatchError:
+                continue  # the sweeper touched one of these scans: read them again
+    raise RuntimeError(f"could not commit scans {list(tokens)}: they kept changing")
+
+
+def document_of(scan: ScanState) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "scan_id": scan.scan_id, "date": scan.date,
+            "source": clean(scan.source), "payloads": len(scan.results), "results": scan.results,
+            "errors": scan.errors}
+
+
+def store(app: Celery, scan_ids: list[str]) -> None:
+    """The store connector: saves finished scans in one transaction, hands each document to the
+    ``stoq submit`` waiting for it, then forgets the scans' states."""
+    from stoq.tasks.connect import result_store
+
+    r = redis_client(app)
+    scans = [s for s in st.load_states(r, scan_ids) if s is not None and s.done]
+    if not scans:
+        return
+    docs = [document_of(s) for s in scans]
+    result_store().save(docs)  # idempotent: a redelivered connector changes nothing
+    with r.pipeline(transaction=False) as pipe:
+        for scan, doc in zip(scans, docs):
+            if scan.notify:
+                pipe.rpush(scan.notify, st.dumps(doc))
+                pipe.expire(scan.notify, st.BLOB_TTL)
+            pipe.delete(st.scan_key(scan.scan_id))
+        pipe.execute()
+
+
+def sweep(app: Celery, now: float | None = None) -> list[str]:
+    """Closes scans whose wave is overdue: each payload of the wave is kept with a ``timeout`` error
+    per plugin that never answered. Returns the closed scan ids."""
+    r = redis_client(app)
+    overdue = [s.decode() for s in r.zrangebyscore(st.ACTIVE, 0, now or time.time(), start=0, num=100)]
+    closed = []
+    for scan_id in overdue:
+        with r.pipeline() as pipe:
+            try:
+                pipe.watch(st.scan_key(scan_id))
+                (scan,) = st.load_states(pipe, [scan_id])
+                pipe.multi()
+                if scan is None or scan.done:
+                    pipe.zrem(st.ACTIVE, scan_id)
+                    pipe.execute()
+                    continue
+                message = (f"no answer within {worker_settings().sweep_after:g} s (a lost task or chord); "
+                           "the scan was closed by the sweeper")
+                for entry in scan.pending:
+                    entry["errors"] += [{"payload_id": entry["record"]["payload_id"], "plugin": name,
+                                         "kind": "timeout", "message": message} for name, *_ in entry["plan"]]
+                    entry["plan"] = []
+                absorb_wave(r, scan, {})
+                scan.done = True
+                commit(pipe, [scan])
+                pipe.execute()
+                closed.append(scan_id)
+            except redis.WatchError:
+                continue  # answered meanwhile
+    send_store(app, closed)
+    if closed:
+        log.warning("sweeper closed %d overdue scan(s): %s", len(closed), ", ".join(closed))
+    return closed

@@ -1,0 +1,148 @@
+"""What the cluster keeps between tasks, in Redis (the result backend chords already need).
+
+Keys, all under ``stoq:`` and all with a time to live, so nothing outlives a forgotten scan:
+
+| key                     | holds                                                           |
+|-------------------------|-----------------------------------------------------------------|
+| ``stoq:profile:<id>``   | a submission's scan settings (workers, plugin options, limits)  |
+| ``stoq:scan:<scan_id>`` | a scan in progress: budget, finished records, the wave in flight |
+| ``stoq:active``         | sorted set: scan id -> the time its wave is overdue (sweeper)   |
+| ``stoq:blob:<id>``      | a task argument or answer too large for a broker message        |
+| ``stoq:notify:<id>``    | finished documents for a waiting ``stoq submit``                 |
+| ``stoq:tries:<task>``   | per-payload attempts of a redelivered plugin task               |
+
+Broker messages stay small: any argument or answer whose JSON is over its share of ``MESSAGE_LIMIT``
+goes to a blob and the message carries ``{"$blob": key}`` instead (``wrap``/``unwrap``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from stoq.limits import Budget, Limits
+from stoq.model import new_id
+
+PREFIX = "stoq:"
+ACTIVE = PREFIX + "active"
+#: Every broker message body (task or result) stays under this many bytes.
+MESSAGE_LIMIT = 64 * 1024
+#: What one inline value may take; larger values go to a blob. Leaves room for Celery's envelope.
+INLINE_LIMIT = 40 * 1024
+TTL = 7 * 24 * 3600
+BLOB_TTL = 24 * 3600
+
+_CLIENTS: dict[tuple[int, str], redis.Redis] = {}
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client for ``url``, one per process (clients are not shared across a fork)."""
+    key = (os.getpid(), url)
+    client = _CLIENTS.get(key)
+    if client is None:
+        client = _CLIENTS[key] = redis.Redis.from_url(url)
+    return client
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def wrap(r: redis.Redis, value: Any, limit: int = INLINE_LIMIT) -> Any:
+    """``value`` itself if its JSON fits in ``limit`` bytes, else a reference to a blob holding it."""
+    data = dumps(value)
+    if len(data) <= limit:
+        return value
+    key = f"{PREFIX}blob:{new_id()}"
+    r.set(key, data, ex=BLOB_TTL)
+    return {"$blob": key}
+
+
+def unwrap(r: redis.Redis, value: Any) -> Any:
+    """The inverse of ``wrap`` (the blob is kept: a redelivered task reads it again; it expires)."""
+    if isinstance(value, dict) and "$blob" in value:
+        data = r.get(value["$blob"])
+        if data is None:
+            raise LookupError(f"message blob {value['$blob']} has expired or was never written")
+        return orjson.loads(data)
+    return value
+
+
+# -- profiles: the scan settings a submission brings -------------------------------------------------
+
+PROFILE_FIELDS = ("workers", "plugins", "dispatch_rules", "max_depth", "max_children", "max_bytes",
+                  "max_file_bytes", "timeout")
+
+
+def profile_of(settings: Any) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in PROFILE_FIELDS}
+
+
+def put_profile(r: redis.Redis, profile: dict[str, Any]) -> str:
+    """Stores a profile under the hash of its JSON; returns its id."""
+    data = orjson.dumps(profile, option=orjson.OPT_SORT_KEYS)
+    profile_id = hashlib.sha256(data).hexdigest()[:24]
+    r.set(f"{PREFIX}profile:{profile_id}", data, ex=TTL)
+    return profile_id
+
+
+def get_profile(r: redis.Redis, profile_id: str) -> dict[str, Any]:
+    data = r.get(f"{PREFIX}profile:{profile_id}")
+    if data is None:
+        raise LookupError(f"scan profile {profile_id} has expired or was never written")
+    return orjson.loads(data)  # type: ignore[no-any-return]
+
+
+# -- scans ---------------------------------------------------------------------------------------------
+
+def scan_key(scan_id: str) -> str:
+    return f"{PREFIX}scan:{scan_id}"
+
+
+@dataclass(slots=True)
+class ScanState:
+    """A scan between two tasks: its budget, the records already finished (in ``results`` order), and
+    the wave in flight (``pending``: records begun by the publisher, with their errors and plans).
+    ``wave`` is a fresh token per wave: an answer for any other wave (a late or duplicated chord) is
+    ignored."""
+
+    scan_id: str
+    date: str
+    source: dict[str, Any]
+    profile: str
+    notify: str | None
+    limits: Limits
+    budget: Budget
+    results: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    wave: str = ""
+    done: bool = False
+
+    def to_json(self) -> bytes:
+        return dumps({
+            "scan_id": self.scan_id, "date": self.date, "source": self.source, "profile": self.profile,
+            "notify": self.notify, "done": self.done, "wave": self.wave,
+            "limits": [self.limits.max_depth, self.limits.max_children, self.limits.max_bytes],
+            "budget": {"children": self.budget.children, "bytes": self.budget.bytes, "seen": self.budget.seen},
+            "results": self.results, "errors": self.errors, "pending": self.pending,
+        })
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ScanState:
+        d = orjson.loads(data)
+        limits = Limits(*d["limits"])
+        budget = Budget(limits, d["budget"]["children"], d["budget"]["bytes"], d["budget"]["seen"])
+        return cls(d["scan_id"], d["date"], d["source"], d["profile"], d["notify"], limits, budget,
+                   d["results"], d["errors"], d["pending"], d["wave"], d["done"])
+
+
+def load_states(r: redis.Redis | Any, scan_ids: list[str]) -> list[ScanState | None]:
+    if not scan_ids:
+        return []
+    return [None if raw is None else ScanState.from_json(raw) for raw in r.mget([scan_key(s) for s in scan_ids])]
