@@ -1,0 +1,230 @@
+"""The distributed pipeline end to end: real `celery -A stoq worker` processes, Redis as broker and
+result backend, PostgreSQL as the result store, and the `stoq submit` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from helpers import BENCH_RULES, CORPUS, PG_URL, pg_admin, validate
+
+BIN = Path(sys.executable).parent
+DB = "stoq_cluster"
+
+
+class Cluster:
+    """A running worker and the environment a client needs to reach it."""
+
+    def __init__(self, work: Path, env: dict[str, str], worker: subprocess.Popen[bytes], log: Path) -> None:
+        self.work, self.env, self.worker, self.log = work, env, worker, log
+
+    def stoq(self, *args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([str(BIN / "stoq"), *args], env=self.env | extra, cwd=self.work, capture_output=True,
+                              timeout=timeout)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.env["STOQ_RESULT_BACKEND"])
+
+    def stop(self) -> None:
+        self.worker.terminate()
+        try:
+            self.worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
+            self.worker.wait()
+
+
+def cluster_env(work: Path, site: Path, dbs: tuple[int, int], database: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")}
+    env.update(STOQ_BROKER_URL=f"redis://127.0.0.1:6379/{dbs[0]}", STOQ_RESULT_BACKEND=f"redis://127.0.0.1:6379/{dbs[1]}",
+               STOQ_ARCHIVE=str(work / "archive"), STOQ_DATABASE_URL=PG_URL.rsplit("/", 1)[0] + "/" + database,
+               HOME=str(work), XDG_DATA_HOME=str(work / "data"), XDG_CONFIG_HOME=str(work / "config"),
+               PYTHONPATH=str(site), STOQ_MEASURE_MESSAGES="1")
+    return env
+
+
+def fresh_database(name: str) -> None:
+    with pg_admin().connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+
+def start(work: Path, env: dict[str, str], *args: str) -> Cluster:
+    """`celery -A stoq worker` with ``args``; returns once it answers a ping."""
+    for db in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]):
+        redis.Redis.from_url(db).flushdb()
+    log = work / "worker.log"
+    worker = subprocess.Popen([str(BIN / "celery"), "-A", "stoq", "worker", "-n", f"stoq-{work.name}@%h",
+                               "--without-gossip", "--without-mingle", "-l", "info", "--logfile", str(log), *args],
+                              env=env, cwd=work)
+    ping = [str(BIN / "celery"), "-A", "stoq", "inspect", "ping", "-t", "1"]
+    deadline = time.monotonic() + 60
+    while subprocess.run(ping, env=env, cwd=work, capture_output=True).returncode != 0:
+        assert worker.poll() is None, log.read_text() if log.exists() else "worker died"
+        assert time.monotonic() < deadline, "worker did not start"
+    return Cluster(work, env, worker, log)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, testplugins_site: Path) -> Iterator[Cluster]:
+    work = tmp_path_factory.mktemp("cluster")
+    fresh_database(DB)
+    env = cluster_env(work, testplugins_site, (12, 13), DB)
+    upgraded = subprocess.run([str(BIN / "stoq"), "db", "upgrade"], env=env, capture_output=True)
+    assert upgraded.returncode == 0, upgraded.stderr
+    c = start(work, env, "-c", "2")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def normal(doc: dict[str, Any]) -> dict[str, Any]:
+    """A document without what differs between runs: ids become positions; scan id and date go."""
+    pos = {p["payload_id"]: i for i, p in enumerate(doc["results"])}
+    results = [p | {"payload_id": pos[p["payload_id"]], "parent_id": pos.get(p["parent_id"]),
+                    "duplicate_of": pos.get(p["duplicate_of"])} for p in doc["results"]]
+    errors = [e | {"payload_id": pos[e["payload_id"]]} for e in doc["errors"]]
+    return {k: v for k, v in doc.items() if k not in ("scan_id", "date")} | {"results": results, "errors": errors}
+
+
+def jsonl(out: bytes) -> dict[str, dict[str, Any]]:
+    docs = [json.loads(line) for line in out.splitlines()]
+    return {d["source"]["path"]: d for d in docs}
+
+
+def test_every_corpus_file_gets_the_embedded_answer(cluster: Cluster, tmp_path: Path) -> None:
+    args = ["--workers", "yara,peinfo", "-o", f"yara.rules={BENCH_RULES}", "--format", "jsonl"]
+    submitted = cluster.stoq("submit", str(CORPUS), *args)
+    assert submitted.returncode in (0, 1), submitted.stderr.decode()[-3000:]
+    embedded = cluster.stoq("scan", str(CORPUS), *args, "--no-store", STOQ_BROKER_URL="",
+                            STOQ_DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", STOQ_ARCHIVE=str(tmp_path / "a"))
+    assert embedded.returncode == submitted.returncode, embedded.stderr.decode()[-3000:]
+    remote, local = jsonl(submitted.stdout), jsonl(embedded.stdout)
+    files = sorted(str(p) for p in CORPUS.iterdir() if p.is_file())
+    assert sorted(remote) == files and sorted(local) == files
+    for path in files:
+        validate(remote[path])
+        assert normal(remote[path]) == normal(local[path]), path
+    assert sum(d["payloads"] for d in remote.values()) > len(files)  # children were extracted across the cluster
+    # Every document is in PostgreSQL, as printed.
+    from stoq.store import Store
+
+    with Store.open(cluster.env["STOQ_DATABASE_URL"]) as store:
+        for doc in remote.values():
+            assert store.get(doc["scan_id"]) == doc
+
+
+def test_no_wait_prints_scan_ids_and_results_reads_them_later(cluster: Cluster) -> None:
+    sample = CORPUS / "test.exe"
+    sent = cluster.stoq("submit", str(sample), "--no-wait", "--workers", "peinfo")
+    assert sent.returncode == 0, sent.stderr
+    (scan_id,) = sent.stdout.decode().split()
+    deadline = time.monotonic() + 60
+    while (got := cluster.stoq("results", scan_id)).returncode != 0:
+        assert time.monotonic() < deadline, got.stderr
+        time.sleep(0.2)
+    (doc,) = json.loads(got.stdout)
+    validate(doc)
+    assert doc["scan_id"] == scan_id and doc["results"][0]["filename"] == "test.exe"
+    import pefile
+
+    assert doc["results"][0]["workers"]["peinfo"]["imphash"] == pefile.PE(data=sample.read_bytes()).get_imphash()
+
+
+def test_broker_messages_stay_small_whatever_the_input(cluster: Cluster, tmp_path: Path) -> None:
+    """An archive of 700 members with long names: its answer (~250 KB of child references) and the next
+    wave's references go through Redis blobs, never through the broker."""
+    big = tmp_path / "many.zip"
+    with zipfile.ZipFile(big, "w") as zf:
+        for i in range(700):
+            zf.writestr(f"{'n' * 300}/{i:04d}.txt", f"member {i}\n")
+    r = cluster.redis()
+    r.delete("stoq:measure:task:max", "stoq:measure:result:max")
+    got = cluster.stoq("submit", str(big), "--workers", "yara", "-o", f"yara.rules={BENCH_RULES}", "--format", "json")
+    assert got.returncode == 0, got.stderr
+    (doc,) = json.loads(got.stdout)
+    validate(doc)
+    assert doc["payloads"] == 701 and all("yara" in p["workers"] for p in doc["results"])
+    assert doc["results"][1]["meta"]["member"] == f"{'n' * 300}/0000.txt"
+    task_max, result_max = (int(r.get(k) or 0) for k in ("stoq:measure:task:max", "stoq:measure:result:max"))
+    assert 0 < task_max < 64 * 1024 and 0 < result_max < 64 * 1024, (task_max, result_max)
+
+
+def test_a_payload_that_kills_its_worker_is_quarantined_and_its_batch_mates_complete(cluster: Cluster,
+                                                                                    tmp_path: Path) -> None:
+    """Eight files go out in batches of two; the first holds SEGV. Its batch is redelivered, run
+    carefully, the killer quarantined after two attempts; every other file gets its normal answer."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(8):
+        (inputs / f"f{i}.bin").write_bytes(b"SEGV" if i == 0 else f"fine {i}".encode())
+    got = cluster.stoq("submit", str(inputs), "--workers", "segv", "--max-depth", "0", timeout=240)
+    assert got.returncode == 1, got.stderr  # plugin errors
+    docs = {Path(d["source"]["path"]).name: d for d in map(json.loads, got.stdout.splitlines())}
+    assert len(docs) == 8
+    bad = docs.pop("f0.bin")
+    validate(bad)
+    (error,) = bad["errors"]
+    assert (error["plugin"], error["kind"]) == ("segv", "crash") and "2 times; quarantined" in error["message"]
+    for doc in docs.values():
+        assert doc["errors"] == [] and doc["results"][0]["workers"] == {"segv": {"crashed": False}}
+    from sqlalchemy import create_engine
+
+    with create_engine(cluster.env["STOQ_DATABASE_URL"]).connect() as conn:  # stored once, whatever the redeliveries
+        assert conn.execute(text("SELECT count(*) FROM scans WHERE scan_id = :s"), {"s": bad["scan_id"]}).scalar() == 1
+
+
+def test_a_native_hang_is_killed_by_the_guard_and_quarantined(cluster: Cluster, tmp_path: Path) -> None:
+    hang = tmp_path / "hang.bin"
+    hang.write_bytes(b"SLEEP")
+    started = time.monotonic()
+    got = cluster.stoq("submit", str(hang), "--workers", "sleeper", "-o", "sleeper.timeout=1", "--format", "json",
+                       timeout=240)
+    elapsed = time.monotonic() - started
+    assert got.returncode == 1, got.stderr
+    (doc,) = json.loads(got.stdout)
+    (error,) = doc["errors"]
+    assert (error["plugin"], error["kind"]) == ("sleeper", "crash") and "quarantined" in error["message"]
+    assert 12 <= elapsed < 120  # two attempts of 1 s + 5 s grace each, then the quarantine
+
+
+def test_the_sweeper_closes_a_scan_whose_chord_never_completes(tmp_path: Path, testplugins_site: Path,
+                                                                cluster: Cluster) -> None:
+    """No worker serves the `boom` queue: the wave never completes, and the sweeper closes the scan."""
+    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_SWEEP_AFTER": "2"}
+    c = start(tmp_path, env, "-c", "1", "-Q", "stoq,yara")
+    try:
+        sample = tmp_path / "x.txt"
+        sample.write_bytes(b"hello")
+        started = time.monotonic()
+        got = c.stoq("submit", str(sample), "--workers", "boom,yara", "-o", f"yara.rules={BENCH_RULES}",
+                     "--format", "json", timeout=120)
+        assert got.returncode == 1, got.stderr
+        (doc,) = json.loads(got.stdout)
+        validate(doc)
+        # The wave is closed as a whole: yara's answer waits in a chord that will never complete.
+        assert [(e["plugin"], e["kind"]) for e in doc["errors"]] == [("boom", "timeout"), ("yara", "timeout")]
+        assert all("closed by the sweeper" in e["message"] for e in doc["errors"])
+        assert doc["results"][0]["workers"] == {}
+        assert time.monotonic() - started < 2 + 5 + 10  # sweep_after + one sweep interval + start-up
+    finally:
+        c.stop()
+
+
+def test_a_visibility_timeout_shorter_than_the_longest_task_is_refused(tmp_path: Path, testplugins_site: Path) -> None:
+    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_VISIBILITY_TIMEOUT": "600"}
+    got = subprocess.run([str(BIN / "celery"), "-A", "stoq", "worker", "-c", "1"], env=env, cwd=tmp_path,
+                         capture_output=True, timeout=60)
+    assert got.returncode != 0
+    assert b"visibility timeout (600 s) is not longer than the longest plugin task (2080 s" in got.stderr
