@@ -62,7 +62,8 @@ def fresh_database(name: str) -> None:
 def start(work: Path, env: dict[str, str], *args: str) -> Cluster:
     """`celery -A stoq worker` with ``args``; returns once it answers a ping."""
     for db in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]):
-        redis.Redis.from_url(db).flushdb()
+        if db.startswith("redis://"):
+            redis.Redis.from_url(db).flushdb()
     log = work / "worker.log"
     worker = subprocess.Popen([str(BIN / "celery"), "-A", "stoq", "worker", "-n", f"stoq-{work.name}@%h",
                                "--without-gossip", "--without-mingle", "-l", "info", "--logfile", str(log), *args],
@@ -228,3 +229,20 @@ def test_a_visibility_timeout_shorter_than_the_longest_task_is_refused(tmp_path:
                          capture_output=True, timeout=60)
     assert got.returncode != 0
     assert b"visibility timeout (600 s) is not longer than the longest plugin task (2080 s" in got.stderr
+
+
+def test_rabbitmq_as_broker(tmp_path: Path, testplugins_site: Path, cluster: Cluster) -> None:
+    """The whole pipeline with RabbitMQ carrying the tasks (Redis keeps the chords' results)."""
+    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}
+    c = start(tmp_path, env, "-c", "1")
+    try:
+        got = c.stoq("submit", str(CORPUS / "test.zip"), "--workers", "yara", "-o", f"yara.rules={BENCH_RULES}",
+                     "--format", "json", timeout=120)
+        assert got.returncode == 0, got.stderr
+        (doc,) = json.loads(got.stdout)
+        validate(doc)
+        embedded = c.stoq("scan", str(CORPUS / "test.zip"), "--workers", "yara", "-o", f"yara.rules={BENCH_RULES}",
+                          "--format", "json", "--no-store", STOQ_BROKER_URL="", STOQ_ARCHIVE=str(tmp_path / "a"))
+        assert normal(doc) == normal(json.loads(embedded.stdout)[0])
+    finally:
+        c.stop()

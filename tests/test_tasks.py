@@ -73,6 +73,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, 
         stop_worker(worker, client)
 
 
+def profile(work: Path) -> str:
+    """Stores the scan profile a client with the workers' environment would send; returns its id."""
+    from stoq.config import load_settings
+    from stoq.tasks.state import profile_of, put_profile
+
+    return put_profile(redis.Redis.from_url(BACKEND), profile_of(load_settings(env=stoq_env(work))))
+
+
 def ref_for(archive: Path, name: str) -> dict[str, object]:
     data = (CORPUS / name).read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
@@ -84,13 +92,13 @@ def ref_for(archive: Path, name: str) -> dict[str, object]:
 def test_plugins_run_as_tasks_on_their_own_queues(cluster: tuple[Celery, Path, Path]) -> None:
     client, archive, _ = cluster
     refs = [ref_for(archive, n) for n in ("test.exe", "test_xor.exe", "test.txt")]
-    answers = client.send_task("stoq.worker.yara", args=[refs], queue="yara").get(timeout=60)
+    answers = client.send_task("stoq.worker.yara", args=[profile(archive.parent), refs], queue="yara").get(timeout=60)
     rules = yara.compile(filepath=str(BENCH_RULES))
     assert [a["payload_id"] for a in answers] == [r["payload_id"] for r in refs]
     for ref, answer in zip(refs, answers):
         expected = sorted(m.rule for m in rules.match(data=(CORPUS / str(ref["filename"])).read_bytes()))
         assert sorted(m["rule"] for m in answer["result"]["matches"]) == expected
-    answers = client.send_task("stoq.worker.peinfo", args=[refs], queue="peinfo").get(timeout=60)
+    answers = client.send_task("stoq.worker.peinfo", args=[profile(archive.parent), refs], queue="peinfo").get(timeout=60)
     assert answers[0]["result"]["imphash"] == pefile.PE(data=(CORPUS / "test.exe").read_bytes()).get_imphash()
     assert answers[2] == {"payload_id": "p-test.txt", "skipped": True}  # not MZ: declined by accepts()
 
@@ -98,12 +106,12 @@ def test_plugins_run_as_tasks_on_their_own_queues(cluster: tuple[Celery, Path, P
 def test_only_json_is_accepted_on_the_wire(cluster: tuple[Celery, Path, Path]) -> None:
     client, archive, log = cluster
     ref = ref_for(archive, "test.txt")
-    pickled = client.send_task("stoq.worker.yara", args=[[ref]], queue="yara", serializer="pickle")
+    pickled = client.send_task("stoq.worker.yara", args=[profile(archive.parent), [ref]], queue="yara", serializer="pickle")
     with pytest.raises(Exception):  # never answered: the worker refuses the message
         pickled.get(timeout=5)
     client.backend.remove_pending_result(pickled)  # stop waiting for it now, not at interpreter exit
     assert "disallowed" in log.read_text().lower() or "refusing" in log.read_text().lower()
-    ok = client.send_task("stoq.worker.yara", args=[[ref]], queue="yara").get(timeout=60)
+    ok = client.send_task("stoq.worker.yara", args=[profile(archive.parent), [ref]], queue="yara").get(timeout=60)
     assert ok[0]["payload_id"] == "p-test.txt" and "result" in ok[0]  # the worker is still serving
 
 
@@ -114,7 +122,7 @@ def test_a_worker_without_queues_serves_every_plugin(tmp_path: Path, cluster: tu
         sha256 = hashlib.sha256(data).hexdigest()
         DirectoryArchive(tmp_path / "archive").put(sha256, data)
         ref = {"payload_id": "gz", "sha256": sha256, "filename": "test.gz", "mime": "application/gzip", "depth": 0}
-        (answer,) = client.send_task("stoq.extractor.decompress", args=[[ref]], queue="decompress").get(timeout=60)
+        (answer,) = client.send_task("stoq.extractor.decompress", args=[profile(tmp_path), [ref]], queue="decompress").get(timeout=60)
         (child,) = answer["children"]
         assert child["sha256"] == hashlib.sha256(gzip.decompress(data)).hexdigest()
         assert DirectoryArchive(tmp_path / "archive").get(child["sha256"]) == gzip.decompress(data)
@@ -149,7 +157,7 @@ def test_flower_lists_the_workers_and_a_finished_task_behind_basic_auth(tmp_path
         # are seen half (no task-received event). Send until one is seen whole, for 60 s at most.
         deadline, task = time.monotonic() + 60, None
         while task is None:
-            result = client.send_task("stoq.worker.yara", args=[[ref]], queue="flower-test")
+            result = client.send_task("stoq.worker.yara", args=[profile(tmp_path), [ref]], queue="flower-test")
             result.get(timeout=60)
             for _ in range(10):  # events reach Flower asynchronously
                 seen = requests.get(f"{base}/api/tasks", auth=auth, timeout=5).json().get(result.id)
@@ -174,7 +182,7 @@ def test_rabbitmq_as_broker(tmp_path: Path) -> None:
     worker, client, _ = start_worker(tmp_path, ["peinfo"], broker=rabbit)
     try:
         ref = ref_for(tmp_path / "archive", "test.exe")
-        (answer,) = client.send_task("stoq.worker.peinfo", args=[[ref]], queue="peinfo").get(timeout=60)
+        (answer,) = client.send_task("stoq.worker.peinfo", args=[profile(tmp_path), [ref]], queue="peinfo").get(timeout=60)
         assert answer["result"]["imphash"] == pefile.PE(data=(CORPUS / "test.exe").read_bytes()).get_imphash()
     finally:
         stop_worker(worker, client)
