@@ -541,7 +541,7 @@ def test_stdout_is_only_documents_and_diagnostics_go_to_stderr(run_stoq: Run, tm
         assert line not in stdout
 
 
-def test_bad_template_and_cluster_without_client_are_configuration_errors(run_stoq, tmp_path: Path) -> None:
+def test_bad_template_and_unreachable_cluster_are_configuration_errors(run_stoq, tmp_path: Path) -> None:
     bad = tmp_path / "bad.j2"
     bad.write_text("{{ doc.results[0].nope }}\n")
     proc = run_stoq("scan", str(CORPUS / "test.txt"), "--template", str(bad))
@@ -551,5 +551,6 @@ def test_bad_template_and_cluster_without_client_are_configuration_errors(run_st
     broken.write_text("{% for %}\n")
     proc = run_stoq("scan", str(CORPUS / "test.txt"), "--template", str(broken))
     assert proc.returncode == 4 and b"template" in proc.stderr
-    proc = run_stoq("submit", str(CORPUS / "test.txt"), env={"STOQ_BROKER_URL": "redis://127.0.0.1:6379/0"})
-    assert proc.returncode == 4 and b"unset it to scan embedded" in proc.stderr and proc.stdout == b""
+    proc = run_stoq("submit", str(CORPUS / "test.txt"), env={"STOQ_BROKER_URL": "redis://127.0.0.1:1/0",
+                                                             "STOQ_RESULT_BACKEND": "redis://127.0.0.1:1/1"})
+    assert proc.returncode == 4 and b"cannot reach the cluster" in proc.stderr and proc.stdout == b""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,7 +26,11 @@ from stoq.engine import oversized_record
 from stoq.limits import Budget, Limits
 from stoq.model import new_id, now_iso
 from stoq.tasks import state as st
-from stoq.tasks.pipeline import DEFAULT_QUEUE
+from stoq.tasks.config import DEFAULT_QUEUE, make_app
+
+
+#: Seconds without a finished scan before ``documents`` says on stderr what it is waiting for.
+QUIET_HINT = 60.0
 
 
 def batch_size(left: int, batch_max: int) -> int:
@@ -46,9 +52,7 @@ class ClusterClient:
         os.environ["STOQ_BROKER_URL"] = settings.broker_url
         if settings.result_backend:
             os.environ["STOQ_RESULT_BACKEND"] = settings.result_backend
-        from stoq.tasks.app import app
-
-        self.app = app
+        self.app = app = make_app("stoq-client")  # sends by name: no plugin needs importing here
         self.settings = settings
         self.r = st.connect(str(app.conf.result_backend))
         self.archive = open_archive(settings.archiver, settings.resolved_archive())
@@ -99,10 +103,16 @@ class ClusterClient:
     def documents(self, notify: str, scan_ids: set[str]) -> Iterator[tuple[dict[str, Any], bytes]]:
         """Finished documents (JSON bytes) as the store connector commits them, each once."""
         waiting = set(scan_ids)
+        last = time.monotonic()
         while waiting:
             popped = self.r.blpop([notify], timeout=1)
             if popped is None:
+                if time.monotonic() - last > QUIET_HINT:
+                    print(f"stoq: still waiting for {len(waiting)} scan(s); is a worker serving the "
+                          f"'{DEFAULT_QUEUE}' queue and every plugin queue?", file=sys.stderr)
+                    last = time.monotonic()
                 continue
+            last = time.monotonic()
             raw = popped[1]
             doc = orjson.loads(raw)
             if doc["scan_id"] in waiting:  # a redelivered connector may notify twice

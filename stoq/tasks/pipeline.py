@@ -34,12 +34,11 @@ from stoq.engine import Engine, Pending
 from stoq.limits import Budget
 from stoq.model import SCHEMA_VERSION, PayloadRecord, clean, new_id
 from stoq.tasks import state as st
+from stoq.tasks.config import DEFAULT_QUEUE
 from stoq.tasks.state import ScanState
 
 log = logging.getLogger(__name__)
 
-#: The queue of stoq's own tasks: publisher, collector, connectors.
-DEFAULT_QUEUE = "stoq"
 SWEEP_EVERY = 5.0
 
 _SETTINGS: Settings | None = None

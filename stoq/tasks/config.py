@@ -1,0 +1,43 @@
+"""The Celery settings of stoq, shared by the workers' app and the submitting client.
+
+Built-in defaults, then the deployer's ``celeryconfig.py`` if one is importable (Celery's convention),
+then ``STOQ_*`` environment variables inside it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from celery import Celery
+
+#: The queue of stoq's own tasks: publisher, collector, connectors.
+DEFAULT_QUEUE = "stoq"
+
+
+def defaults() -> dict[str, Any]:
+    return {
+        "broker_url": os.environ.get("STOQ_BROKER_URL") or "redis://127.0.0.1:6379/0",
+        "result_backend": os.environ.get("STOQ_RESULT_BACKEND") or "redis://127.0.0.1:6379/1",
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "result_expires": 24 * 3600,
+        "broker_transport_options": {"visibility_timeout": float(os.environ.get("STOQ_VISIBILITY_TIMEOUT", "7200"))},
+        "task_default_queue": DEFAULT_QUEUE,
+    }
+
+
+def make_app(name: str = "stoq") -> Celery:
+    """A Celery app with stoq's settings and no tasks registered (enough to send tasks by name)."""
+    app = Celery(name)
+    if importlib.util.find_spec("celeryconfig") is not None:
+        app.config_from_object("celeryconfig")
+    for key, value in defaults().items():
+        app.conf.setdefault(key, value)
+    return app
