@@ -4,7 +4,8 @@ Two layouts: ``PackArchive`` (the embedded default: appends to pack files, fast 
 and ``DirectoryArchive`` (one file per payload: simple to inspect, works over NFS). The directory archive lays a payload at ``ROOT/ab/cd/abcd...`` (sha256 in hex). Writes go to a
 temporary file in the same directory and are renamed into place, so a reader never sees a partial
 payload and two processes writing the same payload do not conflict. An archive is shared by the
-embedded worker processes and, over a shared filesystem, by the workers of a cluster.
+embedded worker processes and, over a shared filesystem, by the workers of a cluster. A cluster
+without a shared filesystem uses ``PostgresArchive`` (``stoq/archive_pg.py``, imported only when used).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import time
 from contextlib import suppress
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from stoq.archive_pg import PostgresArchive
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -274,12 +279,19 @@ class NoArchive:
         return None
 
 
-Archive = DirectoryArchive | PackArchive | NoArchive
-ARCHIVERS = ("pack", "directory", "none")
+Archive: TypeAlias = "DirectoryArchive | PackArchive | NoArchive | PostgresArchive"
+ARCHIVERS = ("pack", "directory", "none", "postgres")
 
 
 def open_archive(kind: str, root: str | os.PathLike[str]) -> Archive:
-    """The archive of a kind: ``pack`` (embedded default), ``directory`` (a file per payload) or ``none``."""
+    """The archive of a kind: ``pack`` (embedded default), ``directory`` (a file per payload), ``none``,
+    or ``postgres`` (``root`` is then a PostgreSQL URL, a str passed on unchanged)."""
+    if kind == "postgres":
+        if not isinstance(root, str):  # a Path would have turned "postgresql://h/db" into "postgresql:/h/db"
+            raise ArchiveError(f"archiver postgres needs a PostgreSQL URL as a str, not {type(root).__name__}")
+        from stoq.archive_pg import PostgresArchive
+
+        return PostgresArchive(root)
     if kind == "pack":
         return PackArchive(root)
     if kind == "directory":

@@ -47,7 +47,7 @@ class Settings(BaseModel):
 
     database_url: str = Field("", description="SQLAlchemy URL of the result store (default: SQLite in the user data dir).")
     archive: str = Field("", description="Directory of the content-addressed payload archive (default: in the user data dir).")
-    archiver: Literal["pack", "directory", "none"] = Field("pack", description="Archive layout: pack files (fast), a file per payload, or none.")
+    archiver: Literal["pack", "directory", "none", "postgres"] = Field("pack", description="Archive layout: pack files (fast), a file per payload, none, or postgres (a PostgreSQL table, for a cluster without a shared filesystem; archive is then the PostgreSQL URL).")
     workers: list[str] = Field(default_factory=list, description="Plugins run on every payload.")
     dispatch_rules: str = Field("", description="YARA dispatch rule file (default: the bundled rules; 'none' disables).")
     max_depth: int = Field(8, ge=0, description="Deepest level of extracted children (root is 0).")
@@ -71,7 +71,10 @@ class Settings(BaseModel):
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{data_dir() / 'stoq.db'}"
 
-    def resolved_archive(self) -> Path:
+    def resolved_archive(self) -> Path | str:
+        """The archive's directory, or for ``archiver = "postgres"`` its URL (a str, unchanged)."""
+        if self.archiver == "postgres":
+            return self.archive
         return Path(self.archive) if self.archive else data_dir() / "archive"
 
     def resolved_jobs(self) -> int:

@@ -1,4 +1,4 @@
-"""The content-addressed archives: pack files with a SQLite index, and a file per payload."""
+"""The content-addressed archives: pack files with a SQLite index, a file per payload, PostgreSQL rows."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ import hashlib
 import multiprocessing
 import os
 from pathlib import Path
+from typing import Any, Iterator
 
+import psycopg2
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
+from helpers import PG_URL, pg_admin
 from stoq.archive import ArchiveError, DirectoryArchive, PackArchive, open_archive
+from stoq.archive_pg import PostgresArchive
+from stoq.config import Settings
 
 
 def blob(i: int) -> tuple[str, bytes]:
@@ -92,3 +99,188 @@ def test_directory_archive_layout_and_bad_keys(tmp_path: Path) -> None:
     archive.delete(sha)
     assert not archive.exists(sha)
     assert os.listdir(tmp_path / sha[:2] / sha[2:4]) == []
+
+
+# -- the PostgreSQL archive ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_archive_url() -> Iterator[str]:
+    """The URL of a database of its own (created empty, dropped after), so each test starts with no
+    ``stoq_archive`` table and touches nothing else."""
+    name = f"stoq_archive_test_{os.getpid()}"
+    admin = pg_admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def pg_query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Runs one statement on a connection of its own (committed); its rows, if any."""
+    conn = psycopg2.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def pg_rows(url: str) -> dict[str, tuple[bytes, int]]:
+    """sha256 -> (content, size) of every row."""
+    rows = pg_query(url, "SELECT sha256, content, size FROM stoq_archive")
+    assert len({sha for sha, _, _ in rows}) == len(rows)
+    return {sha: (bytes(content), size) for sha, content, size in rows}
+
+
+def payloads() -> list[bytes]:
+    """Empty, one byte, small ones, one of exactly 5 MiB: all distinct."""
+    five_mib = b"".join(hashlib.sha512(i.to_bytes(4, "big")).digest() for i in range((5 << 20) // 64))
+    assert len(five_mib) == 5 << 20
+    return [b"", b"\x00", b"stoq"] + [blob(i)[1] for i in range(10)] + [five_mib]
+
+
+@pytest.mark.postgres
+def test_postgres_archive_round_trip(pg_archive_url: str) -> None:
+    archive = open_archive("postgres", pg_archive_url)
+    assert isinstance(archive, PostgresArchive) and archive.url == pg_archive_url  # the URL, unchanged
+    archive.prepare()
+    items = payloads()
+    for data in items:
+        archive.put(hashlib.sha256(data).hexdigest(), data)
+    archive.close()  # flushes
+
+    rows = pg_rows(pg_archive_url)
+    assert rows == {hashlib.sha256(d).hexdigest(): (d, len(d)) for d in items}
+    reader = PostgresArchive(pg_archive_url)
+    for data in items:
+        sha = hashlib.sha256(data).hexdigest()
+        assert reader.exists(sha)
+        got = reader.get(sha)
+        assert type(got) is bytes and got == data and hashlib.sha256(got).hexdigest() == sha
+    reader.delete(hashlib.sha256(b"stoq").hexdigest())
+    assert not reader.exists(hashlib.sha256(b"stoq").hexdigest())
+    assert len(pg_rows(pg_archive_url)) == len(items) - 1
+    reader.close()
+
+
+@pytest.mark.postgres
+def test_postgres_archive_buffers_until_flush_and_serves_pending_payloads(pg_archive_url: str) -> None:
+    archive = PostgresArchive(pg_archive_url)
+    archive.prepare()
+    sha, data = blob(3)
+    archive.put(sha, data)
+    assert pg_rows(pg_archive_url) == {}  # pending: not written yet
+    assert archive.exists(sha)
+    assert archive.get(sha) == data  # from the buffer
+    archive.flush()
+    assert pg_rows(pg_archive_url) == {sha: (data, len(data))}
+
+    many = [blob(i) for i in range(100, 100 + PostgresArchive.FLUSH_EVERY)]
+    for s, d in many:
+        archive.put(s, d)  # the 64th put flushes by itself
+    assert len(pg_rows(pg_archive_url)) == 1 + PostgresArchive.FLUSH_EVERY
+    big = b"\xab" * PostgresArchive.FLUSH_BYTES
+    archive.put(hashlib.sha256(big).hexdigest(), big)  # 8 MiB pending: flushed by itself too
+    assert pg_rows(pg_archive_url)[hashlib.sha256(big).hexdigest()] == (big, 8 << 20)
+    archive.close()
+
+
+@pytest.mark.postgres
+def test_postgres_archive_put_is_idempotent(pg_archive_url: str) -> None:
+    archive = PostgresArchive(pg_archive_url)
+    archive.prepare()
+    sha, data = blob(7)
+    archive.put(sha, data)
+    archive.put(sha, data)  # twice in one batch
+    archive.flush()
+    archive.put(sha, data)  # again, already stored
+    archive.close()
+    other = PostgresArchive(pg_archive_url)
+    other.put(sha, data)  # from another connection
+    other.close()
+    assert pg_query(pg_archive_url, "SELECT count(*) FROM stoq_archive") == [(1,)]
+    assert pg_rows(pg_archive_url) == {sha: (data, len(data))}
+
+
+@pytest.mark.postgres
+def test_postgres_archive_missing_damaged_and_refused_payloads(pg_archive_url: str) -> None:
+    archive = PostgresArchive(pg_archive_url)
+    archive.prepare()
+    with pytest.raises(ArchiveError, match="is not in the archive"):
+        archive.get("0" * 64)
+    assert not archive.exists("0" * 64)
+    with pytest.raises(ArchiveError, match="not a sha256"):
+        archive.put("../etc/passwd", b"x")
+
+    class Huge(bytes):
+        def __len__(self) -> int:
+            return PostgresArchive.MAX_BYTES + 1
+
+    with pytest.raises(ArchiveError, match="more than a PostgreSQL archive holds"):
+        archive.put("1" * 64, Huge())
+    assert PostgresArchive.MAX_BYTES < 1 << 30
+
+    sha, data = blob(5)
+    archive.put(sha, data)
+    archive.close()
+    pg_query(pg_archive_url, "UPDATE stoq_archive SET content = %s WHERE sha256 = %s", data[:-1] + b"!", sha)
+    with pytest.raises(ArchiveError, match="damaged"):
+        PostgresArchive(pg_archive_url).get(sha)
+    pg_query(pg_archive_url, "UPDATE stoq_archive SET content = '' WHERE sha256 = %s", sha)
+    with pytest.raises(ArchiveError, match="damaged"):
+        PostgresArchive(pg_archive_url).get(sha)
+
+
+def test_postgres_archive_needs_a_url_string() -> None:
+    with pytest.raises(ArchiveError, match="needs a PostgreSQL URL as a str"):
+        open_archive("postgres", Path("/srv/archive"))
+    with pytest.raises(ArchiveError, match="needs the setting archive"):
+        open_archive("postgres", "").prepare()
+    with pytest.raises(ArchiveError, match="needs a postgresql:// URL"):
+        open_archive("postgres", "/srv/archive").prepare()
+    with pytest.raises(ArchiveError, match=r"cannot connect to the archive postgresql://stoq:\*\*\*@127\.0\.0\.1:1/x"):
+        open_archive("postgres", "postgresql://stoq:s3cret@127.0.0.1:1/x").prepare()
+
+
+def test_settings_give_the_postgres_url_unchanged() -> None:
+    url = "postgresql+psycopg2://stoq:pw@db.example:5432/archive"
+    settings = Settings(archiver="postgres", archive=url)
+    assert settings.resolved_archive() == url
+    assert Settings(archiver="pack", archive="/srv/a").resolved_archive() == Path("/srv/a")
+    assert Settings(archiver="directory", archive="/srv//b").resolved_archive() == Path("/srv/b")
+
+
+def _pg_writer(archive: PostgresArchive, start: int) -> None:
+    for i in range(start, start + 40):  # the archive object is the parent's, inherited through fork
+        archive.put(*blob(i))
+    archive.close()
+
+
+@pytest.mark.postgres
+def test_postgres_archive_is_shared_by_processes_and_safe_across_fork(pg_archive_url: str) -> None:
+    parent = PostgresArchive(pg_archive_url)
+    parent.prepare()
+    parent.put(*blob(999))
+    parent.flush()  # the parent holds an open connection when it forks
+    parent.put(*blob(998))  # and a pending payload, which the children must not write
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_pg_writer, args=(parent, s)) for s in (0, 20)]  # overlapping payloads
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert set(pg_rows(pg_archive_url)) == {blob(i)[0] for i in [*range(60), 999]}
+    assert parent.get(blob(999)[0]) == blob(999)[1]  # the parent's session survived its children
+    assert parent.get(blob(998)[0]) == blob(998)[1]
+    parent.close()
+    rows = pg_rows(pg_archive_url)  # a third connection
+    assert rows == {blob(i)[0]: (blob(i)[1], len(blob(i)[1])) for i in [*range(60), 998, 999]}
+    assert all(hashlib.sha256(content).hexdigest() == sha for sha, (content, _) in rows.items())
