@@ -71,7 +71,7 @@ class DirectoryArchive:
                 os.unlink(tmp)
             raise
 
-    def get(self, sha256: str) -> bytes:
+    def get(self, sha256: str, verify: bool = True) -> bytes:
         try:
             return self.path(sha256).read_bytes()
         except FileNotFoundError as exc:
@@ -104,6 +104,7 @@ class PackArchive:
     PACK_LIMIT = 1 << 30
     FLUSH_EVERY = 64
     FLUSH_SECONDS = 0.5
+    READERS = 64
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -118,6 +119,7 @@ class PackArchive:
         self._pending: list[tuple[str, str, int, int]] = []
         self._local: dict[str, tuple[str, int, int]] = {}
         self._last_flush = time.monotonic()
+        self._readers: dict[str, int] = {}  # pack -> read-only fd (packs only grow: offsets stay valid)
 
     def _state(self) -> None:
         if self._pid != os.getpid():
@@ -199,16 +201,21 @@ class PackArchive:
             self._local.clear()
         self._last_flush = time.monotonic()
 
-    def get(self, sha256: str) -> bytes:
+    def get(self, sha256: str, verify: bool = True) -> bytes:
         self._state()
         where = self._locate(sha256)
         if where is None:
             raise ArchiveError(f"payload {sha256} is not in the archive {self.root}")
         pack, offset, length = where
-        with open(self.root / "packs" / pack, "rb") as handle:
-            handle.seek(offset)
-            content = handle.read(length)
-        if hashlib.sha256(content).hexdigest() != sha256:
+        fd = self._readers.get(pack)
+        if fd is None:
+            if len(self._readers) >= self.READERS:
+                os.close(self._readers.pop(next(iter(self._readers))))
+            fd = self._readers[pack] = os.open(self.root / "packs" / pack, os.O_RDONLY)
+        content = os.pread(fd, length, offset)
+        if len(content) != length:
+            raise ArchiveError(f"payload {sha256} is truncated in pack {pack}")
+        if verify and hashlib.sha256(content).hexdigest() != sha256:
             raise ArchiveError(f"payload {sha256} is damaged in pack {pack}")
         return content
 
@@ -252,6 +259,9 @@ class PackArchive:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            for fd in self._readers.values():
+                os.close(fd)
+            self._readers.clear()
 
 
 class NoArchive:
@@ -263,7 +273,7 @@ class NoArchive:
     def put(self, sha256: str, content: bytes) -> None:
         return None
 
-    def get(self, sha256: str) -> bytes:
+    def get(self, sha256: str, verify: bool = True) -> bytes:
         raise ArchiveError("the archive is disabled (archiver = none)")
 
     def delete(self, sha256: str) -> None:

@@ -164,7 +164,7 @@ def test_broker_messages_stay_small_whatever_the_input(cluster: Cluster, tmp_pat
 
 def test_a_payload_that_kills_its_worker_is_quarantined_and_its_batch_mates_complete(cluster: Cluster,
                                                                                     tmp_path: Path) -> None:
-    """Eight files go out in batches of two; the first holds SEGV. Its batch is redelivered, run
+    """Eight files go out in batches of four; the first holds SEGV. Its batch is redelivered, run
     carefully, the killer quarantined after two attempts; every other file gets its normal answer."""
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -228,7 +228,7 @@ def test_a_visibility_timeout_shorter_than_the_longest_task_is_refused(tmp_path:
     got = subprocess.run([str(BIN / "celery"), "-A", "stoq", "worker", "-c", "1"], env=env, cwd=tmp_path,
                          capture_output=True, timeout=60)
     assert got.returncode != 0
-    assert b"visibility timeout (600 s) is not longer than the longest plugin task (2080 s" in got.stderr
+    assert b"visibility timeout (600 s) is not longer than the longest plugin task (4160 s" in got.stderr
 
 
 def test_rabbitmq_as_broker(tmp_path: Path, testplugins_site: Path, cluster: Cluster) -> None:

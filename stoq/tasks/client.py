@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 import magic
 import orjson
 
-from stoq.archive import open_archive
+from stoq.archive import ArchiveError, open_archive
 from stoq.config import Settings
 from stoq.engine import oversized_record
 from stoq.limits import Budget, Limits
@@ -34,8 +35,8 @@ QUIET_HINT = 60.0
 
 
 def batch_size(left: int, batch_max: int) -> int:
-    """References per publish task: a quarter of what is left, at least 1, at most ``batch_max``."""
-    return max(1, min(batch_max, left // 4))
+    """References per publish task: half of what is left, at least 1, at most ``batch_max``."""
+    return max(1, min(batch_max, left // 2))
 
 
 class Submitted:
@@ -73,11 +74,14 @@ class ClusterClient:
                     yield Submitted(path, scan_id)
                     continue
                 data = path.read_bytes()
+                sha256 = hashlib.sha256(data).hexdigest()
+                self.archive.put(sha256, data)
             except OSError as exc:
                 yield Submitted(path, None, f"{path}: {exc.strerror or exc}")
                 continue
-            sha256 = hashlib.sha256(data).hexdigest()
-            self.archive.put(sha256, data)
+            except (ArchiveError, sqlite3.Error) as exc:
+                yield Submitted(path, None, f"{path}: cannot archive it: {exc}")
+                continue
             roots.append({"scan_id": scan_id, "sha256": sha256, "size": len(data), "filename": path.name,
                           "source": {"path": str(path)}, "date": now_iso()})
             yield Submitted(path, scan_id)
@@ -89,7 +93,10 @@ class ClusterClient:
 
     def _publish(self, roots: list[dict[str, Any]], notify: str | None) -> None:
         self.archive.flush()  # the workers must find the index rows before the message
-        self.app.send_task("stoq.publish", args=(self.profile, st.wrap(self.r, roots), notify), queue=DEFAULT_QUEUE)
+        shown = ", ".join(f"{root['scan_id']} {root['filename']}" for root in roots[:3])
+        self.app.send_task("stoq.publish", args=(self.profile, st.wrap(self.r, roots), notify), queue=DEFAULT_QUEUE,
+                           argsrepr=f"(profile {self.profile}, {len(roots)} roots: {shown}{', ...' if len(roots) > 3 else ''})",
+                           kwargsrepr="")
 
     def _oversized(self, path: Path, scan_id: str, notify: str | None) -> None:
         """An input over ``max_file_bytes`` is only hashed and typed, here; the store connector saves it."""
@@ -113,11 +120,12 @@ class ClusterClient:
                     last = time.monotonic()
                 continue
             last = time.monotonic()
-            raw = popped[1]
-            doc = orjson.loads(raw)
-            if doc["scan_id"] in waiting:  # a redelivered connector may notify twice
-                waiting.discard(doc["scan_id"])
-                yield doc, raw
+            batch = [popped[1]] + (self.r.lpop(notify, 1000) or [])  # whatever else is ready, in one trip
+            for raw in batch:
+                doc = orjson.loads(raw)
+                if doc["scan_id"] in waiting:  # a redelivered connector may notify twice
+                    waiting.discard(doc["scan_id"])
+                    yield doc, raw
         self.r.delete(notify)
 
     def close(self) -> None:

@@ -139,15 +139,28 @@ def send_wave(app: Celery, r: redis.Redis, scans: list[ScanState],
             header.append((plugin, profile, refs[at:at + batch_max]))
     answer_limit = max(256, st.INLINE_LIMIT // max(1, len(header)))
     sigs = [signature(names[plugin], args=(profile, st.wrap(r, chunk)), kwargs={"limit": answer_limit},
-                      queue=plugin, app=app)
+                      queue=plugin, app=app, argsrepr=describe_refs(profile, chunk), kwargsrepr="")
             for plugin, profile, chunk in header]
     batch = st.wrap(r, {"scans": [[s.scan_id, s.wave] for s in scans], "parts": keys})
-    chord(sigs)(signature("stoq.collect", args=(batch,), queue=DEFAULT_QUEUE, app=app))
+    chord(sigs)(signature("stoq.collect", args=(batch,), queue=DEFAULT_QUEUE, app=app,
+                          argsrepr=describe_ids("scans", [s.scan_id for s in scans]), kwargsrepr=""))
+
+
+def describe_ids(what: str, ids: list[str]) -> str:
+    """A task's arguments as Flower and the logs show them: short, readable, computed cheaply
+    (Celery's own repr of a batch of references costs more than a plugin run on a small file)."""
+    shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+    return f"({len(ids)} {what}: {shown})"
+
+
+def describe_refs(profile: str, refs: list[dict[str, Any]]) -> str:
+    return f"(profile {profile}, " + describe_ids("payloads", [f"{r['payload_id']} {r['filename']}" for r in refs])[1:]
 
 
 def send_store(app: Celery, scan_ids: list[str]) -> None:
     if scan_ids:
-        app.send_task("stoq.connector.store", args=(scan_ids,), queue=DEFAULT_QUEUE)
+        app.send_task("stoq.connector.store", args=(scan_ids,), queue=DEFAULT_QUEUE,
+                      argsrepr=describe_ids("scans", scan_ids), kwargsrepr="")
 
 
 def commit(pipe: Any, scans: list[ScanState]) -> None:
