@@ -246,3 +246,43 @@ def test_rabbitmq_as_broker(tmp_path: Path, testplugins_site: Path, cluster: Clu
         assert normal(doc) == normal(json.loads(embedded.stdout)[0])
     finally:
         c.stop()
+
+
+def test_the_no_docker_topology_script_runs_a_submission(tmp_path: Path, testplugins_site: Path,
+                                                         cluster: Cluster) -> None:
+    """scripts/stoq-cluster starts one worker per group (here: plugins, and stoq's own queue)."""
+    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {
+        "STOQ_CLUSTER_GROUPS": "yara,peinfo stoq", "STOQ_CLUSTER_DIR": str(tmp_path / "run"), "STOQ_BIN": str(BIN)}
+    for url in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]):
+        redis.Redis.from_url(url).flushdb()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "stoq-cluster"
+    subprocess.run([str(script), "start"], env=env, check=True, capture_output=True, timeout=120)
+    try:
+        c = Cluster(tmp_path, env, subprocess.Popen(["true"]), tmp_path / "run" / "worker1.log")
+        got = c.stoq("submit", str(CORPUS / "test.exe"), "--workers", "yara,peinfo", "-o", f"yara.rules={BENCH_RULES}",
+                     "--format", "json", timeout=120)
+        assert got.returncode == 0, got.stderr
+        (doc,) = json.loads(got.stdout)
+        validate(doc)
+        assert sorted(doc["results"][0]["workers"]) == ["peinfo", "yara"]
+    finally:
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=60)
+
+
+def test_compose_serves_every_plugin_queue_and_stoqs_own() -> None:
+    import yaml
+
+    from stoq.registry import Registry
+
+    services = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())["services"]
+    served: set[str] = set()
+    for svc in services.values():
+        command = svc.get("entrypoint") or []
+        if command[:4] == ["celery", "-A", "stoq", "worker"]:
+            served |= set(command[command.index("-Q") + 1].split(","))
+            assert svc["environment"]["STOQ_BROKER_URL"].startswith("redis://")
+    bundled = {e.name for e in Registry.discover().entries.values() if e.cls is not None
+               and e.cls.category in ("worker", "carver", "extractor", "decoder", "reader")
+               and e.cls.__module__.startswith("stoq_plugins")}
+    assert bundled and bundled | {"stoq"} <= served
+    assert services["submit"]["command"][0] == "submit"
