@@ -1,4 +1,4 @@
-# stoq image: the CLI and (with the distributed issue) the Celery workers. Not built in CI: Docker does
+# stoq image: the CLI and the Celery workers (`celery -A stoq worker`). Not built in CI: Docker does
 # not run on the project's machines; the same topology runs without Docker (see docs/architecture.md).
 FROM python:3.11-slim
 RUN apt-get update \

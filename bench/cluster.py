@@ -61,7 +61,8 @@ class Workers:
         subprocess.run([str(BIN / "stoq"), "db", "upgrade"], env=self.env, check=True, capture_output=True)
         self.proc = subprocess.Popen([str(BIN / "celery"), "-A", "stoq", "worker", "-c", str(procs), "--without-gossip",
                                       "--without-mingle", "--without-heartbeat", "-l", "warning",
-                                      "--logfile", str(self.work / "worker.log")], env=self.env, cwd=self.work)
+                                      "--logfile", str(self.work / "worker.log")], env=self.env, cwd=self.work,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ping = [str(BIN / "celery"), "-A", "stoq", "inspect", "ping", "-t", "1"]
         while subprocess.run(ping, env=self.env, capture_output=True).returncode != 0:
             if self.proc.poll() is not None:
@@ -143,7 +144,6 @@ def costs(files: Path, count: int) -> dict[str, Any]:
                 "SELECT xact_commit FROM pg_stat_database WHERE datname = 'stoq_bench'")).scalar()
             conn.execute(text("SELECT pg_stat_clear_snapshot()"))
             c0, x0 = calls(), commits()
-            workers.env["STOQ_MEASURE_MESSAGES"] = "1"
             workers.submit(files, count)
             time.sleep(1)  # statistics are reported by backends asynchronously
             conn.execute(text("SELECT pg_stat_clear_snapshot()"))

@@ -98,6 +98,9 @@ def normal_flag(flag: str) -> str:
 
 
 OCTET_STREAM = "application/octet-stream"
+#: The plugin option every plugin has, owned by the framework: its time limit in seconds
+#: (``-o yara.time_limit=30``, ``STOQ_YARA__TIME_LIMIT``); the global default is ``timeout``.
+TIME_LIMIT = "time_limit"
 
 
 def hashes(content: bytes) -> dict[str, Any]:
@@ -130,14 +133,14 @@ class Engine:
         self.options: dict[str, PluginOptions] = {}
         self.timeouts: dict[str, float] = {}
         for name, values in settings.plugins.items():
-            if "timeout" in values:  # the framework's option, valid for every plugin
+            if TIME_LIMIT in values:  # the framework's option, valid for every plugin
                 values = dict(values)
                 try:
-                    self.timeouts[name] = float(values.pop("timeout"))
+                    self.timeouts[name] = float(values.pop(TIME_LIMIT))
                 except ValueError:
-                    raise ConfigError(f"{name}.timeout must be a number of seconds") from None
+                    raise ConfigError(f"{name}.{TIME_LIMIT} must be a number of seconds") from None
                 if not self.timeouts[name] > 0:
-                    raise ConfigError(f"{name}.timeout must be positive")
+                    raise ConfigError(f"{name}.{TIME_LIMIT} must be positive")
             if name in self.registry.entries:
                 self.options[name] = make_options(self.registry.get(name), values)
             else:
@@ -176,7 +179,7 @@ class Engine:
         return plugin
 
     def timeout_for(self, name: str) -> float:
-        """Seconds ``name`` may spend on one payload: its ``timeout`` option, else the global one."""
+        """Seconds ``name`` may spend on one payload: its ``time_limit`` option, else ``timeout``."""
         return self.timeouts.get(name, self.settings.timeout)
 
     def call_options(self, plugin: ScanPlugin, planned: Planned) -> PluginOptions:
@@ -219,11 +222,15 @@ class Engine:
         return Analysis(record, errors, children)
 
     def begin(self, item: Pending, budget: Budget, *, skip: SkipMap | None = None,
-              activity: Activity = Activity()) -> Started:
+              activity: Activity = Activity(), quarantined: str | None = None) -> Started:
         """The first half of the scan step: hashes, type, duplicates, archive, plugin plan.
 
         ``item.content`` may be None when the payload is already in the archive (the cluster's
-        children): it is then read back by ``item.sha256``."""
+        children): it is then read back by ``item.sha256``. ``quarantined`` (a message) says this
+        payload took its worker down while being typed or dispatched: it is then neither typed by
+        libmagic nor matched by the dispatch rules, and the message is a ``crash`` error."""
+        if quarantined is not None:
+            skip = dict(skip or {}) | {(item.sha256 or "", "libmagic"): ("crash", quarantined)}
         payload_id = new_id()
         errors: list[ScanErrorEntry] = []
         content = item.content
@@ -262,6 +269,8 @@ class Engine:
 
         can_extract = item.depth < self.limits.max_depth
         try:
+            if quarantined is not None:
+                raise yara.Error("skipped: " + quarantined)
             plan, cut = self.dispatcher.plan(content, record.mime, can_extract)
         except yara.Error as exc:
             errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules failed: {exc}"))

@@ -190,7 +190,7 @@ def test_a_native_hang_is_killed_by_the_guard_and_quarantined(cluster: Cluster, 
     hang = tmp_path / "hang.bin"
     hang.write_bytes(b"SLEEP")
     started = time.monotonic()
-    got = cluster.stoq("submit", str(hang), "--workers", "sleeper", "-o", "sleeper.timeout=1", "--format", "json",
+    got = cluster.stoq("submit", str(hang), "--workers", "sleeper", "-o", "sleeper.time_limit=1", "--format", "json",
                        timeout=240)
     elapsed = time.monotonic() - started
     assert got.returncode == 1, got.stderr
@@ -286,3 +286,22 @@ def test_compose_serves_every_plugin_queue_and_stoqs_own() -> None:
                and e.cls.__module__.startswith("stoq_plugins")}
     assert bundled and bundled | {"stoq"} <= served
     assert services["submit"]["command"][0] == "submit"
+
+
+def test_settings_the_workers_cannot_run_are_refused_to_the_client(cluster: Cluster) -> None:
+    """A rule file that exists on the client's side only: the publisher cannot start yara, and the
+    waiting client is told so (exit 4) instead of waiting for ever."""
+    got = cluster.stoq("submit", str(CORPUS / "test.txt"), "--workers", "yara", "-o", "yara.rules=/nonexistent/r.yar",
+                       timeout=60)
+    assert got.returncode == 4, got.stderr
+    assert b"the cluster refused scan" in got.stderr and b"plugin 'yara' cannot start" in got.stderr
+    assert got.stdout == b""
+
+
+def test_celeryconfig_overrides_stoqs_defaults(tmp_path: Path) -> None:
+    (tmp_path / "celeryconfig.py").write_text("worker_prefetch_multiplier = 7\nbroker_url = 'redis://127.0.0.1:6379/3'\n")
+    code = ("from stoq.tasks.config import make_app; a = make_app(); "
+            "print(a.conf.worker_prefetch_multiplier, a.conf.broker_url, a.conf.task_serializer)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")} | {"PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, check=True).stdout
+    assert out.split() == [b"7", b"redis://127.0.0.1:6379/3", b"json"]

@@ -143,6 +143,9 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
                 show_progress: bool | None) -> ExitCode:
     """Submits ``files`` to the cluster; waits for and writes their documents (or, with ``--no-wait``,
     prints one scan id per line)."""
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
     from stoq.tasks.client import ClusterClient, new_notify_key
 
     try:
@@ -167,6 +170,10 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
             if notify is not None:
                 for doc, raw in client.documents(notify, scan_ids):
                     bar.step()
+                    if "refused" in doc:  # the workers cannot run this submission's settings
+                        typer.echo(f"stoq: the cluster refused scan {doc['scan_id']}: {doc['refused']}", err=True)
+                        code = max(code, ExitCode.CONFIG)
+                        continue
                     if doc["errors"]:
                         code = max(code, ExitCode.PLUGIN_ERRORS)
                     writer.write(doc, raw)
@@ -175,6 +182,8 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
                 f"{i}\n" for i in sent_ids).encode()
             sys.stdout.buffer.write(out)
             sys.stdout.buffer.flush()
+    except (OperationalError, RedisConnectionError) as exc:  # the broker or Redis went away meanwhile
+        raise fail(f"lost the cluster: {exc}", ExitCode.CONFIG) from None
     finally:
         if wait:
             writer.close()

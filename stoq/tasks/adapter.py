@@ -31,20 +31,9 @@ from stoq.plugin import SCAN_CATEGORIES
 from stoq.registry import Registry
 from stoq.tasks import pipeline
 from stoq.tasks import state as st
-from stoq.tasks.guard import Guard
+from stoq.tasks.guard import Guard, process_guard
 
-_GUARD: Guard | None = None
 DEFAULT_QUEUE = pipeline.DEFAULT_QUEUE
-
-
-def guard() -> Guard:
-    """This process's guard (forked on first use, so each pool process has its own)."""
-    global _GUARD
-    import os
-
-    if _GUARD is None or _GUARD._worker != os.getpid():
-        _GUARD = Guard()
-    return _GUARD
 
 
 def task_name(category: str, name: str) -> str:
@@ -56,14 +45,10 @@ def run_batch(app: Celery, plugin: str, task_id: str | None, profile_id: str, re
     r = pipeline.redis_client(app)
     refs = st.unwrap(r, refs)
     eng = pipeline.engine_for(r, profile_id)
-    g = guard()
+    g = process_guard()
     g.timeout_for = eng.timeout_for
     key = f"{st.PREFIX}tries:{task_id}"
-    with r.pipeline(transaction=False) as pipe:
-        pipe.hincrby(key, "deliveries", 1)
-        pipe.expire(key, st.BLOB_TTL)
-        deliveries = pipe.execute()[0]
-    if deliveries == 1:
+    if st.deliveries(r, key) == 1:
         answers = [eng.run_on(plugin, ref, g) for ref in refs]
     else:
         answers = careful(r, key, eng, plugin, refs, g)

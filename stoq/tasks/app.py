@@ -18,16 +18,16 @@ from stoq.tasks.adapter import register_plugins  # noqa: E402
 PLUGIN_TASKS = register_plugins(app)
 
 
-@app.task(name="stoq.publish", queue=pipeline.DEFAULT_QUEUE, ignore_result=True)
-def publish(profile_id: str, roots: Any, notify: str | None = None) -> None:
+@app.task(name="stoq.publish", queue=pipeline.DEFAULT_QUEUE, ignore_result=True, bind=True)
+def publish(self: Any, profile_id: str, roots: Any, notify: str | None = None) -> None:
     """Starts scans: hashes, types and dispatches each root, then fans out to the plugin queues."""
-    pipeline.publish(app, profile_id, roots, notify)
+    pipeline.publish(app, profile_id, roots, notify, self.request.id)
 
 
-@app.task(name="stoq.collect", queue=pipeline.DEFAULT_QUEUE, ignore_result=True)
-def collect(results: list[Any], batch: Any) -> None:
+@app.task(name="stoq.collect", queue=pipeline.DEFAULT_QUEUE, ignore_result=True, bind=True)
+def collect(self: Any, results: list[Any], batch: Any) -> None:
     """A wave's chord callback: applies the plugins' answers, sends the next wave or the connectors."""
-    pipeline.collect(app, results, batch)
+    pipeline.collect(app, results, batch, self.request.id)
 
 
 @app.task(name="stoq.connector.store", queue=pipeline.DEFAULT_QUEUE, ignore_result=True,

@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from stoq.engine import TIME_LIMIT
 from stoq.tasks.guard import HARD_GRACE
 
 #: Redis redelivers an unacknowledged task after this many seconds (kombu's default).
@@ -19,28 +20,34 @@ class SettingsRefused(SystemExit):
 
 def longest_task(settings: Any) -> float:
     """Seconds the longest plugin task may run: a full batch, each payload up to its hard limit."""
-    limits = [settings.timeout] + [float(o["timeout"]) for o in settings.plugins.values() if "timeout" in o]
+    limits = [settings.timeout] + [float(o[TIME_LIMIT]) for o in settings.plugins.values() if TIME_LIMIT in o]
     return settings.batch_max * (max(limits) + HARD_GRACE)
 
 
-def refuse_bad_settings(app: Celery) -> None:
-    """Refuses a Redis visibility timeout shorter than the longest task: Redis would hand a task that
-    is still running to a second worker, and the batch would run twice."""
-    from stoq.tasks.pipeline import worker_settings
-
-    settings = worker_settings()
+def visibility_problem(app: Celery, settings: Any) -> str | None:
+    """Why ``settings`` cannot run on this broker, or None: a Redis visibility timeout shorter than the
+    longest task would hand a task that is still running to a second worker (the batch would run twice)."""
     broker = str(app.conf.broker_url or "")
     if not broker.startswith(("redis://", "rediss://", "redis+socket://")):
-        return
+        return None
     options = app.conf.broker_transport_options or {}
     visibility = float(options.get("visibility_timeout", REDIS_DEFAULT_VISIBILITY))
     needed = longest_task(settings)
-    if visibility <= needed:
-        raise SettingsRefused(
-            f"stoq: refusing to start: the Redis visibility timeout ({visibility:g} s) is not longer than the "
-            f"longest plugin task ({needed:g} s = batch_max {settings.batch_max} x (time limit + {HARD_GRACE:g} s "
-            f"grace)); a running task would be delivered twice. Raise broker_transport_options"
-            f"['visibility_timeout'] (STOQ_VISIBILITY_TIMEOUT) or lower STOQ_BATCH_MAX / the time limits.")
+    if visibility > needed:
+        return None
+    return (f"the Redis visibility timeout ({visibility:g} s) is not longer than the longest plugin task "
+            f"({needed:g} s = batch_max {settings.batch_max} x (time limit + {HARD_GRACE:g} s grace)); a running "
+            f"task would be delivered twice. Raise broker_transport_options['visibility_timeout'] "
+            f"(STOQ_VISIBILITY_TIMEOUT) or lower STOQ_BATCH_MAX / the time limits.")
+
+
+def refuse_bad_settings(app: Celery) -> None:
+    """A worker does not start with settings that would break a guarantee (see ``visibility_problem``)."""
+    from stoq.tasks.pipeline import worker_settings
+
+    problem = visibility_problem(app, worker_settings())
+    if problem:
+        raise SettingsRefused(f"stoq: refusing to start: {problem}")
 
 
 def watch_message_sizes(app: Celery) -> None:

@@ -56,6 +56,9 @@ class ClusterClient:
         self.app = app = make_app("stoq-client")  # sends by name: no plugin needs importing here
         self.settings = settings
         self.r = st.connect(str(app.conf.result_backend))
+        self.r.ping()
+        with app.connection_for_write() as conn:  # fail now, not in the middle of a directory
+            conn.ensure_connection(max_retries=1, timeout=5)
         self.archive = open_archive(settings.archiver, settings.resolved_archive())
         self.archive.prepare()
         self.profile = st.put_profile(self.r, st.profile_of(settings))

@@ -6,8 +6,10 @@ then ``STOQ_*`` environment variables inside it.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import types
 from typing import Any
 
 from celery import Celery
@@ -33,11 +35,18 @@ def defaults() -> dict[str, Any]:
     }
 
 
+def deployer_settings() -> dict[str, Any]:
+    """The settings in the deployer's ``celeryconfig.py`` (lower-case module attributes), if importable."""
+    if importlib.util.find_spec("celeryconfig") is None:
+        return {}
+    module = importlib.import_module("celeryconfig")
+    return {key: value for key, value in vars(module).items()
+            if key[:1].islower() and not isinstance(value, types.ModuleType) and not callable(value)}
+
+
 def make_app(name: str = "stoq") -> Celery:
-    """A Celery app with stoq's settings and no tasks registered (enough to send tasks by name)."""
+    """A Celery app with stoq's settings and no tasks registered (enough to send tasks by name):
+    stoq's defaults, overridden by ``celeryconfig.py``."""
     app = Celery(name)
-    if importlib.util.find_spec("celeryconfig") is not None:
-        app.config_from_object("celeryconfig")
-    for key, value in defaults().items():
-        app.conf.setdefault(key, value)
+    app.conf.update(defaults() | deployer_settings())
     return app

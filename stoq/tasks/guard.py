@@ -61,3 +61,14 @@ class Guard(Activity):
                 os.kill(self._worker, signal.SIGKILL)
                 return
             time.sleep(POLL)
+
+
+_GUARD: Guard | None = None
+
+
+def process_guard() -> Guard:
+    """This process's guard (forked on first use, so each pool process has its own)."""
+    global _GUARD
+    if _GUARD is None or _GUARD._worker != os.getpid():
+        _GUARD = Guard()
+    return _GUARD

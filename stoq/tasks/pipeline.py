@@ -28,13 +28,14 @@ from typing import Any
 import redis
 from celery import Celery, chord, signature
 
-from stoq.config import Settings, load_settings
+from stoq.config import ConfigError, Settings, load_settings
 from stoq.dispatch import Planned
 from stoq.engine import Engine, Pending
 from stoq.limits import Budget
 from stoq.model import SCHEMA_VERSION, PayloadRecord, clean, new_id
 from stoq.tasks import state as st
 from stoq.tasks.config import DEFAULT_QUEUE
+from stoq.tasks.guard import process_guard
 from stoq.tasks.state import ScanState
 
 log = logging.getLogger(__name__)
@@ -73,15 +74,51 @@ def engine_for(r: redis.Redis, profile_id: str) -> Engine:
 
 # -- the two halves of a wave ------------------------------------------------------------------------
 
-def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+class Careful:
+    """A redelivered publisher or collector (a worker died in it): each payload's typing and dispatch
+    is recorded, and one that was being begun every time a worker died is quarantined (begun without
+    libmagic and dispatch rules) instead of taking the next worker down too."""
+
+    def __init__(self, r: redis.Redis, key: str) -> None:
+        self.r, self.key = r, key
+        self.known = {k.decode(): int(v) for k, v in r.hgetall(key).items()}
+        self.limit = worker_settings().quarantine_after
+
+    def before(self, token: str) -> str | None:
+        """None to go ahead; else the quarantine message."""
+        if f"d:{token}" in self.known:
+            return None
+        attempts = 1 + self.known.get(f"s:{token}", 0)  # the first delivery, then each careful start
+        if attempts >= self.limit:
+            return f"the worker process died or hung while typing or dispatching this payload {attempts} times; quarantined"
+        self.r.hincrby(self.key, f"s:{token}", 1)
+        return None
+
+    def after(self, token: str) -> None:
+        self.r.hset(self.key, f"d:{token}", 1)
+
+
+def careful_for(r: redis.Redis, task_id: str | None) -> Careful | None:
+    key = f"{st.PREFIX}tries:{task_id}"
+    return None if task_id is None or st.deliveries(r, key) == 1 else Careful(r, key)
+
+
+def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]],
+                careful: Careful | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Begins each scan's wave (new token, pending records); returns the plugin work: (profile,
-    plugin) -> references, in wave order."""
+    plugin) -> references, in wave order. Typing runs under the guard's hard time limit."""
     parts: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    guard = process_guard()
     for scan, items in waves:
         eng = engine_for(r, scan.profile)
+        guard.timeout_for = eng.timeout_for
         scan.wave, scan.pending = new_id(), []
         for item in items:
-            started = eng.begin(item, scan.budget)
+            token = f"{scan.scan_id}:{item.sha256}"
+            quarantined = careful.before(token) if careful else None
+            started = eng.begin(item, scan.budget, activity=guard, quarantined=quarantined)
+            if careful:
+                careful.after(token)
             rec = started.record
             scan.pending.append({"record": rec.as_dict(), "errors": [e.as_dict() for e in started.errors],
                                  "plan": [[p.name, p.overrides, list(p.rules), p.save] for p in started.plan]})
@@ -137,7 +174,7 @@ def send_wave(app: Celery, r: redis.Redis, scans: list[ScanState],
         for at in range(0, len(refs), batch_max):
             keys.append([profile, plugin])
             header.append((plugin, profile, refs[at:at + batch_max]))
-    answer_limit = max(256, st.INLINE_LIMIT // max(1, len(header)))
+    answer_limit = st.INLINE_LIMIT // max(1, len(header))  # the answers share the callback's message
     sigs = [signature(names[plugin], args=(profile, st.wrap(r, chunk)), kwargs={"limit": answer_limit},
                       queue=plugin, app=app, argsrepr=describe_refs(profile, chunk), kwargsrepr="")
             for plugin, profile, chunk in header]
@@ -175,10 +212,10 @@ def commit(pipe: Any, scans: list[ScanState]) -> None:
 
 
 def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]],
-           finished: list[ScanState], pipe: Any) -> None:
+           finished: list[ScanState], pipe: Any, careful: Careful | None = None) -> None:
     """Begins the next waves, commits every state in ``pipe`` (a watched pipeline or a plain one),
     then sends the next chord and the store connector for finished scans."""
-    parts = begin_waves(r, waves)
+    parts = begin_waves(r, waves, careful)
     waiting = []
     for scan, _ in waves:
         if any(entry["plan"] for entry in scan.pending):
@@ -198,12 +235,23 @@ def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pendin
 
 # -- the tasks' bodies ---------------------------------------------------------------------------------
 
-def publish(app: Celery, profile_id: str, roots: Any, notify: str | None) -> None:
+def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_id: str | None = None) -> None:
     """Starts a scan per root reference: ``{"scan_id", "sha256", "size", "filename", "source", "date"}``.
-    A redelivered publish skips the scans it already started."""
+    A redelivered publish skips the scans it already started. A profile this worker cannot run (an
+    unknown plugin, a bad option, a rule file missing here, limits too long for the broker) refuses
+    the scans: the waiting client is told why."""
+    from stoq.tasks.checks import visibility_problem
+
     r = redis_client(app)
     roots = st.unwrap(r, roots)
-    eng = engine_for(r, profile_id)
+    try:
+        eng = engine_for(r, profile_id)
+        problem = visibility_problem(app, eng.settings)
+        if problem:
+            raise ConfigError(problem)
+    except (ConfigError, LookupError) as exc:
+        refuse(r, roots, notify, f"{type(exc).__name__}: {exc}")
+        return
     known = st.load_states(r, [root["scan_id"] for root in roots])
     waves = []
     for root, existing in zip(roots, known):
@@ -212,11 +260,22 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None) -> Non
         scan = ScanState(root["scan_id"], root["date"], root["source"], profile_id, notify, eng.limits,
                          Budget(eng.limits))
         waves.append((scan, [Pending(None, root["filename"], sha256=root["sha256"], known_size=root["size"])]))
+    careful = careful_for(r, task_id)
     with r.pipeline() as pipe:
-        settle(app, r, waves, [], pipe)
+        settle(app, r, waves, [], pipe, careful)
 
 
-def collect(app: Celery, results: list[Any], batch: Any) -> None:
+def refuse(r: redis.Redis, roots: list[dict[str, Any]], notify: str | None, message: str) -> None:
+    log.error("refusing %d scan(s) of a submission: %s", len(roots), message)
+    if notify:
+        with r.pipeline(transaction=False) as pipe:
+            for root in roots:
+                pipe.rpush(notify, st.dumps({"scan_id": root["scan_id"], "refused": message}))
+            pipe.expire(notify, st.BLOB_TTL)
+            pipe.execute()
+
+
+def collect(app: Celery, results: list[Any], batch: Any, task_id: str | None = None) -> None:
     """The chord's callback: applies a wave's answers, then settles the scans (next wave or done)."""
     r = redis_client(app)
     batch = st.unwrap(r, batch)
@@ -226,6 +285,7 @@ def collect(app: Celery, results: list[Any], batch: Any) -> None:
             answers[(answer["payload_id"], plugin)] = answer
     tokens = dict(batch["scans"])
     keys = [st.scan_key(s) for s in tokens]
+    careful = careful_for(r, task_id)
     for _attempt in range(20):
         with r.pipeline() as pipe:
             try:
@@ -239,7 +299,7 @@ def collect(app: Celery, results: list[Any], batch: Any) -> None:
                         waves.append((scan, children))
                     else:
                         finished.append(scan)
-                settle(app, r, waves, finished, pipe)
+                settle(app, r, waves, finished, pipe, careful)
                 return
             except redis.WatchError:
                 continue  # the sweeper touched one of these scans: read them again

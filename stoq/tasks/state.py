@@ -73,6 +73,14 @@ def unwrap(r: redis.Redis, value: Any) -> Any:
     return value
 
 
+def deliveries(r: redis.Redis, key: str) -> int:
+    """Counts one more delivery of a task (``key`` = ``stoq:tries:<task id>``); returns the count."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.hincrby(key, "deliveries", 1)
+        pipe.expire(key, BLOB_TTL)
+        return int(pipe.execute()[0])
+
+
 # -- profiles: the scan settings a submission brings -------------------------------------------------
 
 PROFILE_FIELDS = ("workers", "plugins", "dispatch_rules", "max_depth", "max_children", "max_bytes",
