@@ -49,6 +49,7 @@ class Settings(BaseModel):
     archive: str = Field("", description="Directory of the content-addressed payload archive (default: in the user data dir).")
     archiver: Literal["pack", "directory", "none", "postgres"] = Field("pack", description="Archive layout: pack files (fast), a file per payload, none, or postgres (a PostgreSQL table, for a cluster without a shared filesystem; archive is then the PostgreSQL URL).")
     workers: list[str] = Field(default_factory=list, description="Plugins run on every payload.")
+    connectors: list[str] = Field(default_factory=list, description="Connector plugins that receive every finished document, besides the result store.")
     dispatch_rules: str = Field("", description="YARA dispatch rule file (default: the bundled rules; 'none' disables).")
     max_depth: int = Field(8, ge=0, description="Deepest level of extracted children (root is 0).")
     max_children: int = Field(1000, ge=0, description="Most extracted payloads in one scan.")
@@ -63,7 +64,7 @@ class Settings(BaseModel):
     quarantine_after: int = Field(2, ge=2, description="Cluster: attempts of a payload whose plugin run kills its worker before it is quarantined.")
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Options per plugin.")
 
-    @field_validator("workers", mode="before")
+    @field_validator("workers", "connectors", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         return split_list(value)

@@ -282,7 +282,7 @@ def test_compose_serves_every_plugin_queue_and_stoqs_own() -> None:
             served |= set(command[command.index("-Q") + 1].split(","))
             assert svc["environment"]["STOQ_BROKER_URL"].startswith("redis://")
     bundled = {e.name for e in Registry.discover().entries.values() if e.cls is not None
-               and e.cls.category in ("worker", "carver", "extractor", "decoder", "reader")
+               and e.cls.category in ("worker", "carver", "extractor", "decoder", "reader", "connector")
                and e.cls.__module__.startswith("stoq_plugins")}
     assert bundled and bundled | {"stoq"} <= served
     assert services["submit"]["command"][0] == "submit"
@@ -305,3 +305,20 @@ def test_celeryconfig_overrides_stoqs_defaults(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")} | {"PYTHONPATH": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, check=True).stdout
     assert out.split() == [b"7", b"redis://127.0.0.1:6379/3", b"json"]
+
+
+def test_a_configured_connector_runs_after_the_store(cluster: Cluster, tmp_path: Path) -> None:
+    """`--connectors jsonl`: the chain saves to PostgreSQL, then the jsonl connector task appends each
+    document, read back from the store, to its file."""
+    out = tmp_path / "sink.jsonl"
+    files = [CORPUS / "test.zip", CORPUS / "test.exe"]
+    got = cluster.stoq("submit", *map(str, files), "--connectors", "jsonl", "-o", f"jsonl.path={out}",
+                       "--workers", "peinfo", "--format", "jsonl", timeout=120)
+    assert got.returncode == 0, got.stderr
+    printed = jsonl(got.stdout)
+    deadline = time.monotonic() + 30
+    while not out.exists() or out.read_bytes().count(b"\n") < 2:
+        assert time.monotonic() < deadline, "the connector never wrote"
+        time.sleep(0.2)
+    assert jsonl(out.read_bytes()) == printed
+    assert oct(out.stat().st_mode & 0o777) == "0o600"

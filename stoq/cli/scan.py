@@ -15,6 +15,7 @@ from stoq.cli import ExitCode, app, fail
 from stoq.cli.output import Format, TemplateFailure, Writer
 from stoq.config import ConfigError, Settings, load_settings, parse_plugin_options
 
+ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
 WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", help="Plugins to run on every payload, comma-separated.")]
 OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
 DepthOpt = Annotated[Optional[int], typer.Option("--max-depth", min=0, help="Deepest extracted level (root is 0). Default 8.")]
@@ -29,9 +30,10 @@ PathsArg = Annotated[list[Path], typer.Argument(help="Files or directories to sc
 
 
 def settings_from(config: Path | None, workers: str | None, options: list[str] | None, max_depth: int | None,
-                  jobs: int | None) -> Settings:
+                  jobs: int | None, connectors: str | None = None) -> Settings:
     try:
-        return load_settings(config, overrides={"workers": workers, "max_depth": max_depth, "jobs": jobs},
+        return load_settings(config, overrides={"workers": workers, "max_depth": max_depth, "jobs": jobs,
+                                                "connectors": connectors},
                              plugin_options=parse_plugin_options(options or []))
     except ConfigError as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
@@ -104,9 +106,23 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             loader = StoreLoader(settings.resolved_database_url())
         except Exception as exc:  # NotMigrated, StoreError: said before anything is scanned
             raise fail(str(exc), ExitCode.STORE) from None
+    from stoq.connectors import deliver, open_connectors
+
+    try:
+        connectors = open_connectors(settings, engine.registry)
+    except ConfigError as exc:
+        raise fail(str(exc), ExitCode.CONFIG) from None
     code = ExitCode.OK
     batch: list[dict[str, Any]] = []
     last_flush = time.monotonic()
+
+    def flush(docs: list[dict[str, Any]]) -> ExitCode:
+        if loader is not None:
+            loader.save(docs)
+        failures = deliver(connectors, docs)
+        for failure in failures:
+            typer.echo(f"stoq: {failure}", err=True)
+        return ExitCode.STORE if failures else ExitCode.OK
     hooks = {"started": loader.start, "before_fork": loader.join} if loader else {}
     try:
         with Progress(len(files), show_progress) as bar:
@@ -120,15 +136,15 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
                 if doc["errors"]:
                     code = max(code, ExitCode.PLUGIN_ERRORS)
                 writer.write(doc, outcome.document)
-                if loader is None:
+                if loader is None and not connectors:
                     continue
                 batch.append(doc)
                 if len(batch) >= 100 or time.monotonic() - last_flush > 0.5:
-                    loader.save(batch)
+                    code = max(code, flush(batch))
                     batch, last_flush = [], time.monotonic()
+        if batch:
+            code = max(code, flush(batch))
         if loader is not None:
-            if batch:
-                loader.save(batch)
             loader.finish()
     except Exception as exc:
         if type(exc).__name__ in ("NotMigrated", "StoreError"):
@@ -193,8 +209,8 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
 
 def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None, max_depth: int | None,
           jobs: int | None, fmt: Format, template: Path | None, config: Path | None, store: bool,
-          show_progress: bool | None, submit: bool, wait: bool = True) -> None:
-    settings = settings_from(config, workers, options, max_depth, jobs)
+          show_progress: bool | None, submit: bool, wait: bool = True, connectors: str | None = None) -> None:
+    settings = settings_from(config, workers, options, max_depth, jobs, connectors)
     files, problems = collect(paths, recursive)
     for problem in problems:
         typer.echo(f"stoq: {problem}", err=True)
@@ -218,9 +234,10 @@ def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list
 def scan(paths: PathsArg, recursive: RecursiveOpt = False, workers: WorkersOpt = None, option: OptionOpt = None,
          max_depth: DepthOpt = None, jobs: JobsOpt = None, format: FormatOpt = Format.jsonl,
          template: TemplateOpt = None, config: ConfigOpt = None, store: StoreOpt = True,
-         show_progress: ProgressOpt = None) -> None:
+         show_progress: ProgressOpt = None, connectors: ConnectorsOpt = None) -> None:
     """Scan files here, in this machine's processes: no broker, no database server."""
-    _scan(paths, recursive, workers, option, max_depth, jobs, format, template, config, store, show_progress, False)
+    _scan(paths, recursive, workers, option, max_depth, jobs, format, template, config, store, show_progress, False,
+          connectors=connectors)
 
 
 @app.command()
@@ -228,8 +245,9 @@ def submit(paths: PathsArg, recursive: RecursiveOpt = False, workers: WorkersOpt
            max_depth: DepthOpt = None, jobs: JobsOpt = None, format: FormatOpt = Format.jsonl,
            template: TemplateOpt = None, config: ConfigOpt = None, store: StoreOpt = True,
            show_progress: ProgressOpt = None,
-           wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Cluster: wait for the documents and print them (default), or print the scan ids at once.")] = True) -> None:
+           wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Cluster: wait for the documents and print them (default), or print the scan ids at once.")] = True,
+           connectors: ConnectorsOpt = None) -> None:
     """Submit files to the cluster (STOQ_BROKER_URL); without a broker, scan them embedded."""
     _scan(paths, recursive, workers, option, max_depth, jobs, format, template, config, store, show_progress, True,
-          wait)
+          wait, connectors)
 

@@ -79,12 +79,41 @@ def careful(r: Any, key: str, eng: Any, plugin: str, refs: list[dict[str, Any]],
     return answers
 
 
+class ConnectorFailed(Exception):
+    """A connector plugin failed on a batch of documents (the task retries it)."""
+
+
+def register_connector(app: Celery, name: str) -> str:
+    """The task ``stoq.connector.<name>`` on queue ``<name>``: reads finished documents from the result
+    store by scan id and gives them to the connector plugin configured by the submission's profile.
+    Delivery is at least once: a retried batch may reach the sink twice."""
+    task = f"stoq.connector.{name}"
+
+    def run(profile_id: str, scan_ids: list[str]) -> None:
+        from stoq.connectors import deliver
+        from stoq.tasks.connect import result_store
+
+        connector = pipeline.connector_for(pipeline.redis_client(app), profile_id, name)
+        docs = [doc for doc in map(result_store().get, scan_ids) if doc is not None]
+        failures = deliver([connector], docs)
+        if failures:
+            raise ConnectorFailed(failures[0])
+
+    run.__doc__ = f"Gives finished documents to the {name!r} connector."
+    app.task(name=task, queue=name, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+             autoretry_for=(ConnectorFailed,), retry_backoff=True, retry_backoff_max=300, max_retries=10)(run)
+    return task
+
+
 def register_plugins(app: Celery, registry: Registry | None = None) -> dict[str, str]:
     """Registers a task per loadable scan plugin; returns plugin name -> task name."""
     registry = registry if registry is not None else Registry.discover()
     names: dict[str, str] = {}
     for entry in registry.entries.values():
         cls = entry.cls
+        if cls is not None and cls.category == "connector":
+            names[cls.name] = register_connector(app, cls.name)
+            continue
         if cls is None or cls.category not in SCAN_CATEGORIES:
             continue
         name = task_name(cls.category, cls.name)

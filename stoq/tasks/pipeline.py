@@ -44,6 +44,7 @@ SWEEP_EVERY = 5.0
 
 _SETTINGS: Settings | None = None
 _ENGINES: OrderedDict[str, Engine] = OrderedDict()
+_CONNECTORS: dict[str, Any] = {}
 
 
 def worker_settings() -> Settings:
@@ -56,6 +57,17 @@ def worker_settings() -> Settings:
 
 def redis_client(app: Celery) -> redis.Redis:
     return st.connect(str(app.conf.result_backend))
+
+
+def connector_for(r: redis.Redis, profile_id: str, name: str) -> Any:
+    """The connector plugin ``name`` set up with a submission's profile (kept per process)."""
+    from stoq.connectors import open_connectors
+
+    key = f"{profile_id}:{name}"
+    if key not in _CONNECTORS:
+        settings = worker_settings().model_copy(update=st.get_profile(r, profile_id) | {"connectors": [name]})
+        (_CONNECTORS[key],) = open_connectors(settings)
+    return _CONNECTORS[key]
 
 
 def engine_for(r: redis.Redis, profile_id: str) -> Engine:
@@ -246,6 +258,8 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
     roots = st.unwrap(r, roots)
     try:
         eng = engine_for(r, profile_id)
+        for name in eng.settings.connectors:  # set up now: a connector that cannot start refuses too
+            connector_for(r, profile_id, name)
         problem = visibility_problem(app, eng.settings)
         if problem:
             raise ConfigError(problem)
@@ -330,6 +344,14 @@ def store(app: Celery, scan_ids: list[str]) -> None:
                 pipe.expire(scan.notify, st.BLOB_TTL)
             pipe.delete(st.scan_key(scan.scan_id))
         pipe.execute()
+    # The chain goes on: each configured connector, with the scans of each submission profile.
+    by_profile: dict[str, list[str]] = {}
+    for scan in scans:
+        by_profile.setdefault(scan.profile, []).append(scan.scan_id)
+    for profile_id, ids in by_profile.items():
+        for name in st.get_profile(r, profile_id).get("connectors") or []:
+            app.send_task(f"stoq.connector.{name}", args=(profile_id, ids), queue=name,
+                          argsrepr=describe_ids("scans", ids), kwargsrepr="")
 
 
 def sweep(app: Celery, now: float | None = None) -> list[str]:

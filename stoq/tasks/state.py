@@ -83,7 +83,7 @@ def deliveries(r: redis.Redis, key: str) -> int:
 
 # -- profiles: the scan settings a submission brings -------------------------------------------------
 
-PROFILE_FIELDS = ("workers", "plugins", "dispatch_rules", "max_depth", "max_children", "max_bytes",
+PROFILE_FIELDS = ("workers", "connectors", "plugins", "dispatch_rules", "max_depth", "max_children", "max_bytes",
                   "max_file_bytes", "timeout")
 
 
