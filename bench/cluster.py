@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latency", type=int, default=50)
+    parser.add_argument("--costs-only", action="store_true", help="only the instrumented per-payload run")
     args = parser.parse_args()
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "stoq"), str(ROOT / "plugins")], check=True)
     files = Path(tempfile.mkdtemp(prefix="stoq-cbench-files-"))
@@ -170,6 +171,9 @@ def main() -> None:
                     str(args.copies)], check=True, capture_output=True)
     count = sum(len(names) for _, _, names in os.walk(files))
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(files) for f in names)
+    if args.costs_only:
+        print(json.dumps({"files": count, "per_payload": costs(files, count)}, indent=2))
+        return
     runs: dict[str, list[float]] = {"bare1": [], "cluster2": [], "cluster1": []}
     for r in range(args.rounds):
         runs["bare1"].append(bare(files, 1))

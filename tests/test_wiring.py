@@ -11,7 +11,7 @@ import yara
 
 from helpers import ROOT
 from stoq.dispatch import bundled_dispatch_rules
-from stoq.plugin import ScanPlugin
+from stoq.plugin import ConnectorPlugin, ScanPlugin
 from stoq.registry import NAME, Registry
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -32,10 +32,15 @@ def test_each_bundled_plugin_is_declared_tested_and_short(name: str) -> None:
     assert NAME.match(cls.name) and cls.name == name
     assert re.match(r"^\d+(\.\d+)*$", cls.version)
     assert cls.__doc__ and cls.summary()
-    assert issubclass(cls, ScanPlugin)
     for option, field in cls.Options.model_fields.items():
         assert field.description, f"{name}.{option} has no description"
-    cls().setup()  # the defaults work out of the box
+    if cls.category == "connector":  # a sink needs to be told where: its setup says so
+        assert issubclass(cls, ConnectorPlugin)
+        with pytest.raises(ValueError, match=f"{name}.path is not set"):
+            cls().setup()
+    else:
+        assert issubclass(cls, ScanPlugin)
+        cls().setup()  # the defaults work out of the box
     assert (ROOT / "tests" / "plugins" / f"test_plugin_{name}.py").is_file()
     source = ROOT / "plugins" / f"{BUNDLED[name].split(':')[0].rsplit('.', 1)[1]}.py"
     assert len(source.read_text().splitlines()) <= 150, "plugin files stay short: move parsing to a helper"

@@ -66,5 +66,3 @@ app.steps["worker"].add(Sweeper)
 def _check_settings(sender: Any = None, **_: Any) -> None:
     checks.refuse_bad_settings(app)
 
-
-checks.watch_message_sizes(app)

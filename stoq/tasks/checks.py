@@ -50,11 +50,16 @@ def refuse_bad_settings(app: Celery) -> None:
         raise SettingsRefused(f"stoq: refusing to start: {problem}")
 
 
+_WATCHING = False
+
+
 def watch_message_sizes(app: Celery) -> None:
     """With ``STOQ_MEASURE_MESSAGES`` set (tests, benchmarks), records the largest task message body
     and task result, in bytes, in Redis (``stoq:measure:*``) and counts the messages sent."""
-    if not os.environ.get("STOQ_MEASURE_MESSAGES"):
+    global _WATCHING
+    if _WATCHING or not os.environ.get("STOQ_MEASURE_MESSAGES"):
         return
+    _WATCHING = True
     import orjson
 
     from stoq.tasks import state as st

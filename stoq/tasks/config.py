@@ -49,4 +49,8 @@ def make_app(name: str = "stoq") -> Celery:
     stoq's defaults, overridden by ``celeryconfig.py``."""
     app = Celery(name)
     app.conf.update(defaults() | deployer_settings())
+    if os.environ.get("STOQ_MEASURE_MESSAGES"):  # tests and benchmarks: the client's messages count too
+        from stoq.tasks.checks import watch_message_sizes
+
+        watch_message_sizes(app)
     return app

@@ -36,3 +36,29 @@ def test_a_failing_connector_is_reported_and_the_scan_goes_on(run_stoq, tmp_path
     assert b"connector 'jsonl' failed on 1 document(s): FileNotFoundError" in proc.stderr
     (doc,) = [json.loads(line) for line in proc.stdout.splitlines()]
     assert doc["results"][0]["filename"] == "test.txt"
+
+
+def test_processes_appending_at_once_never_interleave_lines(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from stoq_plugins.jsonl import JsonlConnector
+
+    sink = tmp_path / "sink.jsonl"
+    big = "x" * 200_000  # larger than a pipe buffer or a page: a torn write would show
+
+    def append(tag: int) -> None:
+        connector = JsonlConnector(JsonlConnector.Options(path=str(sink)))
+        connector.setup()
+        for i in range(20):
+            connector.save([{"scan_id": f"{tag}-{i}-{j}", "pad": big} for j in range(3)])
+
+    procs = [multiprocessing.get_context("fork").Process(target=append, args=(t,)) for t in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    lines = sink.read_bytes().splitlines()
+    assert sorted(json.loads(line)["scan_id"] for line in lines) == sorted(
+        f"{t}-{i}-{j}" for t in range(4) for i in range(20) for j in range(3))
+    assert all(json.loads(line)["pad"] == big for line in lines)
