@@ -322,3 +322,25 @@ def test_a_configured_connector_runs_after_the_store(cluster: Cluster, tmp_path:
         time.sleep(0.2)
     assert jsonl(out.read_bytes()) == printed
     assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_payload_that_raises_or_times_out_costs_only_itself(cluster: Cluster, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(4):
+        (inputs / f"f{i}.bin").write_bytes(b"BOOM" if i == 0 else f"fine {i}".encode())
+    got = cluster.stoq("submit", str(inputs), "--workers", "boom", "-o", "boom.trigger=BOOM", "--max-depth", "0")
+    assert got.returncode == 1, got.stderr
+    docs = {Path(d["source"]["path"]).name: d for d in map(json.loads, got.stdout.splitlines())}
+    (error,) = docs.pop("f0.bin")["errors"]
+    assert (error["plugin"], error["kind"]) == ("boom", "error") and error["message"].startswith("ValueError: boom on purpose")
+    assert [d["results"][0]["workers"] for d in docs.values()] == [{"boom": {"ok": True}}] * 3
+    # A Python loop that swallows every Exception: the soft limit stops it, in the same worker process.
+    got = cluster.stoq("submit", str(inputs / "f1.bin"), str(inputs / "f2.bin"), "--workers", "spin,boom",
+                       "-o", "spin.time_limit=1", "-o", "boom.trigger=BOOM", "--max-depth", "0", "--format", "json",
+                       timeout=120)
+    assert got.returncode == 1, got.stderr
+    for doc in json.loads(got.stdout):
+        (error,) = doc["errors"]
+        assert (error["plugin"], error["kind"], error["message"]) == ("spin", "timeout", "exceeded 1 s")
+        assert doc["results"][0]["workers"] == {"boom": {"ok": True}}
