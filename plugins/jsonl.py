@@ -25,6 +25,8 @@ class JsonlConnector(ConnectorPlugin):
     version = "1.0"
 
     class Options(PluginOptions):
+        """Where the documents go."""
+
         path: str = Field("", description="File to append to (required; created with mode 0600).")
 
     def setup(self) -> None:

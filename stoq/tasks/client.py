@@ -123,7 +123,8 @@ class ClusterClient:
                     last = time.monotonic()
                 continue
             last = time.monotonic()
-            batch = [popped[1]] + (self.r.lpop(notify, 1000) or [])  # whatever else is ready, in one trip
+            more: list[bytes] = self.r.lpop(notify, 1000) or []  # type: ignore[assignment]  # the rest, one trip
+            batch: list[bytes] = [popped[1], *more]
             for raw in batch:
                 doc = orjson.loads(raw)
                 if doc["scan_id"] in waiting:  # a redelivered connector may notify twice

@@ -93,7 +93,8 @@ class Careful:
 
     def __init__(self, r: redis.Redis, key: str) -> None:
         self.r, self.key = r, key
-        self.known = {k.decode(): int(v) for k, v in r.hgetall(key).items()}
+        raw: dict[bytes, bytes] = r.hgetall(key)  # type: ignore[assignment]  # no decode_responses: bytes
+        self.known = {k.decode(): int(v) for k, v in raw.items()}
         self.limit = worker_settings().quarantine_after
 
     def before(self, token: str) -> str | None:
@@ -358,7 +359,8 @@ def sweep(app: Celery, now: float | None = None) -> list[str]:
     """Closes scans whose wave is overdue: each payload of the wave is kept with a ``timeout`` error
     per plugin that never answered. Returns the closed scan ids."""
     r = redis_client(app)
-    overdue = [s.decode() for s in r.zrangebyscore(st.ACTIVE, 0, now or time.time(), start=0, num=100)]
+    due: list[bytes] = r.zrangebyscore(st.ACTIVE, 0, now or time.time(), start=0, num=100)  # type: ignore[assignment]
+    overdue = [s.decode() for s in due]
     closed = []
     for scan_id in overdue:
         with r.pipeline() as pipe:
