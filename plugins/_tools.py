@@ -263,6 +263,8 @@ class Tools:
             if not self.cut:
                 self.unpacker.flag("corrupt:member")
             return
+        if self.cut and (entry is None or entry.size is None):
+            return  # a killed tool's file whose size no listing vouches for may be partial: not a member
         sink = bytearray()
         packed = entry.packed if entry is not None and entry.packed else compressed
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
