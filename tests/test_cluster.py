@@ -204,7 +204,7 @@ def test_the_sweeper_closes_a_scan_whose_chord_never_completes(tmp_path: Path, t
                                                                 cluster: Cluster) -> None:
     """No worker serves the `boom` queue: the wave never completes, and the sweeper closes the scan."""
     env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_SWEEP_AFTER": "2"}
-    c = start(tmp_path, env, "-c", "1", "-Q", "stoq,yara")
+    c = start(tmp_path, env, "-c", "1", "-Q", "stoq,stoq-collect,yara")
     try:
         sample = tmp_path / "x.txt"
         sample.write_bytes(b"hello")
@@ -252,7 +252,7 @@ def test_the_no_docker_topology_script_runs_a_submission(tmp_path: Path, testplu
                                                          cluster: Cluster) -> None:
     """scripts/stoq-cluster starts one worker per group (here: plugins, and stoq's own queue)."""
     env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {
-        "STOQ_CLUSTER_GROUPS": "yara,peinfo stoq", "STOQ_CLUSTER_DIR": str(tmp_path / "run"), "STOQ_BIN": str(BIN)}
+        "STOQ_CLUSTER_GROUPS": "yara,peinfo stoq,stoq-collect", "STOQ_CLUSTER_DIR": str(tmp_path / "run"), "STOQ_BIN": str(BIN)}
     for url in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]):
         redis.Redis.from_url(url).flushdb()
     script = Path(__file__).resolve().parents[1] / "scripts" / "stoq-cluster"
@@ -284,7 +284,7 @@ def test_compose_serves_every_plugin_queue_and_stoqs_own() -> None:
     bundled = {e.name for e in Registry.discover().entries.values() if e.cls is not None
                and e.cls.category in ("worker", "carver", "extractor", "decoder", "reader", "connector")
                and e.cls.__module__.startswith("stoq_plugins")}
-    assert bundled and bundled | {"stoq"} <= served
+    assert bundled and bundled | {"stoq", "stoq-collect"} <= served
     assert services["submit"]["command"][0] == "submit"
 
 

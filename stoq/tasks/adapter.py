@@ -34,6 +34,7 @@ from stoq.tasks import state as st
 from stoq.tasks.guard import Guard, process_guard
 
 DEFAULT_QUEUE = pipeline.DEFAULT_QUEUE
+COLLECT_QUEUE = pipeline.COLLECT_QUEUE
 
 
 def task_name(category: str, name: str) -> str:
@@ -128,5 +129,5 @@ def register_plugins(app: Celery, registry: Registry | None = None) -> dict[str,
     app.conf.task_routes = {name: {"queue": plugin} for plugin, name in names.items()}
     # A worker started without -Q consumes every queue declared here: all plugins, and stoq's own.
     app.conf.task_default_queue = DEFAULT_QUEUE
-    app.conf.task_queues = [Queue(DEFAULT_QUEUE)] + [Queue(plugin) for plugin in sorted(names)]
+    app.conf.task_queues = [Queue(DEFAULT_QUEUE), Queue(COLLECT_QUEUE)] + [Queue(plugin) for plugin in sorted(names)]
     return names

@@ -24,13 +24,13 @@ def publish(self: Any, profile_id: str, roots: Any, notify: str | None = None) -
     pipeline.publish(app, profile_id, roots, notify, self.request.id)
 
 
-@app.task(name="stoq.collect", queue=pipeline.DEFAULT_QUEUE, ignore_result=True, bind=True)
+@app.task(name="stoq.collect", queue=pipeline.COLLECT_QUEUE, ignore_result=True, bind=True)
 def collect(self: Any, results: list[Any], batch: Any) -> None:
     """A wave's chord callback: applies the plugins' answers, sends the next wave or the connectors."""
     pipeline.collect(app, results, batch, self.request.id)
 
 
-@app.task(name="stoq.connector.store", queue=pipeline.DEFAULT_QUEUE, ignore_result=True,
+@app.task(name="stoq.connector.store", queue=pipeline.COLLECT_QUEUE, ignore_result=True,
           autoretry_for=(Exception,), retry_backoff=True, retry_backoff_max=60, max_retries=20)
 def store(scan_ids: list[str]) -> None:
     """Saves finished scans to the result store (PostgreSQL) and wakes the waiting client."""

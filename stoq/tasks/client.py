@@ -27,7 +27,7 @@ from stoq.engine import oversized_record
 from stoq.limits import Budget, Limits
 from stoq.model import new_id, now_iso
 from stoq.tasks import state as st
-from stoq.tasks.config import DEFAULT_QUEUE, make_app
+from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE, make_app
 
 
 #: Seconds without a finished scan before ``documents`` says on stderr what it is waiting for.
@@ -108,7 +108,7 @@ class ClusterClient:
         scan = st.ScanState(scan_id, now_iso(), {"path": str(path)}, self.profile, notify, limits, Budget(limits),
                             results=[record.as_dict()], done=True)
         self.r.set(st.scan_key(scan_id), scan.to_json(), ex=st.TTL)
-        self.app.send_task("stoq.connector.store", args=([scan_id],), queue=DEFAULT_QUEUE)
+        self.app.send_task("stoq.connector.store", args=([scan_id],), queue=COLLECT_QUEUE)
 
     def documents(self, notify: str, scan_ids: set[str]) -> Iterator[tuple[dict[str, Any], bytes]]:
         """Finished documents (JSON bytes) as the store connector commits them, each once."""
@@ -119,7 +119,7 @@ class ClusterClient:
             if popped is None:
                 if time.monotonic() - last > QUIET_HINT:
                     print(f"stoq: still waiting for {len(waiting)} scan(s); is a worker serving the "
-                          f"'{DEFAULT_QUEUE}' queue and every plugin queue?", file=sys.stderr)
+                          f"'{DEFAULT_QUEUE}' and '{COLLECT_QUEUE}' queues and every plugin queue?", file=sys.stderr)
                     last = time.monotonic()
                 continue
             last = time.monotonic()

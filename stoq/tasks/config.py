@@ -14,8 +14,12 @@ from typing import Any
 
 from celery import Celery
 
-#: The queue of stoq's own tasks: publisher, collector, connectors.
+#: The queue of stoq's publisher (and Celery's default).
 DEFAULT_QUEUE = "stoq"
+#: The queue of what follows the plugins: the collector and the store connector. Apart from the
+#: publisher's, so that under a large submission finished waves are collected and stored while roots
+#: are still being published (a worker round-robins over its queues).
+COLLECT_QUEUE = "stoq-collect"
 
 
 def defaults() -> dict[str, Any]:

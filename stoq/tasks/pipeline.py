@@ -34,7 +34,7 @@ from stoq.engine import Engine, Pending
 from stoq.limits import Budget
 from stoq.model import SCHEMA_VERSION, PayloadRecord, clean, new_id
 from stoq.tasks import state as st
-from stoq.tasks.config import DEFAULT_QUEUE
+from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE
 from stoq.tasks.guard import process_guard
 from stoq.tasks.state import ScanState
 
@@ -192,7 +192,7 @@ def send_wave(app: Celery, r: redis.Redis, scans: list[ScanState],
                       queue=plugin, app=app, argsrepr=describe_refs(profile, chunk), kwargsrepr="")
             for plugin, profile, chunk in header]
     batch = st.wrap(r, {"scans": [[s.scan_id, s.wave] for s in scans], "parts": keys})
-    chord(sigs)(signature("stoq.collect", args=(batch,), queue=DEFAULT_QUEUE, app=app,
+    chord(sigs)(signature("stoq.collect", args=(batch,), queue=COLLECT_QUEUE, app=app,
                           argsrepr=describe_ids("scans", [s.scan_id for s in scans]), kwargsrepr=""))
 
 
@@ -209,7 +209,7 @@ def describe_refs(profile: str, refs: list[dict[str, Any]]) -> str:
 
 def send_store(app: Celery, scan_ids: list[str]) -> None:
     if scan_ids:
-        app.send_task("stoq.connector.store", args=(scan_ids,), queue=DEFAULT_QUEUE,
+        app.send_task("stoq.connector.store", args=(scan_ids,), queue=COLLECT_QUEUE,
                       argsrepr=describe_ids("scans", scan_ids), kwargsrepr="")
 
 
