@@ -1,0 +1,73 @@
+"""The cluster's bookkeeping on a real Redis, without workers: batching, blobs, scan state, careful runs."""
+
+from __future__ import annotations
+
+import os
+
+import orjson
+import pytest
+import redis
+
+from stoq.limits import Budget, Limits
+from stoq.tasks import state as st
+from stoq.tasks.client import batch_size
+
+URL = "redis://127.0.0.1:6379/3"
+
+
+@pytest.fixture()
+def r() -> redis.Redis:
+    client = redis.Redis.from_url(URL)
+    client.flushdb()
+    return client
+
+
+def test_batches_are_half_the_backlog_between_one_and_batch_max() -> None:
+    assert [batch_size(n, 64) for n in (0, 1, 2, 3, 10, 127, 128, 129, 4800)] == [1, 1, 1, 1, 5, 63, 64, 64, 64]
+
+
+def test_large_values_travel_as_blobs_and_come_back_equal(r: redis.Redis) -> None:
+    small = {"refs": ["a" * 100]}
+    assert st.wrap(r, small) is small
+    big = {"refs": [{"payload_id": str(i), "filename": "n" * 300} for i in range(200)]}
+    ref = st.wrap(r, big)
+    assert set(ref) == {"$blob"} and len(orjson.dumps(ref)) < 100
+    assert st.unwrap(r, ref) == big
+    assert 0 < r.ttl(ref["$blob"]) <= st.BLOB_TTL
+    r.delete(ref["$blob"])
+    with pytest.raises(LookupError, match="expired or was never written"):
+        st.unwrap(r, ref)
+
+
+def test_scan_state_round_trips_through_json() -> None:
+    limits = Limits(3, 10, 1000)
+    budget = Budget(limits, children=2, bytes=77, seen={"ab" * 32: "p1"})
+    scan = st.ScanState("s1", "2026-11-27T00:00:00Z", {"path": "/x"}, "prof", "stoq:notify:n", limits, budget,
+                        results=[{"payload_id": "p1"}], errors=[{"kind": "error"}], pending=[{"plan": []}],
+                        wave="w1", done=False)
+    back = st.ScanState.from_json(scan.to_json())
+    assert back == scan
+
+
+def test_profiles_are_stored_once_under_the_hash_of_their_json(r: redis.Redis) -> None:
+    one = st.put_profile(r, {"workers": ["yara"], "plugins": {"yara": {"rules": "/r"}}})
+    two = st.put_profile(r, {"plugins": {"yara": {"rules": "/r"}}, "workers": ["yara"]})  # same, other key order
+    assert one == two and len(one) == 24
+    assert st.get_profile(r, one) == {"workers": ["yara"], "plugins": {"yara": {"rules": "/r"}}}
+
+
+def test_careful_runs_quarantine_the_payload_that_never_finishes(r: redis.Redis) -> None:
+    os.environ.pop("STOQ_QUARANTINE_AFTER", None)
+    from stoq.tasks.pipeline import Careful
+
+    key = "stoq:tries:task-1"
+    assert st.deliveries(r, key) == 1 and st.deliveries(r, key) == 2  # a redelivery
+    first = Careful(r, key)
+    assert first.before("scan:a") is None  # started...
+    first.after("scan:a")  # ...and finished
+    assert first.before("scan:b") is None  # started, then the worker died
+    again = Careful(r, key)
+    assert again.before("scan:a") is None  # finished before: runs again, unhindered
+    assert again.before("scan:b") == ("the worker process died or hung while typing or dispatching this payload "
+                                      "2 times; quarantined")
+    assert again.before("scan:c") is None  # a batch-mate never started before
