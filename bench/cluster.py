@@ -33,7 +33,7 @@ BIN = Path(sys.executable).parent
 PG = os.environ.get("STOQ_BENCH_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 BROKER, BACKEND = "redis://127.0.0.1:6379/6", "redis://127.0.0.1:6379/7"
 sys.path.insert(0, str(ROOT / "bench"))
-from run import bare  # noqa: E402
+from run import bare, prepare_files  # noqa: E402
 
 
 def environment(work: Path, **extra: str) -> dict[str, str]:
@@ -165,12 +165,7 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=50)
     parser.add_argument("--costs-only", action="store_true", help="only the instrumented per-payload run")
     args = parser.parse_args()
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "stoq"), str(ROOT / "plugins")], check=True)
-    files = Path(tempfile.mkdtemp(prefix="stoq-cbench-files-"))
-    subprocess.run([sys.executable, str(SHARED / "bench" / "make_unique.py"), str(SHARED / "corpus"), str(files),
-                    str(args.copies)], check=True, capture_output=True)
-    count = sum(len(names) for _, _, names in os.walk(files))
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(files) for f in names)
+    files, count, size = prepare_files(args.copies, "stoq-cbench-files-")
     if args.costs_only:
         print(json.dumps({"files": count, "per_payload": costs(files, count)}, indent=2))
         return

@@ -66,6 +66,18 @@ def stoq(files: Path, jobs: int, count: int, variant: str = "stoq") -> float:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def prepare_files(copies: int, prefix: str) -> tuple[Path, int, int]:
+    """Compiles the checkout's bytecode (as an installed package has it), then makes ``copies`` unique
+    copies of the corpus; returns their directory, their number and their total size."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "stoq"), str(ROOT / "plugins")], check=True)
+    files = Path(tempfile.mkdtemp(prefix=prefix))
+    subprocess.run([sys.executable, str(SHARED / "bench" / "make_unique.py"), str(SHARED / "corpus"), str(files),
+                    str(copies)], check=True, capture_output=True)
+    count = sum(len(names) for _, _, names in os.walk(files))
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(files) for f in names)
+    return files, count, size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--copies", type=int, default=100)
@@ -73,13 +85,7 @@ def main() -> None:
     parser.add_argument("--decompose", action="store_true",
                         help="instead: one process, bare loop vs stoq with and without archive and store")
     args = parser.parse_args()
-    # bytecode for the checkout (as an installed package would have it)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "stoq"), str(ROOT / "plugins")], check=True)
-    files = Path(tempfile.mkdtemp(prefix="stoq-bench-files-"))
-    subprocess.run([sys.executable, str(SHARED / "bench" / "make_unique.py"), str(SHARED / "corpus"), str(files),
-                    str(args.copies)], check=True, capture_output=True)
-    count = sum(len(names) for _, _, names in os.walk(files))
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(files) for f in names)
+    files, count, size = prepare_files(args.copies, "stoq-bench-files-")
     if args.decompose:
         parts: dict[str, list[float]] = {"bare1": [], **{v: [] for v in VARIANTS}}
         for r in range(args.rounds):

@@ -268,13 +268,15 @@ class Engine:
                 errors.append(ScanErrorEntry(payload_id, "archive", "error", f"{type(exc).__name__}: {exc}"))
 
         can_extract = item.depth < self.limits.max_depth
-        try:
-            if quarantined is not None:
-                raise yara.Error("skipped: " + quarantined)
-            plan, cut = self.dispatcher.plan(content, record.mime, can_extract)
-        except yara.Error as exc:
-            errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules failed: {exc}"))
+        if quarantined is not None:
+            errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules skipped: {quarantined}"))
             plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
+        else:
+            try:
+                plan, cut = self.dispatcher.plan(content, record.mime, can_extract)
+            except yara.Error as exc:
+                errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules failed: {exc}"))
+                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
         if cut:
             record.flags.append("limit:depth")
         return Started(record, errors, plan, content)

@@ -48,34 +48,31 @@ def run_batch(app: Celery, plugin: str, task_id: str | None, profile_id: str, re
     eng = pipeline.engine_for(r, profile_id)
     g = process_guard()
     g.timeout_for = eng.timeout_for
-    key = f"{st.PREFIX}tries:{task_id}"
-    if st.deliveries(r, key) == 1:
+    rerun = st.careful_for(r, task_id, st.Careful, pipeline.worker_settings().quarantine_after)
+    if rerun is None:
         answers = [eng.run_on(plugin, ref, g) for ref in refs]
     else:
-        answers = careful(r, key, eng, plugin, refs, g)
+        answers = careful(rerun, eng, plugin, refs, g)
     eng.archive.flush()  # the children's index rows, once per batch
     return st.wrap(r, answers, limit)
 
 
-def careful(r: Any, key: str, eng: Any, plugin: str, refs: list[dict[str, Any]], g: Guard) -> list[dict[str, Any]]:
+def careful(rerun: st.Careful, eng: Any, plugin: str, refs: list[dict[str, Any]], g: Guard) -> list[dict[str, Any]]:
     """A redelivered batch, one recorded payload at a time (see the module's docstring)."""
-    known = {k.decode(): v for k, v in r.hgetall(key).items()}
-    limit = pipeline.worker_settings().quarantine_after
     answers = []
     for ref in refs:
         pid = ref["payload_id"]
-        if f"a:{pid}" in known:
-            answers.append(orjson.loads(known[f"a:{pid}"]))
+        recorded = rerun.answer(pid)
+        if recorded is not None:
+            answers.append(orjson.loads(recorded))
             continue
-        attempts = 1 + int(known.get(f"s:{pid}", 0))  # the first delivery, then each careful start
-        if attempts >= limit:
-            answers.append({"payload_id": pid, "error": {
-                "payload_id": pid, "plugin": plugin, "kind": "crash",
-                "message": f"the worker process died or hung on this payload {attempts} times; quarantined"}})
+        quarantined = rerun.before(pid)
+        if quarantined is not None:
+            answers.append({"payload_id": pid, "error": {"payload_id": pid, "plugin": plugin, "kind": "crash",
+                                                         "message": quarantined}})
             continue
-        r.hincrby(key, f"s:{pid}", 1)
         answer = eng.run_on(plugin, ref, g)
-        r.hset(key, f"a:{pid}", orjson.dumps(answer))
+        rerun.after(pid, orjson.dumps(answer))
         answers.append(answer)
     return answers
 

@@ -50,10 +50,9 @@ class ClusterClient:
     """Submits files to the cluster named by ``settings.broker_url`` (see the module docstring)."""
 
     def __init__(self, settings: Settings) -> None:
-        os.environ["STOQ_BROKER_URL"] = settings.broker_url
-        if settings.result_backend:
-            os.environ["STOQ_RESULT_BACKEND"] = settings.result_backend
         self.app = app = make_app("stoq-client")  # sends by name: no plugin needs importing here
+        app.conf.update({"broker_url": settings.broker_url}  # the command's settings name the cluster
+                        | ({"result_backend": settings.result_backend} if settings.result_backend else {}))
         self.settings = settings
         self.r = st.connect(str(app.conf.result_backend))
         self.r.ping()

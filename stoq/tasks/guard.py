@@ -16,6 +16,7 @@ import os
 import signal
 import struct
 import time
+from typing import Callable
 
 from stoq.engine import Activity
 
@@ -27,7 +28,7 @@ _SLOT = struct.Struct("d")
 class Guard(Activity):
     """The worker's side: ``enter`` arms the deadline, ``leave`` disarms it."""
 
-    def __init__(self, timeout_for: object = None) -> None:
+    def __init__(self, timeout_for: Callable[[str], float] = lambda plugin: 60.0) -> None:
         self._page = mmap.mmap(-1, mmap.PAGESIZE)
         self._worker = os.getpid()
         self.timeout_for = timeout_for
@@ -45,8 +46,7 @@ class Guard(Activity):
 
     def enter(self, plugin: str, sha256: str) -> None:
         self.current = (plugin, sha256)
-        seconds = self.timeout_for(plugin) if callable(self.timeout_for) else 60.0
-        self.arm(seconds)
+        self.arm(self.timeout_for(plugin))
 
     def leave(self) -> None:
         _SLOT.pack_into(self._page, 0, 0.0)

@@ -86,38 +86,22 @@ def engine_for(r: redis.Redis, profile_id: str) -> Engine:
 
 # -- the two halves of a wave ------------------------------------------------------------------------
 
-class Careful:
-    """A redelivered publisher or collector (a worker died in it): each payload's typing and dispatch
-    is recorded, and one that was being begun every time a worker died is quarantined (begun without
-    libmagic and dispatch rules) instead of taking the next worker down too."""
+class Careful(st.Careful):
+    """A redelivered publisher or collector: a payload that was being typed or dispatched every time a
+    worker died is begun without libmagic and dispatch rules instead of taking the next worker down."""
 
-    def __init__(self, r: redis.Redis, key: str) -> None:
-        self.r, self.key = r, key
-        raw: dict[bytes, bytes] = r.hgetall(key)  # type: ignore[assignment]  # no decode_responses: bytes
-        self.known = {k.decode(): int(v) for k, v in raw.items()}
-        self.limit = worker_settings().quarantine_after
+    message = "the worker process died or hung while typing or dispatching this payload {attempts} times; quarantined"
 
-    def before(self, token: str) -> str | None:
-        """None to go ahead; else the quarantine message."""
-        if f"d:{token}" in self.known:
-            return None
-        attempts = 1 + self.known.get(f"s:{token}", 0)  # the first delivery, then each careful start
-        if attempts >= self.limit:
-            return f"the worker process died or hung while typing or dispatching this payload {attempts} times; quarantined"
-        self.r.hincrby(self.key, f"s:{token}", 1)
-        return None
-
-    def after(self, token: str) -> None:
-        self.r.hset(self.key, f"d:{token}", 1)
+    def __init__(self, r: redis.Redis, key: str, limit: int | None = None) -> None:
+        super().__init__(r, key, worker_settings().quarantine_after if limit is None else limit)
 
 
-def careful_for(r: redis.Redis, task_id: str | None) -> Careful | None:
-    key = f"{st.PREFIX}tries:{task_id}"
-    return None if task_id is None or st.deliveries(r, key) == 1 else Careful(r, key)
+def careful_for(r: redis.Redis, task_id: str | None) -> st.Careful | None:
+    return st.careful_for(r, task_id, Careful, worker_settings().quarantine_after)
 
 
 def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]],
-                careful: Careful | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
+                careful: st.Careful | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Begins each scan's wave (new token, pending records); returns the plugin work: (profile,
     plugin) -> references, in wave order. Typing runs under the guard's hard time limit."""
     parts: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -225,7 +209,7 @@ def commit(pipe: Any, scans: list[ScanState]) -> None:
 
 
 def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]],
-           finished: list[ScanState], pipe: Any, careful: Careful | None = None) -> None:
+           finished: list[ScanState], pipe: Any, careful: st.Careful | None = None) -> None:
     """Begins the next waves, commits every state in ``pipe`` (a watched pipeline or a plain one),
     then sends the next chord and the store connector for finished scans."""
     parts = begin_waves(r, waves, careful)
@@ -235,7 +219,6 @@ def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pendin
             waiting.append(scan)
         else:  # nothing to run on this wave: its records are final now
             absorb_wave(r, scan, {})
-            scan.done = True
             finished.append(scan)
     for scan in finished:
         scan.done = True

@@ -81,6 +81,44 @@ def deliveries(r: redis.Redis, key: str) -> int:
         return int(pipe.execute()[0])
 
 
+class Careful:
+    """A redelivered task (a worker died in it) run one recorded item at a time: each item's start and
+    answer go to the task's hash (``stoq:tries:<task id>``), an answer already recorded is reused, and
+    an item started ``limit - 1`` times without an answer (so it was running each time a worker died;
+    the first, unrecorded delivery counts as one) is quarantined instead of run again."""
+
+    #: The quarantine message; ``{attempts}`` is replaced.
+    message = "the worker process died or hung on this payload {attempts} times; quarantined"
+
+    def __init__(self, r: redis.Redis, key: str, limit: int) -> None:
+        self.r, self.key, self.limit = r, key, limit
+        raw: dict[bytes, bytes] = r.hgetall(key)  # type: ignore[assignment]  # no decode_responses: bytes
+        self.known = {k.decode(): v for k, v in raw.items()}
+
+    def answer(self, token: str) -> bytes | None:
+        """The answer a previous delivery recorded for this item, if any."""
+        return self.known.get(f"a:{token}")
+
+    def before(self, token: str) -> str | None:
+        """None to go ahead (the start is recorded); else the quarantine message."""
+        if self.answer(token) is not None:
+            return None
+        attempts = 1 + int(self.known.get(f"s:{token}", 0))
+        if attempts >= self.limit:
+            return self.message.format(attempts=attempts)
+        self.r.hincrby(self.key, f"s:{token}", 1)
+        return None
+
+    def after(self, token: str, answer: bytes = b"1") -> None:
+        self.r.hset(self.key, f"a:{token}", answer)
+
+
+def careful_for(r: redis.Redis, task_id: str | None, cls: type[Careful], limit: int) -> Careful | None:
+    """Counts this delivery of the task; a ``cls`` for a redelivery, None for a first delivery."""
+    key = f"{PREFIX}tries:{task_id}"
+    return None if task_id is None or deliveries(r, key) == 1 else cls(r, key, limit)
+
+
 # -- profiles: the scan settings a submission brings -------------------------------------------------
 
 PROFILE_FIELDS = ("workers", "connectors", "plugins", "dispatch_rules", "max_depth", "max_children", "max_bytes",
@@ -99,11 +137,19 @@ def put_profile(r: redis.Redis, profile: dict[str, Any]) -> str:
     return profile_id
 
 
+_PROFILES: dict[str, dict[str, Any]] = {}
+
+
 def get_profile(r: redis.Redis, profile_id: str) -> dict[str, Any]:
-    data = r.get(f"{PREFIX}profile:{profile_id}")
-    if data is None:
-        raise LookupError(f"scan profile {profile_id} has expired or was never written")
-    return orjson.loads(data)  # type: ignore[no-any-return]
+    """A stored profile; kept per process once read (its id is the hash of its content, so it never
+    changes): the store connector asks for it on every batch."""
+    profile = _PROFILES.get(profile_id)
+    if profile is None:
+        data = r.get(f"{PREFIX}profile:{profile_id}")
+        if data is None:
+            raise LookupError(f"scan profile {profile_id} has expired or was never written")
+        profile = _PROFILES[profile_id] = orjson.loads(data)
+    return dict(profile)
 
 
 # -- scans ---------------------------------------------------------------------------------------------
