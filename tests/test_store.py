@@ -332,6 +332,84 @@ def test_concurrent_first_open_of_sqlite(tmp_path):
         assert counts(st)["scans"] == 4
 
 
+def test_bundled_sqlite_schema_is_what_the_migrations_create(tmp_path):
+    """``sqlite_head.sql`` (the CLI's fast first-use path) must be regenerated with every migration."""
+    from stoq.migrations import SQLITE_HEAD
+
+    upgrade(f"sqlite:///{tmp_path / 'alembic.db'}")
+    assert SQLITE_HEAD.read_text(encoding="utf-8") == store_mod.dump_sqlite_schema(tmp_path / "alembic.db")
+
+
+def _sqlite_master(path) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid").fetchall()
+    finally:
+        db.close()
+
+
+def test_fast_sqlite_creation_equals_alembic(tmp_path):
+    from stoq.cli.storeload import create_sqlite_at_head, sqlite_at_head
+
+    upgrade(f"sqlite:///{tmp_path / 'alembic.db'}")
+    fast = tmp_path / "new" / "dir" / "fast.db"
+    url = f"sqlite:///{fast}"
+    assert not sqlite_at_head(url)
+    assert create_sqlite_at_head(url) is True
+    assert sqlite_at_head(url)
+    assert _sqlite_master(fast) == _sqlite_master(tmp_path / "alembic.db")
+    assert {name for kind, name, _, _ in _sqlite_master(fast) if kind == "table"} == set(STOQ_TABLES)
+    # Alembic finds nothing to do, and the store works.
+    assert upgrade(url) == HEAD_REVISION
+    with Store.open(url, auto_migrate=False) as st:
+        st.save([small_document(1)])
+        assert st.get("scan-00000001") == small_document(1)
+        with st.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    # An existing store is never touched again.
+    assert create_sqlite_at_head(url) is False
+
+
+def test_fast_sqlite_creation_leaves_other_cases_to_alembic(tmp_path):
+    from stoq.cli.storeload import create_sqlite_at_head
+
+    (tmp_path / "other.db").write_bytes(b"not a database, and not empty")
+    assert create_sqlite_at_head(f"sqlite:///{tmp_path / 'other.db'}") is False
+    assert (tmp_path / "other.db").read_bytes() == b"not a database, and not empty"
+    (tmp_path / "afile").write_text("x")
+    assert create_sqlite_at_head(f"sqlite:///{tmp_path / 'afile' / 'stoq.db'}") is False
+    assert create_sqlite_at_head("sqlite://") is False
+    assert create_sqlite_at_head("sqlite:///:memory:") is False
+    assert create_sqlite_at_head(f"sqlite:///{tmp_path / 'q.db'}?timeout=5") is False
+    assert not (tmp_path / "q.db").exists()
+    assert create_sqlite_at_head(PG_URL) is False
+
+
+def test_fast_sqlite_creation_races(tmp_path):
+    """Processes creating the same new store at once: exactly one creates it, the others find it."""
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        created = pool.map(_create, [url] * 4)
+    assert sum(created) == 1
+    assert _sqlite_master(tmp_path / "race.db") == _sqlite_master_of_new(tmp_path)
+
+
+def _create(url: str) -> bool:
+    from stoq.cli.storeload import create_sqlite_at_head
+
+    return create_sqlite_at_head(url)
+
+
+def _sqlite_master_of_new(tmp_path) -> list[tuple[Any, ...]]:
+    upgrade(f"sqlite:///{tmp_path / 'reference.db'}")
+    return _sqlite_master(tmp_path / "reference.db")
+
+
 def test_bad_url_is_a_store_error(tmp_path):
     with pytest.raises(StoreError):
         Store.open("nosuchdialect://x/y")
