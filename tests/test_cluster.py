@@ -200,6 +200,42 @@ def test_a_native_hang_is_killed_by_the_guard_and_quarantined(cluster: Cluster, 
     assert 12 <= elapsed < 120  # two attempts of 1 s + 5 s grace each, then the quarantine
 
 
+def test_the_sweeper_stores_a_finished_scan_its_collector_left_unstored(tmp_path: Path, testplugins_site: Path,
+                                                                        cluster: Cluster) -> None:
+    """A collector killed after finishing a scan and before storing it leaves the finished state in
+    Redis, still registered in ``stoq:active``: the sweeper sends it to the store."""
+    from stoq.config import load_settings
+    from stoq.engine import Engine
+    from stoq.limits import Budget
+    from stoq.tasks import state as st
+
+    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_SWEEP_AFTER": "2"}
+    settings = load_settings(env={}, overrides={"workers": "yara", "archiver": "none"},
+                             plugin_options={"yara": {"rules": str(BENCH_RULES)}})
+    engine = Engine(settings)
+    doc = engine.scan(b"left behind by a dead collector", "left.txt", {"path": "/in/left.txt"})
+    c = start(tmp_path, env, "-c", "1", "-Q", "stoq,stoq-collect")
+    try:
+        r = c.redis()
+        profile = st.put_profile(r, st.profile_of(settings))
+        notify = "stoq:notify:test-unstored"
+        scan = st.ScanState(doc["scan_id"], doc["date"], doc["source"], profile, notify, engine.limits,
+                            Budget(engine.limits), results=doc["results"], errors=doc["errors"], pending=[],
+                            wave="w1", done=True)
+        r.set(st.scan_key(scan.scan_id), scan.to_json())
+        r.zadd(st.ACTIVE, {scan.scan_id: time.time() + 1})
+        popped = r.blpop([notify], timeout=30)
+        assert popped is not None, c.log.read_text()[-3000:]
+        assert json.loads(popped[1]) == doc
+        assert r.zscore(st.ACTIVE, scan.scan_id) is None and not r.exists(st.scan_key(scan.scan_id))
+        got = c.stoq("results", doc["scan_id"], "--format", "json")
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout) == [doc]
+        assert "sweeper sent 1 finished but unstored scan(s) to the store" in c.log.read_text()
+    finally:
+        c.stop()
+
+
 def test_the_sweeper_closes_a_scan_whose_chord_never_completes(tmp_path: Path, testplugins_site: Path,
                                                                 cluster: Cluster) -> None:
     """No worker serves the `boom` queue: the wave never completes, and the sweeper closes the scan."""

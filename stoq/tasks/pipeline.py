@@ -9,8 +9,9 @@ A scan advances in *waves*, breadth first, exactly as ``Engine.scan`` does in on
 2. ``stoq.collect`` applies the answers in the embedded order (payloads of the wave in order, each
    one's plugins in plan order) through ``Engine.absorb``: the budget admits or flags each child; the
    admitted children are the next wave, begun at once and sent as the next chord.
-3. A scan with no next wave is finished: ``stoq.connector.store`` saves its document to the result
-   store (one transaction per batch, idempotent by scan id) and hands it to a waiting ``stoq submit``.
+3. A scan with no next wave is finished: the collector saves its document to the result store right
+   away (one transaction per batch, idempotent by scan id; if that fails, the retrying
+   ``stoq.connector.store`` task takes over) and hands it to a waiting ``stoq submit``.
 
 Waves of many scans travel together, so a batch of 32 small files costs a few messages, not 32 x 5.
 Every state change of a scan is one Redis transaction guarded by the wave token; a late or duplicated
@@ -197,15 +198,27 @@ def send_store(app: Celery, scan_ids: list[str]) -> None:
                       argsrepr=describe_ids("scans", scan_ids), kwargsrepr="")
 
 
+def store_finished(app: Celery, scan_ids: list[str]) -> None:
+    """Stores finished scans right here (the collector is the chord's last task: one hop less); if
+    that fails, hands them to the ``stoq.connector.store`` task, which retries. Should this process die
+    first, the sweeper finds the finished scans still registered and sends them to the store."""
+    if not scan_ids:
+        return
+    try:
+        store(app, scan_ids)
+    except Exception as exc:  # the database is away, a connector cannot be sent: the task retries
+        log.warning("storing %d finished scan(s) failed here (%s: %s); handing them to the store connector",
+                    len(scan_ids), type(exc).__name__, exc)
+        send_store(app, scan_ids)
+
+
 def commit(pipe: Any, scans: list[ScanState]) -> None:
-    """Writes the scans' states in the open transaction; keeps the sweeper's schedule."""
+    """Writes the scans' states in the open transaction; keeps the sweeper's schedule. A finished
+    scan stays registered until the store has saved it (``store`` removes it)."""
     deadline = time.time() + worker_settings().sweep_after
     for scan in scans:
         pipe.set(st.scan_key(scan.scan_id), scan.to_json(), ex=st.TTL)
-        if scan.done:
-            pipe.zrem(st.ACTIVE, scan.scan_id)
-        else:
-            pipe.zadd(st.ACTIVE, {scan.scan_id: deadline})
+        pipe.zadd(st.ACTIVE, {scan.scan_id: deadline})
 
 
 def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]],
@@ -226,7 +239,7 @@ def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pendin
     commit(pipe, waiting + finished)
     pipe.execute()
     send_wave(app, r, waiting, parts)
-    send_store(app, [s.scan_id for s in finished])
+    store_finished(app, [s.scan_id for s in finished])
 
 
 # -- the tasks' bodies ---------------------------------------------------------------------------------
@@ -288,8 +301,12 @@ def collect(app: Celery, results: list[Any], batch: Any, task_id: str | None = N
         with r.pipeline() as pipe:
             try:
                 pipe.watch(*keys)
-                scans = [s for s in st.load_states(pipe, list(tokens))
-                         if s is not None and not s.done and s.wave == tokens[s.scan_id]]
+                loaded = [s for s in st.load_states(pipe, list(tokens))
+                          if s is not None and s.wave == tokens[s.scan_id]]
+                scans = [s for s in loaded if not s.done]
+                # Finished by this very wave but still unstored: a redelivery of a collector that
+                # died while storing them. Stored again below (idempotent).
+                unstored = [s.scan_id for s in loaded if s.done]
                 waves, finished = [], []
                 for scan in scans:
                     children = absorb_wave(r, scan, answers)
@@ -298,6 +315,7 @@ def collect(app: Celery, results: list[Any], batch: Any, task_id: str | None = N
                     else:
                         finished.append(scan)
                 settle(app, r, waves, finished, pipe, careful)
+                store_finished(app, unstored)
                 return
             except redis.WatchError:
                 continue  # the sweeper touched one of these scans: read them again
@@ -327,6 +345,7 @@ def store(app: Celery, scan_ids: list[str]) -> None:
                 pipe.rpush(scan.notify, st.dumps(doc))
                 pipe.expire(scan.notify, st.BLOB_TTL)
             pipe.delete(st.scan_key(scan.scan_id))
+            pipe.zrem(st.ACTIVE, scan.scan_id)
         pipe.execute()
     # The chain goes on: each configured connector, with the scans of each submission profile.
     by_profile: dict[str, list[str]] = {}
@@ -340,20 +359,26 @@ def store(app: Celery, scan_ids: list[str]) -> None:
 
 def sweep(app: Celery, now: float | None = None) -> list[str]:
     """Closes scans whose wave is overdue: each payload of the wave is kept with a ``timeout`` error
-    per plugin that never answered. Returns the closed scan ids."""
+    per plugin that never answered. A finished scan still unstored that long (its collector died
+    before storing it) is sent to the store again. Returns the closed and re-sent scan ids."""
     r = redis_client(app)
     due: list[bytes] = r.zrangebyscore(st.ACTIVE, 0, now or time.time(), start=0, num=100)  # type: ignore[assignment]
     overdue = [s.decode() for s in due]
-    closed = []
+    closed, unstored = [], []
     for scan_id in overdue:
         with r.pipeline() as pipe:
             try:
                 pipe.watch(st.scan_key(scan_id))
                 (scan,) = st.load_states(pipe, [scan_id])
                 pipe.multi()
-                if scan is None or scan.done:
+                if scan is None:
                     pipe.zrem(st.ACTIVE, scan_id)
                     pipe.execute()
+                    continue
+                if scan.done:
+                    pipe.zadd(st.ACTIVE, {scan_id: time.time() + worker_settings().sweep_after})
+                    pipe.execute()
+                    unstored.append(scan_id)
                     continue
                 message = (f"no answer within {worker_settings().sweep_after:g} s (a lost task or chord); "
                            "the scan was closed by the sweeper")
@@ -368,7 +393,10 @@ def sweep(app: Celery, now: float | None = None) -> list[str]:
                 closed.append(scan_id)
             except redis.WatchError:
                 continue  # answered meanwhile
-    send_store(app, closed)
+    send_store(app, closed + unstored)
     if closed:
         log.warning("sweeper closed %d overdue scan(s): %s", len(closed), ", ".join(closed))
-    return closed
+    if unstored:
+        log.warning("sweeper sent %d finished but unstored scan(s) to the store: %s", len(unstored),
+                    ", ".join(unstored))
+    return closed + unstored

@@ -6,7 +6,7 @@ Keys, all under ``stoq:`` and all with a time to live, so nothing outlives a for
 |-------------------------|-----------------------------------------------------------------|
 | ``stoq:profile:<id>``   | a submission's scan settings (workers, plugin options, limits)  |
 | ``stoq:scan:<scan_id>`` | a scan in progress: budget, finished records, the wave in flight |
-| ``stoq:active``         | sorted set: scan id -> the time its wave is overdue (sweeper)   |
+| ``stoq:active``         | sorted set: scan id -> when its wave (or, finished, its store) is overdue (sweeper) |
 | ``stoq:blob:<id>``      | a task argument or answer too large for a broker message        |
 | ``stoq:notify:<id>``    | finished documents for a waiting ``stoq submit``                 |
 | ``stoq:tries:<task>``   | per-payload attempts of a redelivered plugin task               |
