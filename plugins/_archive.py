@@ -21,13 +21,70 @@ from stoq.model import iso
 #: Most bytes asked of a reader at once.
 CHUNK = 1 << 20
 
+#: Default of the decoder memory an xz or lzma stream may ask for (``xz -9`` needs 65 MiB).
+LZMA_MEMORY = 128 << 20
+
+
+class LzmaLimit(lzma.LZMAError):
+    """An xz or LZMA stream needs more decoder memory (its dictionary) than ``Limits.lzma_memory``."""
+
+
+def lzma_limit(exc: lzma.LZMAError) -> bool:
+    """True if liblzma refused a stream for its memory limit."""
+    return "memory usage limit" in str(exc).lower()
+
+
+class LzmaReader:
+    """xz (``FORMAT_XZ``) or lzma (``FORMAT_ALONE``) streams, at most ``n`` bytes per ``read1``, under
+    liblzma's memory limit: a crafted header cannot make it allocate a dictionary of gigabytes.
+    Concatenated streams are read in turn and trailing garbage is ignored, as ``lzma.LZMAFile`` does."""
+
+    def __init__(self, data: bytes, fmt: int, memlimit: int) -> None:
+        self.data, self.fmt, self.memlimit, self.pos = memoryview(data), fmt, memlimit, 0
+        self.d = lzma.LZMADecompressor(fmt, memlimit=memlimit)
+        self.first = True
+
+    def _decompress(self, src: bytes, n: int) -> bytes:
+        try:
+            return self.d.decompress(src, n)
+        except lzma.LZMAError as exc:
+            if lzma_limit(exc):
+                raise LzmaLimit(f"needs more than {self.memlimit} bytes of decoder memory") from exc
+            raise
+
+    def read1(self, n: int) -> bytes:
+        while True:
+            if self.d.eof:
+                rest = self.d.unused_data + bytes(self.data[self.pos:])
+                self.pos = len(self.data)
+                if not rest:
+                    return b""
+                self.d, self.first = lzma.LZMADecompressor(self.fmt, memlimit=self.memlimit), False
+                try:
+                    out = self._decompress(rest, n)
+                except LzmaLimit:
+                    raise
+                except lzma.LZMAError:  # not another stream: trailing garbage, ignored
+                    return b""
+            else:
+                src = b""
+                if self.d.needs_input:
+                    src = bytes(self.data[self.pos:self.pos + CHUNK])
+                    self.pos += len(src)
+                    if not src:
+                        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                out = self._decompress(src, n)
+            if out:
+                return out
+
+
 #: Stream openers by format (each concatenated stream is read, as the stdlib modules do).
-_STREAMS: dict[str, Callable[[io.BytesIO], Any]] = {
-    "gzip": lambda f: gzip.GzipFile(fileobj=f),
-    "bzip2": bz2.BZ2File,
-    "xz": lzma.LZMAFile,
-    "lzma": lambda f: lzma.LZMAFile(f, format=lzma.FORMAT_ALONE),
-    "zlib": lambda f: ZlibReader(f.getvalue()),
+_STREAMS: dict[str, Callable[[bytes, "Limits"], Any]] = {
+    "gzip": lambda data, _: gzip.GzipFile(fileobj=io.BytesIO(data)),
+    "bzip2": lambda data, _: bz2.BZ2File(io.BytesIO(data)),
+    "xz": lambda data, limits: LzmaReader(data, lzma.FORMAT_XZ, limits.lzma_memory),
+    "lzma": lambda data, limits: LzmaReader(data, lzma.FORMAT_ALONE, limits.lzma_memory),
+    "zlib": lambda data, _: ZlibReader(data),
 }
 #: Errors a corrupt stream raises (gzip.BadGzipFile and bz2's are OSError).
 STREAM_ERRORS = (OSError, zlib.error, lzma.LZMAError)
@@ -63,6 +120,7 @@ class Limits:
     max_members: int
     ratio_flag: float
     passwords: tuple[bytes, ...] = ()
+    lzma_memory: int = LZMA_MEMORY  # most decoder memory an xz or LZMA stream may ask for
 
 
 @dataclass(slots=True)
@@ -161,7 +219,10 @@ def unpack_stream(fmt: str, data: bytes, filename: str | None, unpacker: Unpacke
     sink = bytearray()
     try:
         # read1: one decompression step per call, so an error cannot discard output already produced
-        complete = unpacker.drain(_STREAMS[fmt](io.BytesIO(data)).read1, sink, len(data))
+        complete = unpacker.drain(_STREAMS[fmt](data, unpacker.limits).read1, sink, len(data))
+    except LzmaLimit:
+        unpacker.flag("limit:lzma-memory")
+        complete = bool(sink)  # a later concatenated stream: keep the ones before it
     except EOFError:
         if not sink:
             raise

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from stoq.model import iso
-from stoq_plugins._archive import STREAM_ERRORS, Member, Unpacker, timestamp
+from stoq_plugins._archive import LZMA_MEMORY, STREAM_ERRORS, LzmaLimit, Member, Unpacker, timestamp
 
 LOCAL = b"PK\x03\x04"
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # signature ... file name length, extra length
@@ -33,7 +33,7 @@ MEMBER_ERRORS = (zipfile.BadZipFile, EOFError, *STREAM_ERRORS)
 class RawReader:
     """Decompresses one member's raw bytes (stored, deflate, bzip2, LZMA) at most ``n`` bytes per read."""
 
-    def __init__(self, raw: memoryview, method: int, crc: int | None) -> None:
+    def __init__(self, raw: memoryview, method: int, crc: int | None, lzma_memory: int = LZMA_MEMORY) -> None:
         self.raw, self.method, self.crc, self.pos, self.running = raw, method, crc, 0, 0
         self.eos = method != 14  # LZMA in zip may have no end marker: its input's end ends it
         self.d: Any = None
@@ -42,7 +42,7 @@ class RawReader:
         elif method == 12:
             self.d = bz2.BZ2Decompressor()
         elif method == 14:
-            self.d = _lzma(raw)
+            self.d = _lzma(raw, lzma_memory)
             self.pos = 4 + int.from_bytes(raw[2:4], "little")
 
     @property
@@ -84,14 +84,18 @@ class RawReader:
         return b""
 
 
-def _lzma(raw: memoryview) -> lzma.LZMADecompressor:
-    """A raw LZMA1 decompressor for a zip LZMA member (version, properties size, 5 property bytes)."""
+def _lzma(raw: memoryview, memlimit: int) -> lzma.LZMADecompressor:
+    """A raw LZMA1 decompressor for a zip LZMA member (version, properties size, 5 property bytes).
+    liblzma has no memory limit for raw streams: the dictionary, nearly all of the decoder's memory,
+    is checked against ``memlimit`` instead."""
     props = bytes(raw[4:9])
     if len(props) < 5:
         raise EOFError("LZMA properties cut short")
     lc, rest = props[0] % 9, props[0] // 9
-    spec = {"id": lzma.FILTER_LZMA1, "dict_size": int.from_bytes(props[1:5], "little"),
-            "lc": lc, "lp": rest % 5, "pb": rest // 5}
+    dict_size = int.from_bytes(props[1:5], "little")
+    if dict_size > memlimit:
+        raise LzmaLimit(f"an LZMA dictionary of {dict_size} bytes (more than {memlimit})")
+    spec = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": rest % 5, "pb": rest // 5}
     return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[spec])
 
 
@@ -194,11 +198,15 @@ def _extract(archive: zipfile.ZipFile, data: bytes, info: zipfile.ZipInfo, unpac
             if method in (0, 8):
                 read = archive.open(info).read
             else:
-                read = RawReader(memoryview(data)[start:start + info.compress_size], method, info.CRC).read
+                read = RawReader(memoryview(data)[start:start + info.compress_size], method, info.CRC,
+                                 unpacker.limits.lzma_memory).read
             if not unpacker.drain(read, sink, info.compress_size):
                 return
         except NotImplementedError:  # zipfile: patch data and other features it does not read
             unpacker.flag("zip:unsupported-method")
+            return
+        except LzmaLimit:
+            unpacker.flag("limit:lzma-memory")
             return
         except MEMBER_ERRORS:
             unpacker.flag("corrupt:member")
@@ -250,11 +258,15 @@ def recover(data: bytes, unpacker: Unpacker) -> bool:
             break
         sink = bytearray()
         try:
-            reader = RawReader(view[start:end] if known else view[start:], method, crc if known else None)
+            reader = RawReader(view[start:end] if known else view[start:], method, crc if known else None,
+                               unpacker.limits.lzma_memory)
             complete = unpacker.drain(reader.read, sink, size if known else None)
         except EOFError:
             unpacker.flag("corrupt:truncated")
             break
+        except LzmaLimit:
+            unpacker.flag("limit:lzma-memory")
+            complete = False
         except MEMBER_ERRORS:
             unpacker.flag("corrupt:member")
             complete = False

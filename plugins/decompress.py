@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
-from stoq_plugins._archive import Limits, Unpacker, unpack_stream, unpack_tar
+from stoq_plugins._archive import LZMA_MEMORY, Limits, Unpacker, unpack_stream, unpack_tar
 from stoq_plugins._tools import TOOL_FORMATS, ToolError, disk_image, unpack_tool
 from stoq_plugins._zip import unpack_zip
 
@@ -103,6 +103,10 @@ class DecompressPlugin(ExtractorPlugin):
         ratio_flag: float = Field(100, ge=0, description="Flag ratio:high when a member's size exceeds its "
                                                          "compressed size times this.")
         tool_timeout: float = Field(60, gt=0, description="Seconds an external extractor may run.")
+        max_lzma_memory: int = Field(LZMA_MEMORY, ge=0,
+                                     description="Most decoder memory an xz or LZMA stream may ask for, in "
+                                                 "bytes (its dictionary); a stream asking more is flagged "
+                                                 "limit:lzma-memory and not decompressed.")
 
     def accepts(self, payload: Payload) -> bool:
         return super().accepts(payload) and detect(payload) is not None
@@ -112,7 +116,8 @@ class DecompressPlugin(ExtractorPlugin):
         if fmt is None:
             raise ValueError(f"not a supported container (MIME type {payload.mime})")
         unpacker = Unpacker(Limits(options.max_member_bytes, options.max_total_bytes, options.max_members,
-                                   options.ratio_flag, tuple(p.encode() for p in options.passwords)))
+                                   options.ratio_flag, tuple(p.encode() for p in options.passwords),
+                                   options.max_lzma_memory))
         if fmt == "zip":
             unpack_zip(payload.content, unpacker)
             flags = unpacker.flags  # WinZip AES: 7z reads it all, unless entries overlap (a zip bomb)

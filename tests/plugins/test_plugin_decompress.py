@@ -487,3 +487,64 @@ def test_zip_with_unreadable_central_directory_is_recovered(make_payload) -> Non
     result = scan(make_payload, bytes(data))
     assert [(c.filename, c.content) for c in result.children] == [("a.txt", LOREM), ("b.txt", b"bee")]
     assert result.flags == ["corrupt:central-directory"]
+
+
+# --- decoder memory (xz, lzma, LZMA zip members) -----------------------------------------------------
+
+def xz_asking(dict_byte: int, data: bytes = LOREM) -> bytes:
+    """An xz stream of ``data`` whose block header declares the LZMA2 dictionary ``dict_byte``
+    (40: 4 GiB - 1), its CRC32 fixed: a crafted header that asks liblzma for that much memory."""
+    xz = bytearray(lzma.compress(data))
+    size = (xz[12] + 1) * 4
+    header = xz[12:12 + size]
+    assert (header[1], header[2], header[3]) == (0, 0x21, 1)  # no sizes, one filter: LZMA2, 1 property byte
+    header[4] = dict_byte
+    header[-4:] = struct.pack("<I", zlib.crc32(bytes(header[:-4])))
+    xz[12:12 + size] = header
+    return bytes(xz)
+
+
+def test_xz_asking_for_gigabytes_is_refused_and_flagged(make_payload) -> None:
+    honest = xz_asking(0x16)  # 8 MiB, what preset 6 writes: liblzma's own header, unchanged
+    assert honest == lzma.compress(LOREM)
+    greedy = xz_asking(40)
+    with pytest.raises(lzma.LZMAError, match="Memory usage limit"):  # liblzma's own check, same limit
+        lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=128 * MiB).decompress(greedy)
+    result = scan(make_payload, greedy, "application/x-xz")
+    assert result.children == [] and result.flags == ["limit:lzma-memory"]
+    assert result.data == {"format": "xz", "members": 1, "extracted": 0}
+    # An honest 8 MiB dictionary needs ~9 MiB to decode: refused under 4 MiB, read under the default.
+    assert scan(make_payload, honest, "application/x-xz", max_lzma_memory=4 * MiB).flags == ["limit:lzma-memory"]
+    assert [c.content for c in scan(make_payload, honest, "application/x-xz").children] == [LOREM]
+
+
+def test_a_greedy_stream_after_an_honest_one_keeps_the_first(make_payload) -> None:
+    result = scan(make_payload, lzma.compress(b"first stream") + xz_asking(40), "application/x-xz")
+    assert [c.content for c in result.children] == [b"first stream"]
+    assert result.flags == ["limit:lzma-memory"]
+
+
+def test_lzma_alone_asking_for_gigabytes_is_refused_and_flagged(make_payload) -> None:
+    data = bytearray(lzma.compress(LOREM, format=lzma.FORMAT_ALONE))
+    data[1:5] = (0xFFFFFFFF).to_bytes(4, "little")  # header: properties, dictionary size, size
+    result = scan(make_payload, bytes(data), "application/x-lzma", "notes.txt.lzma")
+    assert result.children == [] and result.flags == ["limit:lzma-memory"]
+
+
+def test_zip_lzma_member_asking_for_gigabytes_is_refused_and_flagged(make_payload) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("greedy.txt", LOREM, compress_type=zipfile.ZIP_LZMA)
+        archive.writestr("plain.txt", b"stored and fine")
+    data = bytearray(buffer.getvalue())
+    name_len, extra_len = struct.unpack_from("<HH", data, 26)
+    props = 30 + name_len + extra_len + 4  # LZMA header: version (2), properties size (2), properties (5)
+    assert int.from_bytes(data[props + 1:props + 5], "little") == 1 << 23  # zipfile's dictionary: 8 MiB
+    data[props + 1:props + 5] = (0xFFFFFFFF).to_bytes(4, "little")
+    result = scan(make_payload, bytes(data))
+    assert [(c.filename, c.content) for c in result.children] == [("plain.txt", b"stored and fine")]
+    assert result.flags == ["limit:lzma-memory"]
+    # The same through local-header recovery (no central directory).
+    recovered = scan(make_payload, bytes(data[:data.find(b"PK\x01\x02")]))
+    assert [c.content for c in recovered.children] == [b"stored and fine"]
+    assert recovered.flags == ["corrupt:central-directory", "limit:lzma-memory"]
