@@ -23,6 +23,8 @@ CHUNK = 1 << 20
 
 #: Default of the decoder memory an xz or lzma stream may ask for (``xz -9`` needs 65 MiB).
 LZMA_MEMORY = 128 << 20
+#: Default address-space limit of an external extractor (``RLIMIT_AS``).
+TOOL_MEMORY = 1 << 30
 
 
 class LzmaLimit(lzma.LZMAError):
@@ -121,6 +123,7 @@ class Limits:
     ratio_flag: float
     passwords: tuple[bytes, ...] = ()
     lzma_memory: int = LZMA_MEMORY  # most decoder memory an xz or LZMA stream may ask for
+    tool_memory: int = TOOL_MEMORY  # RLIMIT_AS of an external tool
 
 
 @dataclass(slots=True)

@@ -9,8 +9,9 @@
 
 Input is hostile. Each tool runs without a shell on a copy of the payload in a private scratch
 directory (``tempfile.mkdtemp``, mode 0700, its cwd and HOME), in a new session, with stdin closed, a
-time limit (flag ``limit:tool-time``), no core dumps and ``RLIMIT_FSIZE`` at ``max_member_bytes + 1``
-(``SIGXFSZ`` ignored: the write fails instead). While a tool extracts, the output directory is watched
+time limit (flag ``limit:tool-time``), no core dumps, ``RLIMIT_AS`` at ``tool_memory`` (a tool that
+cannot allocate what a crafted header asks for fails: flag ``limit:tool-memory``) and ``RLIMIT_FSIZE``
+at ``max_member_bytes + 1`` (``SIGXFSZ`` ignored: the write fails instead). While a tool extracts, the output directory is watched
 and the tool killed once it holds more than ``max_members`` files or ``max_total_bytes`` bytes.
 Afterwards the output is walked without following links: only regular files (``os.lstat``), each inode
 once, read with ``O_NOFOLLOW``; then the same caps and flags as the in-process formats apply. A file
@@ -47,6 +48,15 @@ NO_PASSWORD = "stoq-no-password"
 _LOG_BYTES = 1 << 16
 #: What the tools say of input that ends too soon (liblzma's "no progress" is a cut lzip stream).
 TRUNCATION = ("unexpected end", "truncated", "no progress is possible")
+#: What the tools say when an allocation fails under ``RLIMIT_AS`` (liblzma, 7-Zip, C++ runtimes).
+OUT_OF_MEMORY = ("cannot allocate memory", "can't allocate", "can not allocate", "out of memory", "bad_alloc",
+                 "not enough memory")
+
+
+def out_of_memory(code: int, log: str) -> bool:
+    """True if a tool that failed says an allocation failed."""
+    text = log.lower()
+    return code != 0 and any(m in text for m in OUT_OF_MEMORY)
 
 
 class ToolError(ValueError):
@@ -141,13 +151,14 @@ class Tools:
         return {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": scratch.root}
 
     def _preexec(self) -> Callable[[], None]:
-        size = self.limits.max_member_bytes + 1
+        caps = ((resource.RLIMIT_FSIZE, self.limits.max_member_bytes + 1),
+                (resource.RLIMIT_AS, self.limits.tool_memory), (resource.RLIMIT_CORE, 0))
 
         def limit() -> None:
-            hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
-            cap = size if hard == resource.RLIM_INFINITY else min(size, hard)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            for which, size in caps:
+                hard = resource.getrlimit(which)[1]
+                cap = size if hard == resource.RLIM_INFINITY else min(size, hard)
+                resource.setrlimit(which, (cap, cap))
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         return limit
 
@@ -158,12 +169,15 @@ class Tools:
     def listing(self, argv: list[str], scratch: Scratch) -> subprocess.CompletedProcess[bytes]:
         """A listing command (its output is read whole: it has no extracted data)."""
         try:
-            return subprocess.run(argv, shell=False, cwd=scratch.root, env=self._env(scratch), capture_output=True,
+            done = subprocess.run(argv, shell=False, cwd=scratch.root, env=self._env(scratch), capture_output=True,
                                   stdin=subprocess.DEVNULL, timeout=self.timeout, preexec_fn=self._preexec(),
                                   start_new_session=True)
         except subprocess.TimeoutExpired:
             self.unpacker.flag("limit:tool-time")
             return subprocess.CompletedProcess(argv, -1, b"", b"")
+        if out_of_memory(done.returncode, done.stderr[:_LOG_BYTES].decode("utf-8", "replace")):
+            self.unpacker.flag("limit:tool-memory")
+        return done
 
     def extract(self, argv: list[str], scratch: Scratch) -> Run:
         """Runs an extracting tool, killing it at the time limit or when its output passes a cap."""
@@ -185,7 +199,10 @@ class Tools:
             finally:  # also when the plugin's own time limit interrupts the loop
                 kill_group(proc)
             log.seek(0)
-            return Run(proc.returncode, log.read(_LOG_BYTES).decode("utf-8", "replace"), stopped)
+            text = log.read(_LOG_BYTES).decode("utf-8", "replace")
+            if stopped is None and out_of_memory(proc.returncode, text):
+                stopped = "limit:tool-memory"
+            return Run(proc.returncode, text, stopped)
 
     def _over(self, out: str) -> str | None:
         count = total = 0
@@ -222,8 +239,11 @@ class Tools:
                 timer.cancel()
                 kill_group(proc)
             log.seek(0)
-            return Run(proc.returncode, log.read(_LOG_BYTES).decode("utf-8", "replace"),
-                       "limit:tool-time" if expired.is_set() else None)
+            text = log.read(_LOG_BYTES).decode("utf-8", "replace")
+            stopped = "limit:tool-time" if expired.is_set() else None
+            if stopped is None and out_of_memory(proc.returncode, text):
+                stopped = "limit:tool-memory"
+            return Run(proc.returncode, text, stopped)
 
     def collect(self, scratch: Scratch, entries: list[Entry], compressed: int) -> None:
         """Admits the regular files of the output directory, in listing order, as members."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
-from stoq_plugins._archive import LZMA_MEMORY, Limits, Unpacker, unpack_stream, unpack_tar
+from stoq_plugins._archive import LZMA_MEMORY, TOOL_MEMORY, Limits, Unpacker, unpack_stream, unpack_tar
 from stoq_plugins._tools import TOOL_FORMATS, ToolError, disk_image, unpack_tool
 from stoq_plugins._zip import unpack_zip
 
@@ -107,6 +107,9 @@ class DecompressPlugin(ExtractorPlugin):
                                      description="Most decoder memory an xz or LZMA stream may ask for, in "
                                                  "bytes (its dictionary); a stream asking more is flagged "
                                                  "limit:lzma-memory and not decompressed.")
+        tool_memory: int = Field(TOOL_MEMORY, ge=64 * MiB,
+                                 description="Address space an external extractor may use, in bytes "
+                                             "(RLIMIT_AS); a tool that runs out is flagged limit:tool-memory.")
 
     def accepts(self, payload: Payload) -> bool:
         return super().accepts(payload) and detect(payload) is not None
@@ -117,7 +120,7 @@ class DecompressPlugin(ExtractorPlugin):
             raise ValueError(f"not a supported container (MIME type {payload.mime})")
         unpacker = Unpacker(Limits(options.max_member_bytes, options.max_total_bytes, options.max_members,
                                    options.ratio_flag, tuple(p.encode() for p in options.passwords),
-                                   options.max_lzma_memory))
+                                   options.max_lzma_memory, options.tool_memory))
         if fmt == "zip":
             unpack_zip(payload.content, unpacker)
             flags = unpacker.flags  # WinZip AES: 7z reads it all, unless entries overlap (a zip bomb)

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -268,6 +269,33 @@ def test_piped_streams(tmp_path: Path, make_payload, fmt: str, argv: list[str], 
     cut = scan(make_payload, packed[:len(packed) // 2], mime, ratio_flag=1e6)
     assert cut.flags == ["corrupt:truncated"] and text.startswith(cut.children[0].content)
     assert 0 < len(cut.children[0].content) < len(text)
+
+
+def test_a_tool_asked_for_too_much_memory_is_stopped_and_flagged(make_payload) -> None:
+    """An lzip header asking for a 512 MiB dictionary (code 0x1D; lzip -0 writes 0x0C, 4 KiB): under
+    ``tool_memory`` = 256 MiB (RLIMIT_AS) liblzma in bsdcat cannot allocate it; under the default
+    (1 GiB) the stream is read, the dictionary being allocated but barely touched."""
+    packed = bytearray(subprocess.run(["lzip", "-0", "-c"], input=LOREM, capture_output=True, check=True,
+                                      timeout=60).stdout)
+    assert packed[:6] == b"LZIP\x01\x0c"
+    packed[5] = 0x1D
+    greedy = scan(make_payload, bytes(packed), "application/x-lzip", tool_memory=256 * MiB)
+    assert greedy.children == [] and greedy.flags == ["limit:tool-memory"]
+    assert greedy.data == {"format": "lzip", "members": 1, "extracted": 0}
+    default = scan(make_payload, bytes(packed), "application/x-lzip")
+    assert [c.content for c in default.children] == [LOREM] and default.flags == []
+
+
+def test_the_tools_run_under_the_memory_limit(tmp_path: Path) -> None:
+    """What the tool process gets: RLIMIT_AS at ``tool_memory``, RLIMIT_FSIZE, no core dumps."""
+    from stoq_plugins._archive import Limits, Unpacker
+    from stoq_plugins._tools import Tools
+
+    tools = Tools(Unpacker(Limits(1000, 2000, 10, 100.0, tool_memory=300 * MiB)), 10)
+    probe = "import resource as r; print(*(r.getrlimit(x)[0] for x in (r.RLIMIT_AS, r.RLIMIT_FSIZE, r.RLIMIT_CORE)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          preexec_fn=tools._preexec())
+    assert done.stdout.split() == [str(300 * MiB), "1001", "0"]
 
 
 # --- helpers -------------------------------------------------------------------------------------------
