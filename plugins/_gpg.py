@@ -1,6 +1,6 @@
 """Running ``gpg`` (GnuPG 2) on one OpenPGP message, and reading what its ``--status-fd`` lines say.
 
-Input is hostile. Each run gets a private scratch directory (``tempfile.mkdtemp``, mode 0700) holding a
+Input is hostile. Each run gets a private scratch directory (``stoq_plugins._scratch``, mode 0700) holding a
 copy of the payload and a fresh GNUPGHOME (mode 0700) into which the configured keyring is imported; the
 user's own ``~/.gnupg`` is never read. gpg runs without a shell, in a new session, with a cleaned
 environment (HOME and GNUPGHOME in the scratch directory), no core dumps, no network (dirmngr disabled,
@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from stoq.model import iso
+from stoq_plugins._scratch import make as make_scratch
+from stoq_plugins._scratch import remove_stale
 from stoq_plugins._tools import kill_group
 
 PREFIX = "[GNUPG:] "
@@ -137,6 +139,24 @@ def _preexec() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def stop_agent(root: str) -> None:
+    """Stops the gpg-agent of the scratch directory ``root`` and removes its socket directory."""
+    home = os.path.join(root, "h")
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": root, "GNUPGHOME": home}
+    for action in ("--kill", "--remove-socketdir"):
+        argv = ["gpgconf", "--homedir", home, action] + (["all"] if action == "--kill" else [])
+        try:
+            subprocess.run(argv, env=env, cwd=root, stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                           start_new_session=True, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+def remove_stale_homes() -> list[str]:
+    """Removes the scratch directories of gpg runs whose worker was killed (their agent stopped first)."""
+    return remove_stale("gpg", before=stop_agent)
+
+
 class Gpg:
     """A scratch directory with a private GNUPGHOME; use as a context manager."""
 
@@ -144,7 +164,7 @@ class Gpg:
         self.timeout, self.max_output = timeout, max_output
 
     def __enter__(self) -> Gpg:
-        self.root = tempfile.mkdtemp(prefix="stoq-gpg-")  # mode 0700
+        self.root = make_scratch("gpg")  # mode 0700
         self.home = os.path.join(self.root, "h")
         if len(self.home) > MAX_HOME:
             os.rmdir(self.root)
@@ -161,10 +181,7 @@ class Gpg:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            for action in ("--kill", "--remove-socketdir"):
-                argv = ["gpgconf", "--homedir", self.home, action] + (["all"] if action == "--kill" else [])
-                subprocess.run(argv, env=self.env, cwd=self.root, stdin=subprocess.DEVNULL, capture_output=True,
-                               timeout=10, start_new_session=True, check=False)
+            stop_agent(self.root)
         finally:
             for _ in range(5):  # the agent may still be removing its sockets
                 try:

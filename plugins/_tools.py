@@ -8,7 +8,8 @@
 - ``bsdcat`` (libarchive-tools): lzip and zstd streams, read from its stdout.
 
 Input is hostile. Each tool runs without a shell on a copy of the payload in a private scratch
-directory (``tempfile.mkdtemp``, mode 0700, its cwd and HOME), in a new session, with stdin closed, a
+directory (``stoq_plugins._scratch``: mode 0700, its cwd and HOME; one left by a killed worker is removed
+by the next worker's ``setup``), in a new session, with stdin closed, a
 time limit (flag ``limit:tool-time``), no core dumps, ``RLIMIT_AS`` at ``tool_memory`` (a tool that
 cannot allocate what a crafted header asks for fails: flag ``limit:tool-memory``) and ``RLIMIT_FSIZE``
 at ``max_member_bytes + 1`` (``SIGXFSZ`` ignored: the write fails instead). While a tool extracts, the output directory is watched
@@ -25,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import signal
 import stat
 import subprocess
@@ -39,6 +39,8 @@ from typing import IO, Callable
 
 from stoq.model import iso
 from stoq_plugins._archive import Member, Unpacker, stream_name, unpack_tar
+from stoq_plugins._scratch import make as make_scratch
+from stoq_plugins._scratch import rmtree
 
 INPUT, OUT = "input", "out"
 #: Leading bytes each tool-read stream must have (bsdcat would copy anything else unchanged).
@@ -109,7 +111,7 @@ class Scratch:
         self.data = data
 
     def __enter__(self) -> Scratch:
-        self.root = tempfile.mkdtemp(prefix="stoq-")  # mode 0700
+        self.root = make_scratch("tool")  # mode 0700
         try:
             fd = os.open(os.path.join(self.root, INPUT), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:
@@ -117,26 +119,19 @@ class Scratch:
             self.out = os.path.join(self.root, OUT)
             os.mkdir(self.out, 0o700)
         except BaseException:
-            _rmtree(self.root)
+            rmtree(self.root)
             raise
         return self
 
     def reset(self) -> None:
         """An empty output directory (after a wrong password)."""
-        _rmtree(self.out)
+        rmtree(self.out)
         os.mkdir(self.out, 0o700)
 
     def __exit__(self, *exc: object) -> None:
-        _rmtree(self.root)
+        rmtree(self.root)
 
 
-def _rmtree(path: str) -> None:
-    for root, dirs, _ in os.walk(path, followlinks=False):  # read-only directories a tool made
-        for name in dirs:
-            full = os.path.join(root, name)
-            if stat.S_ISDIR(os.lstat(full).st_mode):
-                os.chmod(full, 0o700)
-    shutil.rmtree(path)
 
 
 class Tools:

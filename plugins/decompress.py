@@ -7,6 +7,7 @@ from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
 from stoq_plugins._archive import LZMA_MEMORY, TOOL_MEMORY, Limits, Unpacker, unpack_stream, unpack_tar
+from stoq_plugins._scratch import remove_stale
 from stoq_plugins._tools import TOOL_FORMATS, ToolError, disk_image, unpack_tool
 from stoq_plugins._zip import unpack_zip
 
@@ -110,6 +111,9 @@ class DecompressPlugin(ExtractorPlugin):
         tool_memory: int = Field(TOOL_MEMORY, ge=64 * MiB,
                                  description="Address space an external extractor may use, in bytes "
                                              "(RLIMIT_AS); a tool that runs out is flagged limit:tool-memory.")
+
+    def setup(self) -> None:
+        remove_stale("tool")  # scratch directories of workers killed during an extraction
 
     def accepts(self, payload: Payload) -> bool:
         return super().accepts(payload) and detect(payload) is not None

@@ -9,7 +9,7 @@ import shutil
 from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
-from stoq_plugins._gpg import Gpg, GpgError
+from stoq_plugins._gpg import Gpg, GpgError, remove_stale_homes
 
 MiB = 1 << 20
 #: What libmagic calls armored messages (binary ones are application/octet-stream: see the dispatch rule).
@@ -62,6 +62,7 @@ class GpgPlugin(ExtractorPlugin):
     def setup(self) -> None:
         if shutil.which("gpg", path="/usr/bin:/bin") is None:
             raise FileNotFoundError("gpg (GnuPG 2) is not installed")
+        remove_stale_homes()  # left by a worker killed during a run
         if self.options.keyring and not os.path.isfile(self.options.keyring):
             raise FileNotFoundError(f"gpg keyring {self.options.keyring!r} is not a file")
         if self.options.keyring:  # fail now, not on every payload, when it holds no key
