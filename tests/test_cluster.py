@@ -200,6 +200,26 @@ def test_a_native_hang_is_killed_by_the_guard_and_quarantined(cluster: Cluster, 
     assert 12 <= elapsed < 120  # two attempts of 1 s + 5 s grace each, then the quarantine
 
 
+def test_documents_are_written_in_input_order(tmp_path: Path, cluster: Cluster) -> None:
+    """The first file is routed (by a dispatch rule) to `spin`, which runs into its 2 s time limit, so
+    its batch finishes after the later ones: the documents still come out in input order, as embedded."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    names = [f"f{i}.txt" for i in range(6)]
+    for i, name in enumerate(names):
+        (inputs / name).write_bytes(b"SLOWFILE" if i == 0 else f"quick {i}".encode())
+    rules = tmp_path / "slow.yar"
+    rules.write_text('rule slow { meta: plugin = "spin" strings: $a = "SLOWFILE" condition: $a }\n')
+    got = cluster.stoq("submit", *(str(inputs / n) for n in names), "--workers", "boom", "-o", "boom.trigger=NEVER",
+                       "-o", "spin.time_limit=2", "--max-depth", "0", "--format", "jsonl", timeout=120,
+                       STOQ_DISPATCH_RULES=str(rules))
+    assert got.returncode == 1, got.stderr
+    docs = [json.loads(line) for line in got.stdout.splitlines()]
+    assert [Path(d["source"]["path"]).name for d in docs] == names
+    assert [(e["plugin"], e["kind"]) for e in docs[0]["errors"]] == [("spin", "timeout")]
+    assert [d["errors"] for d in docs[1:]] == [[]] * 5
+
+
 def test_the_sweeper_stores_a_finished_scan_its_collector_left_unstored(tmp_path: Path, testplugins_site: Path,
                                                                         cluster: Cluster) -> None:
     """A collector killed after finishing a scan and before storing it leaves the finished state in

@@ -170,7 +170,6 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
         raise fail(f"cannot reach the cluster: {type(exc).__name__}: {exc}", ExitCode.CONFIG) from None
     code = ExitCode.OK
     notify = new_notify_key() if wait else None
-    scan_ids: set[str] = set()
     sent_ids: list[str] = []
     try:
         with Progress(len(files) * (2 if wait else 1), show_progress) as bar:
@@ -179,20 +178,29 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
                 if sent.scan_id is None:
                     typer.echo(f"stoq: {sent.error}", err=True)
                     code = max(code, ExitCode.INPUT)
-                elif wait:
-                    scan_ids.add(sent.scan_id)
                 else:
                     sent_ids.append(sent.scan_id)
             if notify is not None:
-                for doc, raw in client.documents(notify, scan_ids):
+                # Documents arrive as scans finish; they are written in input order, as `stoq scan`
+                # writes them (a finished document waits for those before it).
+                ready: dict[str, tuple[dict[str, Any], bytes] | None] = {}
+                position = 0
+                for doc, raw in client.documents(notify, set(sent_ids)):
                     bar.step()
                     if "refused" in doc:  # the workers cannot run this submission's settings
                         typer.echo(f"stoq: the cluster refused scan {doc['scan_id']}: {doc['refused']}", err=True)
                         code = max(code, ExitCode.CONFIG)
-                        continue
-                    if doc["errors"]:
-                        code = max(code, ExitCode.PLUGIN_ERRORS)
-                    writer.write(doc, raw)
+                        ready[doc["scan_id"]] = None
+                    else:
+                        ready[doc["scan_id"]] = (doc, raw)
+                    while position < len(sent_ids) and sent_ids[position] in ready:
+                        done = ready.pop(sent_ids[position])
+                        position += 1
+                        if done is None:
+                            continue
+                        if done[0]["errors"]:
+                            code = max(code, ExitCode.PLUGIN_ERRORS)
+                        writer.write(*done)
         if not wait:  # the ids: one per line, or a JSON array with --format json
             out = orjson.dumps(sent_ids) + b"\n" if writer.fmt is Format.json else "".join(
                 f"{i}\n" for i in sent_ids).encode()
