@@ -26,8 +26,6 @@ from __future__ import annotations
 import re
 import sqlite3
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -44,24 +42,15 @@ __all__ = ["HEAD_REVISION", "NotMigrated", "Store", "StoreError", "alembic_confi
 from stoq.migrations import HEAD_REVISION  # noqa: E402
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-_SQLITE_BUSY_MS = 30_000
-_SQLITE_CACHE_KIB = -65_536  # negative: KiB, so 64 MiB at most (allocated as used)
-_SQLITE_CHECKPOINT_PAGES = 10_000  # ~40 MB of WAL between automatic checkpoints
-_SQLITE_WAL_LIMIT = 64 * 1024 * 1024
 _PG_LOCK_KEY = 0x5370_0051  # pg_advisory_xact_lock key serialising concurrent upgrades
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
-class NotMigrated(Exception):
-    """The database schema is missing or not at :data:`HEAD_REVISION`."""
-
-
-class StoreError(Exception):
-    """The store cannot be opened, or a read or write failed."""
-
-
-from stoq.jsonb import apply_hint, order_hint  # noqa: E402
-from stoq.tables import _KEY_LENGTHS, ROW_COLUMNS, TABLES  # noqa: E402
+from stoq.jsonb import apply_hint  # noqa: E402
+from stoq.rows import (KEY_LENGTHS, ROW_COLUMNS, SQLITE_INSERTS, TABLE_NAMES, NotMigrated,  # noqa: E402
+                       StoreError, document_rows)
+from stoq.sqlitedb import configure  # noqa: E402
+from stoq.tables import TABLES  # noqa: E402
 
 # ---------------------------------------------------------------------------------- engine & migration
 
@@ -95,21 +84,7 @@ def _make_engine(url: URL) -> Engine:
     if is_sqlite:
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # Transactions are begun explicitly (see _on_begin), so DDL and DML share them.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
-            _wal(cur)
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            # Every saved document adds a row to several indexes keyed by random values (sha256,
-            # uuid4 scan ids), so a batch dirties pages all over the file. A bigger page cache and
-            # fewer, larger checkpoints (each page copied back once however often it changed) roughly
-            # halve the cost of a save; the WAL file is truncated back after a checkpoint.
-            cur.execute(f"PRAGMA cache_size={_SQLITE_CACHE_KIB}")
-            cur.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_CHECKPOINT_PAGES}")
-            cur.execute(f"PRAGMA journal_size_limit={_SQLITE_WAL_LIMIT}")
-            cur.close()
+            configure(dbapi_conn)  # transactions are begun explicitly: see _on_begin
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -118,27 +93,6 @@ def _make_engine(url: URL) -> Engine:
             write = conn.get_execution_options().get("stoq_write", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
     return engine
-
-
-def _wal(cur: Any) -> None:
-    """Switches a SQLite database to WAL (a setting kept in the file), once.
-
-    The switch needs the database to itself, and SQLite may refuse it at once ("database is locked")
-    without waiting when another connection is opening the new file too: retry until busy_timeout.
-    """
-    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() in ("wal", "memory"):
-        return
-    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
-    delay = 0.005
-    while True:
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 def alembic_config(url: str | None = None) -> Any:
@@ -230,34 +184,6 @@ def _safe(url: URL) -> str:
 
 # --------------------------------------------------------------------------------------------- store
 
-def _parse_date(date: Any) -> datetime | None:
-    if not isinstance(date, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(date)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment if moment.tzinfo is timezone.utc else moment.astimezone(timezone.utc)
-
-
-_DOC_KEYS = frozenset(("schema_version", "scan_id", "date", "source", "payloads", "results", "errors"))
-_PAYLOAD_KEYS = frozenset(("payload_id", "parent_id", "depth", "filename", "extracted_by", "meta",
-                           "duplicate_of", "size", "md5", "sha1", "sha256", "sha512", "mime", "workers",
-                           "flags"))
-_ERROR_KEYS = frozenset(("payload_id", "plugin", "kind", "message"))
-
-
-def _check_keys(what: str, obj: Any, expected: frozenset[str]) -> None:
-    if not isinstance(obj, dict):
-        raise StoreError(f"{what} is a {type(obj).__name__}, not an object")
-    if obj.keys() != expected:
-        keys = set(obj)
-        raise StoreError(f"{what} does not have the scan-document shape: missing {sorted(expected - keys)}, "
-                         f"unexpected {sorted(keys - expected)}")
-
-
 class Store:
     """Saves and loads scan documents. Thread-safe; one per process is plenty."""
 
@@ -275,17 +201,15 @@ class Store:
         if self._sqlite:
             # SQLite: plain executemany of prebuilt SQL and rows (JSON already text), which skips
             # SQLAlchemy's per-row parameter processing: most of the cost of a small document.
-            self._inserts: list[Any] = [
-                f"INSERT INTO {t.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                "ON CONFLICT DO NOTHING" for t, cols in zip(TABLES, self._columns)]
+            self._inserts: list[Any] = list(SQLITE_INSERTS)
         else:
             # PostgreSQL: one multi-row INSERT per table, all sent as one simple query (one round trip,
             # one implicit transaction), each row rendered by psycopg2's ``mogrify`` (C). SQLAlchemy's
             # executemany took a round trip per table plus BEGIN and COMMIT, and processed every
             # parameter in Python: 15 % of a cluster worker's time.
-            self._inserts = [(f"INSERT INTO {t.name} ({', '.join(cols)}) VALUES ".encode(),
+            self._inserts = [(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ".encode(),
                               f"({', '.join(['%s'] * len(cols))})", b" ON CONFLICT DO NOTHING;")
-                             for t, cols in zip(TABLES, self._columns)]
+                             for table, cols in zip(TABLE_NAMES, self._columns)]
 
     @classmethod
     def open(cls, url: str, *, auto_migrate: bool | None = None) -> Store:
@@ -344,7 +268,7 @@ class Store:
 
     def save(self, documents: Iterable[dict[str, Any]]) -> None:
         """Saves scan documents, all in one transaction. Saving a document again changes nothing."""
-        rows = self._rows(documents)
+        rows = document_rows(documents, sqlite=self._sqlite)
         if not rows[0]:
             return
         if not self._sqlite:
@@ -370,7 +294,7 @@ class Store:
             dbapi = raw.dbapi_connection
             cur = dbapi.cursor()
             parts = []
-            for (head, row_sql, tail), keylen, batch in zip(self._inserts, _KEY_LENGTHS, rows):
+            for (head, row_sql, tail), keylen, batch in zip(self._inserts, KEY_LENGTHS, rows):
                 if batch:
                     # Rows in key order: concurrent savers then take row locks in the same order and
                     # cannot deadlock on shared payloads.
@@ -390,80 +314,6 @@ class Store:
             raise StoreError(f"cannot save {len(rows[0])} scan document(s): {exc}") from exc
         finally:
             raw.close()
-
-    def _rows(self, documents: Iterable[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], ...]:
-        """The rows of every table (tuples in ``self._columns`` order), checking the document shape.
-
-        JSON goes as text (PostgreSQL casts the literals to JSONB), with the JSONB hints on PostgreSQL;
-        timestamps in SQLAlchemy's SQLite format on SQLite, as ``datetime`` for psycopg2 on PostgreSQL.
-        """
-        if self._sqlite:
-            def js(value: Any) -> str:
-                return dumps(value).decode()
-
-            def hint(value: Any) -> None:
-                return None  # SQLite's JSON text keeps everything
-
-            def stamp(moment: datetime | None) -> Any:
-                return None if moment is None else moment.replace(tzinfo=None).isoformat(" ", "microseconds")
-        else:
-            def js(value: Any) -> str:
-                return dumps(value).decode()
-
-            def hint(value: Any) -> str | None:
-                h = order_hint(value)
-                return None if h is None else dumps(h).decode()
-
-            def stamp(moment: datetime | None) -> Any:
-                return moment
-
-        dumps = orjson.dumps
-        scans: list[tuple[Any, ...]] = []
-        payloads: dict[str, tuple[Any, ...]] = {}
-        edges: list[tuple[Any, ...]] = []
-        results: list[tuple[Any, ...]] = []
-        errors: list[tuple[Any, ...]] = []
-        for doc in documents:
-            try:
-                if doc.keys() != _DOC_KEYS:
-                    _check_keys("a document", doc, _DOC_KEYS)
-                scan_id = doc["scan_id"]
-                date = doc["date"]
-                when = stamp(_parse_date(date))
-                source = doc["source"]
-                records = doc["results"]
-                # scans: scan_id, schema_version, date, scanned_at, source, source_order, payload_count,
-                # root_sha256
-                scans.append((scan_id, doc["schema_version"], date, when, js(source), hint(source),
-                              doc["payloads"], records[0]["sha256"] if records else None))
-                for seq, rec in enumerate(records):
-                    if rec.keys() != _PAYLOAD_KEYS:
-                        _check_keys(f"results[{seq}] of scan {scan_id}", rec, _PAYLOAD_KEYS)
-                    sha256 = rec["sha256"]
-                    if sha256 not in payloads:
-                        # payloads: sha256, md5, sha1, sha512, size, mime, first_seen
-                        payloads[sha256] = (sha256, rec["md5"], rec["sha1"], rec["sha512"], rec["size"],
-                                            rec["mime"], when)
-                    payload_id = rec["payload_id"]
-                    meta = rec["meta"]
-                    # scan_payloads: scan_id, payload_id, seq, parent_id, depth, sha256, filename,
-                    # extracted_by, meta, meta_order, duplicate_of, flags
-                    edges.append((scan_id, payload_id, seq, rec["parent_id"], rec["depth"], sha256,
-                                  rec["filename"], rec["extracted_by"], js(meta), hint(meta),
-                                  rec["duplicate_of"], js(rec["flags"])))
-                    # plugin_results: scan_id, payload_id, plugin, ordinal, result, result_order
-                    for ordinal, (plugin, result) in enumerate(rec["workers"].items()):
-                        results.append((scan_id, payload_id, plugin, ordinal, js(result), hint(result)))
-                for seq, err in enumerate(doc["errors"]):
-                    if err.keys() != _ERROR_KEYS:
-                        _check_keys(f"errors[{seq}] of scan {scan_id}", err, _ERROR_KEYS)
-                    # scan_errors: scan_id, payload_id, plugin, kind, message, seq
-                    errors.append((scan_id, err["payload_id"], err["plugin"], err["kind"], err["message"], seq))
-            except StoreError:
-                raise
-            except (KeyError, TypeError, AttributeError, IndexError, orjson.JSONEncodeError) as exc:
-                raise StoreError(f"not a scan document ({type(exc).__name__}: {exc})") from exc
-        return scans, list(payloads.values()), edges, results, errors
 
     # ------------------------------------------------------------------------------------------- read
 

@@ -157,14 +157,4 @@ PLUGIN_RESULTS = PluginResult.__table__
 SCAN_ERRORS = ScanErrorRow.__table__
 #: Every table the store owns, parents first (drop in reverse).
 TABLES = (SCANS, PAYLOADS, SCAN_PAYLOADS, PLUGIN_RESULTS, SCAN_ERRORS)
-#: The columns :meth:`Store.save` writes, per table, in the order of its row tuples.
-ROW_COLUMNS = (
-    ("scan_id", "schema_version", "date", "scanned_at", "source", "source_order", "payload_count", "root_sha256"),
-    ("sha256", "md5", "sha1", "sha512", "size", "mime", "first_seen"),
-    ("scan_id", "payload_id", "seq", "parent_id", "depth", "sha256", "filename", "extracted_by", "meta",
-     "meta_order", "duplicate_of", "flags"),
-    ("scan_id", "payload_id", "plugin", "ordinal", "result", "result_order"),
-    ("scan_id", "payload_id", "plugin", "kind", "message", "seq"),
-)
-#: How many leading ROW_COLUMNS make each table's unique key.
-_KEY_LENGTHS = (1, 1, 2, 3, 4)
+# The rows written to them (columns, order, keys) are defined without SQLAlchemy in stoq.rows.

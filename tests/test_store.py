@@ -16,6 +16,7 @@ from helpers import PG_URL, pg_admin
 from stoq import model
 from stoq import store as store_mod
 from stoq import tables as tables_mod
+from stoq.jsonb import apply_hint, order_hint
 from stoq.model import PayloadRecord, ScanErrorEntry
 from stoq.store import HEAD_REVISION, NotMigrated, Store, StoreError, upgrade
 
@@ -410,6 +411,56 @@ def _sqlite_master_of_new(tmp_path) -> list[tuple[Any, ...]]:
     return _sqlite_master(tmp_path / "reference.db")
 
 
+def _all_rows(path) -> dict[str, list[tuple[Any, ...]]]:
+    import sqlite3
+
+    from stoq.rows import TABLE_NAMES
+
+    db = sqlite3.connect(path)
+    try:
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in TABLE_NAMES}
+    finally:
+        db.close()
+
+
+def test_the_clis_sqlite_writer_writes_the_stores_rows(tmp_path):
+    """SqliteWriter (no SQLAlchemy) and Store.save write identical rows; the Store reads them back exactly."""
+    from stoq.cli.storeload import create_sqlite_at_head
+    from stoq.sqlitedb import SqliteWriter
+
+    docs = [realistic_document("scan-r1"), realistic_document("scan-r2", date="2024-05-01T14:34:56+02:00"),
+            *(small_document(i) for i in range(5))]
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as st:
+        st.save(docs)
+    assert create_sqlite_at_head(f"sqlite:///{tmp_path / 'writer.db'}")
+    writer = SqliteWriter(str(tmp_path / "writer.db"))
+    writer.save(docs)
+    writer.save(docs[:3])  # idempotent
+    writer.close()
+    expected = _all_rows(tmp_path / "store.db")
+    assert _all_rows(tmp_path / "writer.db") == expected
+    assert {t: len(rows) for t, rows in expected.items()} == {
+        "scans": 7, "payloads": 4 + 5, "scan_payloads": 2 * 5 + 5, "plugin_results": 2 * (2 + 4 + 3 + 1) + 5 * 2,
+        "scan_errors": 2 * 3}
+    with Store.open(f"sqlite:///{tmp_path / 'writer.db'}", auto_migrate=False) as st:
+        assert [st.get(d["scan_id"]) for d in docs] == docs
+
+
+def test_the_clis_sqlite_writer_saves_all_or_nothing(tmp_path):
+    from stoq.cli.storeload import create_sqlite_at_head
+    from stoq.sqlitedb import SqliteWriter
+
+    assert create_sqlite_at_head(f"sqlite:///{tmp_path / 'w.db'}")
+    writer = SqliteWriter(str(tmp_path / "w.db"))
+    bad = small_document(2)
+    del bad["results"][0]["mime"]
+    with pytest.raises(StoreError, match=r"results\[0\] of scan scan-00000002 does not have the scan-document shape"):
+        writer.save([small_document(1), bad])
+    writer.close()
+    assert {t: len(rows) for t, rows in _all_rows(tmp_path / "w.db").items()} == dict.fromkeys(
+        ("scans", "payloads", "scan_payloads", "plugin_results", "scan_errors"), 0)
+
+
 def test_bad_url_is_a_store_error(tmp_path):
     with pytest.raises(StoreError):
         Store.open("nosuchdialect://x/y")
@@ -434,13 +485,13 @@ def _as_jsonb(value: Any) -> Any:
 @pytest.mark.parametrize("value", [ODD_META, realistic_document(), {}, [], 1e16, -0.0, None, "s",
                                    {"ab": 1, "a": {"d": 1, "c": 2}}])
 def test_order_hint_restores_what_jsonb_forgets(value):
-    hint = store_mod.order_hint(value)
-    restored = store_mod.apply_hint(_as_jsonb(value), orjson.loads(orjson.dumps(hint)))
+    hint = order_hint(value)
+    restored = apply_hint(_as_jsonb(value), orjson.loads(orjson.dumps(hint)))
     assert orjson.dumps(restored) == orjson.dumps(value)
 
 
 def test_order_hint_is_none_for_canonical_values():
-    assert store_mod.order_hint({"a": 1, "b": [1, 2.5], "cc": {"x": None}}) is None
+    assert order_hint({"a": 1, "b": [1, 2.5], "cc": {"x": None}}) is None
 
 
 # -------------------------------------------------------------------------------------- performance

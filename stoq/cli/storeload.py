@@ -2,8 +2,9 @@
 
 Importing SQLAlchemy costs ~0.4 s here, and creating a store with Alembic ~0.6 s more: together as
 long as scanning 700 small files. When the store is the usual SQLite file already at the current
-schema (checked with the standard ``sqlite3`` module), the CLI starts scanning at once and opens the
-store in a thread; the first batch of documents waits for it. A SQLite file that does not exist yet is
+schema (checked with the standard ``sqlite3`` module), the CLI starts scanning at once and saves
+with :class:`stoq.sqlitedb.SqliteWriter` (``sqlite3`` again, the Store's rows) in a thread, without
+importing SQLAlchemy at all; the first batch of documents waits for it. A SQLite file that does not exist yet is
 first created at the current schema from ``stoq/migrations/sqlite_head.sql`` (the schema Alembic's
 migrations give, dumped; a test keeps the two equal), which takes milliseconds. Any other store (a
 server database, a SQLite file to migrate) is opened before the scan starts, so that a store that
@@ -99,7 +100,8 @@ class StoreLoader:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
         create_sqlite_at_head(url)
-        if not sqlite_at_head(url):
+        self._sqlite = _sqlite_path(url) if sqlite_at_head(url) else None
+        if self._sqlite is None:
             self._open()
             if self._error is not None:
                 raise self._error
@@ -108,9 +110,14 @@ class StoreLoader:
         if self._store is not None or self._error is not None:
             return
         try:
-            from stoq.store import Store
+            if self._sqlite is not None:  # at the current schema: the standard sqlite3 module is enough
+                from stoq.sqlitedb import SqliteWriter
 
-            self._store = Store.open(self.url)
+                self._store = SqliteWriter(self._sqlite)
+            else:
+                from stoq.store import Store
+
+                self._store = Store.open(self.url)
         except BaseException as exc:  # handed to the caller of finish()
             self._error = exc
 
