@@ -44,7 +44,14 @@ class LzmaReader:
     def __init__(self, data: bytes, fmt: int, memlimit: int) -> None:
         self.data, self.fmt, self.memlimit, self.pos = memoryview(data), fmt, memlimit, 0
         self.d = lzma.LZMADecompressor(fmt, memlimit=memlimit)
-        self.first = True
+
+    FEED = 1 << 16  # input per step: each stream boundary copies what is left of it (unused_data)
+
+    def _chunk(self) -> bytes:
+        """The next input, ``FEED`` bytes at most: many tiny concatenated streams cost linear time."""
+        chunk = bytes(self.data[self.pos:self.pos + self.FEED])
+        self.pos += len(chunk)
+        return chunk
 
     def _decompress(self, src: bytes, n: int) -> bytes:
         try:
@@ -57,11 +64,10 @@ class LzmaReader:
     def read1(self, n: int) -> bytes:
         while True:
             if self.d.eof:
-                rest = self.d.unused_data + bytes(self.data[self.pos:])
-                self.pos = len(self.data)
+                rest = self.d.unused_data or self._chunk()
                 if not rest:
                     return b""
-                self.d, self.first = lzma.LZMADecompressor(self.fmt, memlimit=self.memlimit), False
+                self.d = lzma.LZMADecompressor(self.fmt, memlimit=self.memlimit)
                 try:
                     out = self._decompress(rest, n)
                 except LzmaLimit:
@@ -71,8 +77,7 @@ class LzmaReader:
             else:
                 src = b""
                 if self.d.needs_input:
-                    src = bytes(self.data[self.pos:self.pos + CHUNK])
-                    self.pos += len(src)
+                    src = self._chunk()
                     if not src:
                         raise EOFError("Compressed file ended before the end-of-stream marker was reached")
                 out = self._decompress(src, n)

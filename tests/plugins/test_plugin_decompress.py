@@ -548,3 +548,11 @@ def test_zip_lzma_member_asking_for_gigabytes_is_refused_and_flagged(make_payloa
     recovered = scan(make_payload, bytes(data[:data.find(b"PK\x01\x02")]))
     assert [c.content for c in recovered.children] == [b"stored and fine"]
     assert recovered.flags == ["corrupt:central-directory", "limit:lzma-memory"]
+
+
+def test_many_tiny_concatenated_xz_streams_are_all_read(make_payload) -> None:
+    """20,000 one-byte streams (fed in 64 KiB steps, so each stream boundary copies little)."""
+    data = lzma.compress(b"x") * 20_000
+    result = scan(make_payload, data, "application/x-xz")
+    assert [c.content for c in result.children] == [lzma.LZMAFile(io.BytesIO(data)).read()] == [b"x" * 20_000]
+    assert result.flags == []  # 20,000 bytes out of 1.2 MB: no ratio flag
