@@ -54,6 +54,9 @@ class Settings(BaseModel):
     max_depth: int = Field(8, ge=0, description="Deepest level of extracted children (root is 0).")
     max_children: int = Field(1000, ge=0, description="Most extracted payloads in one scan.")
     max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Most bytes of extracted payloads in one scan.")
+    max_scan_seconds: float = Field(600, ge=0, description="Seconds a scan may run: a child begun later is "
+                                                           "listed but not analysed, flagged limit:scan-time "
+                                                           "(0: no limit).")
     max_file_bytes: int = Field(1024 * 1024 * 1024, ge=0, description="Largest input file analysed; a larger one is only hashed and typed (flag limit:file-bytes).")
     timeout: float = Field(60.0, gt=0, description="Seconds one plugin may spend on one payload.")
     jobs: int = Field(0, ge=0, description="Embedded worker processes (0: one per core).")

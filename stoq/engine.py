@@ -147,7 +147,7 @@ class Engine:
                 log.warning("options given for plugin %r, which is not installed", name)
         rules = settings.dispatch_rules or str(bundled_dispatch_rules())
         self.dispatcher = Dispatcher(self.plugin_classes, settings.workers, rules)
-        self.limits = Limits(settings.max_depth, settings.max_children, settings.max_bytes)
+        self.limits = Limits(settings.max_depth, settings.max_children, settings.max_bytes, settings.max_scan_seconds)
         self.archive = open_archive(settings.archiver, settings.resolved_archive())
         try:
             self.archive.prepare()  # before any worker forks: they then only open it
@@ -267,6 +267,9 @@ class Engine:
             except (OSError, ArchiveError, sqlite3.Error) as exc:  # the analysis goes on without a copy
                 errors.append(ScanErrorEntry(payload_id, "archive", "error", f"{type(exc).__name__}: {exc}"))
 
+        if item.depth > 0 and budget.overtime():  # listed, not analysed: the scan's time is up
+            record.flags.append("limit:scan-time")
+            return Started(record, errors, [], content)
         can_extract = item.depth < self.limits.max_depth
         if quarantined is not None:
             errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules skipped: {quarantined}"))

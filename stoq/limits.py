@@ -6,22 +6,25 @@
 | `limit:children` | the parent of a dropped child   | the scan already holds `max_children` extracted payloads  |
 | `limit:bytes`    | the parent of a dropped child   | the child would take the scan past `max_bytes` extracted  |
 | `limit:file-bytes` | a root over `max_file_bytes`  | the input was only hashed (streamed) and typed (first MiB); no plugin ran, nothing archived |
+| `limit:scan-time` | a child begun after `max_scan_seconds` | it was hashed, typed, archived and listed, but no plugin ran on it (so nothing was extracted from it) |
 
 A dropped child is never analysed and never appears in ``results``; its parent carries the flag.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The limits of one scan (defaults: depth 8, 1000 children, 512 MiB extracted)."""
+    """The limits of one scan (defaults: depth 8, 1000 children, 512 MiB extracted, 600 s)."""
 
     max_depth: int = 8
     max_children: int = 1000
     max_bytes: int = 512 * 1024 * 1024
+    max_seconds: float = 600.0  # 0: no limit
 
 
 @dataclass(slots=True)
@@ -32,6 +35,11 @@ class Budget:
     children: int = 0
     bytes: int = 0
     seen: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)  # wall clock: the cluster's waves share it
+
+    def overtime(self) -> bool:
+        """True once the scan has run longer than ``max_seconds`` (never with 0)."""
+        return 0 < self.limits.max_seconds < time.time() - self.started
 
     def admit(self, depth: int, size: int) -> str | None:
         """Takes a child into the scan, or returns the flag that says why it cannot be."""

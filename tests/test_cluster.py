@@ -220,6 +220,22 @@ def test_documents_are_written_in_input_order(tmp_path: Path, cluster: Cluster) 
     assert [d["errors"] for d in docs[1:]] == [[]] * 5
 
 
+def test_the_scan_time_limit_holds_across_waves(tmp_path: Path, cluster: Cluster) -> None:
+    """The scan's clock travels with its state: children begun (by the collector, in the next wave)
+    after `max_scan_seconds` are listed with limit:scan-time and not analysed, as embedded."""
+    sample = tmp_path / "root.bin"
+    sample.write_bytes(b"root")
+    got = cluster.stoq("submit", str(sample), "--workers", "nest,spin", "-o", "nest.count=3", "-o", "spin.time_limit=0.6",
+                       "--max-depth", "1", "--format", "json", timeout=120, STOQ_MAX_SCAN_SECONDS="0.3")
+    assert got.returncode == 1, got.stderr
+    (doc,) = json.loads(got.stdout)
+    validate(doc)
+    root, *children = doc["results"]
+    assert root["workers"] == {"nest": {"emitted": 3}}
+    assert [(e["plugin"], e["kind"]) for e in doc["errors"]] == [("spin", "timeout")]
+    assert [(c["workers"], c["flags"]) for c in children] == [({}, ["limit:scan-time"])] * 3
+
+
 def test_the_sweeper_stores_a_finished_scan_its_collector_left_unstored(tmp_path: Path, testplugins_site: Path,
                                                                         cluster: Cluster) -> None:
     """A collector killed after finishing a scan and before storing it leaves the finished state in

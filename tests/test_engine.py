@@ -107,6 +107,36 @@ def test_children_and_bytes_limits_drop_children_with_a_flag(tmp_path: Path) -> 
     assert doc["results"][0]["flags"] == ["limit:bytes"]
 
 
+def test_children_begun_after_the_scan_time_are_listed_but_not_analysed(tmp_path: Path) -> None:
+    """`spin` holds the root for 0.6 s (its time limit) against 0.3 s for the whole scan: the three
+    children nest made are begun after that, so they are hashed, typed and listed, flagged
+    limit:scan-time, and nothing runs on them (nor is extracted from them). With no scan-time limit
+    (0) the same children are analysed."""
+    options = {"nest": {"count": 3}, "spin": {"time_limit": 0.6}}
+    engine = make_engine(tmp_path, workers="nest,spin", max_scan_seconds=0.3, max_depth=1, plugin_options=options)
+    doc = engine.scan(b"root", "root.bin", {})
+    validate(doc)
+    root, *children = doc["results"]
+    assert root["workers"] == {"nest": {"emitted": 3}} and root["flags"] == []
+    assert [(e["plugin"], e["kind"]) for e in doc["errors"]] == [("spin", "timeout")]
+    assert [c["sha256"] for c in children] == [hashlib.sha256(b"root#%d" % i).hexdigest() for i in range(3)]
+    assert [(c["workers"], c["flags"]) for c in children] == [({}, ["limit:scan-time"])] * 3
+    assert doc["payloads"] == 4
+
+    engine = make_engine(tmp_path, workers="nest,spin", max_scan_seconds=0, max_depth=1, plugin_options=options)
+    doc = engine.scan(b"root", "root.bin", {})
+    assert [c["flags"] for c in doc["results"][1:]] == [["limit:depth"]] * 3  # analysed: nest could not go deeper
+    assert [(e["plugin"], e["kind"]) for e in doc["errors"]] == [("spin", "timeout")] * 4
+
+
+def test_the_scan_time_budget() -> None:
+    from stoq.limits import Budget, Limits
+
+    assert Budget(Limits(max_seconds=1), started=time.time() - 2).overtime()
+    assert not Budget(Limits(max_seconds=1)).overtime()
+    assert not Budget(Limits(max_seconds=0), started=time.time() - 1e6).overtime()
+
+
 def test_duplicates_point_to_the_first_and_are_not_analysed_again(tmp_path: Path) -> None:
     engine = make_engine(tmp_path, workers="nest", plugin_options={"nest": {"count": 3, "same": True}})
     doc = engine.scan(b"same bytes", "r", {})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +123,7 @@ def careful_for(r: redis.Redis, task_id: str | None, cls: type[Careful], limit: 
 # -- profiles: the scan settings a submission brings -------------------------------------------------
 
 PROFILE_FIELDS = ("workers", "connectors", "plugins", "dispatch_rules", "max_depth", "max_children", "max_bytes",
-                  "max_file_bytes", "timeout")
+                  "max_scan_seconds", "max_file_bytes", "timeout")
 
 
 def profile_of(settings: Any) -> dict[str, Any]:
@@ -182,8 +183,10 @@ class ScanState:
         return dumps({
             "scan_id": self.scan_id, "date": self.date, "source": self.source, "profile": self.profile,
             "notify": self.notify, "done": self.done, "wave": self.wave,
-            "limits": [self.limits.max_depth, self.limits.max_children, self.limits.max_bytes],
-            "budget": {"children": self.budget.children, "bytes": self.budget.bytes, "seen": self.budget.seen},
+            "limits": [self.limits.max_depth, self.limits.max_children, self.limits.max_bytes,
+                       self.limits.max_seconds],
+            "budget": {"children": self.budget.children, "bytes": self.budget.bytes, "seen": self.budget.seen,
+                       "started": self.budget.started},
             "results": self.results, "errors": self.errors, "pending": self.pending,
         })
 
@@ -191,7 +194,8 @@ class ScanState:
     def from_json(cls, data: bytes) -> ScanState:
         d = orjson.loads(data)
         limits = Limits(*d["limits"])
-        budget = Budget(limits, d["budget"]["children"], d["budget"]["bytes"], d["budget"]["seen"])
+        b = d["budget"]
+        budget = Budget(limits, b["children"], b["bytes"], b["seen"], b.get("started", time.time()))
         return cls(d["scan_id"], d["date"], d["source"], d["profile"], d["notify"], limits, budget,
                    d["results"], d["errors"], d["pending"], d["wave"], d["done"])
 
