@@ -152,6 +152,7 @@ def test_broker_messages_stay_small_whatever_the_input(cluster: Cluster, tmp_pat
             zf.writestr(f"{'n' * 300}/{i:04d}.txt", f"member {i}\n")
     r = cluster.redis()
     r.delete("stoq:measure:task:max", "stoq:measure:result:max")
+    blobs_before = set(r.scan_iter("stoq:blob:*"))
     got = cluster.stoq("submit", str(big), "--workers", "yara", "-o", f"yara.rules={BENCH_RULES}", "--format", "json")
     assert got.returncode == 0, got.stderr
     (doc,) = json.loads(got.stdout)
@@ -160,6 +161,8 @@ def test_broker_messages_stay_small_whatever_the_input(cluster: Cluster, tmp_pat
     assert doc["results"][1]["meta"]["member"] == f"{'n' * 300}/0000.txt"
     task_max, result_max = (int(r.get(k) or 0) for k in ("stoq:measure:task:max", "stoq:measure:result:max"))
     assert 0 < task_max < 64 * 1024 and 0 < result_max < 64 * 1024, (task_max, result_max)
+    # Those ~250 KB could only travel as blobs; each is deleted once its wave is settled.
+    assert set(r.scan_iter("stoq:blob:*")) - blobs_before == set()
 
 
 def test_a_payload_that_kills_its_worker_is_quarantined_and_its_batch_mates_complete(cluster: Cluster,

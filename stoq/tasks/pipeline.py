@@ -173,10 +173,13 @@ def send_wave(app: Celery, r: redis.Redis, scans: list[ScanState],
             keys.append([profile, plugin])
             header.append((plugin, profile, refs[at:at + batch_max]))
     answer_limit = st.INLINE_LIMIT // max(1, len(header))  # the answers share the callback's message
-    sigs = [signature(names[plugin], args=(profile, st.wrap(r, chunk)), kwargs={"limit": answer_limit},
+    wrapped = [st.wrap(r, chunk) for _, _, chunk in header]
+    sigs = [signature(names[plugin], args=(profile, refs), kwargs={"limit": answer_limit},
                       queue=plugin, app=app, argsrepr=describe_refs(profile, chunk), kwargsrepr="")
-            for plugin, profile, chunk in header]
-    batch = st.wrap(r, {"scans": [[s.scan_id, s.wave] for s in scans], "parts": keys})
+            for (plugin, profile, chunk), refs in zip(header, wrapped)]
+    blobs = st.blob_keys(*wrapped)  # the collector deletes them once it has settled the wave
+    batch = st.wrap(r, {"scans": [[s.scan_id, s.wave] for s in scans], "parts": keys}
+                    | ({"blobs": blobs} if blobs else {}))
     chord(sigs)(signature("stoq.collect", args=(batch,), queue=COLLECT_QUEUE, app=app,
                           argsrepr=describe_ids("scans", [s.scan_id for s in scans]), kwargsrepr=""))
 
@@ -253,7 +256,12 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
     from stoq.tasks.checks import visibility_problem
 
     r = redis_client(app)
-    roots = st.unwrap(r, roots)
+    sent = roots
+    try:
+        roots = st.unwrap(r, roots)
+    except LookupError as exc:  # a redelivery after the blob was settled (deleted below): done already
+        log.warning("publish: %s; nothing to do", exc)
+        return
     try:
         eng = engine_for(r, profile_id)
         for name in eng.settings.connectors:  # set up now: a connector that cannot start refuses too
@@ -263,6 +271,7 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
             raise ConfigError(problem)
     except (ConfigError, LookupError) as exc:
         refuse(r, roots, notify, f"{type(exc).__name__}: {exc}")
+        st.forget(r, st.blob_keys(sent))
         return
     known = st.load_states(r, [root["scan_id"] for root in roots])
     waves = []
@@ -275,6 +284,7 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
     careful = careful_for(r, task_id)
     with r.pipeline() as pipe:
         settle(app, r, waves, [], pipe, careful)
+    st.forget(r, st.blob_keys(sent))
 
 
 def refuse(r: redis.Redis, roots: list[dict[str, Any]], notify: str | None, message: str) -> None:
@@ -290,10 +300,17 @@ def refuse(r: redis.Redis, roots: list[dict[str, Any]], notify: str | None, mess
 def collect(app: Celery, results: list[Any], batch: Any, task_id: str | None = None) -> None:
     """The chord's callback: applies a wave's answers, then settles the scans (next wave or done)."""
     r = redis_client(app)
-    batch = st.unwrap(r, batch)
+    blobs = st.blob_keys(batch, *results)
+    try:
+        batch = st.unwrap(r, batch)
+        parts = [st.unwrap(r, part) for part in results]
+    except LookupError as exc:  # a redelivery after the blobs were settled (deleted below): done already
+        log.warning("collect: %s; nothing to do", exc)
+        return
+    blobs += batch.get("blobs", [])  # the plugin tasks' references
     answers: dict[tuple[str, str], dict[str, Any]] = {}
-    for (_profile, plugin), part in zip(batch["parts"], results):
-        for answer in st.unwrap(r, part):
+    for (_profile, plugin), part in zip(batch["parts"], parts):
+        for answer in part:
             answers[(answer["payload_id"], plugin)] = answer
     tokens = dict(batch["scans"])
     keys = [st.scan_key(s) for s in tokens]
@@ -317,6 +334,7 @@ def collect(app: Celery, results: list[Any], batch: Any, task_id: str | None = N
                         finished.append(scan)
                 settle(app, r, waves, finished, pipe, careful)
                 store_finished(app, unstored)
+                st.forget(r, blobs)
                 return
             except redis.WatchError:
                 continue  # the sweeper touched one of these scans: read them again

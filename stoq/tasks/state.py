@@ -7,7 +7,7 @@ Keys, all under ``stoq:`` and all with a time to live, so nothing outlives a for
 | ``stoq:profile:<id>``   | a submission's scan settings (workers, plugin options, limits)  |
 | ``stoq:scan:<scan_id>`` | a scan in progress: budget, finished records, the wave in flight |
 | ``stoq:active``         | sorted set: scan id -> when its wave (or, finished, its store) is overdue (sweeper) |
-| ``stoq:blob:<id>``      | a task argument or answer too large for a broker message        |
+| ``stoq:blob:<id>``      | a task argument or answer too large for a broker message (deleted once settled) |
 | ``stoq:notify:<id>``    | finished documents for a waiting ``stoq submit``                 |
 | ``stoq:tries:<task>``   | per-payload attempts of a redelivered plugin task               |
 
@@ -65,13 +65,26 @@ def wrap(r: redis.Redis, value: Any, limit: int = INLINE_LIMIT) -> Any:
 
 
 def unwrap(r: redis.Redis, value: Any) -> Any:
-    """The inverse of ``wrap`` (the blob is kept: a redelivered task reads it again; it expires)."""
+    """The inverse of ``wrap``. The blob is kept (a redelivered task reads it again) until the task
+    that consumes it for good calls ``forget``; otherwise it expires after ``BLOB_TTL``."""
     if isinstance(value, dict) and "$blob" in value:
         data = r.get(value["$blob"])
         if data is None:
-            raise LookupError(f"message blob {value['$blob']} has expired or was never written")
+            raise LookupError(f"message blob {value['$blob']} is gone: its batch was already settled, or it "
+                              "expired")
         return orjson.loads(data)
     return value
+
+
+def blob_keys(*values: Any) -> list[str]:
+    """The blob keys of those ``values`` that are ``wrap`` references."""
+    return [v["$blob"] for v in values if isinstance(v, dict) and "$blob" in v]
+
+
+def forget(r: redis.Redis, keys: list[str]) -> None:
+    """Deletes blobs nothing will read again (a busy cluster would otherwise keep a day of them)."""
+    if keys:
+        r.delete(*keys)
 
 
 def deliveries(r: redis.Redis, key: str) -> int:
