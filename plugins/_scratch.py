@@ -51,7 +51,7 @@ def remove_stale(kind: str, before: Callable[[str], None] | None = None) -> list
     A directory that cannot be removed is left for the next sweep.
     """
     root = tempfile.gettempdir()
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(root))
     except OSError:

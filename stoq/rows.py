@@ -79,7 +79,7 @@ def document_rows(documents: Iterable[dict[str, Any]], *, sqlite: bool) -> tuple
         def js(value: Any) -> str:
             return dumps(value).decode()
 
-        def hint(value: Any) -> None:
+        def hint(value: Any) -> str | None:
             return None  # SQLite's JSON text keeps everything
 
         def stamp(moment: datetime | None) -> Any:
@@ -88,7 +88,7 @@ def document_rows(documents: Iterable[dict[str, Any]], *, sqlite: bool) -> tuple
         def js(value: Any) -> str:
             return dumps(value).decode()
 
-        def hint(value: Any) -> str | None:
+        def hint(value: Any) -> str | None:  # type: ignore[misc]  # the other branch's, same signature
             h = order_hint(value)
             return None if h is None else dumps(h).decode()
 

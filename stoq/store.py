@@ -291,7 +291,7 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot save {len(rows[0])} scan document(s): {exc}") from exc
         try:
-            dbapi = raw.dbapi_connection
+            dbapi: Any = raw.dbapi_connection  # psycopg2's connection
             cur = dbapi.cursor()
             parts = []
             for (head, row_sql, tail), keylen, batch in zip(self._inserts, KEY_LENGTHS, rows):

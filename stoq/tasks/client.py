@@ -124,7 +124,7 @@ class ClusterClient:
                 continue
             last = time.monotonic()
             more: list[bytes] = self.r.lpop(notify, 1000) or []  # type: ignore[assignment]  # the rest, one trip
-            batch: list[bytes] = [popped[1], *more]
+            batch: list[bytes] = [popped[1], *more]  # type: ignore[list-item]  # bytes: no decode_responses
             for raw in batch:
                 doc = orjson.loads(raw)
                 if doc["scan_id"] in waiting:  # a redelivered connector may notify twice

@@ -216,4 +216,5 @@ class ScanState:
 def load_states(r: redis.Redis | Any, scan_ids: list[str]) -> list[ScanState | None]:
     if not scan_ids:
         return []
-    return [None if raw is None else ScanState.from_json(raw) for raw in r.mget([scan_key(s) for s in scan_ids])]
+    raws: list[bytes | None] = r.mget([scan_key(s) for s in scan_ids])  # type: ignore[assignment]
+    return [None if raw is None else ScanState.from_json(raw) for raw in raws]
