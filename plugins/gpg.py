@@ -62,13 +62,16 @@ class GpgPlugin(ExtractorPlugin):
     def setup(self) -> None:
         if shutil.which("gpg", path="/usr/bin:/bin") is None:
             raise FileNotFoundError("gpg (GnuPG 2) is not installed")
-        remove_stale_homes()  # left by a worker killed during a run
+        self.worker_started()
         if self.options.keyring and not os.path.isfile(self.options.keyring):
             raise FileNotFoundError(f"gpg keyring {self.options.keyring!r} is not a file")
         if self.options.keyring:  # fail now, not on every payload, when it holds no key
             with Gpg(self.options.timeout, 0) as gpg:
                 if gpg.import_keys(self.options.keyring) == 0:
                     raise ValueError(f"gpg keyring {self.options.keyring!r} holds no OpenPGP key")
+
+    def worker_started(self) -> None:
+        remove_stale_homes()  # left by a worker killed during a run
 
     def accepts(self, payload: Payload) -> bool:
         return super().accepts(payload) and looks_like_openpgp(payload.content)

@@ -109,6 +109,7 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
     parent), at once when the queue is empty."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     faulthandler.disable()  # a crash is recorded by the parent; no traceback dump on stderr
+    engine.worker_started()  # e.g. scratch directories a killed predecessor left
     activity = SlotActivity(slot)
     out: list[bytes] = []
     size = 0

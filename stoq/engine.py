@@ -178,6 +178,14 @@ class Engine:
             self._instances[name] = plugin
         return plugin
 
+    def worker_started(self) -> None:
+        """Tells every set-up plugin that it now runs in a new worker process."""
+        for plugin in self._instances.values():
+            try:
+                plugin.worker_started()
+            except Exception:  # housekeeping: never a reason not to serve
+                pass
+
     def timeout_for(self, name: str) -> float:
         """Seconds ``name`` may spend on one payload: its ``time_limit`` option, else ``timeout``."""
         return self.timeouts.get(name, self.settings.timeout)

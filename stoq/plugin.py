@@ -102,6 +102,11 @@ class Plugin:
     def setup(self) -> None:
         """Prepare expensive state (compile rules, open handles). Called once before first use."""
 
+    def worker_started(self) -> None:
+        """Called in each new worker process that inherited this set-up instance (the embedded pool's
+        workers, replacements of killed ones included): per-process housekeeping, such as removing
+        what a killed predecessor left behind."""
+
     @classmethod
     def summary(cls) -> str:
         """The one-line description: ``description`` or the docstring's first line."""

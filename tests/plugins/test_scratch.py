@@ -86,3 +86,17 @@ def test_a_killed_gpg_run_loses_its_directory_and_its_agent(monkeypatch: pytest.
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{agents[0]}")
     os.rmdir(short)
+
+
+def test_a_new_embedded_worker_sweeps_for_its_set_up_plugins(tmpdir_env: Path, tmp_path: Path) -> None:
+    """A replacement worker is forked from a parent whose decompress is already set up: the engine's
+    worker_started (called first thing in every embedded worker) sweeps again."""
+    from stoq.config import load_settings
+    from stoq.engine import Engine
+
+    engine = Engine(load_settings(env={"STOQ_ARCHIVE": str(tmp_path / "archive"), "STOQ_ARCHIVER": "none"},
+                                  overrides={"workers": "decompress"}))
+    dead = killed_worker("tool", tmpdir_env)  # after setup: only a new worker's sweep removes it
+    assert Path(dead).is_dir()
+    engine.worker_started()
+    assert not Path(dead).exists()
