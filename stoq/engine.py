@@ -147,7 +147,7 @@ class Engine:
                 log.warning("options given for plugin %r, which is not installed", name)
         rules = settings.dispatch_rules or str(bundled_dispatch_rules())
         self.dispatcher = Dispatcher(self.plugin_classes, settings.workers, rules)
-        self.limits = Limits(settings.max_depth, settings.max_children, settings.max_bytes, settings.max_scan_seconds)
+        self.limits = Limits.of(settings)
         self.archive = open_archive(settings.archiver, settings.resolved_archive())
         try:
             self.archive.prepare()  # before any worker forks: they then only open it
@@ -184,7 +184,7 @@ class Engine:
             try:
                 plugin.worker_started()
             except Exception:  # housekeeping: never a reason not to serve
-                pass
+                log.warning("worker_started of plugin %r failed", plugin.name, exc_info=True)
 
     def timeout_for(self, name: str) -> float:
         """Seconds ``name`` may spend on one payload: its ``time_limit`` option, else ``timeout``."""

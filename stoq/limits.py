@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,11 @@ class Limits:
     max_children: int = 1000
     max_bytes: int = 512 * 1024 * 1024
     max_seconds: float = 600.0  # 0: no limit
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        """The limits a ``stoq.config.Settings`` sets."""
+        return cls(settings.max_depth, settings.max_children, settings.max_bytes, settings.max_scan_seconds)
 
 
 @dataclass(slots=True)

@@ -57,8 +57,7 @@ def create_sqlite_at_head(url: str) -> bool:
         if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
             db.execute("ROLLBACK")
             return False
-        statements = sqlite_head_statements()
-        for statement in statements:
+        for statement in sqlite_head_statements():
             db.execute(statement)
         db.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (HEAD_REVISION,))
         db.execute("COMMIT")
@@ -99,8 +98,8 @@ class StoreLoader:
         self._error: BaseException | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
-        create_sqlite_at_head(url)
-        self._sqlite = _sqlite_path(url) if sqlite_at_head(url) else None
+        at_head = create_sqlite_at_head(url) or sqlite_at_head(url)  # a new file: no second look
+        self._sqlite = _sqlite_path(url) if at_head else None
         if self._sqlite is None:
             self._open()
             if self._error is not None:

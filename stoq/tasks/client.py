@@ -102,8 +102,7 @@ class ClusterClient:
 
     def _oversized(self, path: Path, scan_id: str, notify: str | None) -> None:
         """An input over ``max_file_bytes`` is only hashed and typed, here; the store connector saves it."""
-        limits = Limits(self.settings.max_depth, self.settings.max_children, self.settings.max_bytes,
-                        self.settings.max_scan_seconds)
+        limits = Limits.of(self.settings)
         record = oversized_record(path, self._mime.from_buffer)
         scan = st.ScanState(scan_id, now_iso(), {"path": str(path)}, self.profile, notify, limits, Budget(limits),
                             results=[record.as_dict()], done=True)

@@ -228,7 +228,7 @@ def commit(pipe: Any, scans: list[ScanState]) -> None:
 def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]],
            finished: list[ScanState], pipe: Any, careful: st.Careful | None = None) -> None:
     """Begins the next waves, commits every state in ``pipe`` (a watched pipeline or a plain one),
-    then sends the next chord and the store connector for finished scans."""
+    then sends the next chord and stores the finished scans."""
     parts = begin_waves(r, waves, careful)
     waiting = []
     for scan, _ in waves:
