@@ -174,9 +174,15 @@ class PackArchive:
         return self._locate(sha256) is not None
 
     def put(self, sha256: str, content: bytes) -> None:
+        self.put_located(sha256, content)
+
+    def put_located(self, sha256: str, content: bytes) -> tuple[str, int, int]:
+        """Stores a payload (unless it is there already) and returns where it is: (pack, offset,
+        length), which :meth:`read_at` takes in any process, before the index row is even written."""
         self._state()
-        if self._locate(sha256) is not None:
-            return
+        found = self._locate(sha256)
+        if found is not None:
+            return found
         header = self.MAGIC + bytes.fromhex(sha256) + len(content).to_bytes(8, "big")
         fd = self._writer(len(header) + len(content))
         written = os.writev(fd, [header, content])
@@ -188,6 +194,7 @@ class PackArchive:
         self._pending.append((sha256, *where))
         if len(self._pending) >= self.FLUSH_EVERY or time.monotonic() - self._last_flush > self.FLUSH_SECONDS:
             self.flush()
+        return where
 
     def flush(self) -> None:
         """Writes pending index rows (one transaction)."""
@@ -206,7 +213,14 @@ class PackArchive:
         where = self._locate(sha256)
         if where is None:
             raise ArchiveError(f"payload {sha256} is not in the archive {self.root}")
+        return self.read_at(where, sha256 if verify else None)
+
+    def read_at(self, where: tuple[str, int, int], sha256: str | None = None) -> bytes:
+        """The bytes at a location :meth:`put_located` returned; checked against ``sha256`` if given."""
+        self._state()
         pack, offset, length = where
+        if "/" in pack or pack.startswith("."):
+            raise ArchiveError(f"not a pack name: {pack!r}")
         fd = self._readers.get(pack)
         if fd is None:
             if len(self._readers) >= self.READERS:
@@ -214,8 +228,8 @@ class PackArchive:
             fd = self._readers[pack] = os.open(self.root / "packs" / pack, os.O_RDONLY)
         content = os.pread(fd, length, offset)
         if len(content) != length:
-            raise ArchiveError(f"payload {sha256} is truncated in pack {pack}")
-        if verify and hashlib.sha256(content).hexdigest() != sha256:
+            raise ArchiveError(f"payload {sha256 or ''} is truncated in pack {pack}")
+        if sha256 is not None and hashlib.sha256(content).hexdigest() != sha256:
             raise ArchiveError(f"payload {sha256} is damaged in pack {pack}")
         return content
 

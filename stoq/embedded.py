@@ -4,6 +4,13 @@ The parent process hands file paths to ``jobs`` worker processes (forked
 from a parent that has already loaded the plugins and compiled the rules), collects their documents
 as JSON bytes, stores them in batches and yields them in input order.
 
+Roots are archived by the parent, as the cluster's client archives them: with the pack archive (the
+default) the parent reads each file, appends it to its own pack and hands the worker the file's sha256
+and place in the pack, so that the worker reads it from there (one ``pread``, no ``open``) and writes
+nothing for it. The supervisor's core is otherwise idle, and the analysing processes do only analysis.
+The worker checks the sha256 when it hashes the payload, so a file that changed on disk meanwhile is
+never scanned under another file's name.
+
 Supervision: each worker publishes what it is running (plugin, payload sha256, start time) in a
 small shared-memory slot. A worker that dies (a segfault in a native parser, the OOM killer) or that
 overruns its plugin's time limit by more than ``HARD_GRACE`` seconds (stuck in native code, where the
@@ -19,12 +26,14 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import gc
+import hashlib
 import multiprocessing
 import os
 import multiprocessing.connection
 import selectors
 import signal
 import struct
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,6 +41,7 @@ from multiprocessing.sharedctypes import RawValue
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from stoq.archive import ArchiveError, PackArchive
 from stoq.engine import Activity, Engine, SkipMap, describe
 from stoq.runner import describe_exception
 from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, new_id, now_iso
@@ -82,24 +92,36 @@ class _Job:
     path: Path
     skip: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     attempts: int = 0
+    ref: tuple[str, str, int, int] | None = None  # (sha256, pack, offset, length) once the parent archived it
 
 
 _FRAME = struct.Struct("<cQI")  # kind (D: document, E: error), job index, length
 
 
-def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity) -> tuple[bytes, bytes]:
-    """(kind, body) for one file: its document, or why it could not be scanned."""
+def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity,
+              ref: tuple[str, str, int, int] | None = None) -> tuple[bytes, bytes]:
+    """(kind, body) for one file: its document, or why it could not be scanned. ``ref``: where the
+    parent archived the file (then read from the pack, not from ``path``)."""
+    archived = None
     try:
         activity.enter("read", "")
-        if os.stat(path).st_size > engine.settings.max_file_bytes:
+        if ref is not None:
+            archived = ref[0]
+            content = engine.archive.read_at(ref[1:])  # type: ignore[union-attr]  # only a PackArchive gets refs
+        elif os.stat(path).st_size > engine.settings.max_file_bytes:
             return b"D", dumps(engine.scan_oversized(Path(path), {"path": path}))
-        content = Path(path).read_bytes()
-    except OSError as exc:
-        return b"E", f"{path}: {exc.strerror or exc}".encode("utf-8", "backslashreplace")
+        else:
+            with open(path, "rb") as handle:
+                content = handle.read()
+    except (OSError, ArchiveError) as exc:
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return b"E", f"{path}: {message}".encode("utf-8", "backslashreplace")
     finally:
         activity.leave()
     try:
-        return b"D", dumps(engine.scan(content, Path(path).name, {"path": path}, skip=skip, activity=activity))
+        doc = engine.scan(content, os.path.basename(path), {"path": path}, skip=skip, activity=activity,
+                          archived=archived)
+        return b"D", dumps(doc)
     except Exception as exc:  # a fault of stoq itself, not of a plugin: report it, keep serving
         return b"E", f"{path}: scan failed: {describe_exception(exc)}".encode("utf-8", "backslashreplace")
 
@@ -118,9 +140,9 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
             message = conn.recv()
             if message is None:
                 return
-            index, path, skip = message
+            index, path, skip, ref = message
             slot.job = index
-            kind, body = _scan_one(engine, path, skip, activity)
+            kind, body = _scan_one(engine, path, skip, activity, ref)
             out += (_FRAME.pack(kind, index, len(body)), body)
             size += len(body)
             if len(out) >= 2 * BATCH or size >= BATCH_BYTES or not conn.poll():
@@ -154,7 +176,7 @@ class _Worker:
 
     def give(self, job: _Job) -> None:
         self.jobs.append(job)
-        self.conn.send((job.index, str(job.path), job.skip))
+        self.conn.send((job.index, str(job.path), job.skip, job.ref))
 
     def take_current(self) -> _Job:
         """Removes and returns the job the worker was on (its slot says which), else the oldest."""
@@ -222,7 +244,7 @@ class EmbeddedPool:
         todo: deque[_Job] = deque(_Job(i, p) for i, p in enumerate(paths))
         total = len(todo)
         gc.freeze()  # what is loaded now is shared with the workers: keep the collector off those pages
-        workers = [_Worker(self._ctx, self.engine, i) for i in range(min(self.jobs, max(1, total)))]
+        workers = [self._fork(i) for i in range(min(self.jobs, max(1, total)))]
         if started is not None:
             started()
         done: dict[int, Outcome] = {}
@@ -235,7 +257,12 @@ class EmbeddedPool:
             while next_out < total:
                 for worker in workers:  # keep PREFETCH jobs queued at each worker: no idle round trips
                     while len(worker.jobs) < PREFETCH and todo:
-                        worker.give(todo.popleft())
+                        job = todo.popleft()
+                        unreadable = self._admit(job)
+                        if unreadable is not None:
+                            done[job.index] = unreadable
+                        else:
+                            worker.give(job)
                 events = selector.select(timeout=CHECK_EVERY)
                 woken = {key.data for key, _ in events}
                 now = time.monotonic()
@@ -248,7 +275,7 @@ class EmbeddedPool:
                     if not worker.jobs:
                         if worker.process.sentinel in ready_fds(events) and not worker.process.is_alive():
                             worker.unwatch(selector)  # died idle: replace it, nothing to retry
-                            workers[i] = _Worker(self._ctx, self.engine, i)
+                            workers[i] = self._fork(i, before_fork)
                             workers[i].watch(selector)
                         continue
                     problem = self._problem(worker)
@@ -256,9 +283,7 @@ class EmbeddedPool:
                         continue
                     worker.unwatch(selector)
                     worker.kill()
-                    if before_fork is not None:
-                        before_fork()
-                    workers[i] = _Worker(self._ctx, self.engine, i)
+                    workers[i] = self._fork(i, before_fork)
                     workers[i].watch(selector)
                     job = worker.take_current()
                     outcome = self._retry(job, problem)
@@ -274,6 +299,39 @@ class EmbeddedPool:
             selector.close()
             for worker in workers:
                 worker.stop()
+            self.engine.archive.close()  # the parent's pack and the index rows of the roots it archived
+
+    def _fork(self, index: int, before_fork: Callable[[], None] | None = None) -> _Worker:
+        """A new worker process. The parent's archive is closed first, so that no open pack or SQLite
+        connection of the parent is inherited (SQLite connections must not cross a fork); the next
+        root it archives opens a new pack."""
+        if before_fork is not None:
+            before_fork()
+        self.engine.archive.close()
+        return _Worker(self._ctx, self.engine, index)
+
+    def _admit(self, job: _Job) -> Outcome | None:
+        """Archives a root file here, in the parent, when the archive is a pack (see the module
+        docstring): reads it, and notes its sha256 and place in ``job.ref``. Returns the outcome of a
+        file that cannot be read. An oversized file, or one the archive refuses, is left to the worker,
+        which hashes the former in chunks and records the latter's archive error in its document."""
+        archive = self.engine.archive
+        if job.ref is not None or not isinstance(archive, PackArchive):
+            return None
+        limit = self.engine.settings.max_file_bytes
+        try:
+            with open(job.path, "rb") as handle:
+                content = handle.read(limit + 1)
+        except OSError as exc:
+            return Outcome(job.path, None, f"{job.path}: {exc.strerror or exc}")
+        if len(content) > limit:
+            return None
+        sha256 = hashlib.sha256(content).hexdigest()
+        try:
+            job.ref = (sha256, *archive.put_located(sha256, content))
+        except (OSError, ArchiveError, sqlite3.Error):
+            return None
+        return None
 
     @staticmethod
     def _collect(worker: _Worker, done: dict[int, Outcome]) -> None:

@@ -56,7 +56,7 @@ class Pending:
     extracted_by: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     save: bool = True
-    sha256: str | None = None  # set when ``content`` is left in the archive (the cluster)
+    sha256: str | None = None  # set when the payload is in the archive already; ``content`` may then be None
     known_size: int = 0
 
     @property
@@ -269,7 +269,7 @@ class Engine:
         if first is not None:
             record.duplicate_of = first
             return Started(record, errors, [], content)
-        if item.save and item.content is not None:
+        if item.save and item.sha256 is None:  # a payload given with its sha256 is archived already
             try:
                 self.archive.put(record.sha256, content)
             except (OSError, ArchiveError, sqlite3.Error) as exc:  # the analysis goes on without a copy
@@ -355,12 +355,16 @@ class Engine:
         return answer
 
     def scan(self, content: bytes, filename: str | None, source: dict[str, Any], *,
-             skip: SkipMap | None = None, activity: Activity = Activity(), scan_id: str | None = None) -> dict[str, Any]:
-        """Scans one root payload and everything extracted from it; returns the scan document."""
+             skip: SkipMap | None = None, activity: Activity = Activity(), scan_id: str | None = None,
+             archived: str | None = None) -> dict[str, Any]:
+        """Scans one root payload and everything extracted from it; returns the scan document.
+
+        ``archived``: the sha256 under which the caller has already put ``content`` in the archive
+        (the embedded pool's parent does); it is then checked, not stored again."""
         scan_id = scan_id or new_id()
         date = now_iso()
         budget = Budget(self.limits)
-        queue: deque[Pending] = deque([Pending(content, filename)])
+        queue: deque[Pending] = deque([Pending(content, filename, sha256=archived)])
         results: list[PayloadRecord] = []
         errors: list[ScanErrorEntry] = []
         while queue:

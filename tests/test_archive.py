@@ -63,6 +63,27 @@ def test_pack_detects_damage_and_reindexes_a_lost_index(tmp_path: Path) -> None:
         fresh.get(items[0][0])
 
 
+def test_a_located_payload_is_read_by_its_place_before_its_index_row_exists(tmp_path: Path) -> None:
+    writer = PackArchive(tmp_path)
+    writer.FLUSH_SECONDS = 3600  # no index row until close()
+    sha, data = blob(3)
+    where = writer.put_located(sha, data)
+    assert writer.put_located(sha, data) == where  # a second put: the same place, nothing appended
+    assert sum(p.stat().st_size for p in (tmp_path / "packs").iterdir()) == PackArchive.HEADER + len(data)
+    reader = PackArchive(tmp_path)  # another reader, as a worker process has
+    assert not reader.exists(sha)  # the writer has not written the index row yet
+    assert reader.read_at(where, sha) == data == reader.read_at(where)
+    with pytest.raises(ArchiveError, match="damaged"):
+        reader.read_at(where, blob(4)[0])
+    with pytest.raises(ArchiveError, match="truncated"):
+        reader.read_at((where[0], where[1], len(data) + 1))
+    with pytest.raises(ArchiveError, match="not a pack name"):
+        reader.read_at(("../index.sqlite", 0, 16))
+    writer.close()
+    assert reader.get(sha) == data  # the row is there once the writer closed
+    reader.close()
+
+
 def _writer(root: str, start: int) -> None:
     archive = PackArchive(root)
     for i in range(start, start + 40):

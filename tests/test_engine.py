@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import time
@@ -13,6 +14,7 @@ import pytest
 
 from helpers import CORPUS, VALIDATOR, corpus_files, validate
 from stoq import embedded
+from stoq.archive import PackArchive
 from stoq.config import ConfigError, load_settings
 from stoq.embedded import scan_files
 from stoq.engine import Engine
@@ -187,6 +189,32 @@ def test_pool_survives_a_segfault_and_records_a_crash(tmp_path: Path) -> None:
     assert bad["results"][0]["workers"] == {"boom": {"ok": True}}  # rescanned without segv, boom still ran
     assert [(e["plugin"], e["kind"]) for e in bad["errors"]] == [("segv", "crash")]
     assert "signal 11" in bad["errors"][0]["message"]
+    assert engine.archive.get(hashlib.sha256(b"xx SEGV xx").hexdigest()) == b"xx SEGV xx"  # kept, for the analyst
+
+
+def test_the_pool_archives_roots_in_the_parent_and_children_in_the_worker(tmp_path: Path) -> None:
+    import sqlite3
+
+    data = (CORPUS / "test.zip").read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.zip").write_bytes(data)
+    (tmp_path / "in" / "same.zip").write_bytes(data)  # the same payload twice: archived once
+    engine = make_engine(tmp_path, workers="decompress")
+    outcomes = list(scan_files(engine, [tmp_path / "in" / "a.zip", tmp_path / "in" / "same.zip"], 1))
+    docs = [orjson.loads(o.document or b"") for o in outcomes]
+    for doc in docs:
+        validate(doc)
+    root, *children = docs[0]["results"]
+    assert root["sha256"] == hashlib.sha256(data).hexdigest() and children
+    with sqlite3.connect(tmp_path / "archive" / "index.sqlite") as db:
+        packs = dict(db.execute("SELECT sha256, pack FROM blobs"))
+    assert f"-{os.getpid()}-" in packs[root["sha256"]]  # appended by this process, the pool's parent
+    for child in children:
+        assert f"-{os.getpid()}-" not in packs[child["sha256"]]  # by the worker that extracted it
+        assert len(engine.archive.get(child["sha256"])) == child["size"]  # get() checks the sha256 too
+    roots = [p for p in (tmp_path / "archive" / "packs").iterdir() if f"-{os.getpid()}-" in p.name]
+    assert sum(p.stat().st_size for p in roots) == PackArchive.HEADER + len(data)  # once, though given twice
+    assert engine.archive.get(root["sha256"]) == data
 
 
 def test_pool_kills_a_plugin_stuck_in_native_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
