@@ -318,13 +318,13 @@ class EmbeddedPool:
         archive = self.engine.archive
         if job.ref is not None or not isinstance(archive, PackArchive):
             return None
-        limit = self.engine.settings.max_file_bytes
         try:
             with open(job.path, "rb") as handle:
-                content = handle.read(limit + 1)
+                size = min(os.fstat(handle.fileno()).st_size, self.engine.settings.max_file_bytes)
+                content = handle.read(size + 1)  # sized as the file is: read(huge) would allocate huge
         except OSError as exc:
             return Outcome(job.path, None, f"{job.path}: {exc.strerror or exc}")
-        if len(content) > limit:
+        if len(content) > size:  # over max_file_bytes, or growing while read: the worker's business
             return None
         sha256 = hashlib.sha256(content).hexdigest()
         try:
