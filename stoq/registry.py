@@ -31,11 +31,17 @@ class PluginEntry:
     target: str
     cls: type[Plugin] | None = None
     error: str | None = None
-    distribution: str | None = None
+    dist: Any = None  # the importlib.metadata Distribution that declares it
 
     @property
     def category(self) -> str:
         return self.cls.category if self.cls is not None else "?"
+
+    @property
+    def distribution(self) -> str | None:
+        """The name of the package that installed the plugin (read from its metadata on demand:
+        parsing every plugin's METADATA costs ~30 ms a scan would wait for)."""
+        return self.dist.name if self.dist is not None else None
 
 
 class Registry:
@@ -48,8 +54,7 @@ class Registry:
     def discover(cls) -> "Registry":
         found: dict[str, PluginEntry] = {}
         for ep in entry_points(group=GROUP):
-            dist = ep.dist.name if ep.dist is not None else None
-            entry = PluginEntry(name=ep.name, target=ep.value, distribution=dist)
+            entry = PluginEntry(name=ep.name, target=ep.value, dist=ep.dist)
             if ep.name in found:
                 found[ep.name].error = f"plugin name {ep.name!r} is declared twice ({found[ep.name].target}, {ep.value})"
                 continue
