@@ -33,7 +33,8 @@ class Cluster:
                               timeout=timeout)
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.env["STOQ_RESULT_BACKEND"])
+        # redis-py 8 reads with a 5 s socket timeout by default: a BLPOP waiting longer would fail
+        return redis.Redis.from_url(self.env["STOQ_RESULT_BACKEND"], socket_timeout=120)
 
     def stop(self) -> None:
         self.worker.terminate()
