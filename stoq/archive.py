@@ -176,6 +176,24 @@ class PackArchive:
     def put(self, sha256: str, content: bytes) -> None:
         self.put_located(sha256, content)
 
+    def put_many_located(self, items: list[tuple[str, bytes]]) -> list[tuple[str, int, int]]:
+        """:meth:`put_located` for several payloads, with one index query for all of them."""
+        self._state()
+        known = dict(self._local)
+        wanted = [sha256 for sha256, _ in items if sha256 not in known]
+        for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters is 999 or more
+            chunk = wanted[start:start + 500]
+            rows = self._conn().execute(f"SELECT sha256, pack, offset, length FROM blobs WHERE sha256 IN "
+                                        f"({', '.join('?' * len(chunk))})", chunk).fetchall()
+            known.update((row[0], (row[1], row[2], row[3])) for row in rows)
+        places = []
+        for sha256, content in items:
+            found = known.get(sha256)
+            if found is None:  # new: appended once, even if ``items`` holds it twice
+                found = known[sha256] = self._append(sha256, content)
+            places.append(found)
+        return places
+
     def put_located(self, sha256: str, content: bytes) -> tuple[str, int, int]:
         """Stores a payload (unless it is there already) and returns where it is: (pack, offset,
         length), which :meth:`read_at` takes in any process, before the index row is even written."""
@@ -183,6 +201,9 @@ class PackArchive:
         found = self._locate(sha256)
         if found is not None:
             return found
+        return self._append(sha256, content)
+
+    def _append(self, sha256: str, content: bytes) -> tuple[str, int, int]:
         header = self.MAGIC + bytes.fromhex(sha256) + len(content).to_bytes(8, "big")
         fd = self._writer(len(header) + len(content))
         written = os.writev(fd, [header, content])

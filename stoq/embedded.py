@@ -135,20 +135,23 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
     activity = SlotActivity(slot)
     out: list[bytes] = []
     size = 0
+    queued: deque[tuple[int, str, SkipMap, tuple[str, str, int, int] | None]] = deque()
     try:
         while True:
-            message = conn.recv()
-            if message is None:
-                return
-            index, path, skip, ref = message
+            if not queued:
+                message = conn.recv()  # a list of jobs, or None: stop
+                if message is None:
+                    return
+                queued.extend(message)
+            index, path, skip, ref = queued.popleft()
             slot.job = index
             kind, body = _scan_one(engine, path, skip, activity, ref)
             out += (_FRAME.pack(kind, index, len(body)), body)
             size += len(body)
-            if len(out) >= 2 * BATCH or size >= BATCH_BYTES or not conn.poll():
+            if len(out) >= 2 * BATCH or size >= BATCH_BYTES or not (queued or conn.poll()):
                 conn.send_bytes(b"".join(out))
                 out, size = [], 0
-                if not conn.poll():
+                if not (queued or conn.poll()):
                     engine.archive.flush()  # idle: make the archive index complete
     finally:
         engine.close()
@@ -174,9 +177,10 @@ class _Worker:
         selector.unregister(self.conn)
         selector.unregister(self.process.sentinel)
 
-    def give(self, job: _Job) -> None:
-        self.jobs.append(job)
-        self.conn.send((job.index, str(job.path), job.skip, job.ref))
+    def give(self, jobs: list[_Job]) -> None:
+        """Sends jobs to the worker, in one message."""
+        self.jobs.extend(jobs)
+        self.conn.send([(job.index, str(job.path), job.skip, job.ref) for job in jobs])
 
     def take_current(self) -> _Job:
         """Removes and returns the job the worker was on (its slot says which), else the oldest."""
@@ -257,12 +261,11 @@ class EmbeddedPool:
             while next_out < total:
                 for worker in workers:  # keep PREFETCH jobs queued at each worker: no idle round trips
                     while len(worker.jobs) < PREFETCH and todo:
-                        job = todo.popleft()
-                        unreadable = self._admit(job)
-                        if unreadable is not None:
-                            done[job.index] = unreadable
-                        else:
-                            worker.give(job)
+                        wanted = PREFETCH - len(worker.jobs)
+                        burst = [todo.popleft() for _ in range(min(wanted, len(todo)))]
+                        ready = self._admit(burst, done)
+                        if ready:
+                            worker.give(ready)
                 events = selector.select(timeout=CHECK_EVERY)
                 woken = {key.data for key, _ in events}
                 now = time.monotonic()
@@ -310,28 +313,41 @@ class EmbeddedPool:
         self.engine.archive.close()
         return _Worker(self._ctx, self.engine, index)
 
-    def _admit(self, job: _Job) -> Outcome | None:
-        """Archives a root file here, in the parent, when the archive is a pack (see the module
-        docstring): reads it, and notes its sha256 and place in ``job.ref``. Returns the outcome of a
-        file that cannot be read. An oversized file, or one the archive refuses, is left to the worker,
-        which hashes the former in chunks and records the latter's archive error in its document."""
+    def _admit(self, jobs: list[_Job], done: dict[int, Outcome]) -> list[_Job]:
+        """Archives root files here, in the parent, when the archive is a pack (see the module
+        docstring): reads each one and notes its sha256 and place in ``job.ref``. Returns the jobs to
+        hand out; a file that cannot be read gets its outcome in ``done`` instead. An oversized file,
+        or one the archive refuses, is left to the worker, which hashes the former in chunks and
+        records the latter's archive error in its document."""
         archive = self.engine.archive
-        if job.ref is not None or not isinstance(archive, PackArchive):
-            return None
+        if not isinstance(archive, PackArchive):
+            return jobs
+        ready: list[_Job] = []
+        read: list[tuple[_Job, str, bytes]] = []
+        limit = self.engine.settings.max_file_bytes
+        for job in jobs:
+            if job.ref is not None:  # archived before (a retry)
+                ready.append(job)
+                continue
+            try:
+                with open(job.path, "rb", buffering=0) as handle:
+                    if os.fstat(handle.fileno()).st_size > limit:
+                        ready.append(job)
+                        continue
+                    content = handle.readall()  # sized by fstat, as the file is
+            except OSError as exc:
+                done[job.index] = Outcome(job.path, None, f"{job.path}: {exc.strerror or exc}")
+                continue
+            ready.append(job)
+            if len(content) <= limit:  # else it grew past the limit while read: the worker's business
+                read.append((job, hashlib.sha256(content).hexdigest(), content))
         try:
-            with open(job.path, "rb") as handle:
-                size = min(os.fstat(handle.fileno()).st_size, self.engine.settings.max_file_bytes)
-                content = handle.read(size + 1)  # sized as the file is: read(huge) would allocate huge
-        except OSError as exc:
-            return Outcome(job.path, None, f"{job.path}: {exc.strerror or exc}")
-        if len(content) > size:  # over max_file_bytes, or growing while read: the worker's business
-            return None
-        sha256 = hashlib.sha256(content).hexdigest()
-        try:
-            job.ref = (sha256, *archive.put_located(sha256, content))
+            places = archive.put_many_located([(sha256, content) for _, sha256, content in read])
         except (OSError, ArchiveError, sqlite3.Error):
-            return None
-        return None
+            return ready  # no ref: each worker tries to archive its file and records what fails
+        for (job, sha256, _), where in zip(read, places):
+            job.ref = (sha256, *where)
+        return ready
 
     @staticmethod
     def _collect(worker: _Worker, done: dict[int, Outcome]) -> None:

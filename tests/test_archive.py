@@ -84,6 +84,23 @@ def test_a_located_payload_is_read_by_its_place_before_its_index_row_exists(tmp_
     reader.close()
 
 
+def test_put_many_located_appends_each_new_payload_once(tmp_path: Path) -> None:
+    a, b, c = blob(1), blob(2), blob(3)
+    first = PackArchive(tmp_path)
+    first.put(*a)
+    first.close()  # a is in the index now
+    archive = PackArchive(tmp_path)
+    archive.FLUSH_EVERY = 1  # index rows written after every append: a repeated payload is still appended once
+    items = [a, b, b, c, a]
+    places = archive.put_many_located(items)
+    assert places[1] == places[2] and places[0] == places[4]
+    assert [archive.read_at(where, sha) for where, (sha, _) in zip(places, items)] == [data for _, data in items]
+    archive.close()
+    assert sum(p.stat().st_size for p in (tmp_path / "packs").iterdir()) == sum(
+        PackArchive.HEADER + len(data) for _, data in (a, b, c))
+    assert [PackArchive(tmp_path).get(sha) for sha, _ in (a, b, c)] == [a[1], b[1], c[1]]
+
+
 def _writer(root: str, start: int) -> None:
     archive = PackArchive(root)
     for i in range(start, start + 40):
