@@ -51,6 +51,7 @@ MAX_ATTEMPTS = 5
 PREFETCH = 64
 BATCH = 16  # results per message at most, while more work is queued
 BATCH_BYTES = 1 << 20
+ADMIT_BYTES = 32 << 20  # roots the parent holds in memory at once while archiving a burst of them
 CHECK_EVERY = 0.25  # seconds between checks of the hard time limits
 
 
@@ -324,6 +325,7 @@ class EmbeddedPool:
             return jobs
         ready: list[_Job] = []
         read: list[tuple[_Job, str, bytes]] = []
+        held = 0
         limit = self.engine.settings.max_file_bytes
         for job in jobs:
             if job.ref is not None:  # archived before (a retry)
@@ -341,13 +343,24 @@ class EmbeddedPool:
             ready.append(job)
             if len(content) <= limit:  # else it grew past the limit while read: the worker's business
                 read.append((job, hashlib.sha256(content).hexdigest(), content))
+                held += len(content)
+                if held >= ADMIT_BYTES:  # a burst of big files is archived as it goes, not held
+                    self._archive(archive, read)
+                    read, held = [], 0
+        self._archive(archive, read)
+        return ready
+
+    @staticmethod
+    def _archive(archive: PackArchive, read: list[tuple[_Job, str, bytes]]) -> None:
+        """Appends read roots to the parent's pack and notes their places in their jobs. If the
+        archive fails, the jobs keep no place: each worker then reads its file, tries to archive it
+        itself, and records what fails in its document."""
         try:
             places = archive.put_many_located([(sha256, content) for _, sha256, content in read])
         except (OSError, ArchiveError, sqlite3.Error):
-            return ready  # no ref: each worker tries to archive its file and records what fails
+            return
         for (job, sha256, _), where in zip(read, places):
             job.ref = (sha256, *where)
-        return ready
 
     @staticmethod
     def _collect(worker: _Worker, done: dict[int, Outcome]) -> None:

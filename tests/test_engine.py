@@ -192,8 +192,12 @@ def test_pool_survives_a_segfault_and_records_a_crash(tmp_path: Path) -> None:
     assert engine.archive.get(hashlib.sha256(b"xx SEGV xx").hexdigest()) == b"xx SEGV xx"  # kept, for the analyst
 
 
-def test_the_pool_archives_roots_in_the_parent_and_children_in_the_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("admit_bytes", [32 << 20, 1], ids=["one-burst", "file-by-file"])
+def test_the_pool_archives_roots_in_the_parent_and_children_in_the_worker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, admit_bytes: int) -> None:
     import sqlite3
+
+    monkeypatch.setattr(embedded, "ADMIT_BYTES", admit_bytes)  # 1: archived as soon as read, one by one
 
     data = (CORPUS / "test.zip").read_bytes()
     (tmp_path / "in").mkdir()
