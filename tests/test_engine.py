@@ -236,6 +236,21 @@ def test_pool_kills_a_plugin_stuck_in_native_code(tmp_path: Path, monkeypatch: p
     assert awake["results"][0]["workers"] == {"sleeper": {"slept": False}} and awake["errors"] == []
 
 
+def test_an_archive_that_cannot_be_written_is_an_error_entry_and_the_scan_goes_on(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, workers="boom", plugin_options={"boom": {"trigger": "zzz"}})
+    (tmp_path / "archive" / "packs").write_bytes(b"")  # a file where the pack directory goes: no pack can be opened
+    files = [CORPUS / "test.txt", CORPUS / "test.json"]
+    docs = [orjson.loads(o.document or b"") for o in scan_files(engine, files, 1)]
+    for doc, path in zip(docs, files):
+        validate(doc)
+        (root,) = doc["results"]
+        assert root["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert root["workers"] == {"boom": {"ok": True}}  # analysed all the same
+        # the parent could not archive it, so the worker read the file and tried, and says it failed
+        assert [(e["plugin"], e["kind"]) for e in doc["errors"]] == [("archive", "error")]
+        assert "packs" in doc["errors"][0]["message"]
+
+
 def test_unreadable_input_is_reported_not_fatal(tmp_path: Path) -> None:
     engine = make_engine(tmp_path)
     missing = tmp_path / "gone"
