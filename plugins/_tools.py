@@ -260,10 +260,10 @@ class Tools:
                 matches = by_key.get(key(rel))
                 match: Entry | None = matches.pop(0) if matches else None
                 found.append((order[id(match)] if match else len(entries), rel, path, match))
-        for _, rel, path, entry in sorted(found, key=lambda f: (f[0], f[1])):
+        for _, rel, path, listed in sorted(found, key=lambda f: (f[0], f[1])):
             if not self.unpacker.admit():
                 return
-            self._read(path, rel, entry, compressed)
+            self._read(path, rel, listed, compressed)
 
     def _read(self, path: str, rel: str, entry: Entry | None, compressed: int) -> None:
         size = os.lstat(path).st_size

@@ -27,7 +27,7 @@ def order_hint(value: Any) -> Any:
     """
     t = type(value)
     if t is dict:
-        sub = None
+        sub: dict[str, Any] | None = None
         for k, v in value.items():
             h = order_hint(v)
             if h is not None:
@@ -41,14 +41,14 @@ def order_hint(value: Any) -> Any:
             hint["c"] = sub
         return hint or None
     if t is list:
-        sub = None
+        members: dict[str, Any] | None = None
         for i, v in enumerate(value):
             h = order_hint(v)
             if h is not None:
-                if sub is None:
-                    sub = {}
-                sub[str(i)] = h
-        return None if sub is None else {"c": sub}
+                if members is None:
+                    members = {}
+                members[str(i)] = h
+        return None if members is None else {"c": members}
     if t is float:
         if (value.is_integer() and abs(value) >= 1e16) or (value == 0 and math.copysign(1.0, value) < 0):
             return {"f": repr(value)}
