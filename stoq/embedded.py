@@ -27,6 +27,7 @@ import ctypes
 import faulthandler
 import gc
 import hashlib
+import logging
 import multiprocessing
 import os
 import multiprocessing.connection
@@ -45,6 +46,8 @@ from stoq.archive import ArchiveError, PackArchive
 from stoq.engine import Activity, Engine, SkipMap, describe
 from stoq.runner import describe_exception
 from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, new_id, now_iso
+
+log = logging.getLogger(__name__)
 
 HARD_GRACE = 5.0
 MAX_ATTEMPTS = 5
@@ -303,7 +306,11 @@ class EmbeddedPool:
             selector.close()
             for worker in workers:
                 worker.stop()
-            self.engine.archive.close()  # the parent's pack and the index rows of the roots it archived
+            try:
+                self.engine.archive.close()  # the parent's pack and the index rows of the roots it archived
+            except (OSError, ArchiveError, sqlite3.Error) as exc:  # every document is out: say so, do not fail
+                log.warning("could not write the archive index of the last roots (%s: %s); "
+                            "PackArchive.reindex() recovers it from the packs", type(exc).__name__, exc)
 
     def _fork(self, index: int, before_fork: Callable[[], None] | None = None) -> _Worker:
         """A new worker process. The parent's archive is closed first, so that no open pack or SQLite

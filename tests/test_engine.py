@@ -251,6 +251,31 @@ def test_an_archive_that_cannot_be_written_is_an_error_entry_and_the_scan_goes_o
         assert "packs" in doc["errors"][0]["message"]
 
 
+def test_a_failing_last_index_write_of_the_parent_is_a_warning_and_reindex_recovers_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import sqlite3
+
+    engine = make_engine(tmp_path, workers="boom", plugin_options={"boom": {"trigger": "zzz"}})
+    parent, real_close = os.getpid(), PackArchive.close
+
+    def close(self: PackArchive) -> None:  # the disk fails just when the parent writes its last rows
+        if os.getpid() == parent and self._pending:
+            raise sqlite3.OperationalError("disk I/O error")
+        real_close(self)
+
+    monkeypatch.setattr(PackArchive, "close", close)
+    monkeypatch.setattr(PackArchive, "FLUSH_EVERY", 10**6)
+    monkeypatch.setattr(PackArchive, "FLUSH_SECONDS", 3600.0)  # every row waits for close()
+    files = [CORPUS / "test.txt", CORPUS / "test.json"]
+    docs = [orjson.loads(o.document or b"") for o in scan_files(engine, files, 1)]
+    assert [d["results"][0]["sha256"] for d in docs] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert "disk I/O error" in caplog.text and "reindex" in caplog.text
+    fresh = PackArchive(tmp_path / "archive")
+    assert not fresh.exists(docs[0]["results"][0]["sha256"])
+    assert fresh.reindex() == len(files)
+    assert [fresh.get(d["results"][0]["sha256"]) for d in docs] == [f.read_bytes() for f in files]
+
+
 def test_unreadable_input_is_reported_not_fatal(tmp_path: Path) -> None:
     engine = make_engine(tmp_path)
     missing = tmp_path / "gone"
