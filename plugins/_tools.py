@@ -85,6 +85,16 @@ class Run:
     stopped: str | None = None
 
 
+def ended(proc: subprocess.Popen, log: IO[bytes], stopped: str | None) -> Run:
+    """The ``Run`` of a finished tool: the start of its messages (``log``, read from the start) and
+    the cap that stopped it, ``limit:tool-memory`` when it failed to allocate and nothing else did."""
+    log.seek(0)
+    text = log.read(_LOG_BYTES).decode("utf-8", "replace")
+    if stopped is None and out_of_memory(proc.returncode, text):
+        stopped = "limit:tool-memory"
+    return Run(proc.returncode, text, stopped)
+
+
 def key(name: str) -> str:
     """A member name as extractors sanitize it: separators unified, empty, ``.`` and ``..`` parts gone."""
     return "/".join(p for p in name.replace("\\", "/").split("/") if p not in ("", ".", ".."))
@@ -130,8 +140,6 @@ class Scratch:
 
     def __exit__(self, *exc: object) -> None:
         rmtree(self.root)
-
-
 
 
 class Tools:
@@ -193,11 +201,7 @@ class Tools:
                     delay = min(delay * 2, 0.2)
             finally:  # also when the plugin's own time limit interrupts the loop
                 kill_group(proc)
-            log.seek(0)
-            text = log.read(_LOG_BYTES).decode("utf-8", "replace")
-            if stopped is None and out_of_memory(proc.returncode, text):
-                stopped = "limit:tool-memory"
-            return Run(proc.returncode, text, stopped)
+            return ended(proc, log, stopped)
 
     def _over(self, out: str) -> str | None:
         count = total = 0
@@ -233,12 +237,7 @@ class Tools:
             finally:
                 timer.cancel()
                 kill_group(proc)
-            log.seek(0)
-            text = log.read(_LOG_BYTES).decode("utf-8", "replace")
-            stopped = "limit:tool-time" if expired.is_set() else None
-            if stopped is None and out_of_memory(proc.returncode, text):
-                stopped = "limit:tool-memory"
-            return Run(proc.returncode, text, stopped)
+            return ended(proc, log, "limit:tool-time" if expired.is_set() else None)
 
     def collect(self, scratch: Scratch, entries: list[Entry], compressed: int) -> None:
         """Admits the regular files of the output directory, in listing order, as members."""

@@ -102,6 +102,11 @@ class _Job:
 _FRAME = struct.Struct("<cQI")  # kind (D: document, E: error), job index, length
 
 
+def unreadable(path: str | Path, exc: OSError | ArchiveError) -> str:
+    """The message of an input that could not be read, in the parent or in a worker."""
+    return f"{path}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+
+
 def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity,
               ref: tuple[str, str, int, int] | None = None) -> tuple[bytes, bytes]:
     """(kind, body) for one file: its document, or why it could not be scanned. ``ref``: where the
@@ -118,8 +123,7 @@ def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity,
             with open(path, "rb") as handle:
                 content = handle.read()
     except (OSError, ArchiveError) as exc:
-        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return b"E", f"{path}: {message}".encode("utf-8", "backslashreplace")
+        return b"E", unreadable(path, exc).encode("utf-8", "backslashreplace")
     finally:
         activity.leave()
     try:
@@ -345,7 +349,7 @@ class EmbeddedPool:
                         continue
                     content = handle.readall()  # sized by fstat, as the file is
             except OSError as exc:
-                done[job.index] = Outcome(job.path, None, f"{job.path}: {exc.strerror or exc}")
+                done[job.index] = Outcome(job.path, None, unreadable(job.path, exc))
                 continue
             ready.append(job)
             if len(content) <= limit:  # else it grew past the limit while read: the worker's business
