@@ -146,14 +146,14 @@ def test_no_wait_prints_scan_ids_and_results_reads_them_later(cluster: Cluster) 
 
 def test_broker_messages_stay_small_whatever_the_input(cluster: Cluster, tmp_path: Path) -> None:
     """An archive of 700 members with long names: its answer (~250 KB of child references) and the next
-    wave's references go through Redis blobs, never through the broker."""
+    wave's references go through the wave's hash in Redis, never through the broker."""
     big = tmp_path / "many.zip"
     with zipfile.ZipFile(big, "w") as zf:
         for i in range(700):
             zf.writestr(f"{'n' * 300}/{i:04d}.txt", f"member {i}\n")
     r = cluster.redis()
     r.delete("stoq:measure:task:max", "stoq:measure:result:max")
-    blobs_before = set(r.scan_iter("stoq:blob:*"))
+    left_before = set(r.scan_iter("stoq:blob:*")) | set(r.scan_iter("stoq:wave:*"))
     got = cluster.stoq("submit", str(big), "--workers", "yara", "-o", f"yara.rules={BENCH_RULES}", "--format", "json")
     assert got.returncode == 0, got.stderr
     (doc,) = json.loads(got.stdout)
@@ -161,9 +161,10 @@ def test_broker_messages_stay_small_whatever_the_input(cluster: Cluster, tmp_pat
     assert doc["payloads"] == 701 and all("yara" in p["workers"] for p in doc["results"])
     assert doc["results"][1]["meta"]["member"] == f"{'n' * 300}/0000.txt"
     task_max, result_max = (int(r.get(k) or 0) for k in ("stoq:measure:task:max", "stoq:measure:result:max"))
-    assert 0 < task_max < 64 * 1024 and 0 < result_max < 64 * 1024, (task_max, result_max)
-    # Those ~250 KB could only travel as blobs; each is deleted once its wave is settled.
-    assert set(r.scan_iter("stoq:blob:*")) - blobs_before == set()
+    assert 0 < task_max < 4 * 1024, task_max  # a plugin task's message names its wave and part only
+    assert result_max == len(b"null"), result_max  # answers never travel as task results
+    # Those ~250 KB travelled in waves' hashes; each is deleted once its wave is settled.
+    assert (set(r.scan_iter("stoq:blob:*")) | set(r.scan_iter("stoq:wave:*"))) - left_before == set()
 
 
 def test_a_payload_that_kills_its_worker_is_quarantined_and_its_batch_mates_complete(cluster: Cluster,
@@ -276,7 +277,7 @@ def test_the_sweeper_stores_a_finished_scan_its_collector_left_unstored(tmp_path
         c.stop()
 
 
-def test_the_sweeper_closes_a_scan_whose_chord_never_completes(tmp_path: Path, testplugins_site: Path,
+def test_the_sweeper_closes_a_scan_whose_wave_never_completes(tmp_path: Path, testplugins_site: Path,
                                                                 cluster: Cluster) -> None:
     """No worker serves the `boom` queue: the wave never completes, and the sweeper closes the scan."""
     env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_SWEEP_AFTER": "2"}
@@ -290,7 +291,7 @@ def test_the_sweeper_closes_a_scan_whose_chord_never_completes(tmp_path: Path, t
         assert got.returncode == 1, got.stderr
         (doc,) = json.loads(got.stdout)
         validate(doc)
-        # The wave is closed as a whole: yara's answer waits in a chord that will never complete.
+        # The wave is closed as a whole: yara's answer waits in a wave that will never be complete.
         assert [(e["plugin"], e["kind"]) for e in doc["errors"]] == [("boom", "timeout"), ("yara", "timeout")]
         assert all("closed by the sweeper" in e["message"] for e in doc["errors"])
         assert doc["results"][0]["workers"] == {}

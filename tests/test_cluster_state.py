@@ -63,8 +63,10 @@ def test_careful_runs_quarantine_the_payload_that_never_finishes(r: redis.Redis)
     from stoq.tasks.pipeline import Careful
 
     key = "stoq:tries:task-1"
-    assert st.deliveries(r, key) == 1 and st.deliveries(r, key) == 2  # a redelivery
-    first = Careful(r, key)
+    assert st.careful_for(r, "task-1", False, Careful, 2) is None  # a first delivery: no Redis command
+    assert not r.exists(key)
+    first = st.careful_for(r, "task-1", True, Careful, 2)  # the broker says: redelivered
+    assert isinstance(first, Careful)
     assert first.before("scan:a") is None  # started...
     first.after("scan:a")  # ...and finished
     assert first.before("scan:b") is None  # started, then the worker died
@@ -73,3 +75,18 @@ def test_careful_runs_quarantine_the_payload_that_never_finishes(r: redis.Redis)
     assert again.before("scan:b") == ("the worker process died or hung while typing or dispatching this payload "
                                       "2 times; quarantined")
     assert again.before("scan:c") is None  # a batch-mate never started before
+    assert 0 < r.ttl(key) <= st.BLOB_TTL  # the attempts expire with the task's blobs
+
+
+def test_a_wave_is_complete_once_every_part_has_answered_whatever_the_redeliveries(r: redis.Redis) -> None:
+    key = st.wave_key("w1")
+    r.hset(key, mapping={"batch": b"{}", st.part_field(0): b"[]", st.part_field(1): b"[]", st.part_field(2): b"[]"})
+    assert st.put_answer(r, "w1", 0, 3, b"[0]") is False
+    assert st.put_answer(r, "w1", 0, 3, b"[0]") is False  # part 0 redelivered: the count does not move
+    assert st.put_answer(r, "w1", 2, 3, b"[2]") is False
+    assert st.put_answer(r, "w1", 1, 3, b"[1]") is True  # the last part
+    assert st.put_answer(r, "w1", 1, 3, b"[1]") is True  # redelivered after: complete again (the collector's tokens decide)
+    assert r.hget(key, st.answer_field(2)) == b"[2]" and 0 < r.ttl(key) <= st.BLOB_TTL
+    r.delete(key)  # settled by the collector; a late duplicate of a part comes in
+    assert st.put_answer(r, "w1", 0, 3, b"[0]") is False
+    assert 0 < r.ttl(key) <= st.BLOB_TTL  # what it left expires

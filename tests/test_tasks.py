@@ -1,5 +1,6 @@
 """The Celery adapter on real services: a real `celery -A stoq worker` process, Redis as broker and
-result backend, payloads passed by reference through a shared directory archive."""
+result backend, payloads passed by reference through a shared directory archive. A plugin task reads
+its references from a wave's hash in Redis and writes its answers there."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import orjson
 import pefile
 import pytest
 import requests
@@ -21,6 +23,8 @@ from celery import Celery
 
 from helpers import BENCH_RULES, CORPUS
 from stoq.archive import DirectoryArchive
+from stoq.tasks import state as st
+from stoq.tasks.pipeline import describe_refs
 
 BROKER = "redis://127.0.0.1:6379/14"
 BACKEND = "redis://127.0.0.1:6379/15"
@@ -89,16 +93,41 @@ def ref_for(archive: Path, name: str) -> dict[str, object]:
             "depth": 0, "meta": {}}
 
 
+def send_part(client: Celery, task: str, queue: str, profile_id: str, refs: list[dict[str, object]],
+              **options: object) -> tuple[str, str]:
+    """Sends a plugin task for a wave of one part written here, as the publisher does (the wave says
+    two parts, so it never completes and no collector is sent); returns the wave id and task id."""
+    wave = f"test-{os.urandom(6).hex()}"
+    redis.Redis.from_url(BACKEND).hset(st.wave_key(wave), mapping={"batch": b"{}", st.part_field(0): orjson.dumps(refs)})
+    sent = client.send_task(task, args=[profile_id, wave, 0, 2], queue=queue,
+                            argsrepr=describe_refs(profile_id, refs), **options)  # type: ignore[arg-type]
+    return wave, sent.id
+
+
+def answers_of(wave: str, timeout: float = 60) -> list[dict[str, object]]:
+    """The answers the plugin task wrote into the wave's hash."""
+    r = redis.Redis.from_url(BACKEND)
+    deadline = time.monotonic() + timeout
+    while (raw := r.hget(st.wave_key(wave), st.answer_field(0))) is None:
+        assert time.monotonic() < deadline, f"no answer in wave {wave} within {timeout} s"
+        time.sleep(0.05)
+    return orjson.loads(raw)  # type: ignore[no-any-return]
+
+
+def run_part(client: Celery, task: str, queue: str, profile_id: str, refs: list[dict[str, object]]) -> list[dict[str, object]]:
+    return answers_of(send_part(client, task, queue, profile_id, refs)[0])
+
+
 def test_plugins_run_as_tasks_on_their_own_queues(cluster: tuple[Celery, Path, Path]) -> None:
     client, archive, _ = cluster
     refs = [ref_for(archive, n) for n in ("test.exe", "test_xor.exe", "test.txt")]
-    answers = client.send_task("stoq.worker.yara", args=[profile(archive.parent), refs], queue="yara").get(timeout=60)
+    answers = run_part(client, "stoq.worker.yara", "yara", profile(archive.parent), refs)
     rules = yara.compile(filepath=str(BENCH_RULES))
     assert [a["payload_id"] for a in answers] == [r["payload_id"] for r in refs]
     for ref, answer in zip(refs, answers):
         expected = sorted(m.rule for m in rules.match(data=(CORPUS / str(ref["filename"])).read_bytes()))
         assert sorted(m["rule"] for m in answer["result"]["matches"]) == expected
-    answers = client.send_task("stoq.worker.peinfo", args=[profile(archive.parent), refs], queue="peinfo").get(timeout=60)
+    answers = run_part(client, "stoq.worker.peinfo", "peinfo", profile(archive.parent), refs)
     assert answers[0]["result"]["imphash"] == pefile.PE(data=(CORPUS / "test.exe").read_bytes()).get_imphash()
     assert answers[2] == {"payload_id": "p-test.txt", "skipped": True}  # not MZ: declined by accepts()
 
@@ -106,12 +135,11 @@ def test_plugins_run_as_tasks_on_their_own_queues(cluster: tuple[Celery, Path, P
 def test_only_json_is_accepted_on_the_wire(cluster: tuple[Celery, Path, Path]) -> None:
     client, archive, log = cluster
     ref = ref_for(archive, "test.txt")
-    pickled = client.send_task("stoq.worker.yara", args=[profile(archive.parent), [ref]], queue="yara", serializer="pickle")
-    with pytest.raises(Exception):  # never answered: the worker refuses the message
-        pickled.get(timeout=5)
-    client.backend.remove_pending_result(pickled)  # stop waiting for it now, not at interpreter exit
+    pickled, _ = send_part(client, "stoq.worker.yara", "yara", profile(archive.parent), [ref], serializer="pickle")
+    with pytest.raises(AssertionError, match="no answer"):  # never answered: the worker refuses the message
+        answers_of(pickled, timeout=5)
     assert "disallowed" in log.read_text().lower() or "refusing" in log.read_text().lower()
-    ok = client.send_task("stoq.worker.yara", args=[profile(archive.parent), [ref]], queue="yara").get(timeout=60)
+    ok = run_part(client, "stoq.worker.yara", "yara", profile(archive.parent), [ref])
     assert ok[0]["payload_id"] == "p-test.txt" and "result" in ok[0]  # the worker is still serving
 
 
@@ -122,7 +150,7 @@ def test_a_worker_without_queues_serves_every_plugin(tmp_path: Path, cluster: tu
         sha256 = hashlib.sha256(data).hexdigest()
         DirectoryArchive(tmp_path / "archive").put(sha256, data)
         ref = {"payload_id": "gz", "sha256": sha256, "filename": "test.gz", "mime": "application/gzip", "depth": 0}
-        (answer,) = client.send_task("stoq.extractor.decompress", args=[profile(tmp_path), [ref]], queue="decompress").get(timeout=60)
+        (answer,) = run_part(client, "stoq.extractor.decompress", "decompress", profile(tmp_path), [ref])
         (child,) = answer["children"]
         assert child["sha256"] == hashlib.sha256(gzip.decompress(data)).hexdigest()
         assert DirectoryArchive(tmp_path / "archive").get(child["sha256"]) == gzip.decompress(data)
@@ -157,17 +185,17 @@ def test_flower_lists_the_workers_and_a_finished_task_behind_basic_auth(tmp_path
         # are seen half (no task-received event). Send until one is seen whole, for 60 s at most.
         deadline, task = time.monotonic() + 60, None
         while task is None:
-            result = client.send_task("stoq.worker.yara", args=[profile(tmp_path), [ref]], queue="flower-test")
-            result.get(timeout=60)
+            wave, task_id = send_part(client, "stoq.worker.yara", "flower-test", profile(tmp_path), [ref])
+            answers_of(wave)
             for _ in range(10):  # events reach Flower asynchronously
-                seen = requests.get(f"{base}/api/tasks", auth=auth, timeout=5).json().get(result.id)
+                seen = requests.get(f"{base}/api/tasks", auth=auth, timeout=5).json().get(task_id)
                 if seen and seen.get("state") == "SUCCESS" and seen.get("name"):
                     task = seen
                     break
                 time.sleep(0.3)
             assert task is not None or time.monotonic() < deadline, "Flower never showed a finished task"
         assert task["name"] == "stoq.worker.yara"
-        assert "p-test.txt" in str(task["args"])  # readable arguments: the reference, not bytes
+        assert "p-test.txt test.txt" in str(task["args"])  # readable arguments: what the payloads are, not bytes
         workers = requests.get(f"{base}/api/workers?refresh=1", auth=auth, timeout=10).json()
         assert any(name.startswith(f"stoq-test-{tmp_path.name}@") for name in workers)
     finally:
@@ -182,7 +210,7 @@ def test_rabbitmq_as_broker(tmp_path: Path) -> None:
     worker, client, _ = start_worker(tmp_path, ["peinfo"], broker=rabbit)
     try:
         ref = ref_for(tmp_path / "archive", "test.exe")
-        (answer,) = client.send_task("stoq.worker.peinfo", args=[profile(tmp_path), [ref]], queue="peinfo").get(timeout=60)
+        (answer,) = run_part(client, "stoq.worker.peinfo", "peinfo", profile(tmp_path), [ref])
         assert answer["result"]["imphash"] == pefile.PE(data=(CORPUS / "test.exe").read_bytes()).get_imphash()
     finally:
         stop_worker(worker, client)

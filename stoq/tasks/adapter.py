@@ -3,14 +3,15 @@
 Each installed scan plugin becomes the task ``stoq.<category>.<name>`` (``stoq.worker.yara``,
 ``stoq.extractor.decompress``) routed to the queue named after the plugin, so ``celery -A stoq worker
 -Q yara`` serves YARA alone. The task is a thin shell (STYLE 1): it takes a submission's profile id and
-a batch of payload *references* (never bytes), fetches each payload from the shared archive, and runs
-the plugin through the same engine code as the embedded mode (``Engine.run_on``: options, ``accepts``,
-soft time limit, error capture, the text rule). Children are written to the archive and returned as
-references.
+its part of a wave (``stoq:wave:<id>`` holds a batch of payload *references*, never bytes), fetches each
+payload from the shared archive, and runs the plugin through the same engine code as the embedded mode
+(``Engine.run_on``: options, ``accepts``, soft time limit, error capture, the text rule). Children are
+written to the archive and answered as references.
 
 A reference is ``{"payload_id", "sha256", "filename", "mime", "depth", "meta", "overrides", "rules",
-"save"}``; the task returns, per reference, ``{"payload_id", "skipped"|"result"|"error", "flags",
-"children"}`` (wrapped in a blob when over ``limit`` bytes).
+"save"}``; the answer, per reference, is ``{"payload_id", "skipped"|"result"|"error", "flags",
+"children"}``. The answers go to the wave's hash (``state.put_answer``), not to Celery's result
+backend; the task that completes the wave sends ``stoq.collect``.
 
 Isolation inside a batch: the first delivery runs the batch straight through. A redelivered batch
 (its worker died: a crash, or the guard's hard time limit) runs *carefully*: each payload's start and
@@ -21,6 +22,7 @@ every attempt) gets a ``crash`` error instead of another run.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -36,25 +38,40 @@ from stoq.tasks.guard import Guard, process_guard
 DEFAULT_QUEUE = pipeline.DEFAULT_QUEUE
 COLLECT_QUEUE = pipeline.COLLECT_QUEUE
 
+log = logging.getLogger(__name__)
+
 
 def task_name(category: str, name: str) -> str:
     return f"stoq.{category}.{name}"
 
 
-def run_batch(app: Celery, plugin: str, task_id: str | None, profile_id: str, refs: Any, limit: int) -> Any:
-    """Runs ``plugin`` on each referenced payload; one answer per reference, in order."""
+def redelivered(task: Any) -> bool:
+    """Whether the broker says this delivery of ``task`` is not its first (see ``state.careful_for``)."""
+    return bool((task.request.delivery_info or {}).get("redelivered"))
+
+
+def run_batch(app: Celery, plugin: str, task_id: str | None, again: bool, profile_id: str, wave_id: str,
+              part: int, parts: int) -> None:
+    """Runs ``plugin`` on each payload of the wave's ``part``; records one answer per reference, in
+    order; sends the collector when this part completes the wave."""
     r = pipeline.redis_client(app)
-    refs = st.unwrap(r, refs)
+    raw = r.hget(st.wave_key(wave_id), st.part_field(part))
+    if raw is None:  # a redelivery, or a duplicate, after the wave was settled: done already
+        log.warning("%s: wave %s is settled already (or expired); nothing to do", plugin, wave_id)
+        return
+    refs = orjson.loads(raw)  # type: ignore[arg-type]
     eng = pipeline.engine_for(r, profile_id)
     g = process_guard()
     g.timeout_for = eng.timeout_for
-    rerun = st.careful_for(r, task_id, st.Careful, pipeline.worker_settings().quarantine_after)
+    rerun = st.careful_for(r, task_id, again, st.Careful, pipeline.worker_settings().quarantine_after)
     if rerun is None:
         answers = [eng.run_on(plugin, ref, g) for ref in refs]
     else:
         answers = careful(rerun, eng, plugin, refs, g)
-    eng.archive.flush()  # the children's index rows, once per batch
-    return st.wrap(r, answers, limit)
+    eng.archive.flush()  # the children's index rows, once per batch, before anyone reads the answers
+    if st.put_answer(r, wave_id, part, parts, orjson.dumps(answers)):
+        app.send_task("stoq.collect", args=(wave_id,), queue=COLLECT_QUEUE, argsrepr=f"(wave {wave_id})",
+                      kwargsrepr="")
 
 
 def careful(rerun: st.Careful, eng: Any, plugin: str, refs: list[dict[str, Any]], g: Guard) -> list[dict[str, Any]]:
@@ -116,11 +133,12 @@ def register_plugins(app: Celery, registry: Registry | None = None) -> dict[str,
             continue
         name = task_name(cls.category, cls.name)
 
-        def run(self: Any, profile_id: str, refs: Any, limit: int = st.INLINE_LIMIT, _plugin: str = cls.name) -> Any:
-            return run_batch(app, _plugin, self.request.id, profile_id, refs, limit)
+        def run(self: Any, profile_id: str, wave_id: str, part: int, parts: int, _plugin: str = cls.name) -> None:
+            run_batch(app, _plugin, self.request.id, redelivered(self), profile_id, wave_id, part, parts)
 
         run.__doc__ = cls.summary()
-        app.task(name=name, queue=cls.name, bind=True, acks_late=True, reject_on_worker_lost=True)(run)
+        app.task(name=name, queue=cls.name, bind=True, acks_late=True, reject_on_worker_lost=True,
+                 ignore_result=True)(run)
         names[cls.name] = name
     app.conf.stoq_plugin_tasks = names
     app.conf.task_routes = {name: {"queue": plugin} for plugin, name in names.items()}

@@ -12,7 +12,7 @@ from stoq.tasks.config import make_app
 app = make_app()
 
 from stoq.tasks import checks, pipeline  # noqa: E402  (after the app: they may read its settings)
-from stoq.tasks.adapter import register_plugins  # noqa: E402
+from stoq.tasks.adapter import redelivered, register_plugins  # noqa: E402
 
 # Every installed scan plugin becomes a task on its own queue (see stoq.tasks.adapter).
 PLUGIN_TASKS = register_plugins(app)
@@ -21,13 +21,13 @@ PLUGIN_TASKS = register_plugins(app)
 @app.task(name="stoq.publish", queue=pipeline.DEFAULT_QUEUE, ignore_result=True, bind=True)
 def publish(self: Any, profile_id: str, roots: Any, notify: str | None = None) -> None:
     """Starts scans: hashes, types and dispatches each root, then fans out to the plugin queues."""
-    pipeline.publish(app, profile_id, roots, notify, self.request.id)
+    pipeline.publish(app, profile_id, roots, notify, self.request.id, redelivered(self))
 
 
 @app.task(name="stoq.collect", queue=pipeline.COLLECT_QUEUE, ignore_result=True, bind=True)
-def collect(self: Any, results: list[Any], batch: Any) -> None:
-    """A wave's chord callback: applies the plugins' answers, sends the next wave or the connectors."""
-    pipeline.collect(app, results, batch, self.request.id)
+def collect(self: Any, wave_id: str) -> None:
+    """A wave's join: applies the plugins' answers, sends the next wave, stores the finished scans."""
+    pipeline.collect(app, wave_id, self.request.id, redelivered(self))
 
 
 @app.task(name="stoq.connector.store", queue=pipeline.COLLECT_QUEUE, ignore_result=True,

@@ -1,22 +1,29 @@
-"""The scan step as Celery tasks: publisher, plugin chords, collector, store connector, sweeper.
+"""The scan step as Celery tasks: publisher, plugin tasks, collector, store connector, sweeper.
 
 A scan advances in *waves*, breadth first, exactly as ``Engine.scan`` does in one process:
 
 1. ``stoq.publish`` (queue ``stoq``) takes a batch of root references from ``stoq submit``: for each
    payload of a wave it runs ``Engine.begin`` (hashes, type, duplicates, dispatch plan), keeps the
-   scan's state in Redis, and sends one chord: a task per plugin per chunk of at most ``batch_max``
-   references (``stoq.worker.yara`` on queue ``yara`` ...), then ``stoq.collect``.
-2. ``stoq.collect`` applies the answers in the embedded order (payloads of the wave in order, each
+   scan's state in Redis, writes the wave (``stoq:wave:<id>``: its scans and, per plugin task, at most
+   ``batch_max`` references) and fans out a ``group``: a task per plugin per chunk of references
+   (``stoq.worker.yara`` on queue ``yara`` ...), whose message names the wave and its part only.
+2. Each plugin task writes its answers into the wave's hash, in one transaction with the count of the
+   answers so far (``state.put_answer``); the task whose answers complete the wave sends
+   ``stoq.collect``. This is the join a chord would do, without Celery's result backend: the answers
+   are written once and read once, as JSON that only stoq reads.
+3. ``stoq.collect`` applies the answers in the embedded order (payloads of the wave in order, each
    one's plugins in plan order) through ``Engine.absorb``: the budget admits or flags each child; the
-   admitted children are the next wave, begun at once and sent as the next chord.
-3. A scan with no next wave is finished: the collector saves its document to the result store right
-   away (one transaction per batch, idempotent by scan id; if that fails, the retrying
-   ``stoq.connector.store`` task takes over) and hands it to a waiting ``stoq submit``.
+   admitted children are the next wave, begun at once and sent the same way.
+4. A scan with no next wave is finished: the collector saves its document to the result store (one
+   transaction per batch, idempotent by scan id), then, in the one Redis transaction that settles the
+   wave, hands it to the waiting ``stoq submit`` and forgets its state. If the save fails, the
+   finished state is kept and the retrying ``stoq.connector.store`` task takes over.
 
-Waves of many scans travel together, so a batch of 32 small files costs a few messages, not 32 x 5.
+Waves of many scans travel together, so a batch of 64 small files costs four messages, not 64 x 4.
 Every state change of a scan is one Redis transaction guarded by the wave token; a late or duplicated
-chord finds another token and changes nothing. A wave left unanswered for ``sweep_after`` seconds
-(a lost message, a broken chord) is closed by the sweeper that runs in every worker.
+collector finds another token (or no wave) and changes nothing. A wave left unanswered for
+``sweep_after`` seconds (a lost message, a dead worker's task not yet redelivered) is closed by the
+sweeper that runs in every worker.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from collections import OrderedDict
 from typing import Any
 
 import redis
-from celery import Celery, chord, signature
+import orjson
+from celery import Celery, group, signature
 
 from stoq.config import ConfigError, Settings, load_settings
 from stoq.dispatch import Planned
@@ -97,20 +105,20 @@ class Careful(st.Careful):
         super().__init__(r, key, worker_settings().quarantine_after if limit is None else limit)
 
 
-def careful_for(r: redis.Redis, task_id: str | None) -> st.Careful | None:
-    return st.careful_for(r, task_id, Careful, worker_settings().quarantine_after)
+def careful_for(r: redis.Redis, task_id: str | None, redelivered: bool) -> st.Careful | None:
+    return st.careful_for(r, task_id, redelivered, Careful, worker_settings().quarantine_after)
 
 
-def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]],
+def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]], wave_id: str,
                 careful: st.Careful | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Begins each scan's wave (new token, pending records); returns the plugin work: (profile,
-    plugin) -> references, in wave order. Typing runs under the guard's hard time limit."""
+    """Begins each scan's next wave (token ``wave_id``, pending records); returns the plugin work:
+    (profile, plugin) -> references, in wave order. Typing runs under the guard's hard time limit."""
     parts: dict[tuple[str, str], list[dict[str, Any]]] = {}
     guard = process_guard()
     for scan, items in waves:
         eng = engine_for(r, scan.profile)
         guard.timeout_for = eng.timeout_for
-        scan.wave, scan.pending = new_id(), []
+        scan.wave, scan.pending = wave_id, []
         for item in items:
             token = f"{scan.scan_id}:{item.sha256}"
             quarantined = careful.before(token) if careful else None
@@ -160,28 +168,35 @@ def plugin_task_names(app: Celery) -> dict[str, str]:
     return app.conf.get("stoq_plugin_tasks") or {}
 
 
-def send_wave(app: Celery, r: redis.Redis, scans: list[ScanState],
-              parts: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
-    """One chord: a task per plugin per chunk of references, then ``stoq.collect`` for these scans."""
-    if not scans:
-        return
-    batch_max = worker_settings().batch_max
-    names = plugin_task_names(app)
-    header, keys = [], []
-    for (profile, plugin), refs in parts.items():
-        for at in range(0, len(refs), batch_max):
-            keys.append([profile, plugin])
-            header.append((plugin, profile, refs[at:at + batch_max]))
-    answer_limit = st.INLINE_LIMIT // max(1, len(header))  # the answers share the callback's message
-    wrapped = [st.wrap(r, chunk) for _, _, chunk in header]
-    sigs = [signature(names[plugin], args=(profile, refs), kwargs={"limit": answer_limit},
-                      queue=plugin, app=app, argsrepr=describe_refs(profile, chunk), kwargsrepr="")
-            for (plugin, profile, chunk), refs in zip(header, wrapped)]
-    blobs = st.blob_keys(*wrapped)  # the collector deletes them once it has settled the wave
-    batch = st.wrap(r, {"scans": [[s.scan_id, s.wave] for s in scans], "parts": keys}
-                    | ({"blobs": blobs} if blobs else {}))
-    chord(sigs)(signature("stoq.collect", args=(batch,), queue=COLLECT_QUEUE, app=app,
-                          argsrepr=describe_ids("scans", [s.scan_id for s in scans]), kwargsrepr=""))
+class Wave:
+    """The plugin tasks of one wave: the hash fields to write with the scans' states, then the group."""
+
+    def __init__(self, wave_id: str, scans: list[ScanState], parts: dict[tuple[str, str], list[dict[str, Any]]],
+                 batch_max: int) -> None:
+        self.wave_id, self.scans = wave_id, scans
+        self.tasks: list[tuple[str, str, list[dict[str, Any]]]] = [
+            (plugin, profile, refs[at:at + batch_max])
+            for (profile, plugin), refs in parts.items() for at in range(0, len(refs), batch_max)] if scans else []
+
+    def write(self, pipe: Any) -> None:
+        """The wave's hash, in the transaction that commits its scans' states."""
+        if not self.tasks:
+            return
+        batch = {"scans": [[s.scan_id, s.wave] for s in self.scans], "parts": [[p, n] for n, p, _ in self.tasks]}
+        key = st.wave_key(self.wave_id)
+        pipe.hset(key, mapping={"batch": orjson.dumps(batch)} | {
+            st.part_field(i): orjson.dumps(chunk) for i, (_, _, chunk) in enumerate(self.tasks)})
+        pipe.expire(key, st.BLOB_TTL)
+
+    def send(self, app: Celery) -> None:
+        """One ``group``: a task per plugin per chunk; each message carries the wave id and its part."""
+        if not self.tasks:
+            return
+        names = plugin_task_names(app)
+        count = len(self.tasks)
+        group(signature(names[plugin], args=(profile, self.wave_id, i, count), queue=plugin, app=app,
+                        argsrepr=describe_refs(profile, chunk), kwargsrepr="")
+              for i, (plugin, profile, chunk) in enumerate(self.tasks)).apply_async()
 
 
 def describe_ids(what: str, ids: list[str]) -> str:
@@ -201,23 +216,9 @@ def send_store(app: Celery, scan_ids: list[str]) -> None:
                       argsrepr=describe_ids("scans", scan_ids), kwargsrepr="")
 
 
-def store_finished(app: Celery, scan_ids: list[str]) -> None:
-    """Stores finished scans right here (the collector is the chord's last task: one hop less); if
-    that fails, hands them to the ``stoq.connector.store`` task, which retries. Should this process die
-    first, the sweeper finds the finished scans still registered and sends them to the store."""
-    if not scan_ids:
-        return
-    try:
-        store(app, scan_ids)
-    except Exception as exc:  # the database is away, a connector cannot be sent: the task retries
-        log.warning("storing %d finished scan(s) failed here (%s: %s); handing them to the store connector",
-                    len(scan_ids), type(exc).__name__, exc)
-        send_store(app, scan_ids)
-
-
 def commit(pipe: Any, scans: list[ScanState]) -> None:
     """Writes the scans' states in the open transaction; keeps the sweeper's schedule. A finished
-    scan stays registered until the store has saved it (``store`` removes it)."""
+    scan stays registered until the store has saved it (``forget_stored`` removes it)."""
     deadline = time.time() + worker_settings().sweep_after
     for scan in scans:
         pipe.set(st.scan_key(scan.scan_id), scan.to_json(), ex=st.TTL)
@@ -225,11 +226,54 @@ def commit(pipe: Any, scans: list[ScanState]) -> None:
         pipe.zadd(st.ACTIVE, dict.fromkeys((scan.scan_id for scan in scans), deadline))
 
 
+def save_documents(scans: list[ScanState]) -> list[dict[str, Any]]:
+    """Saves finished scans' documents in one transaction (idempotent: a redelivery changes nothing)."""
+    from stoq.tasks.connect import result_store
+
+    docs = [document_of(s) for s in scans]
+    result_store().save(docs)
+    return docs
+
+
+def forget_stored(pipe: Any, scans: list[ScanState], docs: list[dict[str, Any]]) -> None:
+    """In ``pipe``: hands each stored document to the ``stoq submit`` waiting for it, then forgets the
+    scans' states (a few commands per batch, not per scan)."""
+    by_notify: dict[str, list[bytes]] = {}
+    for scan, doc in zip(scans, docs):
+        if scan.notify:
+            by_notify.setdefault(scan.notify, []).append(st.dumps(doc))
+    for notify, payloads in by_notify.items():
+        pipe.rpush(notify, *payloads)
+        pipe.expire(notify, st.BLOB_TTL)
+    if scans:
+        pipe.delete(*(st.scan_key(scan.scan_id) for scan in scans))
+        pipe.zrem(st.ACTIVE, *(scan.scan_id for scan in scans))
+
+
+def send_connectors(app: Celery, r: redis.Redis, scans: list[ScanState]) -> None:
+    """The chain goes on: each configured connector, with the stored scans of each submission profile."""
+    by_profile: dict[str, list[str]] = {}
+    for scan in scans:
+        by_profile.setdefault(scan.profile, []).append(scan.scan_id)
+    for profile_id, ids in by_profile.items():
+        for name in st.get_profile(r, profile_id).get("connectors") or []:
+            app.send_task(f"stoq.connector.{name}", args=(profile_id, ids), queue=name,
+                          argsrepr=describe_ids("scans", ids), kwargsrepr="")
+
+
 def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]],
-           finished: list[ScanState], pipe: Any, careful: st.Careful | None = None) -> None:
-    """Begins the next waves, commits every state in ``pipe`` (a watched pipeline or a plain one),
-    then sends the next chord and stores the finished scans."""
-    parts = begin_waves(r, waves, careful)
+           finished: list[ScanState], pipe: Any, careful: st.Careful | None = None,
+           settled: str | None = None) -> None:
+    """Begins the next waves; saves the finished scans; then, in one transaction in ``pipe`` (a
+    watched pipeline or a plain one), writes every state and the next wave, hands the stored
+    documents to their clients and deletes the ``settled`` wave; then sends the next plugin tasks.
+
+    The finished scans are saved first, here (the collector is the last task of a scan: no hop to a
+    store task). Should this process die before the transaction, the task is redelivered and does
+    it all again (the save is idempotent). Should the save fail (the database is away), the scans
+    are committed as finished and handed to the ``stoq.connector.store`` task, which retries."""
+    wave_id = new_id()
+    parts = begin_waves(r, waves, wave_id, careful)
     waiting = []
     for scan, _ in waves:
         if any(entry["plan"] for entry in scan.pending):
@@ -237,18 +281,35 @@ def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pendin
         else:  # nothing to run on this wave: its records are final now
             absorb_wave(r, scan, {})
             finished.append(scan)
+    wave = Wave(wave_id, waiting, parts, worker_settings().batch_max)
     for scan in finished:
         scan.done = True
+    docs: list[dict[str, Any]] | None = None
+    if finished:
+        try:
+            docs = save_documents(finished)
+        except Exception as exc:  # the database is away: the store connector task retries
+            log.warning("storing %d finished scan(s) failed here (%s: %s); handing them to the store connector",
+                        len(finished), type(exc).__name__, exc)
     pipe.multi()
-    commit(pipe, waiting + finished)
+    commit(pipe, waiting + (finished if docs is None else []))
+    if docs is not None:
+        forget_stored(pipe, finished, docs)
+    wave.write(pipe)
+    if settled is not None:
+        pipe.delete(st.wave_key(settled))
     pipe.execute()
-    send_wave(app, r, waiting, parts)
-    store_finished(app, [s.scan_id for s in finished])
+    wave.send(app)
+    if docs is None:
+        send_store(app, [s.scan_id for s in finished])
+    elif finished:
+        send_connectors(app, r, finished)
 
 
 # -- the tasks' bodies ---------------------------------------------------------------------------------
 
-def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_id: str | None = None) -> None:
+def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_id: str | None = None,
+            redelivered: bool = False) -> None:
     """Starts a scan per root reference: ``{"scan_id", "sha256", "size", "filename", "source", "date"}``.
     A redelivered publish skips the scans it already started. A profile this worker cannot run (an
     unknown plugin, a bad option, a rule file missing here, limits too long for the broker) refuses
@@ -281,7 +342,7 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
         scan = ScanState(root["scan_id"], root["date"], root["source"], profile_id, notify, eng.limits,
                          Budget(eng.limits))
         waves.append((scan, [Pending(None, root["filename"], sha256=root["sha256"], known_size=root["size"])]))
-    careful = careful_for(r, task_id)
+    careful = careful_for(r, task_id, redelivered)
     with r.pipeline() as pipe:
         settle(app, r, waves, [], pipe, careful)
     st.forget(r, st.blob_keys(sent))
@@ -297,34 +358,32 @@ def refuse(r: redis.Redis, roots: list[dict[str, Any]], notify: str | None, mess
             pipe.execute()
 
 
-def collect(app: Celery, results: list[Any], batch: Any, task_id: str | None = None) -> None:
-    """The chord's callback: applies a wave's answers, then settles the scans (next wave or done)."""
+def collect(app: Celery, wave_id: str, task_id: str | None = None, redelivered: bool = False) -> None:
+    """Sent by the plugin task that completed a wave: applies the wave's answers, then settles its
+    scans (next wave, or done and stored) and deletes the wave."""
     r = redis_client(app)
-    blobs = st.blob_keys(batch, *results)
-    try:
-        batch = st.unwrap(r, batch)
-        parts = [st.unwrap(r, part) for part in results]
-    except LookupError as exc:  # a redelivery after the blobs were settled (deleted below): done already
-        log.warning("collect: %s; nothing to do", exc)
+    fields: dict[bytes, bytes] = r.hgetall(st.wave_key(wave_id))  # type: ignore[assignment]
+    if b"batch" not in fields:  # a redelivery, or a duplicate, after the wave was settled: done already
+        log.warning("collect: wave %s is settled already (or expired); nothing to do", wave_id)
         return
-    blobs += batch.get("blobs", [])  # the plugin tasks' references
+    batch = orjson.loads(fields[b"batch"])
     answers: dict[tuple[str, str], dict[str, Any]] = {}
-    for (_profile, plugin), part in zip(batch["parts"], parts):
-        for answer in part:
+    for part, (_profile, plugin) in enumerate(batch["parts"]):
+        raw = fields.get(st.answer_field(part).encode())
+        for answer in orjson.loads(raw) if raw is not None else ():  # missing: errors in absorb_wave
             answers[(answer["payload_id"], plugin)] = answer
     tokens = dict(batch["scans"])
     keys = [st.scan_key(s) for s in tokens]
-    careful = careful_for(r, task_id)
+    if not keys:
+        st.forget(r, [st.wave_key(wave_id)])
+        return
+    careful = careful_for(r, task_id, redelivered)
     for _attempt in range(20):
         with r.pipeline() as pipe:
             try:
                 pipe.watch(*keys)
-                loaded = [s for s in st.load_states(pipe, list(tokens))
-                          if s is not None and s.wave == tokens[s.scan_id]]
-                scans = [s for s in loaded if not s.done]
-                # Finished by this very wave but still unstored: a redelivery of a collector that
-                # died while storing them. Stored again below (idempotent).
-                unstored = [s.scan_id for s in loaded if s.done]
+                scans = [s for s in st.load_states(pipe, list(tokens))
+                         if s is not None and s.wave == tokens[s.scan_id] and not s.done]
                 waves, finished = [], []
                 for scan in scans:
                     children = absorb_wave(r, scan, answers)
@@ -332,9 +391,7 @@ def collect(app: Celery, results: list[Any], batch: Any, task_id: str | None = N
                         waves.append((scan, children))
                     else:
                         finished.append(scan)
-                settle(app, r, waves, finished, pipe, careful)
-                store_finished(app, unstored)
-                st.forget(r, blobs)
+                settle(app, r, waves, finished, pipe, careful, settled=wave_id)
                 return
             except redis.WatchError:
                 continue  # the sweeper touched one of these scans: read them again
@@ -348,35 +405,18 @@ def document_of(scan: ScanState) -> dict[str, Any]:
 
 
 def store(app: Celery, scan_ids: list[str]) -> None:
-    """The store connector: saves finished scans in one transaction, hands each document to the
-    ``stoq submit`` waiting for it, then forgets the scans' states."""
-    from stoq.tasks.connect import result_store
-
+    """The store connector task (when the collector could not save, and for the sweeper): saves
+    finished scans in one transaction, hands each document to the ``stoq submit`` waiting for it,
+    forgets the scans' states, then sends the other configured connectors."""
     r = redis_client(app)
     scans = [s for s in st.load_states(r, scan_ids) if s is not None and s.done]
     if not scans:
         return
-    docs = [document_of(s) for s in scans]
-    result_store().save(docs)  # idempotent: a redelivered connector changes nothing
-    by_notify: dict[str, list[bytes]] = {}
-    for scan, doc in zip(scans, docs):
-        if scan.notify:
-            by_notify.setdefault(scan.notify, []).append(st.dumps(doc))
-    with r.pipeline(transaction=False) as pipe:  # a few commands per batch, not per scan
-        for notify, payloads in by_notify.items():
-            pipe.rpush(notify, *payloads)
-            pipe.expire(notify, st.BLOB_TTL)
-        pipe.delete(*(st.scan_key(scan.scan_id) for scan in scans))
-        pipe.zrem(st.ACTIVE, *(scan.scan_id for scan in scans))
+    docs = save_documents(scans)  # idempotent: a redelivered connector changes nothing
+    with r.pipeline(transaction=False) as pipe:
+        forget_stored(pipe, scans, docs)
         pipe.execute()
-    # The chain goes on: each configured connector, with the scans of each submission profile.
-    by_profile: dict[str, list[str]] = {}
-    for scan in scans:
-        by_profile.setdefault(scan.profile, []).append(scan.scan_id)
-    for profile_id, ids in by_profile.items():
-        for name in st.get_profile(r, profile_id).get("connectors") or []:
-            app.send_task(f"stoq.connector.{name}", args=(profile_id, ids), queue=name,
-                          argsrepr=describe_ids("scans", ids), kwargsrepr="")
+    send_connectors(app, r, scans)
 
 
 def sweep(app: Celery, now: float | None = None) -> list[str]:
@@ -402,7 +442,7 @@ def sweep(app: Celery, now: float | None = None) -> list[str]:
                     pipe.execute()
                     unstored.append(scan_id)
                     continue
-                message = (f"no answer within {worker_settings().sweep_after:g} s (a lost task or chord); "
+                message = (f"no answer within {worker_settings().sweep_after:g} s (a lost or unserved task); "
                            "the scan was closed by the sweeper")
                 for entry in scan.pending:
                     entry["errors"] += [{"payload_id": entry["record"]["payload_id"], "plugin": name,

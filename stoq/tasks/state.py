@@ -1,4 +1,4 @@
-"""What the cluster keeps between tasks, in Redis (the result backend chords already need).
+"""What the cluster keeps between tasks, in Redis (the result backend of ``STOQ_RESULT_BACKEND``).
 
 Keys, all under ``stoq:`` and all with a time to live, so nothing outlives a forgotten scan:
 
@@ -7,12 +7,15 @@ Keys, all under ``stoq:`` and all with a time to live, so nothing outlives a for
 | ``stoq:profile:<id>``   | a submission's scan settings (workers, plugin options, limits)  |
 | ``stoq:scan:<scan_id>`` | a scan in progress: budget, finished records, the wave in flight |
 | ``stoq:active``         | sorted set: scan id -> when its wave (or, finished, its store) is overdue (sweeper) |
-| ``stoq:blob:<id>``      | a task argument or answer too large for a broker message (deleted once settled) |
+| ``stoq:wave:<id>``      | a wave in flight: its scans, each plugin task's references (``r:<n>``) and answers (``a:<n>``) |
+| ``stoq:blob:<id>``      | a submission's roots too large for a broker message (deleted once published) |
 | ``stoq:notify:<id>``    | finished documents for a waiting ``stoq submit``                 |
-| ``stoq:tries:<task>``   | per-payload attempts of a redelivered plugin task               |
+| ``stoq:tries:<task>``   | per-payload attempts of a redelivered task                      |
 
-Broker messages stay small: any argument or answer whose JSON is over its share of ``MESSAGE_LIMIT``
-goes to a blob and the message carries ``{"$blob": key}`` instead (``wrap``/``unwrap``).
+Broker messages stay small: a plugin task's message names its wave and its part, never the references
+themselves, and its answers go to the wave's hash, not to Celery's result backend. The one argument
+that may grow, a submission's roots, goes to a blob when its JSON is over ``INLINE_LIMIT`` and the
+message carries ``{"$blob": key}`` instead (``wrap``/``unwrap``).
 """
 
 from __future__ import annotations
@@ -87,12 +90,32 @@ def forget(r: redis.Redis, keys: list[str]) -> None:
         r.delete(*keys)
 
 
-def deliveries(r: redis.Redis, key: str) -> int:
-    """Counts one more delivery of a task (``key`` = ``stoq:tries:<task id>``); returns the count."""
-    with r.pipeline(transaction=False) as pipe:
-        pipe.hincrby(key, "deliveries", 1)
-        pipe.expire(key, BLOB_TTL)
-        return int(pipe.execute()[0])
+def wave_key(wave_id: str) -> str:
+    return f"{PREFIX}wave:{wave_id}"
+
+
+def part_field(part: int) -> str:
+    """The field of a wave's hash that holds the references of plugin task ``part``."""
+    return f"r:{part}"
+
+
+def answer_field(part: int) -> str:
+    """The field of a wave's hash that holds the answers of plugin task ``part``."""
+    return f"a:{part}"
+
+
+def put_answer(r: redis.Redis, wave_id: str, part: int, parts: int, answers: bytes) -> bool:
+    """Records the answers of one of a wave's ``parts`` plugin tasks, in one transaction with the count
+    of the wave's fields; True when every part has answered. A redelivered task records the same field
+    again (the count does not move), so the wave is complete once, whatever the redeliveries; it may
+    then say so again, and the collector's wave tokens make a second collection change nothing."""
+    key = wave_key(wave_id)
+    with r.pipeline() as pipe:
+        pipe.hset(key, answer_field(part), answers)
+        pipe.expire(key, BLOB_TTL)  # also bounds a late duplicate that finds the wave settled (deleted)
+        pipe.hlen(key)
+        fields = pipe.execute()[-1]
+    return int(fields) == 1 + 2 * parts  # the batch, every part's references, every part's answers
 
 
 class Careful:
@@ -106,7 +129,10 @@ class Careful:
 
     def __init__(self, r: redis.Redis, key: str, limit: int) -> None:
         self.r, self.key, self.limit = r, key, limit
-        raw: dict[bytes, bytes] = r.hgetall(key)  # type: ignore[assignment]  # no decode_responses: bytes
+        with r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(key)
+            pipe.expire(key, BLOB_TTL)
+            raw: dict[bytes, bytes] = pipe.execute()[0]  # no decode_responses: bytes
         self.known = {k.decode(): v for k, v in raw.items()}
 
     def answer(self, token: str) -> bytes | None:
@@ -120,17 +146,22 @@ class Careful:
         attempts = 1 + int(self.known.get(f"s:{token}", 0))
         if attempts >= self.limit:
             return self.message.format(attempts=attempts)
-        self.r.hincrby(self.key, f"s:{token}", 1)
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hincrby(self.key, f"s:{token}", 1)
+            pipe.expire(self.key, BLOB_TTL)
+            pipe.execute()
         return None
 
     def after(self, token: str, answer: bytes = b"1") -> None:
         self.r.hset(self.key, f"a:{token}", answer)
 
 
-def careful_for(r: redis.Redis, task_id: str | None, cls: type[Careful], limit: int) -> Careful | None:
-    """Counts this delivery of the task; a ``cls`` for a redelivery, None for a first delivery."""
-    key = f"{PREFIX}tries:{task_id}"
-    return None if task_id is None or deliveries(r, key) == 1 else cls(r, key, limit)
+def careful_for(r: redis.Redis, task_id: str | None, redelivered: bool, cls: type[Careful],
+                limit: int) -> Careful | None:
+    """A ``cls`` for a redelivered task, None for a first delivery (which costs no Redis command).
+    ``redelivered`` is the broker's flag: RabbitMQ's own, or kombu's on a message its Redis transport
+    restored (a worker lost, a visibility timeout, a rejected task)."""
+    return cls(r, f"{PREFIX}tries:{task_id}", limit) if redelivered and task_id is not None else None
 
 
 # -- profiles: the scan settings a submission brings -------------------------------------------------
@@ -176,7 +207,7 @@ def scan_key(scan_id: str) -> str:
 class ScanState:
     """A scan between two tasks: its budget, the records already finished (in ``results`` order), and
     the wave in flight (``pending``: records begun by the publisher, with their errors and plans).
-    ``wave`` is a fresh token per wave: an answer for any other wave (a late or duplicated chord) is
+    ``wave`` is a fresh token per wave: an answer for any other wave (a late or duplicated collector) is
     ignored."""
 
     scan_id: str
