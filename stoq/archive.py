@@ -20,7 +20,7 @@ import time
 from contextlib import suppress
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import Any, TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
     from stoq.archive_pg import PostgresArchive
@@ -326,6 +326,25 @@ class NoArchive:
 
 Archive: TypeAlias = "DirectoryArchive | PackArchive | NoArchive | PostgresArchive"
 ARCHIVERS = ("pack", "directory", "none", "postgres")
+
+
+def put_where(archive: Archive, sha256: str, content: bytes) -> list[Any] | None:
+    """Stores a payload; returns where it lies when the archive can say (a pack: ``[pack, offset,
+    length]``, as JSON carries it), else None. A reference that carries the place spares every
+    reader its index look-up (``read_from``)."""
+    if isinstance(archive, PackArchive):
+        return list(archive.put_located(sha256, content))
+    archive.put(sha256, content)
+    return None
+
+
+def read_from(archive: Archive, sha256: str, at: list[Any] | None) -> bytes:
+    """A payload's bytes, not verified: read at its place when the reference carries one (no index
+    look-up, and before the index row is even written), else by sha256."""
+    if at is not None and isinstance(archive, PackArchive):
+        pack, offset, length = at
+        return archive.read_at((str(pack), int(offset), int(length)))
+    return archive.get(sha256, verify=False)
 
 
 def open_archive(kind: str, root: str | os.PathLike[str]) -> Archive:

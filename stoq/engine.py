@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import magic
 import yara
 
-from stoq.archive import ArchiveError, open_archive
+from stoq.archive import ArchiveError, open_archive, put_where, read_from
 from stoq.config import ConfigError, Settings
 from stoq.dispatch import Dispatcher, Planned, bundled_dispatch_rules
 from stoq.limits import Budget, Limits
@@ -58,6 +58,7 @@ class Pending:
     save: bool = True
     sha256: str | None = None  # set when the payload is in the archive already; ``content`` may then be None
     known_size: int = 0
+    at: list[Any] | None = None  # where the archive holds it, when it can say (``archive.put_where``)
 
     @property
     def size(self) -> int:
@@ -244,7 +245,7 @@ class Engine:
         content = item.content
         if content is None:
             assert item.sha256 is not None
-            content = self.archive.get(item.sha256, verify=False)  # verified just below, by hashing it
+            content = read_from(self.archive, item.sha256, item.at)  # verified just below, by hashing it
         facts = hashes(content)
         sha256 = facts["sha256"]
         if item.sha256 is not None and sha256 != item.sha256:
@@ -332,7 +333,7 @@ class Engine:
         """Runs one plugin on an archived payload given by reference (the Celery adapter's step).
         Children are archived; the answer holds references to them, never bytes."""
         # Not hashed again: the publisher checked these bytes against their sha256 when it began them.
-        payload = Payload(self.archive.get(ref["sha256"], verify=False), ref["payload_id"], ref.get("filename"), ref["mime"],
+        payload = Payload(read_from(self.archive, ref["sha256"], ref.get("at")), ref["payload_id"], ref.get("filename"), ref["mime"],
                           ref["sha256"], ref.get("depth", 0), ref.get("meta") or {}, tuple(ref.get("rules", ())))
         answer: dict[str, Any] = {"payload_id": ref["payload_id"]}
         planned = Planned(name, dict(ref.get("overrides") or {}), tuple(ref.get("rules", ())), ref.get("save", True))
@@ -348,9 +349,9 @@ class Engine:
         children = []
         for child in result.children:
             sha256 = hashlib.sha256(child.content).hexdigest()
-            self.archive.put(sha256, child.content)  # always: the next wave reads it back (even save=False)
+            at = put_where(self.archive, sha256, child.content)  # always: the next wave reads it (even save=False)
             children.append({"sha256": sha256, "size": len(child.content), "filename": child.filename,
-                             "meta": json_safe(child.meta)})
+                             "meta": json_safe(child.meta), "at": at})
         answer.update(result=json_safe(result.data), flags=[normal_flag(f) for f in result.flags], children=children)
         return answer
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from helpers import PG_URL, pg_admin
-from stoq.archive import ArchiveError, DirectoryArchive, PackArchive, open_archive
+from stoq.archive import ArchiveError, DirectoryArchive, PackArchive, open_archive, put_where, read_from
 from stoq.archive_pg import PostgresArchive
 from stoq.config import Settings
 
@@ -82,6 +82,26 @@ def test_a_located_payload_is_read_by_its_place_before_its_index_row_exists(tmp_
     writer.close()
     assert reader.get(sha) == data  # the row is there once the writer closed
     reader.close()
+
+
+def test_a_reference_carries_the_place_of_a_packed_payload_and_readers_use_it(tmp_path: Path) -> None:
+    """What the cluster's references carry: a pack's place (JSON: a list), read with no index look-up;
+    other archives give no place and are read by sha256."""
+    data = b"carried by its place" * 10
+    sha256 = hashlib.sha256(data).hexdigest()
+    writer = PackArchive(tmp_path / "packs")
+    at = put_where(writer, sha256, data)
+    assert at is not None and at[1:] == [len(PackArchive.MAGIC) + 32 + 8, len(data)]
+    reader = PackArchive(tmp_path / "packs")  # another process's view: the index row is not written yet
+    assert not reader.exists(sha256)
+    assert read_from(reader, sha256, at) == data
+    with pytest.raises(ArchiveError):
+        read_from(reader, sha256, None)  # by sha256, the index is needed
+    writer.flush()
+    assert read_from(reader, sha256, None) == data
+    directory = DirectoryArchive(tmp_path / "dir")
+    assert put_where(directory, sha256, data) is None
+    assert read_from(directory, sha256, None) == data
 
 
 def test_put_many_located_appends_each_new_payload_once(tmp_path: Path) -> None:

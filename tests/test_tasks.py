@@ -196,8 +196,11 @@ def test_flower_lists_the_workers_and_a_finished_task_behind_basic_auth(tmp_path
             assert task is not None or time.monotonic() < deadline, "Flower never showed a finished task"
         assert task["name"] == "stoq.worker.yara"
         assert "p-test.txt test.txt" in str(task["args"])  # readable arguments: what the payloads are, not bytes
-        workers = requests.get(f"{base}/api/workers?refresh=1", auth=auth, timeout=10).json()
-        assert any(name.startswith(f"stoq-test-{tmp_path.name}@") for name in workers)
+        # Flower asks the workers afresh, waiting ~1 s for replies: on a busy machine, ask again.
+        deadline, workers = time.monotonic() + 30, {}
+        while not any(name.startswith(f"stoq-test-{tmp_path.name}@") for name in workers):
+            assert time.monotonic() < deadline, f"Flower never listed the worker: {sorted(workers)}"
+            workers = requests.get(f"{base}/api/workers?refresh=1", auth=auth, timeout=10).json()
     finally:
         flower.terminate()
         flower.wait(timeout=30)

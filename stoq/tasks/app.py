@@ -65,4 +65,17 @@ app.steps["worker"].add(Sweeper)
 @signals.worker_init.connect
 def _check_settings(sender: Any = None, **_: Any) -> None:
     checks.refuse_bad_settings(app)
+    preload()
+
+
+def preload() -> None:
+    """Imports in the worker's main process, before it forks its pool, what each pool process would
+    otherwise import on its first collection: the result store (SQLAlchemy and the PostgreSQL
+    dialect, ~0.3 s of CPU per process). Nothing is connected here: connections never cross a fork."""
+    import stoq.tasks.connect  # noqa: F401
+
+    try:
+        import sqlalchemy.dialects.postgresql.psycopg2  # noqa: F401
+    except ImportError:  # no PostgreSQL driver: this worker's store is another database
+        pass
 

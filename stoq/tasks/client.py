@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import magic
 import orjson
 
-from stoq.archive import ArchiveError, open_archive
+from stoq.archive import ArchiveError, open_archive, put_where
 from stoq.config import Settings
 from stoq.engine import oversized_record
 from stoq.limits import Budget, Limits
@@ -77,7 +77,7 @@ class ClusterClient:
                     continue
                 data = path.read_bytes()
                 sha256 = hashlib.sha256(data).hexdigest()
-                self.archive.put(sha256, data)
+                at = put_where(self.archive, sha256, data)
             except OSError as exc:
                 yield Submitted(path, None, f"{path}: {exc.strerror or exc}")
                 continue
@@ -85,7 +85,7 @@ class ClusterClient:
                 yield Submitted(path, None, f"{path}: cannot archive it: {exc}")
                 continue
             roots.append({"scan_id": scan_id, "sha256": sha256, "size": len(data), "filename": path.name,
-                          "source": {"path": str(path)}, "date": now_iso()})
+                          "source": {"path": str(path)}, "date": now_iso(), "at": at})
             yield Submitted(path, scan_id)
             if len(roots) >= batch_size(left + len(roots), self.settings.batch_max) or left == 0:
                 self._publish(roots, notify)

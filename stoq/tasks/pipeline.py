@@ -132,7 +132,7 @@ def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]], wa
                 parts.setdefault((scan.profile, p.name), []).append({
                     "payload_id": rec.payload_id, "sha256": rec.sha256, "filename": rec.filename, "mime": rec.mime,
                     "depth": rec.depth, "meta": rec.meta, "overrides": p.overrides, "rules": list(p.rules),
-                    "save": p.save})
+                    "save": p.save, "at": item.at})
         eng.archive.flush()
     return parts
 
@@ -152,8 +152,8 @@ def absorb_wave(r: redis.Redis, scan: ScanState, answers: dict[tuple[str, str], 
             elif "error" in answer:
                 errors.append(answer["error"])
             elif not answer.get("skipped"):
-                found = [Pending(None, c["filename"], meta=c["meta"], sha256=c["sha256"], known_size=c["size"])
-                         for c in answer["children"]]
+                found = [Pending(None, c["filename"], meta=c["meta"], sha256=c["sha256"], known_size=c["size"],
+                                 at=c.get("at")) for c in answer["children"]]
                 planned = Planned(name, overrides, tuple(rules), save)
                 children.extend(eng.absorb(record, name, planned, answer["result"], answer["flags"], found, scan.budget))
         scan.results.append(record.as_dict())
@@ -310,7 +310,8 @@ def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pendin
 
 def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_id: str | None = None,
             redelivered: bool = False) -> None:
-    """Starts a scan per root reference: ``{"scan_id", "sha256", "size", "filename", "source", "date"}``.
+    """Starts a scan per root reference: ``{"scan_id", "sha256", "size", "filename", "source", "date",
+    "at"}`` (``at``: the payload's place in the archive, or null).
     A redelivered publish skips the scans it already started. A profile this worker cannot run (an
     unknown plugin, a bad option, a rule file missing here, limits too long for the broker) refuses
     the scans: the waiting client is told why."""
@@ -341,7 +342,8 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
             continue
         scan = ScanState(root["scan_id"], root["date"], root["source"], profile_id, notify, eng.limits,
                          Budget(eng.limits))
-        waves.append((scan, [Pending(None, root["filename"], sha256=root["sha256"], known_size=root["size"])]))
+        waves.append((scan, [Pending(None, root["filename"], sha256=root["sha256"], known_size=root["size"],
+                                     at=root.get("at"))]))
     careful = careful_for(r, task_id, redelivered)
     with r.pipeline() as pipe:
         settle(app, r, waves, [], pipe, careful)
