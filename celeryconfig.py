@@ -19,5 +19,5 @@ worker_prefetch_multiplier = int(os.environ.get("STOQ_PREFETCH_MULTIPLIER", "1")
 
 # Redis redelivers a task nobody acknowledged within this many seconds; it must be longer than the
 # longest task (batch_max x (time limit + 5 s)): a worker refuses to start otherwise.
-broker_transport_options = {"visibility_timeout": float(os.environ.get("STOQ_VISIBILITY_TIMEOUT", "7200"))}
+broker_transport_options = {"visibility_timeout": float(os.environ.get("STOQ_VISIBILITY_TIMEOUT", "21600"))}
 result_expires = 24 * 3600

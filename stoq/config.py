@@ -62,7 +62,7 @@ class Settings(BaseModel):
     jobs: int = Field(0, ge=0, description="Embedded worker processes (0: one per core).")
     broker_url: str = Field("", description="Celery broker; empty means embedded mode.")
     result_backend: str = Field("", description="Celery result backend (Redis).")
-    batch_max: int = Field(64, ge=1, le=1024, description="Cluster: most payload references in one task; batches grow to this with the backlog and shrink to one when idle.")
+    batch_max: int = Field(256, ge=1, le=1024, description="Cluster: most payload references in one task; batches grow to this with the backlog and shrink to one when idle.")
     sweep_after: float = Field(3600.0, gt=0, description="Cluster: seconds a scan's wave may wait for its answers before the sweeper closes the scan with error entries.")
     quarantine_after: int = Field(2, ge=2, description="Cluster: attempts of a payload whose plugin run kills its worker before it is quarantined.")
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Options per plugin.")

@@ -34,7 +34,7 @@ def defaults() -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "result_expires": 24 * 3600,
-        "broker_transport_options": {"visibility_timeout": float(os.environ.get("STOQ_VISIBILITY_TIMEOUT", "7200"))},
+        "broker_transport_options": {"visibility_timeout": float(os.environ.get("STOQ_VISIBILITY_TIMEOUT", "21600"))},
         "task_default_queue": DEFAULT_QUEUE,
     }
 
