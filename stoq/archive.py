@@ -83,6 +83,19 @@ class DirectoryArchive:
 
 
 
+#: Forks this process descends from (0 in the first one): a ``PackArchive`` made before a fork starts
+#: afresh in the child (its own pack, its own SQLite connection) without a getpid() on every call.
+_FORKS = 0
+
+
+def _forked() -> None:
+    global _FORKS
+    _FORKS += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class PackArchive:
     """Payloads appended to pack files, found through a SQLite index: the embedded default.
 
@@ -108,10 +121,10 @@ class PackArchive:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self._pid = -1
+        self._gen = -1
 
     def _reset(self) -> None:
-        self._pid = os.getpid()
+        self._gen = _FORKS
         self._fd: int | None = None
         self._pack = ""
         self._offset = 0
@@ -122,7 +135,7 @@ class PackArchive:
         self._readers: dict[str, int] = {}  # pack -> read-only fd (packs only grow: offsets stay valid)
 
     def _state(self) -> None:
-        if self._pid != os.getpid():
+        if self._gen != _FORKS:
             self._reset()
 
     def _conn(self) -> sqlite3.Connection:
@@ -286,7 +299,7 @@ class PackArchive:
         return len(rows)
 
     def close(self) -> None:
-        if self._pid == os.getpid():
+        if self._gen == _FORKS:
             self.flush()
             if self._fd is not None:
                 os.close(self._fd)

@@ -225,6 +225,34 @@ def test_documents_are_written_in_input_order(tmp_path: Path, cluster: Cluster) 
     assert [d["errors"] for d in docs[1:]] == [[]] * 5
 
 
+def test_an_oversized_and_an_unreadable_input_keep_the_others_in_input_order(tmp_path: Path, cluster: Cluster) -> None:
+    """The client archives files a batch at a time: an input over max_file_bytes (hashed and typed by
+    the client, stored by the store connector) and an input it cannot open do not reorder the rest."""
+    import hashlib
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.txt").write_bytes(b"first")
+    big = inputs / "big.bin"
+    big.write_bytes(b"B" * 5000)
+    (inputs / "c.txt").write_bytes(b"third")
+    gone = inputs / "gone.txt"
+    gone.symlink_to(inputs / "nowhere")
+    got = cluster.stoq("submit", str(inputs / "a.txt"), str(big), str(gone), str(inputs / "c.txt"), "--workers", "yara",
+                       "-o", f"yara.rules={BENCH_RULES}", "--format", "jsonl", timeout=120,
+                       STOQ_MAX_FILE_BYTES="4096", STOQ_BATCH_MAX="2")
+    assert got.returncode == 3, got.stderr  # an input could not be read
+    assert b"gone.txt: no such file or directory" in got.stderr.lower()
+    docs = [json.loads(line) for line in got.stdout.splitlines()]
+    for doc in docs:
+        validate(doc)
+    assert [Path(d["source"]["path"]).name for d in docs] == ["a.txt", "big.bin", "c.txt"]
+    (record,) = docs[1]["results"]
+    assert record["flags"] == ["limit:file-bytes"] and record["workers"] == {}
+    assert record["sha256"] == hashlib.sha256(b"B" * 5000).hexdigest() and record["size"] == 5000
+    assert all("yara" in d["results"][0]["workers"] for d in (docs[0], docs[2]))
+
+
 def test_the_scan_time_limit_holds_across_waves(tmp_path: Path, cluster: Cluster) -> None:
     """The scan's clock travels with its state: children begun (by the collector, in the next wave)
     after `max_scan_seconds` are listed with limit:scan-time and not analysed, as embedded."""

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import magic
 import orjson
 
-from stoq.archive import ArchiveError, open_archive, put_where
+from stoq.archive import ArchiveError, PackArchive, open_archive, put_where
 from stoq.config import Settings
 from stoq.engine import oversized_record
 from stoq.limits import Budget, Limits
@@ -32,6 +32,8 @@ from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE, make_app
 
 #: Seconds without a finished scan before ``documents`` says on stderr what it is waiting for.
 QUIET_HINT = 60.0
+#: File data the client holds at most before it archives and publishes the batch read so far.
+HELD_BYTES = 32 << 20
 
 
 def batch_size(left: int, batch_max: int) -> int:
@@ -61,37 +63,64 @@ class ClusterClient:
         self.archive = open_archive(settings.archiver, settings.resolved_archive())
         self.archive.prepare()
         self.profile = st.put_profile(self.r, st.profile_of(settings))
-        self._mime = magic.Magic(mime=True)
+        self._magic: magic.Magic | None = None  # only an oversized input is typed here
 
     def submit(self, files: list[Path], notify: str | None) -> Iterator[Submitted]:
-        """Archives and publishes every file; yields each one's scan id (or error) as it is sent."""
-        roots: list[dict[str, Any]] = []
+        """Archives and publishes every file; yields each one's scan id (or error) as it is sent, in
+        input order. Files are read one by one and archived a batch at a time (one index query for
+        the batch); a batch is also cut once it holds ``HELD_BYTES`` of file data."""
+        batch: list[tuple[Path, dict[str, Any], bytes]] = []  # read, not yet archived
+        held = 0
         left = len(files)
         for path in files:
             left -= 1
             scan_id = new_id()
             try:
-                if os.stat(path).st_size > self.settings.max_file_bytes:
-                    self._oversized(path, scan_id, notify)
-                    yield Submitted(path, scan_id)
-                    continue
-                data = path.read_bytes()
-                sha256 = hashlib.sha256(data).hexdigest()
-                at = put_where(self.archive, sha256, data)
+                with open(path, "rb", buffering=0) as handle:
+                    oversized = os.fstat(handle.fileno()).st_size > self.settings.max_file_bytes
+                    data = b"" if oversized else handle.readall()
             except OSError as exc:
                 yield Submitted(path, None, f"{path}: {exc.strerror or exc}")
                 continue
-            except (ArchiveError, sqlite3.Error) as exc:
-                yield Submitted(path, None, f"{path}: cannot archive it: {exc}")
+            if oversized:
+                yield from self._send(batch, notify)  # the files before it go first: input order
+                batch, held = [], 0
+                try:
+                    self._oversized(path, scan_id, notify)
+                except OSError as exc:
+                    yield Submitted(path, None, f"{path}: {exc.strerror or exc}")
+                    continue
+                yield Submitted(path, scan_id)
                 continue
-            roots.append({"scan_id": scan_id, "sha256": sha256, "size": len(data), "filename": path.name,
-                          "source": {"path": str(path)}, "date": now_iso(), "at": at})
-            yield Submitted(path, scan_id)
-            if len(roots) >= batch_size(left + len(roots), self.settings.batch_max) or left == 0:
-                self._publish(roots, notify)
-                roots = []
-        if roots:
-            self._publish(roots, notify)
+            batch.append((path, {"scan_id": scan_id, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                 "filename": path.name, "source": {"path": str(path)}, "date": now_iso()}, data))
+            held += len(data)
+            if len(batch) >= batch_size(left + len(batch), self.settings.batch_max) or held >= HELD_BYTES:
+                yield from self._send(batch, notify)
+                batch, held = [], 0
+        yield from self._send(batch, notify)
+
+    def _send(self, batch: list[tuple[Path, dict[str, Any], bytes]], notify: str | None) -> Iterator[Submitted]:
+        """Archives a batch of read files, then publishes their root references."""
+        if not batch:
+            return
+        try:
+            places = self._archive([(root["sha256"], data) for _, root, data in batch])
+        except (OSError, ArchiveError, sqlite3.Error) as exc:
+            for path, _, _ in batch:
+                yield Submitted(path, None, f"{path}: cannot archive it: {exc}")
+            return
+        for (_, root, _), at in zip(batch, places):
+            root["at"] = at
+        self._publish([root for _, root, _ in batch], notify)
+        for path, root, _ in batch:
+            yield Submitted(path, root["scan_id"])
+
+    def _archive(self, items: list[tuple[str, bytes]]) -> list[list[Any] | None]:
+        """Stores payloads; their places when the archive is a pack (one index query for all)."""
+        if isinstance(self.archive, PackArchive):
+            return [list(where) for where in self.archive.put_many_located(items)]
+        return [put_where(self.archive, sha256, data) for sha256, data in items]
 
     def _publish(self, roots: list[dict[str, Any]], notify: str | None) -> None:
         self.archive.flush()  # the workers must find the index rows before the message
@@ -103,7 +132,9 @@ class ClusterClient:
     def _oversized(self, path: Path, scan_id: str, notify: str | None) -> None:
         """An input over ``max_file_bytes`` is only hashed and typed, here; the store connector saves it."""
         limits = Limits.of(self.settings)
-        record = oversized_record(path, self._mime.from_buffer)
+        if self._magic is None:
+            self._magic = magic.Magic(mime=True)
+        record = oversized_record(path, self._magic.from_buffer)
         scan = st.ScanState(scan_id, now_iso(), {"path": str(path)}, self.profile, notify, limits, Budget(limits),
                             results=[record.as_dict()], done=True)
         self.r.set(st.scan_key(scan_id), scan.to_json(), ex=st.TTL)
