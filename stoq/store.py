@@ -203,13 +203,12 @@ class Store:
             # SQLAlchemy's per-row parameter processing: most of the cost of a small document.
             self._inserts: list[Any] = list(SQLITE_INSERTS)
         else:
-            # PostgreSQL: one multi-row INSERT per table, all sent as one simple query (one round trip,
-            # one implicit transaction), each row rendered by psycopg2's ``mogrify`` (C). SQLAlchemy's
-            # executemany took a round trip per table plus BEGIN and COMMIT, and processed every
-            # parameter in Python: 15 % of a cluster worker's time.
-            self._inserts = [(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ".encode(),
-                              f"({', '.join(['%s'] * len(cols))})", b" ON CONFLICT DO NOTHING;")
-                             for table, cols in zip(TABLE_NAMES, self._columns)]
+            # PostgreSQL: one INSERT per table, all sent as one simple query (one round trip, one
+            # implicit transaction). Each table's rows travel as one JSON array that the server
+            # unpacks with json_to_recordset: one literal per table instead of one per value, which
+            # took 40 % of the client's and 15 % of the server's time (thousands of literals parsed
+            # and typed one by one); JSON columns travel as text and are cast to JSONB.
+            self._inserts = [_pg_insert(table, cols) for table, cols in zip(TABLE_NAMES, self._columns)]
 
     @classmethod
     def open(cls, url: str, *, auto_migrate: bool | None = None) -> Store:
@@ -293,18 +292,19 @@ class Store:
         try:
             dbapi: Any = raw.dbapi_connection  # psycopg2's connection
             cur = dbapi.cursor()
-            parts = []
-            for (head, row_sql, tail), keylen, batch in zip(self._inserts, KEY_LENGTHS, rows):
+            parts, params = [], []
+            for sql, cols, keylen, batch in zip(self._inserts, self._columns, KEY_LENGTHS, rows):
                 if batch:
                     # Rows in key order: concurrent savers then take row locks in the same order and
                     # cannot deadlock on shared payloads.
                     batch = sorted(batch, key=lambda row: row[:keylen])
-                    parts += [head, b",".join([cur.mogrify(row_sql, row) for row in batch]), tail]
+                    parts.append(sql)
+                    params.append(orjson.dumps([dict(zip(cols, row)) for row in batch]).decode())
             # Autocommit, so that psycopg2 sends no BEGIN of its own: a query string of several
             # statements without BEGIN/COMMIT is one implicit transaction, all or nothing.
             dbapi.autocommit = True
             try:
-                cur.execute(b"".join(parts))
+                cur.execute("".join(parts), params)
             finally:
                 dbapi.autocommit = False
             cur.close()
@@ -386,6 +386,20 @@ _READ_SQL = {
     "find": "SELECT scan_id FROM scans WHERE scan_id IN (SELECT scan_id FROM scan_payloads WHERE sha256 = :k) "
             "ORDER BY scanned_at, date, scan_id",
 }
+
+
+#: PostgreSQL input types of the written columns that are not text; JSON columns arrive as text.
+_PG_TYPES = {"scanned_at": "timestamptz", "first_seen": "timestamptz", "payload_count": "integer", "size": "bigint",
+             "seq": "integer", "depth": "integer", "ordinal": "integer"}
+_PG_JSON = frozenset(("source", "source_order", "meta", "meta_order", "flags", "result", "result_order"))
+
+
+def _pg_insert(table: str, cols: tuple[str, ...]) -> str:
+    """The idempotent INSERT of a table's rows given as one JSON array of objects (``%s``)."""
+    values = ", ".join(f"r.{c}::jsonb" if c in _PG_JSON else f"r.{c}" for c in cols)
+    declared = ", ".join(f"{c} {_PG_TYPES.get(c, 'text')}" for c in cols)
+    return (f"INSERT INTO {table} ({', '.join(cols)}) SELECT {values} FROM json_to_recordset(%s::json) "
+            f"AS r({declared}) ON CONFLICT DO NOTHING;")
 
 
 def _identity(value: Any) -> Any:
