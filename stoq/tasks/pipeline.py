@@ -335,7 +335,10 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
         refuse(r, roots, notify, f"{type(exc).__name__}: {exc}")
         st.forget(r, st.blob_keys(sent))
         return
-    known = st.load_states(r, [root["scan_id"] for root in roots])
+    # Only a redelivery can find scans it started before (a first delivery skips the look-up; were a
+    # duplicate not flagged, its scans would start again, the later wave token win, and the store
+    # keep one document per scan id).
+    known = st.load_states(r, [root["scan_id"] for root in roots]) if redelivered else [None] * len(roots)
     waves = []
     for root, existing in zip(roots, known):
         if existing is not None:
