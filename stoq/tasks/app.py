@@ -11,7 +11,7 @@ from stoq.tasks.config import make_app
 
 app = make_app()
 
-from stoq.tasks import checks, pipeline  # noqa: E402  (after the app: they may read its settings)
+from stoq.tasks import checks, pipeline, sweeper  # noqa: E402  (after the app: they may read its settings)
 from stoq.tasks.adapter import redelivered, register_plugins  # noqa: E402
 
 # Every installed scan plugin becomes a task on its own queue (see stoq.tasks.adapter).
@@ -38,7 +38,7 @@ def store(scan_ids: list[str]) -> None:
 
 
 class Sweeper(bootsteps.StartStopStep):
-    """Every worker closes overdue scans every few seconds (``stoq.tasks.pipeline.sweep``)."""
+    """Every worker closes overdue scans every few seconds (``stoq.tasks.sweeper.sweep``)."""
 
     requires = {"celery.worker.components:Timer"}
 
@@ -46,11 +46,11 @@ class Sweeper(bootsteps.StartStopStep):
         self.tref: Any = None
 
     def start(self, worker: Any) -> None:
-        self.tref = worker.timer.call_repeatedly(pipeline.SWEEP_EVERY, self.run, (), priority=10)
+        self.tref = worker.timer.call_repeatedly(sweeper.SWEEP_EVERY, self.run, (), priority=10)
 
     def run(self) -> None:
         try:
-            pipeline.sweep(app)
+            sweeper.sweep(app)
         except Exception:  # a broker or Redis hiccup: the next round tries again
             pipeline.log.exception("sweeper round failed")
 

@@ -1,4 +1,4 @@
-"""The scan step as Celery tasks: publisher, plugin tasks, collector, store connector, sweeper.
+"""The scan step as Celery tasks: publisher, plugin tasks, collector, store connector.
 
 A scan advances in *waves*, breadth first, exactly as ``Engine.scan`` does in one process:
 
@@ -23,7 +23,7 @@ Waves of many scans travel together, so a batch of 64 small files costs four mes
 Every state change of a scan is one Redis transaction guarded by the wave token; a late or duplicated
 collector finds another token (or no wave) and changes nothing. A wave left unanswered for
 ``sweep_after`` seconds (a lost message, a dead worker's task not yet redelivered) is closed by the
-sweeper that runs in every worker.
+sweeper that runs in every worker (``stoq.tasks.sweeper``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from stoq.tasks.state import ScanState
 
 log = logging.getLogger(__name__)
 
-SWEEP_EVERY = 5.0
 
 _SETTINGS: Settings | None = None
 _ENGINES: OrderedDict[str, Engine] = OrderedDict()
@@ -422,48 +421,3 @@ def store(app: Celery, scan_ids: list[str]) -> None:
         forget_stored(pipe, scans, docs)
         pipe.execute()
     send_connectors(app, r, scans)
-
-
-def sweep(app: Celery, now: float | None = None) -> list[str]:
-    """Closes scans whose wave is overdue: each payload of the wave is kept with a ``timeout`` error
-    per plugin that never answered. A finished scan still unstored that long (its collector died
-    before storing it) is sent to the store again. Returns the closed and re-sent scan ids."""
-    r = redis_client(app)
-    due: list[bytes] = r.zrangebyscore(st.ACTIVE, 0, now or time.time(), start=0, num=100)  # type: ignore[assignment]
-    overdue = [s.decode() for s in due]
-    closed, unstored = [], []
-    for scan_id in overdue:
-        with r.pipeline() as pipe:
-            try:
-                pipe.watch(st.scan_key(scan_id))
-                (scan,) = st.load_states(pipe, [scan_id])
-                pipe.multi()
-                if scan is None:
-                    pipe.zrem(st.ACTIVE, scan_id)
-                    pipe.execute()
-                    continue
-                if scan.done:
-                    pipe.zadd(st.ACTIVE, {scan_id: time.time() + worker_settings().sweep_after})
-                    pipe.execute()
-                    unstored.append(scan_id)
-                    continue
-                message = (f"no answer within {worker_settings().sweep_after:g} s (a lost or unserved task); "
-                           "the scan was closed by the sweeper")
-                for entry in scan.pending:
-                    entry["errors"] += [{"payload_id": entry["record"]["payload_id"], "plugin": name,
-                                         "kind": "timeout", "message": message} for name, *_ in entry["plan"]]
-                    entry["plan"] = []
-                absorb_wave(r, scan, {})
-                scan.done = True
-                commit(pipe, [scan])
-                pipe.execute()
-                closed.append(scan_id)
-            except redis.WatchError:
-                continue  # answered meanwhile
-    send_store(app, closed + unstored)
-    if closed:
-        log.warning("sweeper closed %d overdue scan(s): %s", len(closed), ", ".join(closed))
-    if unstored:
-        log.warning("sweeper sent %d finished but unstored scan(s) to the store: %s", len(unstored),
-                    ", ".join(unstored))
-    return closed + unstored
