@@ -313,6 +313,7 @@ def test_the_sweeper_closes_a_scan_whose_wave_never_completes(tmp_path: Path, te
     try:
         sample = tmp_path / "x.txt"
         sample.write_bytes(b"hello")
+        waves_before = set(c.redis().scan_iter("stoq:wave:*"))
         started = time.monotonic()
         got = c.stoq("submit", str(sample), "--workers", "boom,yara", "-o", f"yara.rules={BENCH_RULES}",
                      "--format", "json", timeout=120)
@@ -323,6 +324,8 @@ def test_the_sweeper_closes_a_scan_whose_wave_never_completes(tmp_path: Path, te
         assert [(e["plugin"], e["kind"]) for e in doc["errors"]] == [("boom", "timeout"), ("yara", "timeout")]
         assert all("closed by the sweeper" in e["message"] for e in doc["errors"])
         assert doc["results"][0]["workers"] == {}
+        # The closed wave (yara's answer, boom's references still waiting) is deleted with it.
+        assert set(c.redis().scan_iter("stoq:wave:*")) - waves_before == set()
         assert time.monotonic() - started < 2 + 5 + 10  # sweep_after + one sweep interval + start-up
     finally:
         c.stop()

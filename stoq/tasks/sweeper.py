@@ -2,7 +2,7 @@
 
 A wave left unanswered for ``sweep_after`` seconds (a lost message, a dead worker's task not yet
 redelivered, a queue nobody serves) is closed: each payload of the wave is kept, with a ``timeout``
-error per plugin that did not answer, and the scan is stored. A finished scan still unstored that
+error per plugin that did not answer, the scan is stored, and the wave's hash is deleted. A finished scan still unstored that
 long (its collector could not save it) is sent to the store again.
 """
 
@@ -55,6 +55,10 @@ def sweep(app: Celery, now: float | None = None) -> list[str]:
                 absorb_wave(r, scan, {})
                 scan.done = True
                 commit(pipe, [scan])
+                # The wave's references and answers go too: a plugin task still queued for it then
+                # finds nothing to do, and a late collector changes nothing. (The wave's other scans
+                # share this deadline: this round or the next closes them.)
+                pipe.delete(st.wave_key(scan.wave))
                 pipe.execute()
                 closed.append(scan_id)
             except redis.WatchError:
