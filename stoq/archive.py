@@ -341,6 +341,20 @@ Archive: TypeAlias = "DirectoryArchive | PackArchive | NoArchive | PostgresArchi
 ARCHIVERS = ("pack", "directory", "none", "postgres")
 
 
+#: File data a reader of root files (the embedded pool's parent, the cluster's client) holds at most
+#: before it archives what it has read: a burst of big inputs is archived as it goes, not held.
+HOLD_BYTES = 32 << 20
+
+
+def read_input(path: str | os.PathLike[str], limit: int) -> bytes | None:
+    """A root file's bytes, read with one ``open`` and one ``fstat`` (the buffer sized as the file
+    is); None when the file is larger than ``limit``."""
+    with open(path, "rb", buffering=0) as handle:
+        if os.fstat(handle.fileno()).st_size > limit:
+            return None
+        return handle.readall()
+
+
 def put_where(archive: Archive, sha256: str, content: bytes) -> list[Any] | None:
     """Stores a payload; returns where it lies when the archive can say (a pack: ``[pack, offset,
     length]``, as JSON carries it), else None. A reference that carries the place spares every
@@ -349,6 +363,14 @@ def put_where(archive: Archive, sha256: str, content: bytes) -> list[Any] | None
         return list(archive.put_located(sha256, content))
     archive.put(sha256, content)
     return None
+
+
+def put_many_where(archive: Archive, items: list[tuple[str, bytes]]) -> list[list[Any] | None]:
+    """:func:`put_where` for several payloads (``(sha256, content)``): one index query for all of
+    them in a pack."""
+    if isinstance(archive, PackArchive):
+        return [list(where) for where in archive.put_many_located(items)]
+    return [put_where(archive, sha256, content) for sha256, content in items]
 
 
 def read_from(archive: Archive, sha256: str, at: list[Any] | None) -> bytes:

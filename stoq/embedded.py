@@ -42,7 +42,7 @@ from multiprocessing.sharedctypes import RawValue
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from stoq.archive import ArchiveError, PackArchive
+from stoq.archive import HOLD_BYTES, ArchiveError, PackArchive, read_input
 from stoq.engine import Activity, Engine, SkipMap, describe
 from stoq.runner import describe_exception
 from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, new_id, now_iso
@@ -54,7 +54,7 @@ MAX_ATTEMPTS = 5
 PREFETCH = 64
 BATCH = 16  # results per message at most, while more work is queued
 BATCH_BYTES = 1 << 20
-ADMIT_BYTES = 32 << 20  # roots the parent holds in memory at once while archiving a burst of them
+ADMIT_BYTES = HOLD_BYTES  # roots the parent holds in memory at once while archiving a burst of them
 CHECK_EVERY = 0.25  # seconds between checks of the hard time limits
 
 
@@ -343,15 +343,13 @@ class EmbeddedPool:
                 ready.append(job)
                 continue
             try:
-                with open(job.path, "rb", buffering=0) as handle:
-                    if os.fstat(handle.fileno()).st_size > limit:
-                        ready.append(job)
-                        continue
-                    content = handle.readall()  # sized by fstat, as the file is
+                content = read_input(job.path, limit)
             except OSError as exc:
                 done[job.index] = Outcome(job.path, None, unreadable(job.path, exc))
                 continue
             ready.append(job)
+            if content is None:  # oversized: the worker hashes it in chunks
+                continue
             if len(content) <= limit:  # else it grew past the limit while read: the worker's business
                 read.append((job, hashlib.sha256(content).hexdigest(), content))
                 held += len(content)

@@ -50,7 +50,7 @@ from stoq.jsonb import apply_hint  # noqa: E402
 from stoq.rows import (KEY_LENGTHS, ROW_COLUMNS, SQLITE_INSERTS, TABLE_NAMES, NotMigrated,  # noqa: E402
                        StoreError, document_rows)
 from stoq.sqlitedb import configure  # noqa: E402
-from stoq.tables import TABLES  # noqa: E402
+from stoq.tables import TABLES, Base  # noqa: E402
 
 # ---------------------------------------------------------------------------------- engine & migration
 
@@ -208,7 +208,7 @@ class Store:
             # unpacks with json_to_recordset: one literal per table instead of one per value, which
             # took 40 % of the client's and 15 % of the server's time (thousands of literals parsed
             # and typed one by one); JSON columns travel as text and are cast to JSONB.
-            self._inserts = [_pg_insert(table, cols) for table, cols in zip(TABLE_NAMES, self._columns)]
+            self._inserts = [_pg_insert(table, cols, engine.dialect) for table, cols in zip(TABLE_NAMES, self._columns)]
 
     @classmethod
     def open(cls, url: str, *, auto_migrate: bool | None = None) -> Store:
@@ -388,16 +388,14 @@ _READ_SQL = {
 }
 
 
-#: PostgreSQL input types of the written columns that are not text; JSON columns arrive as text.
-_PG_TYPES = {"scanned_at": "timestamptz", "first_seen": "timestamptz", "payload_count": "integer", "size": "bigint",
-             "seq": "integer", "depth": "integer", "ordinal": "integer"}
-_PG_JSON = frozenset(("source", "source_order", "meta", "meta_order", "flags", "result", "result_order"))
-
-
-def _pg_insert(table: str, cols: tuple[str, ...]) -> str:
-    """The idempotent INSERT of a table's rows given as one JSON array of objects (``%s``)."""
-    values = ", ".join(f"r.{c}::jsonb" if c in _PG_JSON else f"r.{c}" for c in cols)
-    declared = ", ".join(f"{c} {_PG_TYPES.get(c, 'text')}" for c in cols)
+def _pg_insert(table: str, cols: tuple[str, ...], dialect: Any) -> str:
+    """The idempotent INSERT of a table's rows given as one JSON array of objects (``%s``). Each
+    column is read from the JSON with its own type, as ``stoq.tables`` declares it; a JSONB column
+    arrives as the JSON text the rows hold and is cast."""
+    columns = Base.metadata.tables[table].c
+    types = {c: columns[c].type.compile(dialect=dialect) for c in cols}
+    values = ", ".join(f"r.{c}::jsonb" if types[c] == "JSONB" else f"r.{c}" for c in cols)
+    declared = ", ".join(f"{c} {'text' if types[c] == 'JSONB' else types[c]}" for c in cols)
     return (f"INSERT INTO {table} ({', '.join(cols)}) SELECT {values} FROM json_to_recordset(%s::json) "
             f"AS r({declared}) ON CONFLICT DO NOTHING;")
 

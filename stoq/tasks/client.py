@@ -11,7 +11,6 @@ the store connector fills after the database commit.
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any, Iterator
 import magic
 import orjson
 
-from stoq.archive import ArchiveError, PackArchive, open_archive, put_where
+from stoq.archive import HOLD_BYTES, ArchiveError, open_archive, put_many_where, read_input
 from stoq.config import Settings
 from stoq.engine import oversized_record
 from stoq.limits import Budget, Limits
@@ -32,8 +31,6 @@ from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE, make_app
 
 #: Seconds without a finished scan before ``documents`` says on stderr what it is waiting for.
 QUIET_HINT = 60.0
-#: File data the client holds at most before it archives and publishes the batch read so far.
-HELD_BYTES = 32 << 20
 
 
 def batch_size(left: int, batch_max: int) -> int:
@@ -68,7 +65,7 @@ class ClusterClient:
     def submit(self, files: list[Path], notify: str | None) -> Iterator[Submitted]:
         """Archives and publishes every file; yields each one's scan id (or error) as it is sent, in
         input order. Files are read one by one and archived a batch at a time (one index query for
-        the batch); a batch is also cut once it holds ``HELD_BYTES`` of file data."""
+        the batch); a batch is also cut once it holds ``HOLD_BYTES`` of file data."""
         batch: list[tuple[Path, dict[str, Any], bytes]] = []  # read, not yet archived
         held = 0
         left = len(files)
@@ -76,13 +73,11 @@ class ClusterClient:
             left -= 1
             scan_id = new_id()
             try:
-                with open(path, "rb", buffering=0) as handle:
-                    oversized = os.fstat(handle.fileno()).st_size > self.settings.max_file_bytes
-                    data = b"" if oversized else handle.readall()
+                data = read_input(path, self.settings.max_file_bytes)
             except OSError as exc:
                 yield Submitted(path, None, f"{path}: {exc.strerror or exc}")
                 continue
-            if oversized:
+            if data is None:  # oversized
                 yield from self._send(batch, notify)  # the files before it go first: input order
                 batch, held = [], 0
                 try:
@@ -95,7 +90,7 @@ class ClusterClient:
             batch.append((path, {"scan_id": scan_id, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
                                  "filename": path.name, "source": {"path": str(path)}, "date": now_iso()}, data))
             held += len(data)
-            if len(batch) >= batch_size(left + len(batch), self.settings.batch_max) or held >= HELD_BYTES:
+            if len(batch) >= batch_size(left + len(batch), self.settings.batch_max) or held >= HOLD_BYTES:
                 yield from self._send(batch, notify)
                 batch, held = [], 0
         yield from self._send(batch, notify)
@@ -105,7 +100,7 @@ class ClusterClient:
         if not batch:
             return
         try:
-            places = self._archive([(root["sha256"], data) for _, root, data in batch])
+            places = put_many_where(self.archive, [(root["sha256"], data) for _, root, data in batch])
         except (OSError, ArchiveError, sqlite3.Error) as exc:
             for path, _, _ in batch:
                 yield Submitted(path, None, f"{path}: cannot archive it: {exc}")
@@ -116,17 +111,11 @@ class ClusterClient:
         for path, root, _ in batch:
             yield Submitted(path, root["scan_id"])
 
-    def _archive(self, items: list[tuple[str, bytes]]) -> list[list[Any] | None]:
-        """Stores payloads; their places when the archive is a pack (one index query for all)."""
-        if isinstance(self.archive, PackArchive):
-            return [list(where) for where in self.archive.put_many_located(items)]
-        return [put_where(self.archive, sha256, data) for sha256, data in items]
-
     def _publish(self, roots: list[dict[str, Any]], notify: str | None) -> None:
         self.archive.flush()  # the workers must find the index rows before the message
-        shown = ", ".join(f"{root['scan_id']} {root['filename']}" for root in roots[:3])
         self.app.send_task("stoq.publish", args=(self.profile, st.wrap(self.r, roots), notify), queue=DEFAULT_QUEUE,
-                           argsrepr=f"(profile {self.profile}, {len(roots)} roots: {shown}{', ...' if len(roots) > 3 else ''})",
+                           argsrepr=st.describe_batch(self.profile, "roots",
+                                                      [f"{root['scan_id']} {root['filename']}" for root in roots]),
                            kwargsrepr="")
 
     def _oversized(self, path: Path, scan_id: str, notify: str | None) -> None:

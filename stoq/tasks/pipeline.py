@@ -198,21 +198,14 @@ class Wave:
               for i, (plugin, profile, chunk) in enumerate(self.tasks)).apply_async()
 
 
-def describe_ids(what: str, ids: list[str]) -> str:
-    """A task's arguments as Flower and the logs show them: short, readable, computed cheaply
-    (Celery's own repr of a batch of references costs more than a plugin run on a small file)."""
-    shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
-    return f"({len(ids)} {what}: {shown})"
-
-
 def describe_refs(profile: str, refs: list[dict[str, Any]]) -> str:
-    return f"(profile {profile}, " + describe_ids("payloads", [f"{r['payload_id']} {r['filename']}" for r in refs])[1:]
+    return st.describe_batch(profile, "payloads", [f"{r['payload_id']} {r['filename']}" for r in refs])
 
 
 def send_store(app: Celery, scan_ids: list[str]) -> None:
     if scan_ids:
         app.send_task("stoq.connector.store", args=(scan_ids,), queue=COLLECT_QUEUE,
-                      argsrepr=describe_ids("scans", scan_ids), kwargsrepr="")
+                      argsrepr=st.describe_ids("scans", scan_ids), kwargsrepr="")
 
 
 def commit(pipe: Any, scans: list[ScanState]) -> None:
@@ -257,7 +250,7 @@ def send_connectors(app: Celery, r: redis.Redis, scans: list[ScanState]) -> None
     for profile_id, ids in by_profile.items():
         for name in st.get_profile(r, profile_id).get("connectors") or []:
             app.send_task(f"stoq.connector.{name}", args=(profile_id, ids), queue=name,
-                          argsrepr=describe_ids("scans", ids), kwargsrepr="")
+                          argsrepr=st.describe_ids("scans", ids), kwargsrepr="")
 
 
 def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]],

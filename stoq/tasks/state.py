@@ -57,10 +57,10 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-def wrap(r: redis.Redis, value: Any, limit: int = INLINE_LIMIT) -> Any:
-    """``value`` itself if its JSON fits in ``limit`` bytes, else a reference to a blob holding it."""
+def wrap(r: redis.Redis, value: Any) -> Any:
+    """``value`` itself if its JSON fits in ``INLINE_LIMIT`` bytes, else a reference to a blob holding it."""
     data = dumps(value)
-    if len(data) <= limit:
+    if len(data) <= INLINE_LIMIT:
         return value
     key = f"{PREFIX}blob:{new_id()}"
     r.set(key, data, ex=BLOB_TTL)
@@ -162,6 +162,18 @@ def careful_for(r: redis.Redis, task_id: str | None, redelivered: bool, cls: typ
     ``redelivered`` is the broker's flag: RabbitMQ's own, or kombu's on a message its Redis transport
     restored (a worker lost, a visibility timeout, a rejected task)."""
     return cls(r, f"{PREFIX}tries:{task_id}", limit) if redelivered and task_id is not None else None
+
+
+def describe_ids(what: str, ids: list[str]) -> str:
+    """A task's arguments as Flower and the logs show them: short, readable, computed cheaply
+    (Celery's own repr of a batch of references costs more than a plugin run on a small file)."""
+    shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+    return f"({len(ids)} {what}: {shown})"
+
+
+def describe_batch(profile: str, what: str, labels: list[str]) -> str:
+    """``describe_ids`` of a batch sent with a submission's profile."""
+    return f"(profile {profile}, " + describe_ids(what, labels)[1:]
 
 
 # -- profiles: the scan settings a submission brings -------------------------------------------------
