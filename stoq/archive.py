@@ -110,6 +110,12 @@ class PackArchive:
     parent's), and adds index rows in batches (every ``FLUSH_EVERY`` payloads or ``FLUSH_SECONDS``,
     and on ``close``). ``get`` verifies the sha256 of what it reads. A process killed between an
     append and its index flush leaves bytes that ``reindex`` recovers from the pack headers.
+
+    A place this archive hands out (``put_located``, ``put_many_located``) holds exactly the bytes
+    given: appended just now, or found in the index and compared with them (a record that differs
+    is appended again and its index row replaced). So a reader given the place and the sha256 by
+    their writer needs no hash of its own: ``read_record`` checks the record's header names that
+    sha256 and length, which catches a wrong or stale place, and returns the bytes.
     """
 
     MAGIC = b"SQPK"
@@ -202,8 +208,8 @@ class PackArchive:
         places = []
         for sha256, content in items:
             found = known.get(sha256)
-            if found is None:  # new: appended once, even if ``items`` holds it twice
-                found = known[sha256] = self._append(sha256, content)
+            if found is None or (sha256 not in self._local and not self._same(found, content)):
+                found = known[sha256] = self._append(sha256, content)  # once, even if ``items`` holds it twice
             places.append(found)
         return places
 
@@ -212,7 +218,7 @@ class PackArchive:
         length), which :meth:`read_at` takes in any process, before the index row is even written."""
         self._state()
         found = self._locate(sha256)
-        if found is not None:
+        if found is not None and (sha256 in self._local or self._same(found, content)):
             return found
         return self._append(sha256, content)
 
@@ -237,7 +243,7 @@ class PackArchive:
             db = self._conn()
             with db:
                 db.execute("BEGIN")
-                db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", self._pending)
+                db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", self._pending)
             self._pending.clear()
             self._local.clear()
         self._last_flush = time.monotonic()
@@ -266,6 +272,28 @@ class PackArchive:
         if sha256 is not None and hashlib.sha256(content).hexdigest() != sha256:
             raise ArchiveError(f"payload {sha256} is damaged in pack {pack}")
         return content
+
+    def read_record(self, where: tuple[str, int, int], sha256: str) -> bytes:
+        """The bytes at a place this archive handed out for ``sha256`` (see the class docstring):
+        the record's header must name that sha256 and length; the bytes are not hashed again."""
+        pack, offset, length = where
+        if offset < self.HEADER:
+            raise ArchiveError(f"not a record's place: {where!r}")
+        if not _SHA256.match(sha256):
+            raise ArchiveError(f"not a sha256: {sha256!r}")
+        header = self.read_at((pack, offset - self.HEADER, self.HEADER))
+        if header != self.MAGIC + bytes.fromhex(sha256) + length.to_bytes(8, "big"):
+            raise ArchiveError(f"payload {sha256} is not at {pack}:{offset} (damaged or moved)")
+        return self.read_at(where)
+
+    def _same(self, where: tuple[str, int, int], content: bytes) -> bool:
+        """Whether the record at ``where`` (found in the index) holds exactly ``content``."""
+        if where[2] != len(content):
+            return False
+        try:
+            return self.read_at(where) == content
+        except (OSError, ArchiveError):
+            return False
 
     def delete(self, sha256: str) -> None:
         """Forgets a payload (its bytes stay in the pack until the pack is removed)."""
@@ -373,13 +401,15 @@ def put_many_where(archive: Archive, items: list[tuple[str, bytes]]) -> list[lis
     return [put_where(archive, sha256, content) for sha256, content in items]
 
 
-def read_from(archive: Archive, sha256: str, at: list[Any] | None) -> bytes:
-    """A payload's bytes, not verified: read at its place when the reference carries one (no index
-    look-up, and before the index row is even written), else by sha256."""
+def read_from(archive: Archive, sha256: str, at: list[Any] | None) -> tuple[bytes, bool]:
+    """A payload's bytes, and whether they are known to have that sha256. Read at its place when the
+    reference carries one (no index look-up, and before the index row is even written; the record's
+    header is checked, the bytes are known: see ``PackArchive``), else by sha256, unverified: the
+    caller hashes them."""
     if at is not None and isinstance(archive, PackArchive):
         pack, offset, length = at
-        return archive.read_at((str(pack), int(offset), int(length)))
-    return archive.get(sha256, verify=False)
+        return archive.read_record((str(pack), int(offset), int(length)), sha256), True
+    return archive.get(sha256, verify=False), False
 
 
 def open_archive(kind: str, root: str | os.PathLike[str]) -> Archive:

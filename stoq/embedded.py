@@ -5,11 +5,13 @@ from a parent that has already loaded the plugins and compiled the rules), colle
 as JSON bytes, stores them in batches and yields them in input order.
 
 Roots are archived by the parent, as the cluster's client archives them: with the pack archive (the
-default) the parent reads each file, appends it to its own pack and hands the worker the file's sha256
-and place in the pack, so that the worker reads it from there (one ``pread``, no ``open``) and writes
-nothing for it. The supervisor's core is otherwise idle, and the analysing processes do only analysis.
-The worker checks the sha256 when it hashes the payload, so a file that changed on disk meanwhile is
-never scanned under another file's name.
+default) the parent reads each file, hashes it with sha256, appends it to its own pack and hands the
+worker the sha256 and the file's place in the pack, so that the worker reads it from there (one
+``pread``, no ``open``) and writes nothing for it. The supervisor's core is otherwise idle, and the
+analysing processes do only analysis. The worker checks that the pack record's header names that
+sha256 and does not hash the bytes with sha256 again (``PackArchive.read_record``): the parent
+hashed the very bytes it wrote, so a file that changed on disk meanwhile is scanned as it was read,
+never under another file's name.
 
 Supervision: each worker publishes what it is running (plugin, payload sha256, start time) in a
 small shared-memory slot. A worker that dies (a segfault in a native parser, the OOM killer) or that
@@ -116,7 +118,7 @@ def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity,
         activity.enter("read", "")
         if ref is not None:
             archived = ref[0]
-            content = engine.archive.read_at(ref[1:])  # type: ignore[union-attr]  # only a PackArchive gets refs
+            content = engine.archive.read_record(ref[1:], archived)  # type: ignore[union-attr]  # only a PackArchive gets refs
         elif os.stat(path).st_size > engine.settings.max_file_bytes:
             return b"D", dumps(engine.scan_oversized(Path(path), {"path": path}))
         else:

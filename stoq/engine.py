@@ -59,6 +59,7 @@ class Pending:
     sha256: str | None = None  # set when the payload is in the archive already; ``content`` may then be None
     known_size: int = 0
     at: list[Any] | None = None  # where the archive holds it, when it can say (``archive.put_where``)
+    known: bool = False  # ``content`` was read from the pack record of ``sha256``: not hashed again
 
     @property
     def size(self) -> int:
@@ -104,13 +105,13 @@ OCTET_STREAM = "application/octet-stream"
 TIME_LIMIT = "time_limit"
 
 
-def hashes(content: bytes) -> dict[str, Any]:
-    """Size and hashes of a payload."""
+def hashes(content: bytes, sha256: str | None = None) -> dict[str, Any]:
+    """Size and hashes of a payload; ``sha256``, when the caller knows it, is not computed again."""
     return {
         "size": len(content),
         "md5": hashlib.md5(content).hexdigest(),
         "sha1": hashlib.sha1(content).hexdigest(),
-        "sha256": hashlib.sha256(content).hexdigest(),
+        "sha256": sha256 or hashlib.sha256(content).hexdigest(),
         "sha512": hashlib.sha512(content).hexdigest(),
     }
 
@@ -242,11 +243,11 @@ class Engine:
             skip = dict(skip or {}) | {(item.sha256 or "", "libmagic"): ("crash", quarantined)}
         payload_id = new_id()
         errors: list[ScanErrorEntry] = []
-        content = item.content
+        content, known = item.content, item.known
         if content is None:
             assert item.sha256 is not None
-            content = read_from(self.archive, item.sha256, item.at)  # verified just below, by hashing it
-        facts = hashes(content)
+            content, known = read_from(self.archive, item.sha256, item.at)  # else verified below, by hashing
+        facts = hashes(content, item.sha256 if known else None)
         sha256 = facts["sha256"]
         if item.sha256 is not None and sha256 != item.sha256:
             raise ArchiveError(f"payload {item.sha256} is damaged in the archive")
@@ -333,8 +334,9 @@ class Engine:
         """Runs one plugin on an archived payload given by reference (the Celery adapter's step).
         Children are archived; the answer holds references to them, never bytes."""
         # Not hashed again: the publisher checked these bytes against their sha256 when it began them.
-        payload = Payload(read_from(self.archive, ref["sha256"], ref.get("at")), ref["payload_id"], ref.get("filename"), ref["mime"],
-                          ref["sha256"], ref.get("depth", 0), ref.get("meta") or {}, tuple(ref.get("rules", ())))
+        content, _ = read_from(self.archive, ref["sha256"], ref.get("at"))
+        payload = Payload(content, ref["payload_id"], ref.get("filename"), ref["mime"], ref["sha256"],
+                          ref.get("depth", 0), ref.get("meta") or {}, tuple(ref.get("rules", ())))
         answer: dict[str, Any] = {"payload_id": ref["payload_id"]}
         planned = Planned(name, dict(ref.get("overrides") or {}), tuple(ref.get("rules", ())), ref.get("save", True))
         outcome = self.run_one(name, payload, planned, activity)
@@ -360,12 +362,13 @@ class Engine:
              archived: str | None = None) -> dict[str, Any]:
         """Scans one root payload and everything extracted from it; returns the scan document.
 
-        ``archived``: the sha256 under which the caller has already put ``content`` in the archive
-        (the embedded pool's parent does); it is then checked, not stored again."""
+        ``archived``: the sha256 under which the caller has already put ``content`` in a pack and
+        read it back with ``PackArchive.read_record`` (the embedded pool's worker does): it is then
+        neither hashed again nor stored again."""
         scan_id = scan_id or new_id()
         date = now_iso()
         budget = Budget(self.limits)
-        queue: deque[Pending] = deque([Pending(content, filename, sha256=archived)])
+        queue: deque[Pending] = deque([Pending(content, filename, sha256=archived, known=archived is not None)])
         results: list[PayloadRecord] = []
         errors: list[ScanErrorEntry] = []
         while queue:

@@ -94,14 +94,53 @@ def test_a_reference_carries_the_place_of_a_packed_payload_and_readers_use_it(tm
     assert at is not None and at[1:] == [len(PackArchive.MAGIC) + 32 + 8, len(data)]
     reader = PackArchive(tmp_path / "packs")  # another process's view: the index row is not written yet
     assert not reader.exists(sha256)
-    assert read_from(reader, sha256, at) == data
+    assert read_from(reader, sha256, at) == (data, True)  # known: the record's header names sha256
     with pytest.raises(ArchiveError):
         read_from(reader, sha256, None)  # by sha256, the index is needed
     writer.flush()
-    assert read_from(reader, sha256, None) == data
+    assert read_from(reader, sha256, None) == (data, False)  # the caller hashes it
     directory = DirectoryArchive(tmp_path / "dir")
     assert put_where(directory, sha256, data) is None
-    assert read_from(directory, sha256, None) == data
+    assert read_from(directory, sha256, None) == (data, False)
+
+
+def test_read_record_refuses_a_place_whose_header_names_another_payload(tmp_path: Path) -> None:
+    archive = PackArchive(tmp_path)
+    (sha_a, a), (sha_b, b) = blob(1), blob(2)
+    place_a, place_b = archive.put_located(sha_a, a), archive.put_located(sha_b, b)
+    assert archive.read_record(place_a, sha_a) == a and archive.read_record(place_b, sha_b) == b
+    with pytest.raises(ArchiveError, match="is not at"):
+        archive.read_record(place_b, sha_a)  # b's record, a's name
+    with pytest.raises(ArchiveError, match="is not at"):
+        archive.read_record((place_a[0], place_a[1], place_a[2] - 1), sha_a)  # a length the header does not say
+    with pytest.raises(ArchiveError, match="is not at"):
+        archive.read_record((place_b[0], place_b[1] + 1, place_b[2]), sha_b)  # inside a record
+    with pytest.raises(ArchiveError, match="not a record"):
+        archive.read_record((place_a[0], 0, place_a[2]), sha_a)
+    with pytest.raises(ArchiveError, match="not a sha256"):
+        archive.read_record(place_a, "../x")
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_damaged_record_found_in_the_index_is_written_again_not_handed_out(tmp_path: Path, many: bool) -> None:
+    """A writer hands out only places that hold the bytes it was given: readers trust them."""
+    sha, data = blob(5)
+    first = PackArchive(tmp_path)
+    old = first.put_located(sha, data)
+    first.close()
+    pack = tmp_path / "packs" / old[0]
+    raw = bytearray(pack.read_bytes())
+    raw[old[1] + 7] ^= 0xFF  # rot inside the bytes; the header still names sha
+    pack.write_bytes(bytes(raw))
+    archive = PackArchive(tmp_path)
+    new = archive.put_many_located([(sha, data)])[0] if many else archive.put_located(sha, data)
+    assert new != old and archive.read_record(new, sha) == data
+    archive.close()
+    assert PackArchive(tmp_path).get(sha) == data  # the index row names the new record
+    again = PackArchive(tmp_path)
+    assert again.put_located(sha, data) == new  # sound now: handed out, not appended
+    again.close()
+    assert sum(p.stat().st_size for p in (tmp_path / "packs").iterdir()) == 2 * (PackArchive.HEADER + len(data))
 
 
 def test_put_many_located_appends_each_new_payload_once(tmp_path: Path) -> None:

@@ -406,6 +406,16 @@ def test_settings_the_workers_cannot_run_are_refused_to_the_client(cluster: Clus
     assert got.stdout == b""
 
 
+def test_a_client_whose_archive_the_workers_cannot_read_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    """The client archives into a directory the workers do not share: the publisher cannot read the
+    roots, and the waiting client is told so (exit 4) instead of waiting for ever."""
+    got = cluster.stoq("submit", str(CORPUS / "test.txt"), "--workers", "yara", timeout=60,
+                       STOQ_ARCHIVE=str(tmp_path / "elsewhere"))
+    assert got.returncode == 4, got.stderr
+    assert b"the cluster refused scan" in got.stderr and b"this worker's archive (FileNotFoundError" in got.stderr
+    assert got.stdout == b""
+
+
 def test_celeryconfig_overrides_stoqs_defaults(tmp_path: Path) -> None:
     (tmp_path / "celeryconfig.py").write_text("worker_prefetch_multiplier = 7\nbroker_url = 'redis://127.0.0.1:6379/3'\n")
     code = ("from stoq.tasks.config import make_app; a = make_app(); "

@@ -37,6 +37,7 @@ import redis
 import orjson
 from celery import Celery, group, signature
 
+from stoq.archive import ArchiveError
 from stoq.config import ConfigError, Settings, load_settings
 from stoq.dispatch import Planned
 from stoq.engine import Engine, Pending
@@ -340,8 +341,13 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
         waves.append((scan, [Pending(None, root["filename"], sha256=root["sha256"], known_size=root["size"],
                                      at=root.get("at"))]))
     careful = careful_for(r, task_id, redelivered)
-    with r.pipeline() as pipe:
-        settle(app, r, waves, [], pipe, careful)
+    try:
+        with r.pipeline() as pipe:
+            settle(app, r, waves, [], pipe, careful)
+    except (ArchiveError, OSError) as exc:  # the roots cannot be read here: say so, never leave the client waiting
+        refuse(r, [root for root, existing in zip(roots, known) if existing is None], notify,
+               f"cannot read the submitted files from this worker's archive ({type(exc).__name__}: {exc}); "
+               f"do the client and the workers share it (STOQ_ARCHIVER, STOQ_ARCHIVE)?")
     st.forget(r, st.blob_keys(sent))
 
 
