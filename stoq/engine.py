@@ -27,7 +27,7 @@ from stoq.limits import Budget, Limits
 from stoq.model import PayloadRecord, ScanErrorEntry, document, json_safe, new_id, now_iso
 from stoq.plugin import Payload, PluginOptions, ScanPlugin
 from stoq.registry import Registry, make_options
-from stoq.runner import Outcome, run_plugin
+from stoq.runner import DECLINED, Outcome, run_plugin
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ class Engine:
                children: list[Pending], budget: Budget) -> list[Pending]:
         """The second half of the scan step, once per plugin that answered: its output and flags go
         on the record; its children are admitted into the scan's budget (or flagged) and returned."""
-        record.workers[name] = json_safe(data)
+        record.workers[name] = data  # JSON-safe already: checked by run_plugin, or read from JSON
         for flag in map(normal_flag, flags):
             if flag not in record.flags:
                 record.flags.append(flag)
@@ -321,12 +321,15 @@ class Engine:
         plugin = self.instance(name)
         if plugin is None:
             return Outcome(None, ScanErrorEntry(payload.payload_id, name, "error", self._setup_errors[name]), 0.0)
-        if not plugin.accepts(payload):
-            return None
-        options = self.call_options(plugin, planned)
+
+        def call() -> Any:  # all under the time limit and the error capture: accepts() and the options too
+            if not plugin.accepts(payload):
+                return DECLINED
+            return plugin.scan(payload, self.call_options(plugin, planned))
+
         activity.enter(name, payload.sha256)
         try:
-            return run_plugin(name, lambda: plugin.scan(payload, options), payload.payload_id, self.timeout_for(name))
+            return run_plugin(name, call, payload.payload_id, self.timeout_for(name))
         finally:
             activity.leave()
 
@@ -353,8 +356,8 @@ class Engine:
             sha256 = hashlib.sha256(child.content).hexdigest()
             at = put_where(self.archive, sha256, child.content)  # always: the next wave reads it (even save=False)
             children.append({"sha256": sha256, "size": len(child.content), "filename": child.filename,
-                             "meta": json_safe(child.meta), "at": at})
-        answer.update(result=json_safe(result.data), flags=[normal_flag(f) for f in result.flags], children=children)
+                             "meta": child.meta, "at": at})  # (checked by run_plugin: JSON-safe)
+        answer.update(result=result.data, flags=[normal_flag(f) for f in result.flags], children=children)
         return answer
 
     def scan(self, content: bytes, filename: str | None, source: dict[str, Any], *,

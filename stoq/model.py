@@ -13,11 +13,15 @@ document is valid Unicode with no U+0000, so it can be stored as PostgreSQL JSON
 
 from __future__ import annotations
 
+import codecs
+import functools
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,6 +29,27 @@ import orjson
 SCHEMA_VERSION = "1.0"
 
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+#: Deepest nesting of containers in a plugin's output: the document, the cluster's scan state and
+#: answers add at most ~10 levels above it, and orjson writes at most 254.
+MAX_NESTING = 200
+_HEADROOM = 254 - MAX_NESTING
+_SHELLS = threading.local()
+
+
+def _surrogate_bytes(exc: UnicodeError) -> tuple[bytes, int]:
+    """Encoding error handler of the text rule: a lone surrogate from ``surrogateescape``
+    (U+DC80-U+DCFF) becomes the byte it stands for, any other its three UTF-8-style bytes, which
+    are not valid UTF-8 (and so become ``\\xNN`` when decoded)."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = bytearray()
+    for char in exc.object[exc.start:exc.end]:
+        code = ord(char)
+        out += bytes((code - 0xDC00,)) if 0xDC80 <= code <= 0xDCFF else char.encode("utf-8", "surrogatepass")
+    return bytes(out), exc.end
+
+
+codecs.register_error("stoq-text", _surrogate_bytes)
 
 
 def text(value: str | bytes) -> str:
@@ -33,14 +58,15 @@ def text(value: str | bytes) -> str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            value = value.encode("utf-8", "stoq-text").decode("utf-8", "backslashreplace")
     else:
         value = bytes(value).decode("utf-8", "backslashreplace")
     return value.replace("\x00", "\\x00") if "\x00" in value else value
 
 
-def clean(value: Any) -> Any:
-    """Makes any plugin output JSON-safe under the text rule (see the module docstring)."""
+def clean(value: Any, depth: int = 0) -> Any:
+    """Makes any plugin output JSON-safe under the text rule (see the module docstring); raises
+    ``ValueError`` for containers nested deeper than ``MAX_NESTING``."""
     if value is None or value is True or value is False:
         return value
     if isinstance(value, str):
@@ -49,12 +75,14 @@ def clean(value: Any) -> Any:
         return value if _INT_MIN <= value <= _INT_MAX else str(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, (dict, list, tuple, set, frozenset)) and depth >= MAX_NESTING:
+        raise ValueError(f"output nested deeper than {MAX_NESTING} levels")
     if isinstance(value, dict):
-        return {text(k) if isinstance(k, (str, bytes)) else text(str(k)): clean(v) for k, v in value.items()}
+        return {text(k) if isinstance(k, (str, bytes)) else text(str(k)): clean(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
+        return [clean(v, depth + 1) for v in value]
     if isinstance(value, (set, frozenset)):
-        return sorted((clean(v) for v in value), key=lambda v: orjson.dumps(v))
+        return sorted((clean(v, depth + 1) for v in value), key=lambda v: orjson.dumps(v))
     if isinstance(value, (bytes, bytearray, memoryview)):
         return text(bytes(value))
     if isinstance(value, datetime):
@@ -74,14 +102,26 @@ def _orjson_default(value: Any) -> Any:
 def json_safe(value: Any) -> Any:
     """``clean(value)``, faster for the common case: orjson serialises the value (bytes through the
     text rule) and the JSON is read back; only what orjson refuses (surrogates, integers beyond 64
-    bits, non-string keys, sets, datetimes...) or output holding a NUL takes ``clean``."""
+    bits, non-string keys, sets, datetimes, nesting deeper than ``MAX_NESTING``...) or output holding
+    a NUL takes ``clean``. The value is serialised inside ``_HEADROOM`` levels of lists, so that
+    orjson's own limit (254 levels) refuses what is nested deeper than ``MAX_NESTING``."""
+    shell = getattr(_SHELLS, "shell", None)
+    if shell is None:  # one per thread: [[...[slot]...]], ``_HEADROOM`` lists deep
+        slot: list[Any] = [None]
+        shell = slot
+        for _ in range(_HEADROOM - 1):
+            shell = [shell]
+        _SHELLS.shell, _SHELLS.slot = shell, slot
+    _SHELLS.slot[0] = value
     try:
-        raw = orjson.dumps(value, default=_orjson_default, option=_PASSTHROUGH)
+        raw = orjson.dumps(shell, default=_orjson_default, option=_PASSTHROUGH)
     except TypeError:
         return clean(value)
+    finally:
+        _SHELLS.slot[0] = None
     if b"\\u0000" in raw:
         return clean(value)
-    return orjson.loads(raw)
+    return orjson.loads(raw[_HEADROOM:-_HEADROOM])
 
 
 def new_id() -> str:
@@ -164,7 +204,7 @@ class PayloadRecord:
 def document(scan_id: str, date: str, source: dict[str, Any], results: list[PayloadRecord],
              errors: list[ScanErrorEntry]) -> dict[str, Any]:
     """Assembles a scan document (schema ``SCHEMA_VERSION``)."""
-    return {
+    doc = {
         "schema_version": SCHEMA_VERSION,
         "scan_id": scan_id,
         "date": date,
@@ -173,6 +213,42 @@ def document(scan_id: str, date: str, source: dict[str, Any], results: list[Payl
         "results": [r.as_dict() for r in results],
         "errors": [e.as_dict() for e in errors],
     }
+    if CHECK_DOCUMENTS:
+        check_document(doc)
+    return doc
+
+
+#: Development aid, set by the test suite to the path of ``docs/scan-document.schema.json``: every
+#: document stoq assembles (embedded or in the cluster) is checked against the contract, in whichever
+#: process assembles it.
+CHECK_DOCUMENTS = os.environ.get("STOQDEV_CHECK_DOCUMENTS", "")
+
+
+def check_document(doc: dict[str, Any]) -> None:
+    """Raises ``ValueError`` unless ``doc`` follows the schema at ``CHECK_DOCUMENTS`` (needs
+    ``jsonschema``, a test dependency) and what the schema cannot say: ``payloads``
+    counts ``results``, payload ids are unique, parents come before their children, no ``\\u0000``."""
+    problems = [f"{list(e.path)}: {e.message}" for e in _validator().iter_errors(doc)]
+    ids = [p.get("payload_id") for p in doc.get("results", [])]
+    seen: set[Any] = set()
+    for payload in doc.get("results", []):
+        if (payload.get("parent_id") is None) != (payload.get("depth") == 0) or (
+                payload.get("parent_id") is not None and payload["parent_id"] not in seen):
+            problems.append(f"payload {payload.get('payload_id')}: parent missing, later or inconsistent with depth")
+        seen.add(payload.get("payload_id"))
+    if doc.get("payloads") != len(ids) or len(set(ids)) != len(ids):
+        problems.append("payloads does not count distinct results")
+    if b"\\u0000" in orjson.dumps(doc):
+        problems.append("a string holds U+0000")
+    if problems:
+        raise ValueError("document breaks the contract: " + "; ".join(problems[:10]))
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    import jsonschema  # a test dependency: only this development aid uses it
+
+    return jsonschema.Draft202012Validator(orjson.loads(Path(CHECK_DOCUMENTS).read_bytes()))
 
 
 def dumps(doc: Any, *, indent: bool = False) -> bytes:

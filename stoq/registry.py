@@ -16,9 +16,10 @@ from typing import Any, Mapping
 from pydantic import ValidationError
 
 from stoq.config import ConfigError, split_list
-from stoq.plugin import SCAN_CATEGORIES, Plugin, PluginOptions
+from stoq.plugin import SCAN_CATEGORIES, Category, Plugin, PluginOptions
 
 GROUP = "stoq.plugins"
+CATEGORIES: tuple[str, ...] = typing.get_args(Category)
 #: What a plugin name may be: it is also a queue name and appears in documents (``extracted_by``).
 NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 
@@ -66,8 +67,13 @@ class Registry:
                     raise TypeError(f"{ep.value} declares name {loaded.name!r}, its entry point says {ep.name!r}")
                 if not NAME.match(ep.name):
                     raise TypeError(f"plugin name {ep.name!r} is not lower-case letters, digits, '_' or '-'")
+                category = getattr(loaded, "category", None)
+                if category not in CATEGORIES:
+                    raise TypeError(f"{ep.value} has category {category!r}, not one of {', '.join(CATEGORIES)}")
                 entry.cls = loaded
-            except Exception as exc:  # a broken third-party plugin must not hide the others
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a broken third-party plugin (even one calling exit()) must not hide the others
                 entry.error = f"{type(exc).__name__}: {exc}"
             found[ep.name] = entry
         return cls(found)

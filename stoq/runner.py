@@ -20,8 +20,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from stoq.model import ScanErrorEntry
-from stoq.plugin import Result
+from stoq.model import ScanErrorEntry, json_safe, text
+from stoq.plugin import Extracted, Result
 
 
 class PluginTimeout(BaseException):
@@ -87,6 +87,10 @@ class Outcome:
     seconds: float
 
 
+#: What a call given to ``run_plugin`` returns when the plugin declined the payload (``accepts``).
+DECLINED = object()
+
+
 def as_result(value: Any) -> Result:
     if isinstance(value, Result):
         return value
@@ -95,8 +99,32 @@ def as_result(value: Any) -> Result:
     raise TypeError(f"plugin returned {type(value).__name__}; expected Result, dict or None")
 
 
-def run_plugin(plugin_name: str, call: Callable[[], Any], payload_id: str, timeout: float) -> Outcome:
-    """Calls ``call()`` under the soft time limit and turns every failure into an error entry."""
+def checked(result: Result) -> Result:
+    """A plugin's result in the shape the framework relies on, or ``TypeError``/``ValueError``
+    (then recorded against the plugin): output made JSON-safe under the text rule, children as
+    ``Extracted`` with bytes, a name (text) or None and a JSON-safe dict of metadata, flags as text."""
+    children = []
+    for child in result.children:
+        if not isinstance(child, Extracted):
+            raise TypeError(f"plugin returned a child of type {type(child).__name__}; expected Extracted")
+        content = child.content
+        if isinstance(content, (bytearray, memoryview)):
+            content = bytes(content)
+        if not isinstance(content, bytes):
+            raise TypeError(f"plugin returned a child whose content is {type(content).__name__}; expected bytes")
+        name = child.filename
+        if name is not None and not isinstance(name, (str, bytes)):
+            raise TypeError(f"plugin returned a child whose filename is {type(name).__name__}; expected str")
+        if not isinstance(child.meta, dict):
+            raise TypeError(f"plugin returned a child whose meta is {type(child.meta).__name__}; expected dict")
+        children.append(Extracted(content, None if name is None else text(name), json_safe(child.meta)))
+    return Result(json_safe(result.data), children, [text(str(flag)) for flag in result.flags])
+
+
+def run_plugin(plugin_name: str, call: Callable[[], Any], payload_id: str, timeout: float) -> Outcome | None:
+    """Calls ``call()`` under the soft time limit and turns every failure into an error entry: an
+    exception (``SystemExit`` included), a timeout, output the framework cannot use (``checked``).
+    None when ``call`` returns ``DECLINED``."""
     start = time.perf_counter()
     token = WATCHDOG.begin(timeout)
     try:
@@ -104,7 +132,9 @@ def run_plugin(plugin_name: str, call: Callable[[], Any], payload_id: str, timeo
             value = call()
         finally:
             WATCHDOG.end(token)
-        result = as_result(value)
+        if value is DECLINED:
+            return None
+        result = checked(as_result(value))
     except PluginTimeout:
         WATCHDOG.end(token)
         return Outcome(None, ScanErrorEntry(payload_id, plugin_name, "timeout", f"exceeded {timeout:g} s"),
@@ -112,7 +142,7 @@ def run_plugin(plugin_name: str, call: Callable[[], Any], payload_id: str, timeo
     except MemoryError:
         return Outcome(None, ScanErrorEntry(payload_id, plugin_name, "error", "MemoryError"),
                        time.perf_counter() - start)
-    except Exception as exc:  # the framework owns error capture: a plugin raises, we record it
+    except (Exception, SystemExit) as exc:  # the framework owns error capture: a plugin raises, we record it
         return Outcome(None, ScanErrorEntry(payload_id, plugin_name, "error", describe_exception(exc)),
                        time.perf_counter() - start)
     return Outcome(result, None, time.perf_counter() - start)

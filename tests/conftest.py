@@ -12,6 +12,12 @@ from typing import Callable
 import pytest
 
 from helpers import ROOT
+from stoq import model as stoq_model
+
+# Every document stoq assembles during the tests, in this process or in any stoq or celery process
+# the tests start (they inherit it), is checked against the contract where it is assembled.
+os.environ["STOQDEV_CHECK_DOCUMENTS"] = str(ROOT / "docs" / "scan-document.schema.json")
+stoq_model.CHECK_DOCUMENTS = os.environ["STOQDEV_CHECK_DOCUMENTS"]  # in case stoq.model was imported before
 
 @pytest.fixture(scope="session")
 def testplugins_site(tmp_path_factory: pytest.TempPathFactory) -> Path:

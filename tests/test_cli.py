@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -461,13 +462,14 @@ def test_list_reports_broken_plugins_and_keeps_the_others(run_stoq: Run, testplu
     # A plugin that failed to load is a configuration problem: exit 4 (ExitCode.CONFIG), after listing all.
     assert proc.returncode == 4, proc.stderr.decode()
     categories, failed = parse_list(proc.stdout.decode())
-    assert set(failed) == {"broken", "missing"}
+    assert set(failed) == {"broken", "missing", "nocategory", "exiting"}
     assert "not a stoq Plugin class" in failed["broken"]
     assert "ModuleNotFoundError" in failed["missing"] and "stoq_testplugins_nowhere" in failed["missing"]
+    assert "has category None" in failed["nocategory"] and failed["exiting"] == "SystemExit: 3"
 
     import stoq_testplugins as tp  # on sys.path through the fixture
 
-    for cls in (tp.Boom, tp.Spin, tp.Sleeper, tp.Segv, tp.Nest):
+    for cls in (tp.Boom, tp.Spin, tp.Sleeper, tp.Segv, tp.Nest, tp.Misfit):
         assert categories[cls.category][cls.name] == (cls.version, cls.summary())
     for name, (category, version, summary) in bundled_expectations().items():
         assert categories[category][name] == (version, summary)
@@ -476,7 +478,7 @@ def test_list_reports_broken_plugins_and_keeps_the_others(run_stoq: Run, testplu
     proc = run_stoq("list", "--format", "json", env=with_pythonpath(testplugins_site))
     assert proc.returncode == 4, proc.stderr.decode()
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
-    assert {n for n, r in rows.items() if r["error"]} == {"broken", "missing"}
+    assert {n for n, r in rows.items() if r["error"]} == {"broken", "missing", "nocategory", "exiting"}
     assert rows["broken"]["error"] == failed["broken"] and rows["missing"]["error"] == failed["missing"]
     assert rows["boom"]["distribution"] == "stoq-testplugins" and rows["boom"]["error"] is None
 
@@ -569,3 +571,34 @@ def test_bad_template_and_unreachable_cluster_are_configuration_errors(run_stoq,
     proc = run_stoq("submit", str(CORPUS / "test.txt"), env={"STOQ_BROKER_URL": "redis://127.0.0.1:1/0",
                                                              "STOQ_RESULT_BACKEND": "redis://127.0.0.1:1/1"})
     assert proc.returncode == 4 and b"cannot reach the cluster" in proc.stderr and proc.stdout == b""
+
+
+# ------------------------------------------------------------------------------------ 10: progress bar
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+PROGRESS_FILES = [CORPUS / "test.txt", CORPUS / "test.gz", CORPUS / "test.zip"]
+
+
+@pytest.mark.parametrize("term", ["xterm", "dumb"])
+def test_progress_option_draws_the_bar_on_a_stderr_that_is_not_a_terminal(run_stoq: Run, term: str) -> None:
+    # stderr is a pipe here. TERM and COLUMNS are set so that the runner's own do not change the drawing.
+    proc = run_stoq("scan", *map(str, PROGRESS_FILES), "--progress", "--format", "jsonl",
+                    env={"TERM": term, "COLUMNS": "120"})
+    assert proc.returncode in (0, 1), proc.stderr.decode()
+    docs = jsonl(proc.stdout)  # stdout holds the JSON lines and nothing else: no bar, no control codes
+    assert len(docs) == len(proc.stdout.decode().splitlines()) == len(PROGRESS_FILES)
+    assert [real(d["source"]["path"]) for d in docs] == [real(p) for p in PROGRESS_FILES]
+    assert b"\x1b" not in proc.stdout and b"scanning" not in proc.stdout
+    stderr = ANSI.sub("", proc.stderr.decode())
+    assert "scanning" in stderr
+    # MofNCompleteColumn draws "done/total"; the last state drawn is the whole total.
+    assert re.findall(r"(\d+)/3\b", stderr)[-1] == "3", stderr
+    assert stderr.endswith("\n")
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-progress"]])
+def test_no_progress_bar_when_stderr_is_not_a_terminal_unless_asked(run_stoq: Run, flag: list[str]) -> None:
+    proc = run_stoq("scan", *map(str, PROGRESS_FILES), *flag, "--format", "jsonl", env={"TERM": "xterm"})
+    assert proc.returncode in (0, 1), proc.stderr.decode()
+    assert len(jsonl(proc.stdout)) == len(PROGRESS_FILES)
+    assert b"scanning" not in proc.stderr and b"/3" not in proc.stderr and b"\x1b" not in proc.stderr

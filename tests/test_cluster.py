@@ -3,8 +3,10 @@ result backend, PostgreSQL as the result store, and the `stoq submit` command as
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,9 +62,10 @@ def fresh_database(name: str) -> None:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
 
 
-def start(work: Path, env: dict[str, str], *args: str) -> Cluster:
-    """`celery -A stoq worker` with ``args``; returns once it answers a ping."""
-    for db in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]):
+def start(work: Path, env: dict[str, str], *args: str, fresh: bool = True) -> Cluster:
+    """`celery -A stoq worker` with ``args``; returns once it answers a ping. ``fresh``: empty the
+    Redis databases first (not for a worker joining a running cluster)."""
+    for db in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]) if fresh else ():
         if db.startswith("redis://"):
             redis.Redis.from_url(db).flushdb()
     log = work / "worker.log"
@@ -127,6 +130,25 @@ def test_every_corpus_file_gets_the_embedded_answer(cluster: Cluster, tmp_path: 
             assert store.get(doc["scan_id"]) == doc
 
 
+@pytest.mark.parametrize(("setting", "value", "flag"), [("STOQ_MAX_CHILDREN", "2", "limit:children"),
+                                                       ("STOQ_MAX_BYTES", "3000", "limit:bytes"),
+                                                       ("STOQ_MAX_DEPTH", "0", "limit:depth")])
+def test_the_scan_limits_cut_the_same_children_in_the_cluster(cluster: Cluster, tmp_path: Path, setting: str,
+                                                              value: str, flag: str) -> None:
+    """A submission's limits travel with it: the cluster flags and drops exactly what embedded does."""
+    files = [str(CORPUS / name) for name in ("test.docx", "test.tar", "test.deb", "test_empty.zip")]
+    submitted = cluster.stoq("submit", *files, "--format", "jsonl", **{setting: value})
+    embedded = cluster.stoq("scan", *files, "--format", "jsonl", "--no-store", STOQ_BROKER_URL="",
+                            STOQ_ARCHIVE=str(tmp_path / "a"), **{setting: value})
+    assert submitted.returncode == embedded.returncode == 0, submitted.stderr + embedded.stderr
+    remote, local = jsonl(submitted.stdout), jsonl(embedded.stdout)
+    assert sorted(remote) == sorted(files)
+    for path in files:
+        validate(remote[path])
+        assert normal(remote[path]) == normal(local[path]), path
+    assert any(flag in p["flags"] for doc in remote.values() for p in doc["results"])  # the limit did cut
+
+
 def test_no_wait_prints_scan_ids_and_results_reads_them_later(cluster: Cluster) -> None:
     sample = CORPUS / "test.exe"
     sent = cluster.stoq("submit", str(sample), "--no-wait", "--workers", "peinfo")
@@ -144,11 +166,19 @@ def test_no_wait_prints_scan_ids_and_results_reads_them_later(cluster: Cluster) 
     assert doc["results"][0]["workers"]["peinfo"]["imphash"] == pefile.PE(data=sample.read_bytes()).get_imphash()
 
 
+HUGE_NAME = 60_000
+
+
 def test_broker_messages_stay_small_whatever_the_input(cluster: Cluster, tmp_path: Path) -> None:
     """An archive of 700 members with long names: its answer (~250 KB of child references) and the next
-    wave's references go through the wave's hash in Redis, never through the broker."""
+    wave's references go through the wave's hash in Redis, never through the broker. Three more members
+    have names of 60,000 characters (zip allows 65,535 bytes): the labels a task's headers show in Flower
+    (``argsrepr``) are cut, so the whole message, headers included, stays small too."""
     big = tmp_path / "many.zip"
+    huge = [f"{i}{'h' * (HUGE_NAME - 5)}.txt" for i in range(3)]
     with zipfile.ZipFile(big, "w") as zf:
+        for name in huge:  # first, so that the first plugin task of the next wave names them
+            zf.writestr(name, f"{name[0]} has a long name\n")
         for i in range(700):
             zf.writestr(f"{'n' * 300}/{i:04d}.txt", f"member {i}\n")
     r = cluster.redis()
@@ -158,10 +188,13 @@ def test_broker_messages_stay_small_whatever_the_input(cluster: Cluster, tmp_pat
     assert got.returncode == 0, got.stderr
     (doc,) = json.loads(got.stdout)
     validate(doc)
-    assert doc["payloads"] == 701 and all("yara" in p["workers"] for p in doc["results"])
-    assert doc["results"][1]["meta"]["member"] == f"{'n' * 300}/0000.txt"
+    assert doc["payloads"] == 704 and all("yara" in p["workers"] for p in doc["results"])
+    assert [p["meta"]["member"] for p in doc["results"][1:4]] == huge and len(huge[0]) == HUGE_NAME
+    assert doc["results"][4]["meta"]["member"] == f"{'n' * 300}/0000.txt"
     task_max, result_max = (int(r.get(k) or 0) for k in ("stoq:measure:task:max", "stoq:measure:result:max"))
-    assert 0 < task_max < 4 * 1024, task_max  # a plugin task's message names its wave and part only
+    # the whole message as the broker stores it (body, headers, properties): a plugin task's body names
+    # its wave and part only, and its headers show a few labels, each cut
+    assert 0 < task_max < 4 * 1024, task_max
     assert result_max == len(b"null"), result_max  # answers never travel as task results
     # Those ~250 KB travelled in waves' hashes; each is deleted once its wave is settled.
     assert (set(r.scan_iter("stoq:blob:*")) | set(r.scan_iter("stoq:wave:*"))) - left_before == set()
@@ -356,6 +389,78 @@ def test_rabbitmq_as_broker(tmp_path: Path, testplugins_site: Path, cluster: Clu
         c.stop()
 
 
+def test_rabbitmq_redelivers_the_work_of_a_killed_worker(tmp_path: Path, testplugins_site: Path,
+                                                        cluster: Cluster) -> None:
+    """A whole worker killed while its plugin runs (main process and pool, as when its machine
+    vanishes): RabbitMQ requeues the unacknowledged task when the connection drops, and a replacement
+    worker finishes the scan with the plugin's answer: nothing lost, no error entry."""
+    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}
+    homes = [tmp_path / name for name in ("own", "doomed", "spare")]
+    for home in homes:
+        home.mkdir()
+    workers = [start(homes[0], env, "-c", "1", "-Q", "stoq,stoq-collect"), start(homes[1], env, "-c", "1", "-Q", "napper")]
+    try:
+        sample = tmp_path / "nap.txt"
+        sample.write_bytes(b"NAP while the worker dies")
+        sent = workers[0].stoq("submit", str(sample), "--no-wait", "--workers", "napper", "-o", "napper.seconds=4")
+        assert sent.returncode == 0, sent.stderr
+        (scan_id,) = sent.stdout.decode().split()
+        deadline = time.monotonic() + 60
+        while b"napping 4.0 s" not in workers[1].log.read_bytes():
+            assert time.monotonic() < deadline, workers[1].log.read_text()
+            time.sleep(0.1)
+        pool = subprocess.run(["pgrep", "-P", str(workers[1].worker.pid)], capture_output=True).stdout.split()
+        for pid in [workers[1].worker.pid, *map(int, pool)]:
+            os.kill(pid, signal.SIGKILL)
+        workers[1].worker.wait()
+        workers.append(start(homes[2], env, "-c", "1", "-Q", "napper", fresh=False))
+        while (got := workers[0].stoq("results", scan_id)).returncode != 0:
+            assert time.monotonic() < deadline + 60, got.stderr
+            time.sleep(0.3)
+        (doc,) = json.loads(got.stdout)
+        validate(doc)
+        assert doc["errors"] == [] and doc["results"][0]["workers"] == {"napper": {"napped": 4.0}}
+        assert b"napping 4.0 s" in workers[2].log.read_bytes()  # the replacement ran it again
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+@pytest.mark.parametrize("archiver", ["directory", "postgres"])
+def test_the_other_archivers_carry_a_submission_through_the_cluster(tmp_path: Path, testplugins_site: Path,
+                                                                   cluster: Cluster, archiver: str) -> None:
+    """A file per payload (a shared directory, NFS) or a PostgreSQL table (no shared filesystem): the
+    client archives the roots, the workers read them and archive the children, and the documents are
+    the embedded ones."""
+    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_ARCHIVER": archiver}
+    if archiver == "postgres":
+        env["STOQ_ARCHIVE"] = env["STOQ_DATABASE_URL"]
+    c = start(tmp_path, env, "-c", "2")
+    try:
+        args = ["--workers", "yara", "-o", f"yara.rules={BENCH_RULES}", "--format", "jsonl"]
+        files = [str(CORPUS / name) for name in ("test.zip", "test.exe", "test.gz")]
+        got = c.stoq("submit", *files, *args, timeout=120)
+        assert got.returncode == 0, got.stderr
+        embedded = c.stoq("scan", *files, *args, "--no-store", STOQ_BROKER_URL="", STOQ_ARCHIVER="pack",
+                          STOQ_ARCHIVE=str(tmp_path / "a"))
+        remote, local = jsonl(got.stdout), jsonl(embedded.stdout)
+        assert sorted(remote) == sorted(files)
+        for path in files:
+            validate(remote[path])
+            assert normal(remote[path]) == normal(local[path]), path
+        assert sum(d["payloads"] for d in remote.values()) > len(files)  # children went through the archive too
+        from stoq.archive import open_archive
+
+        archive = open_archive(archiver, env["STOQ_ARCHIVE"] if archiver == "postgres" else Path(env["STOQ_ARCHIVE"]))
+        for doc in remote.values():
+            for payload in doc["results"]:
+                if payload["duplicate_of"] is None:
+                    assert hashlib.sha256(archive.get(payload["sha256"])).hexdigest() == payload["sha256"]
+        archive.close()
+    finally:
+        c.stop()
+
+
 def test_the_no_docker_topology_script_runs_a_submission(tmp_path: Path, testplugins_site: Path,
                                                          cluster: Cluster) -> None:
     """scripts/stoq-cluster starts one worker per group (here: plugins, and stoq's own queue)."""
@@ -388,7 +493,9 @@ def test_compose_serves_every_plugin_queue_and_stoqs_own() -> None:
         command = svc.get("entrypoint") or []
         if command[:4] == ["celery", "-A", "stoq", "worker"]:
             served |= set(command[command.index("-Q") + 1].split(","))
-            assert svc["environment"]["STOQ_BROKER_URL"].startswith("redis://")
+            broker = svc["environment"]["STOQ_BROKER_URL"]  # overridable: ${STOQ_BROKER_URL:-<default>}
+            assert broker.startswith("${STOQ_BROKER_URL:-") and broker.endswith("}"), broker
+            assert broker[len("${STOQ_BROKER_URL:-"):-1].startswith("redis://"), broker  # Redis by default
     bundled = {e.name for e in Registry.discover().entries.values() if e.cls is not None
                and e.cls.category in ("worker", "carver", "extractor", "decoder", "reader", "connector")
                and e.cls.__module__.startswith("stoq_plugins")}
@@ -462,3 +569,13 @@ def test_a_payload_that_raises_or_times_out_costs_only_itself(cluster: Cluster, 
         (error,) = doc["errors"]
         assert (error["plugin"], error["kind"], error["message"]) == ("spin", "timeout", "exceeded 1 s")
         assert doc["results"][0]["workers"] == {"boom": {"ok": True}}
+    # A payload that times out costs only itself: f0 and f1 travel in the same batch (the first of 2,
+    # 1, 1), so in the same spin task; f1, f2 and f3 get spin's answer.
+    (inputs / "f0.bin").write_bytes(b"SPIN")
+    got = cluster.stoq("submit", str(inputs), "--workers", "spin", "-o", "spin.trigger=SPIN", "-o", "spin.time_limit=1",
+                       "--max-depth", "0", timeout=120)
+    assert got.returncode == 1, got.stderr
+    docs = {Path(d["source"]["path"]).name: d for d in map(json.loads, got.stdout.splitlines())}
+    (error,) = docs.pop("f0.bin")["errors"]
+    assert (error["plugin"], error["kind"], error["message"]) == ("spin", "timeout", "exceeded 1 s")
+    assert [(d["errors"], d["results"][0]["workers"]) for d in docs.values()] == [([], {"spin": {"spun": False}})] * 3

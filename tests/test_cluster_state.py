@@ -41,6 +41,24 @@ def test_large_values_travel_as_blobs_and_come_back_equal(r: redis.Redis) -> Non
         st.unwrap(r, ref)
 
 
+@pytest.mark.parametrize("name", ["plain.txt", "ñame ü.doc", "中文文件名.exe", "emoji 📦😀.zip", "ctl\x01\x1f\"q\\"])
+def test_wire_json_size_is_the_size_celerys_json_writes(name: str) -> None:
+    from kombu.utils.json import dumps as kombu_dumps
+
+    value = [{"scan_id": "s" * 36, "filename": name * 40, "meta": {"k": [1, 2.5, None, True]}}] * 30
+    assert st.wire_json_size(orjson.dumps(value)) == len(kombu_dumps(value).encode())
+
+
+def test_roots_with_non_ascii_names_go_to_a_blob_before_the_message_outgrows_its_share(r: redis.Redis) -> None:
+    from kombu.utils.json import dumps as kombu_dumps
+
+    roots = [{"scan_id": f"{i:036d}", "filename": "中" * 200, "size": i} for i in range(40)]
+    assert len(orjson.dumps(roots)) < st.INLINE_LIMIT < len(kombu_dumps(roots))  # 27 KB as UTF-8, 55 KB escaped
+    assert "$blob" in st.wrap(r, roots)
+    ascii_roots = [root | {"filename": "x" * 200} for root in roots]
+    assert st.wrap(r, ascii_roots) is ascii_roots
+
+
 def test_scan_state_round_trips_through_json() -> None:
     limits = Limits(3, 10, 1000)
     budget = Budget(limits, children=2, bytes=77, seen={"ab" * 32: "p1"})

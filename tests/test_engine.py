@@ -164,6 +164,74 @@ def test_dispatch_rule_meta_becomes_options_and_save_false_keeps_children_out_of
     assert engine.archive.exists(doc["results"][0]["sha256"])
 
 
+MISFITS = {  # mode -> the start of the error entry the framework records for it
+    "accepts-raises": "ValueError: accepts blew up (at stoq_testplugins.py:",
+    "text-child": "TypeError: plugin returned a child whose content is str; expected bytes",
+    "raw-child": "TypeError: plugin returned a child of type bytes; expected Extracted",
+    "number-name": "TypeError: plugin returned a child whose filename is int; expected str",
+    "deeper": "ValueError: output nested deeper than 200 levels",
+    "exit": "SystemExit: 7 (at stoq_testplugins.py:",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MISFITS))
+def test_whatever_a_plugin_does_wrong_is_its_error_entry_and_the_scan_goes_on(tmp_path: Path, mode: str) -> None:
+    """accepts() raising, children that are not ``Extracted`` bytes, output nested too deep, exit():
+    each is an ``error`` entry of that plugin on that payload; the document is complete and valid."""
+    engine = make_engine(tmp_path, workers="misfit,nest", max_depth=1, plugin_options={"misfit": {"mode": mode}})
+    doc = engine.scan(b"hello", "h.txt", {})
+    validate(doc)
+    assert [p["filename"] for p in doc["results"]] == ["h.txt", "child0", "child1"]  # nest still ran
+    assert all("misfit" not in p["workers"] for p in doc["results"])
+    assert [(e["payload_id"], e["plugin"], e["kind"]) for e in doc["errors"]] == [
+        (p["payload_id"], "misfit", "error") for p in doc["results"]]
+    assert all(e["message"].startswith(MISFITS[mode]) for e in doc["errors"]), doc["errors"]
+
+
+def test_odd_text_and_deep_output_from_a_plugin_still_make_a_valid_document(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, workers="misfit", max_depth=1, plugin_options={"misfit": {"mode": "surrogates"}})
+    doc = engine.scan(b"hello", "h.txt", {})
+    validate(doc)
+    assert doc["errors"] == []
+    root, child = doc["results"]
+    # U+D800 is not from surrogateescape: its UTF-8-style bytes ED A0 80, as \xNN; U+DCE9 is byte E9
+    assert root["workers"]["misfit"] == {"s": "a\\xed\\xa0\\x80b", "k\\xed\\xbf\\xbf": ["\\xe9"]}
+    assert child["filename"] == "n\\xed\\xa0\\x80.txt" and child["meta"] == {"m": "\\xed\\xa0\\xbd"}
+    deep = make_engine(tmp_path, workers="misfit", plugin_options={"misfit": {"mode": "deep"}}).scan(b"x", "x", {})
+    validate(deep)
+    nested, levels = deep["results"][0]["workers"]["misfit"]["nested"], 1
+    while nested:
+        nested, levels = nested[0], levels + 1
+    assert levels == 199 and deep["errors"] == []  # with the dict around it: 200 levels, the most allowed
+
+
+def test_a_dispatch_rule_giving_a_bad_option_value_is_an_error_entry_not_a_lost_file(tmp_path: Path) -> None:
+    rules = tmp_path / "dispatch.yar"
+    rules.write_text('rule bad_limit { meta: plugin = "worker:misfit" limit = "lots" strings: $a = "BAD" condition: $a }')
+    engine = make_engine(tmp_path, rules=rules, max_depth=1)
+    doc = engine.scan(b"a BAD payload", "b.bin", {})
+    validate(doc)
+    assert doc["results"][0]["workers"] == {}
+    (error,) = doc["errors"]
+    assert (error["plugin"], error["kind"]) == ("misfit", "error")
+    assert error["message"].startswith("ConfigError: invalid options for plugin 'misfit'") and "limit" in error["message"]
+    good = engine.scan(b"a good payload", "g.bin", {})
+    assert good["errors"] == [] and good["results"][0]["workers"] == {}  # the rule did not match: not run
+
+
+def test_a_plugin_without_a_category_or_exiting_on_load_is_listed_with_its_error(tmp_path: Path) -> None:
+    from stoq.registry import Registry
+
+    entries = Registry.discover().entries
+    assert entries["nocategory"].cls is None and entries["nocategory"].error == (
+        "TypeError: stoq_testplugins:NoCategory has category None, not one of worker, carver, extractor, "
+        "decoder, reader, connector, archiver, source")
+    assert entries["exiting"].cls is None and entries["exiting"].error == "SystemExit: 3"
+    assert entries["boom"].cls is not None and entries["yara"].cls is not None  # the others load
+    doc = make_engine(tmp_path, workers="nest", max_depth=0).scan(b"x", "x", {})
+    assert doc["errors"] == [] and doc["results"][0]["flags"] == ["limit:depth"]
+
+
 def test_unknown_and_broken_plugins_are_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown plugin 'nope'"):
         make_engine(tmp_path, workers="nope")

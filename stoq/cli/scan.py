@@ -61,18 +61,27 @@ def collect(paths: list[Path], recursive: bool) -> tuple[list[Path], list[str]]:
 
 
 class Progress:
-    """A progress bar on stderr (rich), shown only when asked or when stderr is a terminal."""
+    """A progress bar on stderr (rich). ``enabled`` None (the default): shown when stderr is a terminal
+    and there is more than one file. True (``--progress``): shown in any case. False (``--no-progress``):
+    never shown. On a terminal the bar is transient (erased at the end). On a pipe or a file (only with
+    ``--progress``) it is drawn with a terminal's control codes and its last state stays, ending with a
+    newline; with ``TERM=dumb``, only that last state is written."""
 
     def __init__(self, total: int, enabled: bool | None) -> None:
+        tty = sys.stderr.isatty()
         if enabled is None:
-            enabled = total > 1 and sys.stderr.isatty()
+            enabled = total > 1 and tty
         self._bar: Any = None
         if enabled:
             from rich.console import Console
             from rich import progress as rp
 
+            # Off a terminal (only with --progress), rich draws nothing unless forced. redirect_stdout
+            # off: the bar never takes over sys.stdout, which carries data only.
+            console = Console(stderr=True, force_terminal=None if tty else True)
             self._bar = rp.Progress(rp.TextColumn("scanning"), rp.BarColumn(), rp.MofNCompleteColumn(),
-                                    rp.TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+                                    rp.TimeRemainingColumn(), console=console, transient=tty,
+                                    redirect_stdout=False)
             self._task = self._bar.add_task("scan", total=total)
 
     def __enter__(self) -> "Progress":

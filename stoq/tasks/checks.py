@@ -53,9 +53,34 @@ def refuse_bad_settings(app: Celery) -> None:
 _WATCHING = False
 
 
+def wire_size(body: Any, headers: Any, properties: Any, serializer: str = "json", exchange: Any = "",
+              routing_key: Any = "") -> int:
+    """Bytes of a task message as a Redis broker stores it: kombu's JSON envelope of the body (serialized
+    as the producer will, then base64-encoded), the headers (``argsrepr`` among them) and the properties.
+    An AMQP broker carries the body without base64 and the headers as a binary table, so this is an
+    upper bound there."""
+    import base64
+
+    from kombu.serialization import dumps as serialize
+    from kombu.utils.json import dumps as to_json
+    from kombu.utils.uuid import uuid
+
+    content_type, encoding, data = serialize(body, serializer=serializer)
+    if isinstance(data, str):
+        data = data.encode(encoding or "utf-8")
+    props = dict(properties or {})  # what the producer publishes with: Celery copies argsrepr here too
+    props.setdefault("delivery_mode", 2)
+    props.update(body_encoding="base64", delivery_tag=uuid(), priority=props.get("priority") or 0,
+                 delivery_info={"exchange": exchange or "", "routing_key": routing_key or ""})
+    envelope = {"body": base64.b64encode(data).decode("ascii"), "content-encoding": encoding,
+                "content-type": content_type, "headers": headers or {}, "properties": props}
+    return len(to_json(envelope).encode())
+
+
 def watch_message_sizes(app: Celery) -> None:
-    """With ``STOQ_MEASURE_MESSAGES`` set (tests, benchmarks), records the largest task message body
-    and task result, in bytes, in Redis (``stoq:measure:*``) and counts the messages sent."""
+    """With ``STOQ_MEASURE_MESSAGES`` set (tests, benchmarks), records the largest task message (the
+    whole message, headers included: see ``wire_size``) and task result, in bytes, in Redis
+    (``stoq:measure:*``) and counts the messages sent."""
     global _WATCHING
     if _WATCHING or not os.environ.get("STOQ_MEASURE_MESSAGES"):
         return
@@ -73,8 +98,9 @@ def watch_message_sizes(app: Celery) -> None:
             pipe.execute()
 
     @signals.before_task_publish.connect(weak=False)
-    def _sent(body: Any = None, **_: Any) -> None:
-        record("task", len(orjson.dumps(body)))
+    def _sent(body: Any = None, headers: Any = None, properties: Any = None, exchange: Any = None,
+              routing_key: Any = None, **_: Any) -> None:
+        record("task", wire_size(body, headers, properties, str(app.conf.task_serializer), exchange, routing_key))
 
     @signals.task_success.connect(weak=False)
     def _answered(result: Any = None, **_: Any) -> None:

@@ -42,6 +42,7 @@ from stoq.config import ConfigError, Settings, load_settings
 from stoq.dispatch import Planned
 from stoq.engine import Engine, Pending
 from stoq.limits import Budget
+from stoq import model
 from stoq.model import SCHEMA_VERSION, PayloadRecord, clean, new_id
 from stoq.tasks import state as st
 from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE
@@ -402,9 +403,12 @@ def collect(app: Celery, wave_id: str, task_id: str | None = None, redelivered: 
 
 
 def document_of(scan: ScanState) -> dict[str, Any]:
-    return {"schema_version": SCHEMA_VERSION, "scan_id": scan.scan_id, "date": scan.date,
-            "source": clean(scan.source), "payloads": len(scan.results), "results": scan.results,
-            "errors": scan.errors}
+    doc = {"schema_version": SCHEMA_VERSION, "scan_id": scan.scan_id, "date": scan.date,
+           "source": clean(scan.source), "payloads": len(scan.results), "results": scan.results,
+           "errors": scan.errors}
+    if model.CHECK_DOCUMENTS:
+        model.check_document(doc)
+    return doc
 
 
 def store(app: Celery, scan_ids: list[str]) -> None:

@@ -15,7 +15,8 @@ Keys, all under ``stoq:`` and all with a time to live, so nothing outlives a for
 Broker messages stay small: a plugin task's message names its wave and its part, never the references
 themselves, and its answers go to the wave's hash, not to Celery's result backend. The one argument
 that may grow, a submission's roots, goes to a blob when its JSON is over ``INLINE_LIMIT`` and the
-message carries ``{"$blob": key}`` instead (``wrap``/``unwrap``).
+message carries ``{"$blob": key}`` instead (``wrap``/``unwrap``). The headers are bounded too: a
+task's ``argsrepr`` (what Flower shows) holds at most three labels, each cut (``describe_ids``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from stoq.model import new_id
 
 PREFIX = "stoq:"
 ACTIVE = PREFIX + "active"
-#: Every broker message body (task or result) stays under this many bytes.
+#: Every broker message (task or result), body and headers, stays under this many bytes.
 MESSAGE_LIMIT = 64 * 1024
 #: What one inline value may take; larger values go to a blob. Leaves room for Celery's envelope.
 INLINE_LIMIT = 40 * 1024
@@ -57,10 +58,26 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+_KEEP_2, _KEEP_3, _KEEP_4 = (bytes(b for b in range(256) if not lo <= b <= hi)
+                             for lo, hi in ((0xC0, 0xDF), (0xE0, 0xEF), (0xF0, 0xF7)))
+
+
+def wire_json_size(data: bytes) -> int:
+    """An upper bound of the size of orjson's ``data`` as Celery's JSON writes it into a message:
+    a space after each ``,`` and ``:``, and every non-ASCII character escaped (``\\uXXXX``, twice for
+    a character beyond U+FFFF), which makes a UTF-8 file name up to three times longer."""
+    size = len(data) + data.count(b",") + data.count(b":")
+    if not data.isascii():  # lead bytes of 2-, 3- and 4-byte UTF-8 sequences: 6, 6 and 12 bytes escaped
+        size += 4 * len(data.translate(None, _KEEP_2)) + 3 * len(data.translate(None, _KEEP_3)) \
+            + 8 * len(data.translate(None, _KEEP_4))
+    return size
+
+
 def wrap(r: redis.Redis, value: Any) -> Any:
-    """``value`` itself if its JSON fits in ``INLINE_LIMIT`` bytes, else a reference to a blob holding it."""
+    """``value`` itself if it fits in ``INLINE_LIMIT`` bytes as the message carries it
+    (``wire_json_size``), else a reference to a blob holding it."""
     data = dumps(value)
-    if len(data) <= INLINE_LIMIT:
+    if wire_json_size(data) <= INLINE_LIMIT:
         return value
     key = f"{PREFIX}blob:{new_id()}"
     r.set(key, data, ex=BLOB_TTL)
@@ -164,16 +181,29 @@ def careful_for(r: redis.Redis, task_id: str | None, redelivered: bool, cls: typ
     return cls(r, f"{PREFIX}tries:{task_id}", limit) if redelivered and task_id is not None else None
 
 
+#: Most characters of one label (a scan or payload id and its file name) in a task's ``argsrepr``.
+LABEL_LIMIT = 80
+#: Most characters of a task's whole ``argsrepr``. Celery sends it twice (headers and properties), and
+#: file names come from the input (a zip member's may be 65,535 bytes): bounded, the headers stay small.
+REPR_LIMIT = 256
+
+
+def cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit - 1`` characters and an ellipsis."""
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
 def describe_ids(what: str, ids: list[str]) -> str:
     """A task's arguments as Flower and the logs show them: short, readable, computed cheaply
-    (Celery's own repr of a batch of references costs more than a plugin run on a small file)."""
-    shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
-    return f"({len(ids)} {what}: {shown})"
+    (Celery's own repr of a batch of references costs more than a plugin run on a small file). At most
+    three labels, each cut to ``LABEL_LIMIT`` characters; the whole to ``REPR_LIMIT``."""
+    shown = ", ".join(cut(i, LABEL_LIMIT) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
+    return cut(f"({len(ids)} {what}: {shown}", REPR_LIMIT - 1) + ")"
 
 
 def describe_batch(profile: str, what: str, labels: list[str]) -> str:
-    """``describe_ids`` of a batch sent with a submission's profile."""
-    return f"(profile {profile}, " + describe_ids(what, labels)[1:]
+    """``describe_ids`` of a batch sent with a submission's profile (bounded the same way)."""
+    return cut(f"(profile {profile}, " + describe_ids(what, labels)[1:-1], REPR_LIMIT - 1) + ")"
 
 
 # -- profiles: the scan settings a submission brings -------------------------------------------------
