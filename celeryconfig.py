@@ -1,5 +1,6 @@
 """The deployer's Celery settings (Celery's ``celeryconfig`` convention), each overridable from the
-environment. stoq runs with the same built-in defaults when this file is absent."""
+environment except the serializers (JSON only on the wire is a guarantee) and ``result_expires``
+(no stoq task returns a result). stoq runs with the same built-in defaults when this file is absent."""
 
 import os
 
