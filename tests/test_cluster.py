@@ -503,6 +503,19 @@ def test_compose_serves_every_plugin_queue_and_stoqs_own() -> None:
     assert services["submit"]["command"][0] == "submit"
 
 
+def test_the_no_docker_script_starts_the_worker_groups_of_compose_by_default() -> None:
+    import re
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    services = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]
+    compose = sorted(svc["entrypoint"][svc["entrypoint"].index("-Q") + 1] for svc in services.values()
+                     if (svc.get("entrypoint") or [])[:4] == ["celery", "-A", "stoq", "worker"])
+    default = re.search(r'groups="\$\{STOQ_CLUSTER_GROUPS:-([^}]*)\}"', (root / "scripts" / "stoq-cluster").read_text())
+    assert default is not None and sorted(default.group(1).split()) == compose and len(compose) == 2
+
+
 def test_settings_the_workers_cannot_run_are_refused_to_the_client(cluster: Cluster) -> None:
     """A rule file that exists on the client's side only: the publisher cannot start yara, and the
     waiting client is told so (exit 4) instead of waiting for ever."""
