@@ -24,7 +24,7 @@ from stoq.archive import ArchiveError, open_archive, put_where, read_from
 from stoq.config import ConfigError, Settings
 from stoq.dispatch import Dispatcher, Planned, bundled_dispatch_rules
 from stoq.limits import Budget, Limits
-from stoq.model import PayloadRecord, ScanErrorEntry, document, json_safe, new_id, now_iso
+from stoq.model import PayloadRecord, ScanErrorEntry, document, new_id, now_iso
 from stoq.plugin import Payload, PluginOptions, ScanPlugin
 from stoq.registry import Registry, make_options
 from stoq.runner import DECLINED, Outcome, run_plugin
@@ -54,7 +54,7 @@ class Pending:
     parent_id: str | None = None
     depth: int = 0
     extracted_by: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON-safe: checked by run_plugin, or read from JSON
     save: bool = True
     sha256: str | None = None  # set when the payload is in the archive already; ``content`` may then be None
     known_size: int = 0
@@ -265,7 +265,7 @@ class Engine:
             finally:
                 activity.leave()
         record = PayloadRecord(payload_id=payload_id, parent_id=item.parent_id, depth=item.depth,
-                               filename=item.filename, extracted_by=item.extracted_by, meta=json_safe(item.meta),
+                               filename=item.filename, extracted_by=item.extracted_by, meta=item.meta,
                                **facts)
         first = budget.first_seen(record.sha256, payload_id)
         if first is not None:

@@ -204,14 +204,21 @@ class PayloadRecord:
 def document(scan_id: str, date: str, source: dict[str, Any], results: list[PayloadRecord],
              errors: list[ScanErrorEntry]) -> dict[str, Any]:
     """Assembles a scan document (schema ``SCHEMA_VERSION``)."""
+    return assemble(scan_id, date, source, [r.as_dict() for r in results], [e.as_dict() for e in errors])
+
+
+def assemble(scan_id: str, date: str, source: dict[str, Any], results: list[dict[str, Any]],
+             errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """A scan document from results and errors already in their document form (the cluster keeps
+    them so in a scan's state); checked when ``CHECK_DOCUMENTS`` is set."""
     doc = {
         "schema_version": SCHEMA_VERSION,
         "scan_id": scan_id,
         "date": date,
         "source": clean(source),
         "payloads": len(results),
-        "results": [r.as_dict() for r in results],
-        "errors": [e.as_dict() for e in errors],
+        "results": results,
+        "errors": errors,
     }
     if CHECK_DOCUMENTS:
         check_document(doc)

@@ -42,8 +42,7 @@ from stoq.config import ConfigError, Settings, load_settings
 from stoq.dispatch import Planned
 from stoq.engine import Engine, Pending
 from stoq.limits import Budget
-from stoq import model
-from stoq.model import SCHEMA_VERSION, PayloadRecord, clean, new_id
+from stoq.model import PayloadRecord, assemble, new_id
 from stoq.tasks import state as st
 from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE
 from stoq.tasks.guard import process_guard
@@ -403,12 +402,7 @@ def collect(app: Celery, wave_id: str, task_id: str | None = None, redelivered: 
 
 
 def document_of(scan: ScanState) -> dict[str, Any]:
-    doc = {"schema_version": SCHEMA_VERSION, "scan_id": scan.scan_id, "date": scan.date,
-           "source": clean(scan.source), "payloads": len(scan.results), "results": scan.results,
-           "errors": scan.errors}
-    if model.CHECK_DOCUMENTS:
-        model.check_document(doc)
-    return doc
+    return assemble(scan.scan_id, scan.date, scan.source, scan.results, scan.errors)
 
 
 def store(app: Celery, scan_ids: list[str]) -> None:
