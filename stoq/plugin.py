@@ -46,6 +46,15 @@ class PluginOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
+class ToolMissing(Exception):
+    """An external program a plugin needs is not installed. The framework records it as its own kind
+    of error entry and flags the payload ``tool:missing``, never as a traceback."""
+
+    def __init__(self, tool: str, package: str) -> None:
+        super().__init__(f"{tool} is not installed (Debian: apt-get install {package})")
+        self.tool, self.package = tool, package
+
+
 @dataclass(frozen=True, slots=True)
 class Payload:
     """What a plugin sees of one payload: its bytes and what the framework knows of them."""
