@@ -23,6 +23,7 @@ server database must be migrated explicitly (``stoq db upgrade``).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sqlite3
 import sys
@@ -54,11 +55,34 @@ from stoq.tables import TABLES, Base  # noqa: E402
 
 # ---------------------------------------------------------------------------------- engine & migration
 
+#: The one driver per database that the store is written for (``Store._save_pg`` speaks psycopg2), and
+#: the distribution that provides it (a dependency of stoq).
+_DRIVERS = {"sqlite": ("pysqlite", "sqlite3", "Python's sqlite3 module"),
+            "postgresql": ("psycopg2", "psycopg2", "psycopg2-binary")}
+
+
 def _url(url: str | URL) -> URL:
+    """``url`` as the engine is made from it: ``postgresql://`` and ``postgres://`` (how most people
+    write them; SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3) mean psycopg2, the driver
+    installed with stoq. Another database, another driver, or a driver that cannot be imported is
+    refused with a message naming what to write or install, before any engine is made."""
     try:
-        return make_url(url)
+        parsed = make_url(url)
     except Exception as exc:  # ArgumentError, ValueError
         raise StoreError(f"invalid database URL {str(url)!r}: {exc}") from exc
+    backend, _, driver = parsed.drivername.partition("+")
+    backend = "postgresql" if backend == "postgres" else backend
+    if backend not in _DRIVERS:
+        raise StoreError(f"unsupported database {backend!r} in {_safe(parsed)}: use SQLite (sqlite:///PATH) "
+                         f"or PostgreSQL (postgresql://USER@HOST/DB)")
+    known, module, package = _DRIVERS[backend]
+    if driver and driver != known:
+        raise StoreError(f"the database driver {driver!r} in {_safe(parsed)} is not supported: write "
+                         f"{backend}:// (stoq uses {known}, from {package})")
+    if importlib.util.find_spec(module) is None:
+        raise StoreError(f"the database {_safe(parsed)} needs {package}, which is not installed: "
+                         f"pip install {package}")
+    return parsed if backend == "sqlite" else parsed.set(drivername=f"{backend}+{known}")
 
 
 def _sqlite_file(url: URL) -> Path | None:
