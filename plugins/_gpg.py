@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from stoq.model import iso
+from stoq.plugin import Tool, tool_path
 from stoq_plugins._scratch import make as make_scratch
 from stoq_plugins._scratch import remove_stale
 from stoq_plugins._tools import kill_group
@@ -135,6 +136,10 @@ class Outcome:
     log: str
 
 
+#: The program run here (``gpgconf``, which stops its agent, comes with it).
+GPG = Tool("gpg", "gnupg")
+
+
 def _preexec() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
@@ -142,7 +147,7 @@ def _preexec() -> None:
 def stop_agent(root: str) -> None:
     """Stops the gpg-agent of the scratch directory ``root`` and removes its socket directory."""
     home = os.path.join(root, "h")
-    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": root, "GNUPGHOME": home}
+    env = {"PATH": tool_path(), "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": root, "GNUPGHOME": home}
     for action in ("--kill", "--remove-socketdir"):
         argv = ["gpgconf", "--homedir", home, action] + (["all"] if action == "--kill" else [])
         try:
@@ -174,7 +179,7 @@ class Gpg:
         # second per scan, for keys kept only in this directory, deleted after the scan: use the lowest.
         with open(os.path.join(self.home, "gpg-agent.conf"), "x") as conf:
             conf.write("s2k-count 65536\n")
-        self.env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": self.root,
+        self.env = {"PATH": tool_path(), "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": self.root,
                     "GNUPGHOME": self.home}
         self.deadline = time.monotonic() + self.timeout
         return self
@@ -194,8 +199,12 @@ class Gpg:
         status_path = os.path.join(self.root, "status")
         argv = ["gpg", "--homedir", self.home, *COMMON, "--status-file", status_path, *args]
         with tempfile.TemporaryFile(dir=self.root) as log:
-            proc = subprocess.Popen(argv, shell=False, cwd=self.root, env=self.env, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=log, preexec_fn=_preexec, start_new_session=True)
+            try:
+                proc = subprocess.Popen(argv, shell=False, cwd=self.root, env=self.env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=log, preexec_fn=_preexec,
+                                        start_new_session=True)
+            except FileNotFoundError as exc:
+                raise (GPG.missing() if exc.filename in ("gpg", None) else exc) from None
             expired = threading.Event()
 
             def expire() -> None:

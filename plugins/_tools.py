@@ -38,11 +38,15 @@ from datetime import datetime, timezone
 from typing import IO, Callable
 
 from stoq.model import iso
+from stoq.plugin import Tool, ToolMissing, tool_path
 from stoq_plugins._archive import Member, Unpacker, stream_name, unpack_tar
 from stoq_plugins._scratch import make as make_scratch
 from stoq_plugins._scratch import rmtree
 
 INPUT, OUT = "input", "out"
+#: The programs run here, by command, with the Debian package of each (``decompress`` declares them).
+TOOLS = {t.command: t for t in (Tool("7z", "p7zip-full", ()), Tool("unar", "unar"), Tool("lsar", "unar"),
+                                Tool("bsdtar", "libarchive-tools"), Tool("bsdcat", "libarchive-tools"))}
 #: Leading bytes each tool-read stream must have (bsdcat would copy anything else unchanged).
 STREAM_MAGIC = {"lzip": b"LZIP", "zstd": b"\x28\xb5\x2f\xfd"}
 #: No password tried when the list is empty: 7z would otherwise prompt for one.
@@ -151,7 +155,7 @@ class Tools:
         self.cut = False  # a tool was killed: files may be partial
 
     def _env(self, scratch: Scratch) -> dict[str, str]:
-        return {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": scratch.root}
+        return {"PATH": tool_path(), "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": scratch.root}
 
     def _preexec(self) -> Callable[[], None]:
         caps = ((resource.RLIMIT_FSIZE, self.limits.max_member_bytes + 1),
@@ -166,8 +170,12 @@ class Tools:
         return limit
 
     def _popen(self, argv: list[str], scratch: Scratch, log: IO[bytes], stdout: int | IO[bytes]) -> subprocess.Popen:
-        return subprocess.Popen(argv, shell=False, cwd=scratch.root, env=self._env(scratch), stdin=subprocess.DEVNULL,
-                                stdout=stdout, stderr=log, preexec_fn=self._preexec(), start_new_session=True)
+        try:
+            return subprocess.Popen(argv, shell=False, cwd=scratch.root, env=self._env(scratch),
+                                    stdin=subprocess.DEVNULL, stdout=stdout, stderr=log, preexec_fn=self._preexec(),
+                                    start_new_session=True)
+        except FileNotFoundError as exc:
+            raise missing(argv[0], exc) from None
 
     def listing(self, argv: list[str], scratch: Scratch) -> subprocess.CompletedProcess[bytes]:
         """A listing command (its output is read whole: it has no extracted data)."""
@@ -178,6 +186,8 @@ class Tools:
         except subprocess.TimeoutExpired:
             self.unpacker.flag("limit:tool-time")
             return subprocess.CompletedProcess(argv, -1, b"", b"")
+        except FileNotFoundError as exc:
+            raise missing(argv[0], exc) from None
         if out_of_memory(done.returncode, done.stderr[:_LOG_BYTES].decode("utf-8", "replace")):
             self.unpacker.flag("limit:tool-memory")
         return done
@@ -287,6 +297,12 @@ class Tools:
                 return
         self.unpacker.members.append(Member(entry.name if entry else rel, bytes(sink), entry.packed if entry else None,
                                             entry.modified if entry else None, entry.encrypted if entry else False))
+
+
+def missing(command: str, exc: FileNotFoundError) -> Exception:
+    """``ToolMissing`` when the program itself was not found (not, say, the scratch directory)."""
+    tool = TOOLS.get(command)
+    return tool.missing() if tool is not None and exc.filename in (command, None) else exc
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
+from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result, ToolMissing
 from stoq_plugins._archive import LZMA_MEMORY, TOOL_MEMORY, Limits, Unpacker, unpack_stream, unpack_tar
 from stoq_plugins._formats import FORMATS, detect
 from stoq_plugins._scratch import remove_stale
-from stoq_plugins._tools import TOOL_FORMATS, ToolError, unpack_tool
+from stoq_plugins._tools import TOOL_FORMATS, TOOLS, ToolError, unpack_tool
 from stoq_plugins._zip import unpack_zip
 
 MiB = 1 << 20
@@ -33,13 +33,15 @@ class DecompressPlugin(ExtractorPlugin):
     ``tool_timeout``), ``zip:overlapping-entries``, ``zip:unsupported-method``,
     ``zip:unrecoverable-member``, ``password:none-worked``, ``password:unsupported-encryption``,
     ``corrupt:truncated``, ``corrupt:data``, ``corrupt:member`` (a member not read whole),
-    ``corrupt:central-directory`` (zip members then recovered from local headers). Input of which
-    nothing can be read raises.
+    ``corrupt:central-directory`` (zip members then recovered from local headers), ``tool:missing`` (a zip's
+    AES members left unread: 7z is not installed). Input of which nothing can be read raises; a format
+    whose tool is not installed is a ``tool-missing`` error.
     """
 
     name = "decompress"
     version = "1.0"
     mimes = frozenset(FORMATS)
+    tools = tuple(TOOLS.values())
 
     class Options(PluginOptions):
         passwords: list[str] = Field(["infected", "password"],
@@ -83,8 +85,10 @@ class DecompressPlugin(ExtractorPlugin):
                 try:
                     unpack_tool("zip", payload.content, payload.filename, by_tool, options.tool_timeout)
                     unpacker = by_tool
-                except (ToolError, FileNotFoundError):  # 7z cannot open it, or is not installed:
-                    pass  # keep what zipfile read, flagged password:unsupported-encryption
+                except ToolError:  # 7z cannot open it: keep what zipfile read, flagged
+                    pass  # password:unsupported-encryption
+                except ToolMissing:  # the same, and say why the AES members were not read
+                    unpacker.flag("tool:missing")
         elif fmt == "tar":
             unpack_tar(payload.content, unpacker)
         elif fmt in TOOL_FORMATS:

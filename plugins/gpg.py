@@ -8,8 +8,8 @@ import shutil
 
 from pydantic import Field
 
-from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
-from stoq_plugins._gpg import Gpg, GpgError, remove_stale_homes
+from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result, tool_path
+from stoq_plugins._gpg import GPG, Gpg, GpgError, remove_stale_homes
 
 MiB = 1 << 20
 #: What libmagic calls armored messages (binary ones are application/octet-stream: see the dispatch rule).
@@ -47,6 +47,8 @@ class GpgPlugin(ExtractorPlugin):
     """
 
     name = "gpg"
+    tools = (GPG,)
+    files = ("keyring",)
     version = "1.0"
     mimes = MIMES
 
@@ -60,8 +62,8 @@ class GpgPlugin(ExtractorPlugin):
                                                                    "limit:gpg-bytes and give no child.")
 
     def setup(self) -> None:
-        if shutil.which("gpg", path="/usr/bin:/bin") is None:
-            raise FileNotFoundError("gpg (GnuPG 2) is not installed")
+        if shutil.which(GPG.command, path=tool_path()) is None:
+            raise GPG.missing()
         self.worker_started()
         if self.options.keyring and not os.path.isfile(self.options.keyring):
             raise FileNotFoundError(f"gpg keyring {self.options.keyring!r} is not a file")

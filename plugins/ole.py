@@ -6,7 +6,7 @@ import struct
 
 from pydantic import Field
 
-from stoq.plugin import CarverPlugin, Extracted, Payload, PluginOptions, Result
+from stoq.plugin import CarverPlugin, Extra, Extracted, Payload, PluginOptions, Result
 from stoq_plugins._ole import NATIVE_STREAM, parse_native, read_macros, read_streams
 
 MiB = 1 << 20
@@ -29,6 +29,7 @@ class OlePlugin(CarverPlugin):
     """
 
     name = "ole"
+    extras = (Extra("oletools", "stoq-analysis[oletools]", "no VBA macro source (flag vba:unavailable)"),)
     version = "1.0"
     mimes = frozenset({"application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint",
                        "application/x-msi", "application/CDFV2", "application/x-ole-storage"})

@@ -6,7 +6,7 @@ import struct
 
 from pydantic import Field
 
-from stoq.plugin import CarverPlugin, Extracted, Payload, PluginOptions, Result
+from stoq.plugin import CarverPlugin, Extra, Extracted, Payload, PluginOptions, Result
 from stoq_plugins._ole import parse_native, parse_ole1
 
 MiB = 1 << 20
@@ -26,6 +26,7 @@ class RtfPlugin(CarverPlugin):
     """
 
     name = "rtf"
+    extras = (Extra("oletools", "stoq-analysis[oletools]", "the plugin cannot start"),)
     version = "1.0"
     mimes = frozenset({"text/rtf", "application/rtf"})
 

@@ -25,6 +25,7 @@ class YaraPlugin(WorkerPlugin):
     """
 
     name = "yara"
+    files = ("rules",)
     version = "1.0"
 
     class Options(PluginOptions):

@@ -25,9 +25,9 @@ from stoq.config import ConfigError, Settings
 from stoq.dispatch import Dispatcher, Planned, bundled_dispatch_rules
 from stoq.limits import Budget, Limits
 from stoq.model import PayloadRecord, ScanErrorEntry, document, new_id, now_iso
-from stoq.plugin import Payload, PluginOptions, ScanPlugin
+from stoq.plugin import Payload, PluginOptions, ScanPlugin, ToolMissing
 from stoq.registry import Registry, make_options
-from stoq.runner import DECLINED, Outcome, run_plugin
+from stoq.runner import DECLINED, KIND_FLAGS, TOOL_MISSING, Outcome, run_plugin
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,14 @@ def normal_flag(flag: str) -> str:
     return ":".join(parts)
 
 
+def flag_error(record: PayloadRecord, kind: str) -> None:
+    """Adds to the payload the flag that an error of ``kind`` carries (``tool-missing``: ``tool:missing``),
+    in both modes (the cluster's collector calls it for each error answer)."""
+    flag = KIND_FLAGS.get(kind)
+    if flag is not None and flag not in record.flags:
+        record.flags.append(flag)
+
+
 OCTET_STREAM = "application/octet-stream"
 #: The plugin option every plugin has, owned by the framework: its time limit in seconds
 #: (``-o yara.time_limit=30``, ``STOQ_YARA__TIME_LIMIT``); the global default is ``timeout``.
@@ -158,6 +166,7 @@ class Engine:
             raise ConfigError(f"cannot use the archive {where}: {exc}") from exc
         self._instances: dict[str, ScanPlugin] = {}
         self._setup_errors: dict[str, str] = {}
+        self._missing_tools: set[str] = set()  # plugins whose setup raised ToolMissing
         self._magic = magic.Magic(mime=True)
         for name in settings.workers:  # fail before scanning on a bad worker configuration
             self.instance(name)
@@ -174,6 +183,10 @@ class Engine:
             try:
                 plugin = cls(self.options.get(name) or cls.Options())
                 plugin.setup()
+            except ToolMissing as exc:  # an error entry of its own kind on every payload, as in scan()
+                self._setup_errors[name] = str(exc)
+                self._missing_tools.add(name)
+                return None
             except Exception as exc:  # recorded against every payload the plugin is dispatched to
                 self._setup_errors[name] = f"setup failed: {type(exc).__name__}: {exc}"
                 return None
@@ -224,6 +237,7 @@ class Engine:
                 continue  # declined by accepts()
             if outcome.error is not None:
                 errors.append(outcome.error)
+                flag_error(record, outcome.error.kind)
                 continue
             result = outcome.result
             assert result is not None
@@ -320,7 +334,8 @@ class Engine:
         limit and error capture. None when the plugin declines the payload."""
         plugin = self.instance(name)
         if plugin is None:
-            return Outcome(None, ScanErrorEntry(payload.payload_id, name, "error", self._setup_errors[name]), 0.0)
+            kind = TOOL_MISSING if name in self._missing_tools else "error"
+            return Outcome(None, ScanErrorEntry(payload.payload_id, name, kind, self._setup_errors[name]), 0.0)
 
         def call() -> Any:  # all under the time limit and the error capture: accepts() and the options too
             if not plugin.accepts(payload):

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 #: Deepest nesting of containers in a plugin's output: the document, the cluster's scan state and
@@ -149,7 +149,8 @@ def now_iso() -> str:
 
 @dataclass(slots=True)
 class ScanErrorEntry:
-    """A plugin failure: ``kind`` is ``error`` (it raised), ``timeout`` or ``crash`` (its process died)."""
+    """A plugin failure: ``kind`` is ``error`` (it raised), ``timeout``, ``crash`` (its process died) or
+    ``tool-missing`` (an external program it runs is not installed)."""
 
     payload_id: str
     plugin: str

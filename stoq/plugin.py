@@ -20,8 +20,9 @@ class Hello(WorkerPlugin):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Literal
+from typing import Any, ClassVar, Iterable, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -53,6 +54,37 @@ class ToolMissing(Exception):
     def __init__(self, tool: str, package: str) -> None:
         super().__init__(f"{tool} is not installed (Debian: apt-get install {package})")
         self.tool, self.package = tool, package
+
+
+#: Where plugins look for the external programs they run: a fixed list, not the caller's ``PATH``
+#: (a directory early in a user's PATH must not stand in for ``7z``). ``STOQ_TOOL_PATH`` replaces it.
+DEFAULT_TOOL_PATH = "/usr/bin:/bin"
+
+
+def tool_path() -> str:
+    """The directories searched for external programs, PATH-style: ``STOQ_TOOL_PATH`` or /usr/bin:/bin."""
+    return os.environ.get("STOQ_TOOL_PATH") or DEFAULT_TOOL_PATH
+
+
+class Tool(NamedTuple):
+    """An external program a plugin runs: its command, the Debian package that installs it, and the
+    arguments that make it print its version (``stoq doctor`` shows that output's first line)."""
+
+    command: str
+    package: str
+    version: tuple[str, ...] = ("--version",)
+
+    def missing(self) -> ToolMissing:
+        return ToolMissing(self.command, self.package)
+
+
+class Extra(NamedTuple):
+    """An optional Python package a plugin uses when it is installed: the module it imports, what to
+    install (``pip install 'stoq-analysis[oletools]'``), and what the plugin cannot do without it."""
+
+    module: str
+    install: str
+    without: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +137,12 @@ class Plugin:
     category: ClassVar[Category]
     description: ClassVar[str] = ""
     Options: ClassVar[type[PluginOptions]] = PluginOptions
+    #: External programs the plugin runs (``stoq doctor`` looks for each on ``tool_path()``).
+    tools: ClassVar[tuple[Tool, ...]] = ()
+    #: Optional Python packages the plugin does more with.
+    extras: ClassVar[tuple[Extra, ...]] = ()
+    #: Names of options that are paths of files the plugin reads (rule files, keyrings).
+    files: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: PluginOptions | None = None) -> None:
         #: The configured options (an instance of the plugin's ``Options``).

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from stoq.model import ScanErrorEntry, json_safe, text
-from stoq.plugin import Extracted, Result
+from stoq.plugin import Extracted, Result, ToolMissing
 
 
 class PluginTimeout(BaseException):
@@ -87,6 +87,12 @@ class Outcome:
     seconds: float
 
 
+#: The error kind of a plugin that needs an external program which is not installed (``ToolMissing``).
+TOOL_MISSING = "tool-missing"
+#: Error kinds that also flag their payload, so that they can be counted and searched like flags.
+KIND_FLAGS = {TOOL_MISSING: "tool:missing"}
+
+
 #: What a call given to ``run_plugin`` returns when the plugin declined the payload (``accepts``).
 DECLINED = object()
 
@@ -141,6 +147,9 @@ def run_plugin(plugin_name: str, call: Callable[[], Any], payload_id: str, timeo
                        time.perf_counter() - start)
     except MemoryError:
         return Outcome(None, ScanErrorEntry(payload_id, plugin_name, "error", "MemoryError"),
+                       time.perf_counter() - start)
+    except ToolMissing as exc:  # what to install, not where in Python it was noticed
+        return Outcome(None, ScanErrorEntry(payload_id, plugin_name, TOOL_MISSING, str(exc)),
                        time.perf_counter() - start)
     except (Exception, SystemExit) as exc:  # the framework owns error capture: a plugin raises, we record it
         return Outcome(None, ScanErrorEntry(payload_id, plugin_name, "error", describe_exception(exc)),

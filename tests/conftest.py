@@ -19,6 +19,34 @@ from stoq import model as stoq_model
 os.environ["STOQDEV_CHECK_DOCUMENTS"] = str(ROOT / "docs" / "scan-document.schema.json")
 stoq_model.CHECK_DOCUMENTS = os.environ["STOQDEV_CHECK_DOCUMENTS"]  # in case stoq.model was imported before
 
+#: The Debian package of each external program the tests or the bundled plugins run (a test checks
+#: that it covers every plugin's declared tools and that .ci/apt-packages lists them all).
+TOOL_PACKAGES = {
+    "7z": "p7zip-full", "unar": "unar", "lsar": "unar", "bsdtar": "libarchive-tools", "bsdcat": "libarchive-tools",
+    "gpg": "gnupg", "gpgconf": "gnupg", "lzip": "lzip", "zstd": "zstd", "rpmbuild": "rpm",
+    "genisoimage": "genisoimage", "mkudffs": "udftools", "qemu-img": "qemu-utils", "mkfs.fat": "dosfstools",
+    "mmd": "mtools", "mcopy": "mtools", "file": "file",
+}
+
+
+def missing_tools(commands: tuple[str, ...]) -> list[str]:
+    """The commands not found both on PATH (the tests run them as references) and where the plugins look
+    (``stoq.plugin.tool_path()``)."""
+    from stoq.plugin import tool_path
+
+    return [c for c in commands if shutil.which(c) is None or shutil.which(c, path=tool_path()) is None]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.tools("7z", ...)``: the test is skipped, naming the packages to install, when one
+    of these programs is missing. CI installs them all (.ci/apt-packages), so there they run."""
+    for mark in item.iter_markers("tools"):
+        missing = missing_tools(mark.args)
+        if missing:
+            packages = sorted({TOOL_PACKAGES.get(c, c) for c in missing})
+            pytest.skip(f"needs {', '.join(missing)}: apt-get install {' '.join(packages)}")
+
+
 @pytest.fixture(scope="session")
 def testplugins_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding the misbehaving test plugins installed as a distribution (dist-info with
@@ -36,7 +64,7 @@ def testplugins_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def stoq_env(tmp_path: Path) -> dict[str, str]:
     """Environment for a ``stoq`` subprocess: private archive, SQLite store and config dirs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_") or k == "STOQ_TOOL_PATH"}
     env.update({
         "HOME": str(tmp_path / "home"),
         "XDG_DATA_HOME": str(tmp_path / "data"),

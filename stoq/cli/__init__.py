@@ -56,9 +56,9 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
     return typer.Exit(int(code))
 
 
-from stoq.cli import admin, scan  # noqa: E402  (registers the commands)
+from stoq.cli import admin, doctor, scan  # noqa: E402  (registers the commands)
 
-__all__ = ["app", "main", "ExitCode", "fail", "admin", "scan"]
+__all__ = ["app", "main", "ExitCode", "fail", "admin", "doctor", "scan"]
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from celery import Celery, group, signature
 from stoq.archive import ArchiveError
 from stoq.config import ConfigError, Settings, load_settings
 from stoq.dispatch import Planned
-from stoq.engine import Engine, Pending
+from stoq.engine import Engine, Pending, flag_error
 from stoq.limits import Budget
 from stoq.model import PayloadRecord, assemble, new_id
 from stoq.tasks import state as st
@@ -151,6 +151,7 @@ def absorb_wave(r: redis.Redis, scan: ScanState, answers: dict[tuple[str, str], 
                                "message": "the plugin task gave no answer for this payload"})
             elif "error" in answer:
                 errors.append(answer["error"])
+                flag_error(record, answer["error"]["kind"])
             elif not answer.get("skipped"):
                 found = [Pending(None, c["filename"], meta=c["meta"], sha256=c["sha256"], known_size=c["size"],
                                  at=c.get("at")) for c in answer["children"]]

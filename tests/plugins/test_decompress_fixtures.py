@@ -21,7 +21,9 @@ MiB = 1 << 20
 FILES = {"a.txt": b"hello from a packed file\n", "sub/b.bin": bytes(range(256)) * 20 + b"tail"}
 
 
-pytestmark = pytest.mark.usefixtures("scratch_parent")  # tools' scratch dirs must be gone after each test
+pytestmark = [pytest.mark.usefixtures("scratch_parent"),  # tools' scratch dirs must be gone after each test
+              pytest.mark.tools("7z", "bsdtar", "rpmbuild", "genisoimage", "mkudffs", "qemu-img", "mkfs.fat", "mmd",
+                                "mcopy")]
 
 
 def scan(make_payload, content: bytes, mime: str, **options) -> Result:

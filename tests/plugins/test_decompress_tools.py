@@ -26,7 +26,8 @@ RAR, CAB = "application/x-rar", "application/vnd.ms-cab-compressed"
 LOREM = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 40
 
 
-pytestmark = pytest.mark.usefixtures("scratch_parent")  # tools' scratch dirs must be gone after each test
+pytestmark = [pytest.mark.usefixtures("scratch_parent"),  # tools' scratch dirs must be gone after each test
+              pytest.mark.tools("7z", "unar", "lsar", "bsdtar", "bsdcat", "lzip", "zstd")]
 
 
 def scan(make_payload, content: bytes, mime: str, filename: str | None = None, **options) -> Result:
