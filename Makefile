@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench
+.PHONY: setup tools demo test bench
 
 $(BIN)/stoq: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -12,9 +12,14 @@ $(BIN)/stoq: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(BIN)/stoq
 
-setup: $(BIN)/stoq
+setup: $(BIN)/stoq tools
 	@# bytecode for the checkout's modules (environments with PYTHONDONTWRITEBYTECODE never cache it)
 	@$(BIN)/python -m compileall -q stoq plugins
+
+# The external programs the bundled plugins run (7z, unar, bsdtar...): the Debian packages of
+# .ci/apt-packages, installed when missing (sudo when not root); one line says so where it cannot.
+tools:
+	@.ci/install-tools
 
 demo: setup
 	$(BIN)/stoq scan samples/invoice.zip --workers yara -o yara.rules=samples/demo.yar --format table
