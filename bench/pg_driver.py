@@ -2,7 +2,7 @@
 query string of one ``INSERT ... json_to_recordset`` per table, autocommit) and its read path
 (``Store.get`` through SQLAlchemy), each driver on the same documents, rounds interleaved, medians.
 
-    .venv/bin/pip install 'psycopg[binary]'   # not a stoq dependency: only for this comparison
+    .venv/bin/pip install 'psycopg[binary]'   # LGPL, not a stoq dependency: only for this comparison
     .venv/bin/python bench/pg_driver.py [--docs 2000] [--batch 100] [--rounds 5]
 
 The documents are those of ``stoq scan`` over ../shared/corpus (no store), each saved again under new
