@@ -130,6 +130,7 @@ def test_every_corpus_file_gets_the_embedded_answer(cluster: Cluster, tmp_path: 
             assert store.get(doc["scan_id"]) == doc
 
 
+@pytest.mark.tools("bsdtar")  # test.deb
 @pytest.mark.parametrize(("setting", "value", "flag"), [("STOQ_MAX_CHILDREN", "2", "limit:children"),
                                                        ("STOQ_MAX_BYTES", "3000", "limit:bytes"),
                                                        ("STOQ_MAX_DEPTH", "0", "limit:depth")])
