@@ -161,3 +161,23 @@ def test_doctor_names_a_missing_rule_file(run_stoq: Run, tmp_path: Path) -> None
     yara = {p["name"]: p for p in json.loads(proc.stdout)["plugins"]}["yara"]
     assert yara["ready"] is False and yara["files"] == [{"option": "rules", "path": rules, "exists": False}]
     assert yara["setup_error"].startswith("setup failed: ")
+
+
+def test_setup_names_the_packages_where_it_cannot_install_them(tmp_path: Path) -> None:
+    """``.ci/install-tools`` (run by ``make setup``) on a system without dpkg/apt-get: one line naming
+    every package, and the set-up goes on (exit 0); with --strict (CI) it fails."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in ("bash", "dirname", "grep", "id", "cat"):
+        found = shutil.which(command)
+        assert found is not None
+        (bin_dir / command).symlink_to(found)
+    packages = (ROOT / ".ci" / "apt-packages").read_text().split()
+    line = ("stoq: cannot install the external tools (not Debian or Ubuntu); install these packages or their "
+            f"equivalents: {' '.join(packages)}\n")
+    env = {"PATH": str(bin_dir)}
+    script = str(ROOT / ".ci" / "install-tools")
+    lenient = subprocess.run([script], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert (lenient.returncode, lenient.stdout, lenient.stderr) == (0, "", line)
+    strict = subprocess.run([script, "--strict"], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert (strict.returncode, strict.stderr) == (1, line)
