@@ -7,7 +7,7 @@ declared by the input is trusted. Nothing is written to disk; member names are m
 from __future__ import annotations
 
 import bz2
-import gzip
+import gzip as gzip_module
 import io
 import lzma
 import tarfile
@@ -25,6 +25,10 @@ CHUNK = 1 << 20
 LZMA_MEMORY = 128 << 20
 #: Default address-space limit of an external extractor (``RLIMIT_AS``).
 TOOL_MEMORY = 1 << 30
+#: Defaults of the bomb rule: a member is abandoned once, past ``BOMB_AFTER`` decompressed bytes, it has
+#: given more than ``BOMB_RATIO`` times the compressed bytes read for it (deflate tops out at 1032:1).
+BOMB_RATIO = 1000.0
+BOMB_AFTER = 8 << 20
 
 
 class LzmaLimit(lzma.LZMAError):
@@ -45,13 +49,20 @@ class LzmaReader:
         self.data, self.fmt, self.memlimit, self.pos = memoryview(data), fmt, memlimit, 0
         self.d = lzma.LZMADecompressor(fmt, memlimit=memlimit)
 
-    FEED = 1 << 16  # input per step: each stream boundary copies what is left of it (unused_data)
+    # Input per step: each stream boundary copies what is left of it (unused_data), and what liblzma
+    # holds unread counts as consumed for the bomb rule.
+    FEED = 1 << 14
 
     def _chunk(self) -> bytes:
         """The next input, ``FEED`` bytes at most: many tiny concatenated streams cost linear time."""
         chunk = bytes(self.data[self.pos:self.pos + self.FEED])
         self.pos += len(chunk)
         return chunk
+
+    @property
+    def consumed(self) -> int:
+        """Input given to liblzma so far (it may hold up to ``FEED`` bytes of it unread)."""
+        return self.pos - len(self.d.unused_data)
 
     def _decompress(self, src: bytes, n: int) -> bytes:
         try:
@@ -85,14 +96,20 @@ class LzmaReader:
                 return out
 
 
-#: Stream openers by format (each concatenated stream is read, as the stdlib modules do).
-_STREAMS: dict[str, Callable[[bytes, "Limits"], Any]] = {
-    "gzip": lambda data, _: gzip.GzipFile(fileobj=io.BytesIO(data)),
-    "bzip2": lambda data, _: bz2.BZ2File(io.BytesIO(data)),
-    "xz": lambda data, limits: LzmaReader(data, lzma.FORMAT_XZ, limits.lzma_memory),
-    "lzma": lambda data, limits: LzmaReader(data, lzma.FORMAT_ALONE, limits.lzma_memory),
-    "zlib": lambda data, _: ZlibReader(data),
-}
+def open_stream(fmt: str, data: bytes, limits: Limits) -> tuple[Any, Callable[[], int]]:
+    """A reader of one gzip, bzip2, xz, lzma or zlib stream (each concatenated stream is read, as the
+    stdlib modules do), and a function giving how many compressed bytes it has used so far."""
+    if fmt == "bzip2":  # (reads ahead 8 KiB: nothing next to bzip2's own ratios)
+        raw = io.BytesIO(data)
+        return bz2.BZ2File(raw), raw.tell
+    reader: LzmaReader | ZlibReader
+    if fmt in ("zlib", "gzip"):
+        reader = ZlibReader(data, gzip=fmt == "gzip")
+    else:
+        reader = LzmaReader(data, lzma.FORMAT_XZ if fmt == "xz" else lzma.FORMAT_ALONE, limits.lzma_memory)
+    return reader, lambda: reader.consumed
+
+
 #: Errors a corrupt stream raises (gzip.BadGzipFile and bz2's are OSError).
 STREAM_ERRORS = (OSError, zlib.error, lzma.LZMAError)
 _SUFFIXES = {".gz": "", ".gzip": "", ".bz2": "", ".xz": "", ".lzma": "", ".lz": "", ".zst": "", ".zz": "",
@@ -100,22 +117,47 @@ _SUFFIXES = {".gz": "", ".gzip": "", ".bz2": "", ".xz": "", ".lzma": "", ".lz": 
 
 
 class ZlibReader:
-    """A zlib stream (RFC 1950), at most ``n`` bytes per ``read1``; EOFError if it ends too soon."""
+    """A zlib stream (RFC 1950), or gzip members (RFC 1952: each concatenated member is read, zero
+    padding between them skipped, other trailing bytes an error, as ``gzip.GzipFile`` does), at most
+    ``n`` bytes per ``read1``; EOFError if the input ends too soon. Unlike ``GzipFile``, it can say how
+    much input it has used (``consumed``), which the bomb rule needs."""
 
-    def __init__(self, data: bytes) -> None:
-        self.d, self.data, self.pos = zlib.decompressobj(), data, 0
+    def __init__(self, data: bytes, gzip: bool = False) -> None:
+        self.gzip, self.data, self.pos = gzip, memoryview(data), 0
+        if gzip and data[:2] != b"\x1f\x8b":
+            raise gzip_module.BadGzipFile(f"Not a gzipped file ({data[:2]!r})")
+        self.d = zlib.decompressobj(31 if gzip else 15)
+
+    @property
+    def consumed(self) -> int:
+        return self.pos - len(self.d.unconsumed_tail)
+
+    def _next_member(self) -> bool:
+        """After a gzip member: True if another follows (a new inflater then reads it)."""
+        rest = self.d.unused_data
+        self.pos -= len(rest)
+        while self.pos < len(self.data) and self.data[self.pos] == 0:
+            self.pos += 1
+        if self.pos >= len(self.data):
+            return False
+        if bytes(self.data[self.pos:self.pos + 2]) != b"\x1f\x8b":
+            raise gzip_module.BadGzipFile("Not a gzipped file (trailing data)")
+        self.d = zlib.decompressobj(31)
+        return True
 
     def read1(self, n: int) -> bytes:
-        while not self.d.eof:
-            src = self.d.unconsumed_tail or self.data[self.pos:self.pos + CHUNK]
+        while True:
+            if self.d.eof:
+                if not self.gzip or not self._next_member():
+                    return b""
+            src = self.d.unconsumed_tail or bytes(self.data[self.pos:self.pos + CHUNK])
             if not self.d.unconsumed_tail:
                 self.pos += len(src)
             out = self.d.decompress(src, n)
             if out:
                 return out
-            if not src:
-                raise EOFError("zlib stream ends before its end marker")
-        return b""
+            if not src and not self.d.eof:
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +171,14 @@ class Limits:
     passwords: tuple[bytes, ...] = ()
     lzma_memory: int = LZMA_MEMORY  # most decoder memory an xz or LZMA stream may ask for
     tool_memory: int = TOOL_MEMORY  # RLIMIT_AS of an external tool
+    bomb_ratio: float = BOMB_RATIO  # 0: no bomb rule
+    bomb_after: int = BOMB_AFTER
+
+    def bomb(self, produced: int, consumed: int | None) -> bool:
+        """True if ``produced`` decompressed bytes from ``consumed`` compressed ones is a ratio no real
+        file has (the bomb rule; never below ``bomb_after`` bytes, never when ``consumed`` is unknown)."""
+        return (consumed is not None and self.bomb_ratio > 0 and produced > self.bomb_after
+                and produced > self.bomb_ratio * max(consumed, 1))
 
 
 @dataclass(slots=True)
@@ -167,8 +217,11 @@ class Unpacker:
         self.listed += 1
         return True
 
-    def drain(self, read: Callable[[int], bytes], sink: bytearray, compressed_size: int | None) -> bool:
-        """Appends ``read(CHUNK)`` to ``sink`` until it gives nothing. False, with a flag, at a cap.
+    def drain(self, read: Callable[[int], bytes], sink: bytearray, compressed_size: int | None,
+              consumed: Callable[[], int] | None = None) -> bool:
+        """Appends ``read(CHUNK)`` to ``sink`` until it gives nothing. False, with a flag, at a cap or
+        when the member is a bomb: ``consumed()`` says how many compressed bytes the reader has used so
+        far (without it, the whole ``compressed_size`` is the measure, which only a finished member reaches).
 
         On an exception from ``read``, ``sink`` keeps what was read before it.
         """
@@ -183,6 +236,9 @@ class Unpacker:
                 if self.total > limits.max_total_bytes:
                     self.flag("limit:total-bytes")
                     self.stopped = True
+                    return False
+                if limits.bomb(len(sink), consumed() if consumed is not None else compressed_size):
+                    self.flag("ratio:bomb")
                     return False
             return True
         finally:
@@ -227,7 +283,8 @@ def unpack_stream(fmt: str, data: bytes, filename: str | None, unpacker: Unpacke
     sink = bytearray()
     try:
         # read1: one decompression step per call, so an error cannot discard output already produced
-        complete = unpacker.drain(_STREAMS[fmt](data, unpacker.limits).read1, sink, len(data))
+        reader, consumed = open_stream(fmt, data, unpacker.limits)
+        complete = unpacker.drain(reader.read1, sink, len(data), consumed)
     except LzmaLimit:
         unpacker.flag("limit:lzma-memory")
         complete = bool(sink)  # a later concatenated stream: keep the ones before it

@@ -24,8 +24,10 @@ dropped. Member names are metadata: a file is matched to its listing entry by it
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
+import select
 import signal
 import stat
 import subprocess
@@ -170,14 +172,20 @@ class Tools:
                                 stdout=stdout, stderr=log, preexec_fn=self._preexec(), start_new_session=True)
 
     def listing(self, argv: list[str], scratch: Scratch) -> subprocess.CompletedProcess[bytes]:
-        """A listing command (its output is read whole: it has no extracted data)."""
-        try:
-            done = subprocess.run(argv, shell=False, cwd=scratch.root, env=self._env(scratch), capture_output=True,
-                                  stdin=subprocess.DEVNULL, timeout=self.timeout, preexec_fn=self._preexec(),
-                                  start_new_session=True)
-        except subprocess.TimeoutExpired:
-            self.unpacker.flag("limit:tool-time")
-            return subprocess.CompletedProcess(argv, -1, b"", b"")
+        """A listing command (its output, to files in the scratch directory, is read whole: it has no
+        extracted data)."""
+        with tempfile.TemporaryFile(dir=scratch.root) as out, tempfile.TemporaryFile(dir=scratch.root) as err:
+            proc = self._popen(argv, scratch, err, out)
+            try:
+                stopped = wait_tool(proc, self.timeout)
+            finally:
+                kill_group(proc)
+            if stopped:
+                self.unpacker.flag(stopped)
+                return subprocess.CompletedProcess(argv, -1, b"", b"")
+            out.seek(0)
+            err.seek(0)
+            done = subprocess.CompletedProcess(argv, proc.returncode, out.read(), err.read())
         if out_of_memory(done.returncode, done.stderr[:_LOG_BYTES].decode("utf-8", "replace")):
             self.unpacker.flag("limit:tool-memory")
         return done
@@ -186,24 +194,17 @@ class Tools:
         """Runs an extracting tool, killing it at the time limit or when its output passes a cap."""
         with tempfile.TemporaryFile(dir=scratch.root) as log:
             proc = self._popen(argv, scratch, log, log)
-            deadline, delay, stopped = time.monotonic() + self.timeout, 0.005, None
+            stopped = None
             try:
-                while True:
-                    try:
-                        proc.wait(delay)
-                        break
-                    except subprocess.TimeoutExpired:
-                        pass
-                    stopped = "limit:tool-time" if time.monotonic() > deadline else self._over(scratch.out)
-                    if stopped:
-                        self.cut = True
-                        break
-                    delay = min(delay * 2, 0.2)
-            finally:  # also when the plugin's own time limit interrupts the loop
+                stopped = wait_tool(proc, self.timeout, lambda: self._over(scratch.out, len(scratch.data)))
+                self.cut = stopped is not None
+            finally:  # also when the plugin's own time limit interrupts the wait
                 kill_group(proc)
             return ended(proc, log, stopped)
 
-    def _over(self, out: str) -> str | None:
+    def _over(self, out: str, compressed: int) -> str | None:
+        """The cap a running tool's output directory has passed (members, total bytes, the bomb rule
+        against the ``compressed`` size of the whole input), or None."""
         count = total = 0
         for root, _, names in os.walk(out, followlinks=False):
             for name in names:
@@ -216,7 +217,7 @@ class Tools:
                     return "limit:members"
                 if total > self.limits.max_total_bytes:
                     return "limit:total-bytes"
-        return None
+        return "ratio:bomb" if self.limits.bomb(total, compressed) else None
 
     def pipe(self, argv: list[str], scratch: Scratch, consume: Callable[[IO[bytes]], None]) -> Run:
         """Runs a tool writing to stdout, read by ``consume``; killed at the time limit or when it returns."""
@@ -287,6 +288,60 @@ class Tools:
                 return
         self.unpacker.members.append(Member(entry.name if entry else rel, bytes(sink), entry.packed if entry else None,
                                             entry.modified if entry else None, entry.encrypted if entry else False))
+
+
+# --- waiting for a tool --------------------------------------------------------------------------------
+
+#: Longest pause between two looks at a running tool's output directory (its exit is noticed at once).
+WATCH_EVERY = 0.05
+
+
+def exit_fd(proc: subprocess.Popen) -> int | None:
+    """A pidfd of the tool, readable once it has exited (None where the system has none)."""
+    try:
+        return os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def wait_tool(proc: subprocess.Popen, timeout: float, watch: Callable[[], str | None] | None = None) -> str | None:
+    """Waits for a tool to exit, its ``timeout`` (seconds) to pass, or ``watch()`` (called every 5 to 50 ms
+    while it runs) to name a cap. Returns None once the tool has exited (and is reaped), else the cap:
+    ``limit:tool-time`` or what ``watch`` said; the tool is then still running, for the caller to kill.
+
+    The exit is noticed at once: the thread sleeps in ``poll`` on a pidfd of the tool, which the
+    kernel wakes when it exits (``Popen.wait(timeout)`` sleeps in steps instead). Without pidfds
+    (not Linux, or before 5.3) it falls back to those steps."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    fd = exit_fd(proc)
+    poller = None
+    if fd is not None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "limit:tool-time"
+            step = min(left, delay) if watch is not None else left
+            if poller is not None:
+                if poller.poll(math.ceil(step * 1000)):
+                    proc.wait()
+                    return None
+            else:
+                try:
+                    proc.wait(step)
+                    return None
+                except subprocess.TimeoutExpired:
+                    pass
+            stopped = watch() if watch is not None else None
+            if stopped:
+                return stopped
+            delay = min(delay * 2, WATCH_EVERY)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -399,21 +454,24 @@ def unpack_libarchive(tools: Tools, scratch: Scratch) -> None:
     limits = tools.limits
     cap = limits.max_total_bytes + (limits.max_members + 1) * 4096 + (1 << 20)
     data = bytearray()
-    capped = False
+    capped: str | None = None
 
     def consume(stdout: IO[bytes]) -> None:
         nonlocal capped
         while chunk := stdout.read1(1 << 20):  # type: ignore[attr-defined]
             data.extend(chunk)
             if len(data) > cap:
-                capped = True
+                capped = "limit:total-bytes"
+            elif limits.bomb(len(data), len(scratch.data)):
+                capped = "ratio:bomb"
+            if capped:
                 return
     run = tools.pipe(["bsdtar", "-cf", "-", "--format", "pax", "@" + INPUT], scratch, consume)
-    cut = capped or run.stopped is not None
+    cut = capped is not None or run.stopped is not None
     if run.stopped:
         tools.unpacker.flag(run.stopped)
     if capped:
-        tools.unpacker.flag("limit:total-bytes")
+        tools.unpacker.flag(capped)
     if data:
         before = set(tools.unpacker.flags)
         try:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
-from stoq_plugins._archive import LZMA_MEMORY, TOOL_MEMORY, Limits, Unpacker, unpack_stream, unpack_tar
+from stoq_plugins._archive import (BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, TOOL_MEMORY, Limits, Unpacker, unpack_stream,
+                                  unpack_tar)
 from stoq_plugins._formats import FORMATS, detect
 from stoq_plugins._scratch import remove_stale
 from stoq_plugins._tools import TOOL_FORMATS, ToolError, unpack_tool
@@ -28,8 +29,11 @@ class DecompressPlugin(ExtractorPlugin):
     Output: ``{"format", "members" (regular-file members examined), "extracted" (children)}``; each
     child's meta holds member, size, compressed_size, modified, encrypted and crc (None where the
     format or tool has none). Decompressed bytes are counted as they come: no declared size is
-    trusted. Zip entries that overlap another are not extracted. Flags: ``limit:member-bytes``,
-    ``limit:total-bytes``, ``limit:members``, ``ratio:high``, ``limit:tool-time`` (a tool killed after
+    trusted; a member that decompresses at a ratio no real file has (``bomb_ratio`` past ``bomb_after``
+    bytes, measured against the compressed bytes read so far where the reader says, else the member's
+    or the whole input's compressed size) is abandoned early. Zip entries that overlap another are not
+    extracted. Flags: ``limit:member-bytes``, ``limit:total-bytes``, ``limit:members``, ``ratio:high``,
+    ``ratio:bomb`` (a member abandoned by that rule), ``limit:tool-time`` (a tool killed after
     ``tool_timeout``), ``zip:overlapping-entries``, ``zip:unsupported-method``,
     ``zip:unrecoverable-member``, ``password:none-worked``, ``password:unsupported-encryption``,
     ``corrupt:truncated``, ``corrupt:data``, ``corrupt:member`` (a member not read whole),
@@ -50,6 +54,11 @@ class DecompressPlugin(ExtractorPlugin):
         max_members: int = Field(1000, ge=0, description="Most members extracted from one payload.")
         ratio_flag: float = Field(100, ge=0, description="Flag ratio:high when a member's size exceeds its "
                                                          "compressed size times this.")
+        bomb_ratio: float = Field(BOMB_RATIO, ge=0,
+                                  description="Abandon a member, flagged ratio:bomb, once it has decompressed to more "
+                                              "than this many times the compressed bytes read for it (0: never).")
+        bomb_after: int = Field(BOMB_AFTER, ge=0, description="Bytes a member may decompress to before bomb_ratio "
+                                                              "applies.")
         tool_timeout: float = Field(60, gt=0, description="Seconds an external extractor may run.")
         max_lzma_memory: int = Field(LZMA_MEMORY, ge=0,
                                      description="Most decoder memory an xz or LZMA stream may ask for, in "
@@ -74,7 +83,8 @@ class DecompressPlugin(ExtractorPlugin):
             raise ValueError(f"not a supported container (MIME type {payload.mime})")
         unpacker = Unpacker(Limits(options.max_member_bytes, options.max_total_bytes, options.max_members,
                                    options.ratio_flag, tuple(p.encode() for p in options.passwords),
-                                   options.max_lzma_memory, options.tool_memory))
+                                   options.max_lzma_memory, options.tool_memory, options.bomb_ratio,
+                                   options.bomb_after))
         if fmt == "zip":
             unpack_zip(payload.content, unpacker)
             flags = unpacker.flags  # WinZip AES: 7z reads it all, unless entries overlap (a zip bomb)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import make_zip as zipped
 from helpers import validate
 from stoq.config import load_settings
@@ -56,22 +58,26 @@ import gzip, json, resource, sys
 from stoq.config import load_settings
 from stoq.engine import Engine
 data = open(sys.argv[1], "rb").read()
-engine = Engine(load_settings(env={"STOQ_ARCHIVE": sys.argv[2], "STOQ_ARCHIVER": "none"}))
+env = {"STOQ_ARCHIVE": sys.argv[2], "STOQ_ARCHIVER": "none", "STOQ_DECOMPRESS__BOMB_RATIO": sys.argv[3]}
+engine = Engine(load_settings(env=env))
 doc = engine.scan(data, "bomb.gz", {})
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"flags": doc["results"][0]["flags"], "payloads": doc["payloads"], "peak_kib": peak}))
 """
 
 
-def test_a_gzip_bomb_stays_under_the_caps_and_1_gib(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bomb_ratio,flag", [("1000", "ratio:bomb"), ("0", "limit:member-bytes")])
+def test_a_gzip_bomb_stays_under_the_caps_and_1_gib(tmp_path: Path, bomb_ratio: str, flag: str) -> None:
+    """320 MiB of zeros (1028:1): abandoned by the bomb rule past its first 8 MiB, or, with the rule
+    off, at the 256 MiB member cap."""
     bomb = tmp_path / "bomb.gz"
-    with gzip.open(bomb, "wb", compresslevel=6) as handle:  # 320 MiB of zeros: past the 256 MiB member cap
+    with gzip.open(bomb, "wb", compresslevel=6) as handle:
         chunk = b"\0" * (1 << 24)
         for _ in range(20):
             handle.write(chunk)
-    out = subprocess.run([sys.executable, "-c", BOMB, str(bomb), str(tmp_path / "archive")],
+    out = subprocess.run([sys.executable, "-c", BOMB, str(bomb), str(tmp_path / "archive"), bomb_ratio],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     result = json.loads(out)
-    assert "limit:member-bytes" in result["flags"] or "limit:total-bytes" in result["flags"]
+    assert flag in result["flags"] and "limit:total-bytes" not in result["flags"]
     assert result["payloads"] == 1  # the oversized member is not kept
     assert result["peak_kib"] < 1024 * 1024, result
