@@ -189,13 +189,15 @@ def stoq_command(files: Path, jobs: int, extra: list[str]) -> list[str]:
             "-o", f"yara.rules={RULES}", "--format", "jsonl", "--no-progress", *extra]
 
 
-def stoq(files: Path, jobs: int, count: int, extra: list[str], stats: dict[str, int] | None = None
-         ) -> tuple[float, float]:
+def stoq(files: Path, jobs: int, count: int, extra: list[str], stats: dict[str, int] | None = None,
+         code: Path | None = None) -> tuple[float, float]:
     """Root files per second of `stoq scan` (fresh archive and store each run), and its CPU seconds;
-    ``stats`` gets the payloads and flags of the documents."""
+    ``stats`` gets the payloads and flags of the documents; ``code``: another checkout to run."""
     work = Path(tempfile.mkdtemp(prefix="stoq-bench-"))
     env = dict(os.environ, STOQ_ARCHIVE=str(work / "archive"), STOQ_DATABASE_URL=f"sqlite:///{work / 'stoq.db'}",
                XDG_DATA_HOME=str(work / "data"))
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     try:
         with open(work / "out.jsonl", "wb") as out:
             before = os.times()
@@ -231,6 +233,9 @@ def main() -> None:
     parser.add_argument("--jobs", default="1,2", help="comma-separated job counts")
     parser.add_argument("--large", action="store_true", help="the scaling benchmark on larger files instead")
     parser.add_argument("--keep", type=Path, help="also copy the source files (before unique copies) here")
+    parser.add_argument("--compare", type=Path,
+                        help="also run this other checkout (a directory holding stoq/ and stoq_plugins/, put first "
+                             "on PYTHONPATH) in each round, as 'base'")
     args = parser.parse_args()
     jobs = [int(j) for j in args.jobs.split(",")]
     source = Path(tempfile.mkdtemp(prefix="stoq-bench-source-"))
@@ -254,9 +259,12 @@ def main() -> None:
     stats: dict[str, int] = {}
     for r in range(args.rounds):
         for j in jobs:
-            for side in ("bare", "stoq"):
-                speed, seconds = bare(files, j) if side == "bare" else stoq(files, j, count, extra,
-                                                                             stats if r == 0 and j == jobs[0] else None)
+            for side in ("bare", "stoq", "base") if args.compare else ("bare", "stoq"):
+                if side == "bare":
+                    speed, seconds = bare(files, j)
+                else:
+                    speed, seconds = stoq(files, j, count, extra, stats if r == 0 and j == jobs[0] and side == "stoq"
+                                          else None, args.compare if side == "base" else None)
                 runs.setdefault(f"{side}{j}", []).append(speed)
                 cpu.setdefault(f"{side}{j}", []).append(seconds)
         print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.1f}/s" for k, v in runs.items()), file=sys.stderr)
@@ -280,6 +288,10 @@ def main() -> None:
         "all_runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
         "first_run_counts": dict(sorted(stats.items())),
     }
+    if args.compare:
+        report["base_over_bare"] = {str(j): round(med[f"base{j}"] / med[f"bare{j}"], 3) for j in jobs}
+        report["base_cpu_ratio"] = {str(j): round(statistics.median(cpu[f"bare{j}"])
+                                                  / statistics.median(cpu[f"base{j}"]), 3) for j in jobs}
     if 1 in jobs and 2 in jobs:
         report["bare_speedup_1_to_2"] = round(med["bare2"] / med["bare1"], 3)
         report["stoq_speedup_1_to_2"] = round(med["stoq2"] / med["stoq1"], 3)

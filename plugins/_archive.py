@@ -203,6 +203,12 @@ class Unpacker:
     listed: int = 0  # regular-file members seen in the container
     total: int = 0  # bytes decompressed so far, kept or not
     stopped: bool = False  # the total cap was reached: extract nothing more
+    unread: int = 0  # bytes an external tool wrote that were never read (dropped at a cap)
+
+    @property
+    def extracted(self) -> int:
+        """Every byte decompressed, kept or not: what the scan's byte budget is charged."""
+        return self.total + self.unread
 
     def flag(self, name: str) -> None:
         self.flags[name] = None
@@ -227,15 +233,16 @@ class Unpacker:
         """
         limits = self.limits
         try:
-            while chunk := read(CHUNK):
+            # near the total cap, no more than it allows (+1, to see it passed): the scan's budget may be small
+            while chunk := read(min(CHUNK, limits.max_total_bytes - self.total + 1)):
                 sink += chunk
                 self.total += len(chunk)
-                if len(sink) > limits.max_member_bytes:
-                    self.flag("limit:member-bytes")
-                    return False
-                if self.total > limits.max_total_bytes:
+                if self.total > limits.max_total_bytes:  # first: it stops the whole payload
                     self.flag("limit:total-bytes")
                     self.stopped = True
+                    return False
+                if len(sink) > limits.max_member_bytes:
+                    self.flag("limit:member-bytes")
                     return False
                 if limits.bomb(len(sink), consumed() if consumed is not None else compressed_size):
                     self.flag("ratio:bomb")

@@ -260,10 +260,14 @@ class Tools:
                 matches = by_key.get(key(rel))
                 match: Entry | None = matches.pop(0) if matches else None
                 found.append((order[id(match)] if match else len(entries), rel, path, match))
-        for _, rel, path, listed in sorted(found, key=lambda f: (f[0], f[1])):
-            if not self.unpacker.admit():
-                return
-            self._read(path, rel, listed, compressed)
+        written, before = sum(os.lstat(f[2]).st_size for f in found), self.unpacker.total
+        try:
+            for _, rel, path, listed in sorted(found, key=lambda f: (f[0], f[1])):
+                if not self.unpacker.admit():
+                    return
+                self._read(path, rel, listed, compressed)
+        finally:  # what the tool wrote and was not read (dropped at a cap) was decompressed all the same
+            self.unpacker.unread += max(0, written - (self.unpacker.total - before))
 
     def _read(self, path: str, rel: str, entry: Entry | None, compressed: int) -> None:
         size = os.lstat(path).st_size

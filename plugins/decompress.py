@@ -26,7 +26,8 @@ class DecompressPlugin(ExtractorPlugin):
     in a scratch directory under the same caps (``stoq_plugins._tools``). rpm, xar, udf and vhd are
     recognised by their magic bytes (they are not in ``mimes``).
 
-    Output: ``{"format", "members" (regular-file members examined), "extracted" (children)}``; each
+    Output: ``{"format", "members" (regular-file members examined), "extracted" (children),
+    "decompressed" (bytes decompressed, kept or not: what the scan's byte budget is charged)}``; each
     child's meta holds member, size, compressed_size, modified, encrypted and crc (None where the
     format or tool has none). Decompressed bytes are counted as they come: no declared size is
     trusted; a member that decompresses at a ratio no real file has (``bomb_ratio`` past ``bomb_after``
@@ -81,7 +82,10 @@ class DecompressPlugin(ExtractorPlugin):
         fmt = detect(payload)
         if fmt is None:
             raise ValueError(f"not a supported container (MIME type {payload.mime})")
-        unpacker = Unpacker(Limits(options.max_member_bytes, options.max_total_bytes, options.max_members,
+        # the scan's own byte budget, when it has less left, caps this payload too (flagged limit:bytes)
+        budget_cap = payload.bytes_left is not None and payload.bytes_left < options.max_total_bytes
+        total_cap = payload.bytes_left if budget_cap and payload.bytes_left is not None else options.max_total_bytes
+        unpacker = Unpacker(Limits(options.max_member_bytes, total_cap, options.max_members,
                                    options.ratio_flag, tuple(p.encode() for p in options.passwords),
                                    options.max_lzma_memory, options.tool_memory, options.bomb_ratio,
                                    options.bomb_after))
@@ -92,6 +96,7 @@ class DecompressPlugin(ExtractorPlugin):
                 by_tool = Unpacker(unpacker.limits)
                 try:
                     unpack_tool("zip", payload.content, payload.filename, by_tool, options.tool_timeout)
+                    by_tool.unread += unpacker.extracted  # (zipfile's attempt counts too)
                     unpacker = by_tool
                 except (ToolError, FileNotFoundError):  # 7z cannot open it, or is not installed:
                     pass  # keep what zipfile read, flagged password:unsupported-encryption
@@ -105,5 +110,7 @@ class DecompressPlugin(ExtractorPlugin):
             "member": m.name, "size": len(m.content), "compressed_size": m.compressed_size,
             "modified": m.modified, "encrypted": m.encrypted, "crc": m.crc,
         }) for m in unpacker.members]
-        return Result(data={"format": fmt, "members": unpacker.listed, "extracted": len(children)},
-                      children=children, flags=list(unpacker.flags))
+        flags = [("limit:bytes" if budget_cap and f == "limit:total-bytes" else f) for f in unpacker.flags]
+        return Result(data={"format": fmt, "members": unpacker.listed, "extracted": len(children),
+                            "decompressed": unpacker.extracted},
+                      children=children, flags=flags, extracted_bytes=unpacker.extracted)
