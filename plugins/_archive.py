@@ -18,6 +18,11 @@ from typing import Any, Callable
 
 from stoq.model import iso
 
+try:  # a declared dependency; without it zstd goes to the bsdcat tool (stoq_plugins._tools)
+    import zstandard
+except ImportError:  # pragma: no cover
+    zstandard = None
+
 #: Most bytes asked of a reader at once.
 CHUNK = 1 << 20
 
@@ -102,8 +107,10 @@ def open_stream(fmt: str, data: bytes, limits: Limits) -> tuple[Any, Callable[[]
     if fmt == "bzip2":  # (reads ahead 8 KiB: nothing next to bzip2's own ratios)
         raw = io.BytesIO(data)
         return bz2.BZ2File(raw), raw.tell
-    reader: LzmaReader | ZlibReader
-    if fmt in ("zlib", "gzip"):
+    reader: LzmaReader | ZlibReader | ZstdReader
+    if fmt == "zstd":
+        reader = ZstdReader(data, limits.lzma_memory)
+    elif fmt in ("zlib", "gzip"):
         reader = ZlibReader(data, gzip=fmt == "gzip")
     else:
         reader = LzmaReader(data, lzma.FORMAT_XZ if fmt == "xz" else lzma.FORMAT_ALONE, limits.lzma_memory)
@@ -111,7 +118,10 @@ def open_stream(fmt: str, data: bytes, limits: Limits) -> tuple[Any, Callable[[]
 
 
 #: Errors a corrupt stream raises (gzip.BadGzipFile and bz2's are OSError).
-STREAM_ERRORS = (OSError, zlib.error, lzma.LZMAError)
+STREAM_ERRORS: tuple[type[Exception], ...] = (OSError, zlib.error, lzma.LZMAError,
+                                               *((zstandard.ZstdError,) if zstandard is not None else ()))
+#: Formats read by ``unpack_stream`` (zstd only when the ``zstandard`` library is installed).
+STREAM_FORMATS = frozenset({"gzip", "bzip2", "xz", "lzma", "zlib", *(("zstd",) if zstandard is not None else ())})
 _SUFFIXES = {".gz": "", ".gzip": "", ".bz2": "", ".xz": "", ".lzma": "", ".lz": "", ".zst": "", ".zz": "",
              ".tgz": ".tar", ".tbz2": ".tar", ".tbz": ".tar", ".txz": ".tar", ".tlz": ".tar", ".tzst": ".tar"}
 
@@ -158,6 +168,61 @@ class ZlibReader:
                 return out
             if not src and not self.d.eof:
                 raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+
+def _is_frame(head: bytes) -> bool:
+    """A zstd frame or a skippable frame begins here (RFC 8878)."""
+    return head == b"\x28\xb5\x2f\xfd" or (len(head) == 4 and int.from_bytes(head, "little") & ~0xF == 0x184D2A50)
+
+
+class ZstdReader:
+    """zstd frames (concatenated ones read in turn, as ``zstd -d`` does), in process with the
+    ``zstandard`` library, at most ``n`` bytes per ``read1``. The window a frame asks for is capped at
+    ``memlimit`` (its decoder memory: ``LzmaLimit`` past it); bytes after the last frame that do not
+    begin another are an error (``zstandard.ZstdError``), a frame cut short is ``EOFError``. Input is
+    fed ``FEED`` bytes at a time: the library's ``decompress`` has no output bound, and zstd's ratio
+    reaches 30000:1, so a small feed keeps each step's output small and the bomb rule's count close."""
+
+    FEED = 1 << 12
+
+    def __init__(self, data: bytes, memlimit: int) -> None:
+        self.data, self.pos, self.memlimit = memoryview(data), 0, memlimit
+        self.d = self._frame()
+        self.out, self.at = b"", 0  # output not yet handed out
+        self.ended = False
+
+    def _frame(self) -> Any:
+        return zstandard.ZstdDecompressor(max_window_size=self.memlimit).decompressobj()
+
+    @property
+    def consumed(self) -> int:
+        return self.pos if self.ended else self.pos - len(self.d.unused_data)
+
+    def read1(self, n: int) -> bytes:
+        while self.at >= len(self.out):
+            if self.ended:
+                return b""
+            if self.d.eof:
+                self.pos -= len(self.d.unused_data)
+                if self.pos >= len(self.data):
+                    self.ended = True
+                    return b""
+                if not _is_frame(bytes(self.data[self.pos:self.pos + 4])):
+                    raise zstandard.ZstdError("data after the last frame is not a zstd frame")
+                self.d = self._frame()
+            src = bytes(self.data[self.pos:self.pos + self.FEED])
+            if not src:
+                raise EOFError("zstd frame ended before its end")
+            self.pos += len(src)
+            try:
+                self.out, self.at = self.d.decompress(src), 0
+            except zstandard.ZstdError as exc:
+                if "too much memory" in str(exc).lower():
+                    raise LzmaLimit(f"a zstd window larger than {self.memlimit} bytes") from exc
+                raise
+        chunk = self.out[self.at:self.at + n]
+        self.at += len(chunk)
+        return chunk
 
 
 @dataclass(frozen=True, slots=True)

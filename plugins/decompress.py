@@ -6,11 +6,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
-from stoq_plugins._archive import (BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, TOOL_MEMORY, Limits, Unpacker, unpack_stream,
-                                  unpack_tar)
+from stoq_plugins._archive import (BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, STREAM_FORMATS, TOOL_MEMORY, Limits, Unpacker,
+                                  unpack_stream, unpack_tar)
 from stoq_plugins._formats import FORMATS, detect
 from stoq_plugins._scratch import remove_stale
-from stoq_plugins._tools import TOOL_FORMATS, ToolError, unpack_tool
+from stoq_plugins._tools import ToolError, unpack_tool
 from stoq_plugins._zip import unpack_zip
 
 MiB = 1 << 20
@@ -20,9 +20,10 @@ __all__ = ["FORMATS", "DecompressPlugin", "detect"]
 class DecompressPlugin(ExtractorPlugin):
     """Extracts archive members and compressed streams' contents, within byte and member caps.
 
-    zip, tar, gzip, bzip2, xz, lzma and zlib are read in process; 7z, cab, iso (9660/udf), udf, vhd (the
-    files of its filesystem, else the disk image) and zip with WinZip AES members by ``7z``, rar by
-    ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip and zstd by ``bsdcat``, each run on a copy
+    zip, tar, gzip, bzip2, xz, lzma, zlib and zstd (``zstandard``) are read in process; 7z, cab, iso
+    (9660/udf), udf, vhd (the files of its filesystem, else the disk image) and zip with WinZip AES members
+    by ``7z``, rar by ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip (and zstd without
+    ``zstandard``) by ``bsdcat``, each run on a copy
     in a scratch directory under the same caps (``stoq_plugins._tools``). rpm, xar, udf and vhd are
     recognised by their magic bytes (they are not in ``mimes``).
 
@@ -102,10 +103,10 @@ class DecompressPlugin(ExtractorPlugin):
                     pass  # keep what zipfile read, flagged password:unsupported-encryption
         elif fmt == "tar":
             unpack_tar(payload.content, unpacker)
-        elif fmt in TOOL_FORMATS:
-            unpack_tool(fmt, payload.content, payload.filename, unpacker, options.tool_timeout)
-        else:
+        elif fmt in STREAM_FORMATS:  # (zstd too, by the zstandard library, when it is installed)
             unpack_stream(fmt, payload.content, payload.filename, unpacker)
+        else:
+            unpack_tool(fmt, payload.content, payload.filename, unpacker, options.tool_timeout)
         children = [Extracted(m.content, filename=m.name, meta={
             "member": m.name, "size": len(m.content), "compressed_size": m.compressed_size,
             "modified": m.modified, "encrypted": m.encrypted, "crc": m.crc,

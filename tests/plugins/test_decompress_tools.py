@@ -200,8 +200,7 @@ def test_truncated_rar_gives_what_was_read(corpus: Path, make_payload) -> None:
     assert "corrupt:member" in result.flags
 
 
-@pytest.mark.parametrize("mime", [SEVEN, RAR, CAB, CPIO, AR, "application/x-iso9660-image", "application/zstd",
-                                  "application/x-lzip"])
+@pytest.mark.parametrize("mime", [SEVEN, RAR, CAB, CPIO, AR, "application/x-iso9660-image", "application/x-lzip"])
 def test_not_an_archive_raises(make_payload, mime: str) -> None:
     with pytest.raises(ToolError):
         scan(make_payload, b"definitely not an archive\n" * 30, mime)
@@ -229,7 +228,7 @@ def test_byte_caps_apply_to_tools(tmp_path: Path, make_payload, monkeypatch) -> 
         sizes.append(os.lstat(path).st_size)
         read(self, path, *args)
     monkeypatch.setattr(_tools.Tools, "_read", spy)
-    full = scan(make_payload, data, SEVEN)
+    full = scan(make_payload, data, SEVEN, bomb_ratio=0)  # (8 MiB of zeros past bomb_after: a bomb otherwise)
     assert sorted(sha(c.content) for c in full.children) == sorted([sha(bytes(8 * MiB)), sha(LOREM)])
     assert full.flags == ["ratio:high"]
     member = scan(make_payload, data, SEVEN, max_member_bytes=MiB)
