@@ -64,8 +64,8 @@ class DecompressPlugin(ExtractorPlugin):
         tool_timeout: float = Field(60, gt=0, description="Seconds an external extractor may run.")
         max_lzma_memory: int = Field(LZMA_MEMORY, ge=0,
                                      description="Most decoder memory an xz or LZMA stream may ask for, in "
-                                                 "bytes (its dictionary); a stream asking more is flagged "
-                                                 "limit:lzma-memory and not decompressed.")
+                                                 "bytes (its dictionary; a zstd frame's window too); a stream "
+                                                 "asking more is flagged limit:lzma-memory and not decompressed.")
         tool_memory: int = Field(TOOL_MEMORY, ge=64 * MiB,
                                  description="Address space an external extractor may use, in bytes "
                                              "(RLIMIT_AS); a tool that runs out is flagged limit:tool-memory.")
