@@ -23,11 +23,13 @@ dropped. Member names are metadata: a file is matched to its listing entry by it
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import resource
 import select
+import shutil
 import signal
 import stat
 import subprocess
@@ -47,6 +49,8 @@ from stoq_plugins._scratch import rmtree
 INPUT, OUT = "input", "out"
 #: Leading bytes each tool-read stream must have (bsdcat would copy anything else unchanged).
 STREAM_MAGIC = {"lzip": b"LZIP", "zstd": b"\x28\xb5\x2f\xfd"}
+#: util-linux's prlimit, which sets a tool's rlimits without a preexec_fn (None: set them in preexec_fn).
+PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin") if signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN else None
 #: No password tried when the list is empty: 7z would otherwise prompt for one.
 NO_PASSWORD = "stoq-no-password"
 _LOG_BYTES = 1 << 16
@@ -155,21 +159,39 @@ class Tools:
     def _env(self, scratch: Scratch) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": scratch.root}
 
+    def _caps(self) -> list[tuple[int, int]]:
+        """The tool's rlimits: each cap, lowered to this process's hard limit (which cannot be raised)."""
+        caps = []
+        for which, size in ((resource.RLIMIT_FSIZE, self.limits.max_member_bytes + 1),
+                            (resource.RLIMIT_AS, self.limits.tool_memory), (resource.RLIMIT_CORE, 0)):
+            hard = resource.getrlimit(which)[1]
+            caps.append((which, size if hard == resource.RLIM_INFINITY else min(size, hard)))
+        return caps
+
     def _preexec(self) -> Callable[[], None]:
-        caps = ((resource.RLIMIT_FSIZE, self.limits.max_member_bytes + 1),
-                (resource.RLIMIT_AS, self.limits.tool_memory), (resource.RLIMIT_CORE, 0))
+        caps = self._caps()
 
         def limit() -> None:
-            for which, size in caps:
-                hard = resource.getrlimit(which)[1]
-                cap = size if hard == resource.RLIM_INFINITY else min(size, hard)
+            for which, cap in caps:
                 resource.setrlimit(which, (cap, cap))
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         return limit
 
     def _popen(self, argv: list[str], scratch: Scratch, log: IO[bytes], stdout: int | IO[bytes]) -> subprocess.Popen:
-        return subprocess.Popen(argv, shell=False, cwd=scratch.root, env=self._env(scratch), stdin=subprocess.DEVNULL,
-                                stdout=stdout, stderr=log, preexec_fn=self._preexec(), start_new_session=True)
+        env = self._env(scratch)
+        if PRLIMIT is None:  # the rlimits set between fork and exec: a fork of this whole process
+            return subprocess.Popen(argv, shell=False, cwd=scratch.root, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=stdout, stderr=log, preexec_fn=self._preexec(), start_new_session=True)
+        # Without preexec_fn, subprocess starts the child with vfork (not a copy of this process's page
+        # tables); prlimit(1) sets the caps on itself and execs the tool in the same process. SIGXFSZ
+        # stays ignored, as Python set it (restore_signals=False), so a write past the cap fails instead.
+        if shutil.which(argv[0], path=env["PATH"]) is None:  # as Popen says it without prlimit in between
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+        caps = dict(self._caps())
+        wrapped = [PRLIMIT, f"--fsize={caps[resource.RLIMIT_FSIZE]}", f"--as={caps[resource.RLIMIT_AS]}",
+                   f"--core={caps[resource.RLIMIT_CORE]}", "--", *argv]
+        return subprocess.Popen(wrapped, shell=False, cwd=scratch.root, env=env, stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=log, start_new_session=True, restore_signals=False)
 
     def listing(self, argv: list[str], scratch: Scratch) -> subprocess.CompletedProcess[bytes]:
         """A listing command (its output, to files in the scratch directory, is read whole: it has no
