@@ -7,7 +7,7 @@ declared by the input is trusted. Nothing is written to disk; member names are m
 from __future__ import annotations
 
 import bz2
-import gzip
+import gzip as gzip_module
 import io
 import lzma
 import tarfile
@@ -18,6 +18,11 @@ from typing import Any, Callable
 
 from stoq.model import iso
 
+try:  # a declared dependency; without it zstd goes to the bsdcat tool (stoq_plugins._tools)
+    import zstandard
+except ImportError:  # pragma: no cover
+    zstandard = None
+
 #: Most bytes asked of a reader at once.
 CHUNK = 1 << 20
 
@@ -25,6 +30,10 @@ CHUNK = 1 << 20
 LZMA_MEMORY = 128 << 20
 #: Default address-space limit of an external extractor (``RLIMIT_AS``).
 TOOL_MEMORY = 1 << 30
+#: Defaults of the bomb rule: a member is abandoned once, past ``BOMB_AFTER`` decompressed bytes, it has
+#: given more than ``BOMB_RATIO`` times the compressed bytes read for it (deflate tops out at 1032:1).
+BOMB_RATIO = 1000.0
+BOMB_AFTER = 8 << 20
 
 
 class LzmaLimit(lzma.LZMAError):
@@ -45,13 +54,20 @@ class LzmaReader:
         self.data, self.fmt, self.memlimit, self.pos = memoryview(data), fmt, memlimit, 0
         self.d = lzma.LZMADecompressor(fmt, memlimit=memlimit)
 
-    FEED = 1 << 16  # input per step: each stream boundary copies what is left of it (unused_data)
+    # Input per step: each stream boundary copies what is left of it (unused_data), and what liblzma
+    # holds unread counts as consumed for the bomb rule.
+    FEED = 1 << 14
 
     def _chunk(self) -> bytes:
         """The next input, ``FEED`` bytes at most: many tiny concatenated streams cost linear time."""
         chunk = bytes(self.data[self.pos:self.pos + self.FEED])
         self.pos += len(chunk)
         return chunk
+
+    @property
+    def consumed(self) -> int:
+        """Input given to liblzma so far (it may hold up to ``FEED`` bytes of it unread)."""
+        return self.pos - len(self.d.unused_data)
 
     def _decompress(self, src: bytes, n: int) -> bytes:
         try:
@@ -85,37 +101,128 @@ class LzmaReader:
                 return out
 
 
-#: Stream openers by format (each concatenated stream is read, as the stdlib modules do).
-_STREAMS: dict[str, Callable[[bytes, "Limits"], Any]] = {
-    "gzip": lambda data, _: gzip.GzipFile(fileobj=io.BytesIO(data)),
-    "bzip2": lambda data, _: bz2.BZ2File(io.BytesIO(data)),
-    "xz": lambda data, limits: LzmaReader(data, lzma.FORMAT_XZ, limits.lzma_memory),
-    "lzma": lambda data, limits: LzmaReader(data, lzma.FORMAT_ALONE, limits.lzma_memory),
-    "zlib": lambda data, _: ZlibReader(data),
-}
+def open_stream(fmt: str, data: bytes, limits: Limits) -> tuple[Any, Callable[[], int]]:
+    """A reader of one gzip, bzip2, xz, lzma or zlib stream (each concatenated stream is read, as the
+    stdlib modules do), and a function giving how many compressed bytes it has used so far."""
+    if fmt == "bzip2":  # (reads ahead 8 KiB: nothing next to bzip2's own ratios)
+        raw = io.BytesIO(data)
+        return bz2.BZ2File(raw), raw.tell
+    reader: LzmaReader | ZlibReader | ZstdReader
+    if fmt == "zstd":
+        reader = ZstdReader(data, limits.lzma_memory)
+    elif fmt in ("zlib", "gzip"):
+        reader = ZlibReader(data, gzip=fmt == "gzip")
+    else:
+        reader = LzmaReader(data, lzma.FORMAT_XZ if fmt == "xz" else lzma.FORMAT_ALONE, limits.lzma_memory)
+    return reader, lambda: reader.consumed
+
+
 #: Errors a corrupt stream raises (gzip.BadGzipFile and bz2's are OSError).
-STREAM_ERRORS = (OSError, zlib.error, lzma.LZMAError)
+STREAM_ERRORS: tuple[type[Exception], ...] = (OSError, zlib.error, lzma.LZMAError,
+                                               *((zstandard.ZstdError,) if zstandard is not None else ()))
+#: Formats read by ``unpack_stream`` (zstd only when the ``zstandard`` library is installed).
+STREAM_FORMATS = frozenset({"gzip", "bzip2", "xz", "lzma", "zlib", *(("zstd",) if zstandard is not None else ())})
 _SUFFIXES = {".gz": "", ".gzip": "", ".bz2": "", ".xz": "", ".lzma": "", ".lz": "", ".zst": "", ".zz": "",
              ".tgz": ".tar", ".tbz2": ".tar", ".tbz": ".tar", ".txz": ".tar", ".tlz": ".tar", ".tzst": ".tar"}
 
 
 class ZlibReader:
-    """A zlib stream (RFC 1950), at most ``n`` bytes per ``read1``; EOFError if it ends too soon."""
+    """A zlib stream (RFC 1950), or gzip members (RFC 1952: each concatenated member is read, zero
+    padding between them skipped, other trailing bytes an error, as ``gzip.GzipFile`` does), at most
+    ``n`` bytes per ``read1``; EOFError if the input ends too soon. Unlike ``GzipFile``, it can say how
+    much input it has used (``consumed``), which the bomb rule needs."""
 
-    def __init__(self, data: bytes) -> None:
-        self.d, self.data, self.pos = zlib.decompressobj(), data, 0
+    def __init__(self, data: bytes, gzip: bool = False) -> None:
+        self.gzip, self.data, self.pos = gzip, memoryview(data), 0
+        if gzip and data[:2] != b"\x1f\x8b":
+            raise gzip_module.BadGzipFile(f"Not a gzipped file ({data[:2]!r})")
+        self.d = zlib.decompressobj(31 if gzip else 15)
+
+    @property
+    def consumed(self) -> int:
+        return self.pos - len(self.d.unconsumed_tail)
+
+    def _next_member(self) -> bool:
+        """After a gzip member: True if another follows (a new inflater then reads it)."""
+        rest = self.d.unused_data
+        self.pos -= len(rest)
+        while self.pos < len(self.data) and self.data[self.pos] == 0:
+            self.pos += 1
+        if self.pos >= len(self.data):
+            return False
+        if bytes(self.data[self.pos:self.pos + 2]) != b"\x1f\x8b":
+            raise gzip_module.BadGzipFile("Not a gzipped file (trailing data)")
+        self.d = zlib.decompressobj(31)
+        return True
 
     def read1(self, n: int) -> bytes:
-        while not self.d.eof:
-            src = self.d.unconsumed_tail or self.data[self.pos:self.pos + CHUNK]
+        while True:
+            if self.d.eof:
+                if not self.gzip or not self._next_member():
+                    return b""
+            src = self.d.unconsumed_tail or bytes(self.data[self.pos:self.pos + CHUNK])
             if not self.d.unconsumed_tail:
                 self.pos += len(src)
             out = self.d.decompress(src, n)
             if out:
                 return out
+            if not src and not self.d.eof:
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+
+def _is_frame(head: bytes) -> bool:
+    """A zstd frame or a skippable frame begins here (RFC 8878)."""
+    return head == b"\x28\xb5\x2f\xfd" or (len(head) == 4 and int.from_bytes(head, "little") & ~0xF == 0x184D2A50)
+
+
+class ZstdReader:
+    """zstd frames (concatenated ones read in turn, as ``zstd -d`` does), in process with the
+    ``zstandard`` library, at most ``n`` bytes per ``read1``. The window a frame asks for is capped at
+    ``memlimit`` (its decoder memory: ``LzmaLimit`` past it); bytes after the last frame that do not
+    begin another are an error (``zstandard.ZstdError``), a frame cut short is ``EOFError``. Input is
+    fed ``FEED`` bytes at a time: the library's ``decompress`` has no output bound, and zstd's ratio
+    reaches 30000:1, so a small feed keeps each step's output small and the bomb rule's count close."""
+
+    FEED = 1 << 12
+
+    def __init__(self, data: bytes, memlimit: int) -> None:
+        self.data, self.pos, self.memlimit = memoryview(data), 0, memlimit
+        self.d = self._frame()
+        self.out, self.at = b"", 0  # output not yet handed out
+        self.ended = False
+
+    def _frame(self) -> Any:
+        return zstandard.ZstdDecompressor(max_window_size=self.memlimit).decompressobj()
+
+    @property
+    def consumed(self) -> int:
+        return self.pos if self.ended else self.pos - len(self.d.unused_data)
+
+    def read1(self, n: int) -> bytes:
+        while self.at >= len(self.out):
+            if self.ended:
+                return b""
+            if self.d.eof:
+                self.pos -= len(self.d.unused_data)
+                if self.pos >= len(self.data):
+                    self.ended = True
+                    return b""
+                if not _is_frame(bytes(self.data[self.pos:self.pos + 4])):
+                    raise zstandard.ZstdError("data after the last frame is not a zstd frame")
+                self.d = self._frame()
+            src = bytes(self.data[self.pos:self.pos + self.FEED])
             if not src:
-                raise EOFError("zlib stream ends before its end marker")
-        return b""
+                raise EOFError("zstd frame ended before its end")
+            self.pos += len(src)
+            try:
+                self.out, self.at = self.d.decompress(src), 0
+            except zstandard.ZstdError as exc:
+                if "too much memory" in str(exc).lower():
+                    raise LzmaLimit(f"a zstd window larger than {self.memlimit} bytes") from exc
+                raise
+        chunk = self.out[self.at:self.at + n]
+        self.at += len(chunk)
+        return chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +236,14 @@ class Limits:
     passwords: tuple[bytes, ...] = ()
     lzma_memory: int = LZMA_MEMORY  # most decoder memory an xz or LZMA stream may ask for
     tool_memory: int = TOOL_MEMORY  # RLIMIT_AS of an external tool
+    bomb_ratio: float = BOMB_RATIO  # 0: no bomb rule
+    bomb_after: int = BOMB_AFTER
+
+    def bomb(self, produced: int, consumed: int | None) -> bool:
+        """True if ``produced`` decompressed bytes from ``consumed`` compressed ones is a ratio no real
+        file has (the bomb rule; never below ``bomb_after`` bytes, never when ``consumed`` is unknown)."""
+        return (consumed is not None and self.bomb_ratio > 0 and produced > self.bomb_after
+                and produced > self.bomb_ratio * max(consumed, 1))
 
 
 @dataclass(slots=True)
@@ -153,6 +268,12 @@ class Unpacker:
     listed: int = 0  # regular-file members seen in the container
     total: int = 0  # bytes decompressed so far, kept or not
     stopped: bool = False  # the total cap was reached: extract nothing more
+    unread: int = 0  # bytes an external tool wrote that were never read (dropped at a cap)
+
+    @property
+    def extracted(self) -> int:
+        """Every byte decompressed, kept or not: what the scan's byte budget is charged."""
+        return self.total + self.unread
 
     def flag(self, name: str) -> None:
         self.flags[name] = None
@@ -167,22 +288,29 @@ class Unpacker:
         self.listed += 1
         return True
 
-    def drain(self, read: Callable[[int], bytes], sink: bytearray, compressed_size: int | None) -> bool:
-        """Appends ``read(CHUNK)`` to ``sink`` until it gives nothing. False, with a flag, at a cap.
+    def drain(self, read: Callable[[int], bytes], sink: bytearray, compressed_size: int | None,
+              consumed: Callable[[], int] | None = None) -> bool:
+        """Appends ``read(CHUNK)`` to ``sink`` until it gives nothing. False, with a flag, at a cap or
+        when the member is a bomb: ``consumed()`` says how many compressed bytes the reader has used so
+        far (without it, the whole ``compressed_size`` is the measure, which only a finished member reaches).
 
         On an exception from ``read``, ``sink`` keeps what was read before it.
         """
         limits = self.limits
         try:
-            while chunk := read(CHUNK):
+            # near the total cap, no more than it allows (+1, to see it passed): the scan's budget may be small
+            while chunk := read(min(CHUNK, limits.max_total_bytes - self.total + 1)):
                 sink += chunk
                 self.total += len(chunk)
+                if self.total > limits.max_total_bytes:  # first: it stops the whole payload
+                    self.flag("limit:total-bytes")
+                    self.stopped = True
+                    return False
                 if len(sink) > limits.max_member_bytes:
                     self.flag("limit:member-bytes")
                     return False
-                if self.total > limits.max_total_bytes:
-                    self.flag("limit:total-bytes")
-                    self.stopped = True
+                if limits.bomb(len(sink), consumed() if consumed is not None else compressed_size):
+                    self.flag("ratio:bomb")
                     return False
             return True
         finally:
@@ -227,7 +355,8 @@ def unpack_stream(fmt: str, data: bytes, filename: str | None, unpacker: Unpacke
     sink = bytearray()
     try:
         # read1: one decompression step per call, so an error cannot discard output already produced
-        complete = unpacker.drain(_STREAMS[fmt](data, unpacker.limits).read1, sink, len(data))
+        reader, consumed = open_stream(fmt, data, unpacker.limits)
+        complete = unpacker.drain(reader.read1, sink, len(data), consumed)
     except LzmaLimit:
         unpacker.flag("limit:lzma-memory")
         complete = bool(sink)  # a later concatenated stream: keep the ones before it

@@ -23,9 +23,13 @@ dropped. Member names are metadata: a file is matched to its listing entry by it
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import resource
+import select
+import shutil
 import signal
 import stat
 import subprocess
@@ -49,6 +53,8 @@ TOOLS = {t.command: t for t in (Tool("7z", "p7zip-full", ()), Tool("unar", "unar
                                 Tool("bsdtar", "libarchive-tools"), Tool("bsdcat", "libarchive-tools"))}
 #: Leading bytes each tool-read stream must have (bsdcat would copy anything else unchanged).
 STREAM_MAGIC = {"lzip": b"LZIP", "zstd": b"\x28\xb5\x2f\xfd"}
+#: util-linux's prlimit, which sets a tool's rlimits without a preexec_fn (None: set them in preexec_fn).
+PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin") if signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN else None
 #: No password tried when the list is empty: 7z would otherwise prompt for one.
 NO_PASSWORD = "stoq-no-password"
 _LOG_BYTES = 1 << 16
@@ -157,37 +163,61 @@ class Tools:
     def _env(self, scratch: Scratch) -> dict[str, str]:
         return {"PATH": tool_path(), "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": scratch.root}
 
+    def _caps(self) -> list[tuple[int, int]]:
+        """The tool's rlimits: each cap, lowered to this process's hard limit (which cannot be raised)."""
+        caps = []
+        for which, size in ((resource.RLIMIT_FSIZE, self.limits.max_member_bytes + 1),
+                            (resource.RLIMIT_AS, self.limits.tool_memory), (resource.RLIMIT_CORE, 0)):
+            hard = resource.getrlimit(which)[1]
+            caps.append((which, size if hard == resource.RLIM_INFINITY else min(size, hard)))
+        return caps
+
     def _preexec(self) -> Callable[[], None]:
-        caps = ((resource.RLIMIT_FSIZE, self.limits.max_member_bytes + 1),
-                (resource.RLIMIT_AS, self.limits.tool_memory), (resource.RLIMIT_CORE, 0))
+        caps = self._caps()
 
         def limit() -> None:
-            for which, size in caps:
-                hard = resource.getrlimit(which)[1]
-                cap = size if hard == resource.RLIM_INFINITY else min(size, hard)
+            for which, cap in caps:
                 resource.setrlimit(which, (cap, cap))
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         return limit
 
     def _popen(self, argv: list[str], scratch: Scratch, log: IO[bytes], stdout: int | IO[bytes]) -> subprocess.Popen:
         try:
-            return subprocess.Popen(argv, shell=False, cwd=scratch.root, env=self._env(scratch),
-                                    stdin=subprocess.DEVNULL, stdout=stdout, stderr=log, preexec_fn=self._preexec(),
-                                    start_new_session=True)
+            return self._spawn(argv, scratch, log, stdout)
         except FileNotFoundError as exc:
             raise missing(argv[0], exc) from None
 
+    def _spawn(self, argv: list[str], scratch: Scratch, log: IO[bytes], stdout: int | IO[bytes]) -> subprocess.Popen:
+        env = self._env(scratch)
+        if PRLIMIT is None:  # the rlimits set between fork and exec: a fork of this whole process
+            return subprocess.Popen(argv, shell=False, cwd=scratch.root, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=stdout, stderr=log, preexec_fn=self._preexec(), start_new_session=True)
+        # Without preexec_fn, subprocess starts the child with vfork (not a copy of this process's page
+        # tables); prlimit(1) sets the caps on itself and execs the tool in the same process. SIGXFSZ
+        # stays ignored, as Python set it (restore_signals=False), so a write past the cap fails instead.
+        if shutil.which(argv[0], path=env["PATH"]) is None:  # as Popen says it without prlimit in between
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+        caps = dict(self._caps())
+        wrapped = [PRLIMIT, f"--fsize={caps[resource.RLIMIT_FSIZE]}", f"--as={caps[resource.RLIMIT_AS]}",
+                   f"--core={caps[resource.RLIMIT_CORE]}", "--", *argv]
+        return subprocess.Popen(wrapped, shell=False, cwd=scratch.root, env=env, stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=log, start_new_session=True, restore_signals=False)
+
     def listing(self, argv: list[str], scratch: Scratch) -> subprocess.CompletedProcess[bytes]:
-        """A listing command (its output is read whole: it has no extracted data)."""
-        try:
-            done = subprocess.run(argv, shell=False, cwd=scratch.root, env=self._env(scratch), capture_output=True,
-                                  stdin=subprocess.DEVNULL, timeout=self.timeout, preexec_fn=self._preexec(),
-                                  start_new_session=True)
-        except subprocess.TimeoutExpired:
-            self.unpacker.flag("limit:tool-time")
-            return subprocess.CompletedProcess(argv, -1, b"", b"")
-        except FileNotFoundError as exc:
-            raise missing(argv[0], exc) from None
+        """A listing command (its output, to files in the scratch directory, is read whole: it has no
+        extracted data)."""
+        with tempfile.TemporaryFile(dir=scratch.root) as out, tempfile.TemporaryFile(dir=scratch.root) as err:
+            proc = self._popen(argv, scratch, err, out)
+            try:
+                stopped = wait_tool(proc, self.timeout)
+            finally:
+                kill_group(proc)
+            if stopped:
+                self.unpacker.flag(stopped)
+                return subprocess.CompletedProcess(argv, -1, b"", b"")
+            out.seek(0)
+            err.seek(0)
+            done = subprocess.CompletedProcess(argv, proc.returncode, out.read(), err.read())
         if out_of_memory(done.returncode, done.stderr[:_LOG_BYTES].decode("utf-8", "replace")):
             self.unpacker.flag("limit:tool-memory")
         return done
@@ -196,24 +226,17 @@ class Tools:
         """Runs an extracting tool, killing it at the time limit or when its output passes a cap."""
         with tempfile.TemporaryFile(dir=scratch.root) as log:
             proc = self._popen(argv, scratch, log, log)
-            deadline, delay, stopped = time.monotonic() + self.timeout, 0.005, None
+            stopped = None
             try:
-                while True:
-                    try:
-                        proc.wait(delay)
-                        break
-                    except subprocess.TimeoutExpired:
-                        pass
-                    stopped = "limit:tool-time" if time.monotonic() > deadline else self._over(scratch.out)
-                    if stopped:
-                        self.cut = True
-                        break
-                    delay = min(delay * 2, 0.2)
-            finally:  # also when the plugin's own time limit interrupts the loop
+                stopped = wait_tool(proc, self.timeout, lambda: self._over(scratch.out, len(scratch.data)))
+                self.cut = stopped is not None
+            finally:  # also when the plugin's own time limit interrupts the wait
                 kill_group(proc)
             return ended(proc, log, stopped)
 
-    def _over(self, out: str) -> str | None:
+    def _over(self, out: str, compressed: int) -> str | None:
+        """The cap a running tool's output directory has passed (members, total bytes, the bomb rule
+        against the ``compressed`` size of the whole input), or None."""
         count = total = 0
         for root, _, names in os.walk(out, followlinks=False):
             for name in names:
@@ -226,7 +249,7 @@ class Tools:
                     return "limit:members"
                 if total > self.limits.max_total_bytes:
                     return "limit:total-bytes"
-        return None
+        return "ratio:bomb" if self.limits.bomb(total, compressed) else None
 
     def pipe(self, argv: list[str], scratch: Scratch, consume: Callable[[IO[bytes]], None]) -> Run:
         """Runs a tool writing to stdout, read by ``consume``; killed at the time limit or when it returns."""
@@ -269,10 +292,14 @@ class Tools:
                 matches = by_key.get(key(rel))
                 match: Entry | None = matches.pop(0) if matches else None
                 found.append((order[id(match)] if match else len(entries), rel, path, match))
-        for _, rel, path, listed in sorted(found, key=lambda f: (f[0], f[1])):
-            if not self.unpacker.admit():
-                return
-            self._read(path, rel, listed, compressed)
+        written, before = sum(os.lstat(f[2]).st_size for f in found), self.unpacker.total
+        try:
+            for _, rel, path, listed in sorted(found, key=lambda f: (f[0], f[1])):
+                if not self.unpacker.admit():
+                    return
+                self._read(path, rel, listed, compressed)
+        finally:  # what the tool wrote and was not read (dropped at a cap) was decompressed all the same
+            self.unpacker.unread += max(0, written - (self.unpacker.total - before))
 
     def _read(self, path: str, rel: str, entry: Entry | None, compressed: int) -> None:
         size = os.lstat(path).st_size
@@ -303,6 +330,60 @@ def missing(command: str, exc: FileNotFoundError) -> Exception:
     """``ToolMissing`` when the program itself was not found (not, say, the scratch directory)."""
     tool = TOOLS.get(command)
     return tool.missing() if tool is not None and exc.filename in (command, None) else exc
+
+
+# --- waiting for a tool --------------------------------------------------------------------------------
+
+#: Longest pause between two looks at a running tool's output directory (its exit is noticed at once).
+WATCH_EVERY = 0.05
+
+
+def exit_fd(proc: subprocess.Popen) -> int | None:
+    """A pidfd of the tool, readable once it has exited (None where the system has none)."""
+    try:
+        return os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def wait_tool(proc: subprocess.Popen, timeout: float, watch: Callable[[], str | None] | None = None) -> str | None:
+    """Waits for a tool to exit, its ``timeout`` (seconds) to pass, or ``watch()`` (called every 5 to 50 ms
+    while it runs) to name a cap. Returns None once the tool has exited (and is reaped), else the cap:
+    ``limit:tool-time`` or what ``watch`` said; the tool is then still running, for the caller to kill.
+
+    The exit is noticed at once: the thread sleeps in ``poll`` on a pidfd of the tool, which the
+    kernel wakes when it exits (``Popen.wait(timeout)`` sleeps in steps instead). Without pidfds
+    (not Linux, or before 5.3) it falls back to those steps."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    fd = exit_fd(proc)
+    poller = None
+    if fd is not None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "limit:tool-time"
+            step = min(left, delay) if watch is not None else left
+            if poller is not None:
+                if poller.poll(math.ceil(step * 1000)):
+                    proc.wait()
+                    return None
+            else:
+                try:
+                    proc.wait(step)
+                    return None
+                except subprocess.TimeoutExpired:
+                    pass
+            stopped = watch() if watch is not None else None
+            if stopped:
+                return stopped
+            delay = min(delay * 2, WATCH_EVERY)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -415,21 +496,24 @@ def unpack_libarchive(tools: Tools, scratch: Scratch) -> None:
     limits = tools.limits
     cap = limits.max_total_bytes + (limits.max_members + 1) * 4096 + (1 << 20)
     data = bytearray()
-    capped = False
+    capped: str | None = None
 
     def consume(stdout: IO[bytes]) -> None:
         nonlocal capped
         while chunk := stdout.read1(1 << 20):  # type: ignore[attr-defined]
             data.extend(chunk)
             if len(data) > cap:
-                capped = True
+                capped = "limit:total-bytes"
+            elif limits.bomb(len(data), len(scratch.data)):
+                capped = "ratio:bomb"
+            if capped:
                 return
     run = tools.pipe(["bsdtar", "-cf", "-", "--format", "pax", "@" + INPUT], scratch, consume)
-    cut = capped or run.stopped is not None
+    cut = capped is not None or run.stopped is not None
     if run.stopped:
         tools.unpacker.flag(run.stopped)
     if capped:
-        tools.unpacker.flag("limit:total-bytes")
+        tools.unpacker.flag(capped)
     if data:
         before = set(tools.unpacker.flags)
         try:

@@ -22,7 +22,7 @@ from stoq_plugins._archive import LZMA_MEMORY, STREAM_ERRORS, LzmaLimit, Member,
 
 LOCAL = b"PK\x03\x04"
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # signature ... file name length, extra length
-_FEED = 1 << 16
+_FEED = 1 << 14  # small: what a decompressor holds unread skews the bomb rule's count
 ENCRYPTED, STRONG, DESCRIPTOR, UTF8 = 0x1, 0x40, 0x8, 0x800
 AES = 99
 _FILETIME_EPOCH = 11_644_473_600  # seconds from 1601-01-01 (Windows FILETIME) to 1970-01-01
@@ -195,12 +195,14 @@ def _extract(archive: zipfile.ZipFile, data: bytes, info: zipfile.ZipInfo, unpac
     else:
         try:
             read: Callable[[int], bytes]
+            consumed: Callable[[], int] | None
             if method in (0, 8):
-                read = archive.open(info).read
+                read, consumed = opened(archive.open(info), info)
             else:
-                read = RawReader(memoryview(data)[start:start + info.compress_size], method, info.CRC,
-                                 unpacker.limits.lzma_memory).read
-            if not unpacker.drain(read, sink, info.compress_size):
+                reader = RawReader(memoryview(data)[start:start + info.compress_size], method, info.CRC,
+                                   unpacker.limits.lzma_memory)
+                read, consumed = reader.read, lambda: reader.consumed
+            if not unpacker.drain(read, sink, info.compress_size, consumed):
                 return
         except NotImplementedError:  # zipfile: patch data and other features it does not read
             unpacker.flag("zip:unsupported-method")
@@ -215,6 +217,16 @@ def _extract(archive: zipfile.ZipFile, data: bytes, info: zipfile.ZipInfo, unpac
                                    encrypted, info.CRC))
 
 
+def opened(stream: Any, info: zipfile.ZipInfo) -> tuple[Callable[[int], bytes], Callable[[], int] | None]:
+    """The read function of a member ``zipfile`` opened, and how many of its compressed bytes it has
+    decompressed so far: read from the archive (``ZipExtFile`` reads ahead) less what its inflater
+    holds unconsumed (None if a later Python renames these)."""
+    if not isinstance(getattr(stream, "_compress_left", None), int):
+        return stream.read, None
+    return stream.read, lambda: (info.compress_size - stream._compress_left
+                                 - len(getattr(stream._decompressor, "unconsumed_tail", b"")))
+
+
 def _decrypt(archive: zipfile.ZipFile, info: zipfile.ZipInfo, unpacker: Unpacker, sink: bytearray) -> bool:
     """Tries each password on a ZipCrypto member; a wrong one fails its check byte or its CRC."""
     for password in unpacker.limits.passwords:
@@ -224,7 +236,8 @@ def _decrypt(archive: zipfile.ZipFile, info: zipfile.ZipInfo, unpacker: Unpacker
             continue
         del sink[:]
         try:
-            return unpacker.drain(stream.read, sink, info.compress_size)
+            read, consumed = opened(stream, info)
+            return unpacker.drain(read, sink, info.compress_size, consumed)
         except MEMBER_ERRORS:
             continue
     unpacker.flag("password:none-worked")
@@ -260,7 +273,7 @@ def recover(data: bytes, unpacker: Unpacker) -> bool:
         try:
             reader = RawReader(view[start:end] if known else view[start:], method, crc if known else None,
                                unpacker.limits.lzma_memory)
-            complete = unpacker.drain(reader.read, sink, size if known else None)
+            complete = unpacker.drain(reader.read, sink, size if known else None, lambda: reader.consumed)
         except EOFError:
             unpacker.flag("corrupt:truncated")
             break

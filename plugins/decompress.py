@@ -6,10 +6,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result, ToolMissing
-from stoq_plugins._archive import LZMA_MEMORY, TOOL_MEMORY, Limits, Unpacker, unpack_stream, unpack_tar
+from stoq_plugins._archive import (BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, STREAM_FORMATS, TOOL_MEMORY, Limits, Unpacker,
+                                  unpack_stream, unpack_tar)
 from stoq_plugins._formats import FORMATS, detect
 from stoq_plugins._scratch import remove_stale
-from stoq_plugins._tools import TOOL_FORMATS, TOOLS, ToolError, unpack_tool
+from stoq_plugins._tools import TOOLS, ToolError, unpack_tool
 from stoq_plugins._zip import unpack_zip
 
 MiB = 1 << 20
@@ -19,17 +20,22 @@ __all__ = ["FORMATS", "DecompressPlugin", "detect"]
 class DecompressPlugin(ExtractorPlugin):
     """Extracts archive members and compressed streams' contents, within byte and member caps.
 
-    zip, tar, gzip, bzip2, xz, lzma and zlib are read in process; 7z, cab, iso (9660/udf), udf, vhd (the
-    files of its filesystem, else the disk image) and zip with WinZip AES members by ``7z``, rar by
-    ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip and zstd by ``bsdcat``, each run on a copy
+    zip, tar, gzip, bzip2, xz, lzma, zlib and zstd (``zstandard``) are read in process; 7z, cab, iso
+    (9660/udf), udf, vhd (the files of its filesystem, else the disk image) and zip with WinZip AES members
+    by ``7z``, rar by ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip (and zstd without
+    ``zstandard``) by ``bsdcat``, each run on a copy
     in a scratch directory under the same caps (``stoq_plugins._tools``). rpm, xar, udf and vhd are
     recognised by their magic bytes (they are not in ``mimes``).
 
-    Output: ``{"format", "members" (regular-file members examined), "extracted" (children)}``; each
+    Output: ``{"format", "members" (regular-file members examined), "extracted" (children),
+    "decompressed" (bytes decompressed, kept or not: what the scan's byte budget is charged)}``; each
     child's meta holds member, size, compressed_size, modified, encrypted and crc (None where the
     format or tool has none). Decompressed bytes are counted as they come: no declared size is
-    trusted. Zip entries that overlap another are not extracted. Flags: ``limit:member-bytes``,
-    ``limit:total-bytes``, ``limit:members``, ``ratio:high``, ``limit:tool-time`` (a tool killed after
+    trusted; a member that decompresses at a ratio no real file has (``bomb_ratio`` past ``bomb_after``
+    bytes, measured against the compressed bytes read so far where the reader says, else the member's
+    or the whole input's compressed size) is abandoned early. Zip entries that overlap another are not
+    extracted. Flags: ``limit:member-bytes``, ``limit:total-bytes``, ``limit:members``, ``ratio:high``,
+    ``ratio:bomb`` (a member abandoned by that rule), ``limit:tool-time`` (a tool killed after
     ``tool_timeout``), ``zip:overlapping-entries``, ``zip:unsupported-method``,
     ``zip:unrecoverable-member``, ``password:none-worked``, ``password:unsupported-encryption``,
     ``corrupt:truncated``, ``corrupt:data``, ``corrupt:member`` (a member not read whole),
@@ -52,11 +58,16 @@ class DecompressPlugin(ExtractorPlugin):
         max_members: int = Field(1000, ge=0, description="Most members extracted from one payload.")
         ratio_flag: float = Field(100, ge=0, description="Flag ratio:high when a member's size exceeds its "
                                                          "compressed size times this.")
+        bomb_ratio: float = Field(BOMB_RATIO, ge=0,
+                                  description="Abandon a member, flagged ratio:bomb, once it has decompressed to more "
+                                              "than this many times the compressed bytes read for it (0: never).")
+        bomb_after: int = Field(BOMB_AFTER, ge=0, description="Bytes a member may decompress to before bomb_ratio "
+                                                              "applies.")
         tool_timeout: float = Field(60, gt=0, description="Seconds an external extractor may run.")
         max_lzma_memory: int = Field(LZMA_MEMORY, ge=0,
                                      description="Most decoder memory an xz or LZMA stream may ask for, in "
-                                                 "bytes (its dictionary); a stream asking more is flagged "
-                                                 "limit:lzma-memory and not decompressed.")
+                                                 "bytes (its dictionary; a zstd frame's window too); a stream "
+                                                 "asking more is flagged limit:lzma-memory and not decompressed.")
         tool_memory: int = Field(TOOL_MEMORY, ge=64 * MiB,
                                  description="Address space an external extractor may use, in bytes "
                                              "(RLIMIT_AS); a tool that runs out is flagged limit:tool-memory.")
@@ -74,9 +85,13 @@ class DecompressPlugin(ExtractorPlugin):
         fmt = detect(payload)
         if fmt is None:
             raise ValueError(f"not a supported container (MIME type {payload.mime})")
-        unpacker = Unpacker(Limits(options.max_member_bytes, options.max_total_bytes, options.max_members,
+        # the scan's own byte budget, when it has less left, caps this payload too (flagged limit:bytes)
+        budget_cap = payload.bytes_left is not None and payload.bytes_left < options.max_total_bytes
+        total_cap = payload.bytes_left if budget_cap and payload.bytes_left is not None else options.max_total_bytes
+        unpacker = Unpacker(Limits(options.max_member_bytes, total_cap, options.max_members,
                                    options.ratio_flag, tuple(p.encode() for p in options.passwords),
-                                   options.max_lzma_memory, options.tool_memory))
+                                   options.max_lzma_memory, options.tool_memory, options.bomb_ratio,
+                                   options.bomb_after))
         if fmt == "zip":
             unpack_zip(payload.content, unpacker)
             flags = unpacker.flags  # WinZip AES: 7z reads it all, unless entries overlap (a zip bomb)
@@ -84,6 +99,7 @@ class DecompressPlugin(ExtractorPlugin):
                 by_tool = Unpacker(unpacker.limits)
                 try:
                     unpack_tool("zip", payload.content, payload.filename, by_tool, options.tool_timeout)
+                    by_tool.unread += unpacker.extracted  # (zipfile's attempt counts too)
                     unpacker = by_tool
                 except ToolError:  # 7z cannot open it: keep what zipfile read, flagged
                     pass  # password:unsupported-encryption
@@ -91,13 +107,15 @@ class DecompressPlugin(ExtractorPlugin):
                     unpacker.flag("tool:missing")
         elif fmt == "tar":
             unpack_tar(payload.content, unpacker)
-        elif fmt in TOOL_FORMATS:
-            unpack_tool(fmt, payload.content, payload.filename, unpacker, options.tool_timeout)
-        else:
+        elif fmt in STREAM_FORMATS:  # (zstd too, by the zstandard library, when it is installed)
             unpack_stream(fmt, payload.content, payload.filename, unpacker)
+        else:
+            unpack_tool(fmt, payload.content, payload.filename, unpacker, options.tool_timeout)
         children = [Extracted(m.content, filename=m.name, meta={
             "member": m.name, "size": len(m.content), "compressed_size": m.compressed_size,
             "modified": m.modified, "encrypted": m.encrypted, "crc": m.crc,
         }) for m in unpacker.members]
-        return Result(data={"format": fmt, "members": unpacker.listed, "extracted": len(children)},
-                      children=children, flags=list(unpacker.flags))
+        flags = [("limit:bytes" if budget_cap and f == "limit:total-bytes" else f) for f in unpacker.flags]
+        return Result(data={"format": fmt, "members": unpacker.listed, "extracted": len(children),
+                            "decompressed": unpacker.extracted},
+                      children=children, flags=flags, extracted_bytes=unpacker.extracted)

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import re
 import sqlite3
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -74,10 +73,12 @@ class Started:
     errors: list[ScanErrorEntry]
     plan: list[Planned]
     content: bytes
+    bytes_left: int | None = None  # of the scan's max_bytes, when the plan was made
 
     def payload(self, planned: Planned) -> Payload:
         r = self.record
-        return Payload(self.content, r.payload_id, r.filename, r.mime, r.sha256, r.depth, r.meta, planned.rules)
+        return Payload(self.content, r.payload_id, r.filename, r.mime, r.sha256, r.depth, r.meta, planned.rules,
+                       self.bytes_left)
 
 
 @dataclass(slots=True)
@@ -218,9 +219,11 @@ class Engine:
     # -- the scan step ---------------------------------------------------------------------------
 
     def analyze(self, item: Pending, budget: Budget, *, skip: SkipMap | None = None,
-                activity: Activity = Activity()) -> Analysis:
-        """Analyses one payload of a scan; ``budget`` carries the scan's limits and duplicates."""
-        started = self.begin(item, budget, skip=skip, activity=activity)
+                activity: Activity = Activity(), left: int | None = None, wave: tuple[int, int] = (1, 0)
+                ) -> Analysis:
+        """Analyses one payload of a scan; ``budget`` carries the scan's limits and duplicates
+        (``left`` and ``wave``: see ``begin``)."""
+        started = self.begin(item, budget, skip=skip, activity=activity, left=left, wave=wave)
         record, errors = started.record, started.errors
         payload = None
         children: list[Pending] = []
@@ -242,17 +245,27 @@ class Engine:
             result = outcome.result
             assert result is not None
             found = [Pending(child.content, child.filename, meta=child.meta) for child in result.children]
-            children.extend(self.absorb(record, name, planned, result.data, result.flags, found, budget))
+            children.extend(self.absorb(record, name, planned, result.data, result.flags, found, budget,
+                                        result.extracted_bytes))
         return Analysis(record, errors, children)
 
     def begin(self, item: Pending, budget: Budget, *, skip: SkipMap | None = None,
-              activity: Activity = Activity(), quarantined: str | None = None) -> Started:
+              activity: Activity = Activity(), quarantined: str | None = None, left: int | None = None,
+              wave: tuple[int, int] = (1, 0)) -> Started:
         """The first half of the scan step: hashes, type, duplicates, archive, plugin plan.
 
         ``item.content`` may be None when the payload is already in the archive (the cluster's
         children): it is then read back by ``item.sha256``. ``quarantined`` (a message) says this
         payload took its worker down while being typed or dispatched: it is then neither typed by
-        libmagic nor matched by the dispatch rules, and the message is a ``crash`` error."""
+        libmagic nor matched by the dispatch rules, and the message is a ``crash`` error.
+
+        ``left`` (default: the budget's now) is what was left of the scan's byte budget when this
+        payload's wave (its generation: the payloads of one depth, breadth first) began, and ``wave``
+        that wave's (payloads, bytes). Once nothing is left no extractor runs (``limit:bytes``); else
+        this payload's extractors may produce the larger of an equal part of it and a part in
+        proportion to its size (``Payload.bytes_left``), so a wave spends at most twice what was left.
+        Both modes decide so per wave, as the cluster must (a wave's payloads run at once), and cut
+        the same bytes."""
         if quarantined is not None:
             skip = dict(skip or {}) | {(item.sha256 or "", "libmagic"): ("crash", quarantined)}
         payload_id = new_id()
@@ -294,7 +307,9 @@ class Engine:
         if item.depth > 0 and budget.overtime():  # listed, not analysed: the scan's time is up
             record.flags.append("limit:scan-time")
             return Started(record, errors, [], content)
-        can_extract = item.depth < self.limits.max_depth
+        left = budget.left() if left is None else left
+        exhausted = left <= 0  # every byte it may extract is spent: its extractors would waste time
+        can_extract = item.depth < self.limits.max_depth and not exhausted
         if quarantined is not None:
             errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules skipped: {quarantined}"))
             plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
@@ -305,17 +320,23 @@ class Engine:
                 errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules failed: {exc}"))
                 plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
         if cut:
-            record.flags.append("limit:depth")
-        return Started(record, errors, plan, content)
+            record.flags.append("limit:bytes" if exhausted else "limit:depth")
+        count, size = wave
+        part = max(left // max(count, 1), left * len(content) // size if size > 0 else 0)
+        return Started(record, errors, plan, content, part)
 
     def absorb(self, record: PayloadRecord, name: str, planned: Planned, data: Any, flags: list[str],
-               children: list[Pending], budget: Budget) -> list[Pending]:
+               children: list[Pending], budget: Budget, extracted_bytes: int | None = None) -> list[Pending]:
         """The second half of the scan step, once per plugin that answered: its output and flags go
-        on the record; its children are admitted into the scan's budget (or flagged) and returned."""
+        on the record; the bytes it extracted and dropped (``extracted_bytes`` beyond its children's
+        sizes) are spent from the scan's budget; its children are admitted into it (or flagged) and
+        returned."""
         record.workers[name] = data  # JSON-safe already: checked by run_plugin, or read from JSON
         for flag in map(normal_flag, flags):
             if flag not in record.flags:
                 record.flags.append(flag)
+        if extracted_bytes:
+            budget.spend(max(0, extracted_bytes - sum(child.size for child in children)))
         admitted: list[Pending] = []
         for child in children:
             refused = budget.admit(record.depth + 1, child.size)
@@ -354,7 +375,7 @@ class Engine:
         # Not hashed again: the publisher checked these bytes against their sha256 when it began them.
         content, _ = read_from(self.archive, ref["sha256"], ref.get("at"))
         payload = Payload(content, ref["payload_id"], ref.get("filename"), ref["mime"], ref["sha256"],
-                          ref.get("depth", 0), ref.get("meta") or {}, tuple(ref.get("rules", ())))
+                          ref.get("depth", 0), ref.get("meta") or {}, tuple(ref.get("rules", ())), ref.get("bytes_left"))
         answer: dict[str, Any] = {"payload_id": ref["payload_id"]}
         planned = Planned(name, dict(ref.get("overrides") or {}), tuple(ref.get("rules", ())), ref.get("save", True))
         outcome = self.run_one(name, payload, planned, activity)
@@ -373,6 +394,8 @@ class Engine:
             children.append({"sha256": sha256, "size": len(child.content), "filename": child.filename,
                              "meta": child.meta, "at": at})  # (checked by run_plugin: JSON-safe)
         answer.update(result=result.data, flags=[normal_flag(f) for f in result.flags], children=children)
+        if result.extracted_bytes is not None:
+            answer["extracted_bytes"] = result.extracted_bytes
         return answer
 
     def scan(self, content: bytes, filename: str | None, source: dict[str, Any], *,
@@ -386,14 +409,17 @@ class Engine:
         scan_id = scan_id or new_id()
         date = now_iso()
         budget = Budget(self.limits)
-        queue: deque[Pending] = deque([Pending(content, filename, sha256=archived, known=archived is not None)])
+        wave = [Pending(content, filename, sha256=archived, known=archived is not None)]
         results: list[PayloadRecord] = []
         errors: list[ScanErrorEntry] = []
-        while queue:
-            analysis = self.analyze(queue.popleft(), budget, skip=skip, activity=activity)
-            results.append(analysis.record)
-            errors.extend(analysis.errors)
-            queue.extend(analysis.children)
+        while wave:  # breadth first, one generation (the cluster's wave) at a time
+            left, children, shape = budget.left(), [], (len(wave), sum(item.size for item in wave))
+            for item in wave:
+                analysis = self.analyze(item, budget, skip=skip, activity=activity, left=left, wave=shape)
+                results.append(analysis.record)
+                errors.extend(analysis.errors)
+                children.extend(analysis.children)
+            wave = children
         return document(scan_id, date, source, results, errors)
 
     def scan_oversized(self, path: Path, source: dict[str, Any]) -> dict[str, Any]:

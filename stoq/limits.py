@@ -4,11 +4,14 @@
 |------------------|---------------------------------|-----------------------------------------------------------|
 | `limit:depth`    | the payload at the depth limit  | its children were not extracted or not kept               |
 | `limit:children` | the parent of a dropped child   | the scan already holds `max_children` extracted payloads  |
-| `limit:bytes`    | the parent of a dropped child   | the child would take the scan past `max_bytes` extracted  |
+| `limit:bytes`    | the parent of a dropped child, or a payload whose extractors did not run | the child would take the scan past `max_bytes` extracted, or the scan had none left |
 | `limit:file-bytes` | a root over `max_file_bytes`  | the input was only hashed (streamed) and typed (first MiB); no plugin ran, nothing archived |
 | `limit:scan-time` | a child begun after `max_scan_seconds` | it was hashed, typed, archived and listed, but no plugin ran on it (so nothing was extracted from it) |
 
 A dropped child is never analysed and never appears in ``results``; its parent carries the flag.
+Every byte an extractor produces counts against ``max_bytes``, kept or not: the children admitted (their
+sizes), and what a plugin reports it decompressed and then dropped (``Result.extracted_bytes``, beyond
+its children's sizes). Once nothing is left, extracting plugins no longer run (``limit:bytes``).
 """
 
 from __future__ import annotations
@@ -58,6 +61,14 @@ class Budget:
         self.children += 1
         self.bytes += size
         return None
+
+    def left(self) -> int:
+        """Bytes the scan may still extract (0 once ``max_bytes`` is used up)."""
+        return max(0, self.limits.max_bytes - self.bytes)
+
+    def spend(self, size: int) -> None:
+        """Counts ``size`` bytes extracted and dropped by a plugin (no child holds them)."""
+        self.bytes += size
 
     def first_seen(self, sha256: str, payload_id: str) -> str | None:
         """The payload id that first had this sha256 in the scan, or None (and remembers this one)."""

@@ -100,6 +100,9 @@ class Payload:
     meta: dict[str, Any] = field(default_factory=dict)
     #: YARA dispatch rules that sent this payload to the plugin (names), if any.
     dispatch_rules: tuple[str, ...] = ()
+    #: Bytes the scan may still extract (what is left of its ``max_bytes``), None where unknown. An
+    #: extractor stops decompressing there: every byte it produces counts, kept or not.
+    bytes_left: int | None = None
 
     @property
     def size(self) -> int:
@@ -123,6 +126,9 @@ class Result:
     children: list[Extracted] = field(default_factory=list)
     #: Named tokens (``limit:members``, ``password:none-worked``...) added to the payload's flags.
     flags: list[str] = field(default_factory=list)
+    #: Bytes the plugin produced while extracting, kept as children or not (members decompressed and
+    #: then dropped at a cap included): counted against the scan's ``max_bytes``. None: the children's sizes.
+    extracted_bytes: int | None = None
 
 
 class Plugin:

@@ -124,7 +124,10 @@ def checked(result: Result) -> Result:
         if not isinstance(child.meta, dict):
             raise TypeError(f"plugin returned a child whose meta is {type(child.meta).__name__}; expected dict")
         children.append(Extracted(content, None if name is None else text(name), json_safe(child.meta)))
-    return Result(json_safe(result.data), children, [text(str(flag)) for flag in result.flags])
+    spent = result.extracted_bytes
+    if spent is not None and (not isinstance(spent, int) or isinstance(spent, bool) or spent < 0):
+        raise TypeError(f"plugin returned extracted_bytes {spent!r}; expected an int >= 0 or None")
+    return Result(json_safe(result.data), children, [text(str(flag)) for flag in result.flags], spent)
 
 
 def run_plugin(plugin_name: str, call: Callable[[], Any], payload_id: str, timeout: float) -> Outcome | None:

@@ -593,3 +593,26 @@ def test_a_payload_that_raises_or_times_out_costs_only_itself(cluster: Cluster, 
     (error,) = docs.pop("f0.bin")["errors"]
     assert (error["plugin"], error["kind"], error["message"]) == ("spin", "timeout", "exceeded 1 s")
     assert [(d["errors"], d["results"][0]["workers"]) for d in docs.values()] == [([], {"spin": {"spun": False}})] * 3
+
+
+def test_bytes_decompressed_and_dropped_count_against_the_scan_in_the_cluster(cluster: Cluster,
+                                                                                tmp_path: Path) -> None:
+    """The nested zips of test_hostile_archives, whose leaves are all dropped at the member cap: what the
+    extractors decompress travels back with their answers and is spent from the scan's budget between
+    waves; the 64 inner zips of one wave share what is left. The document is the embedded one."""
+    from test_hostile_archives import expected_inner, nested_leaves
+
+    max_bytes = 4 << 20
+    nested = nested_leaves(8, 100 * 1024)
+    (tmp_path / "nested.zip").write_bytes(nested[0])
+    limits = {"STOQ_MAX_BYTES": str(max_bytes), "STOQ_DECOMPRESS__MAX_MEMBER_BYTES": str(64 * 1024)}
+    submitted = cluster.stoq("submit", str(tmp_path / "nested.zip"), "--format", "jsonl", **limits)
+    embedded = cluster.stoq("scan", str(tmp_path / "nested.zip"), "--format", "jsonl", "--no-store",
+                            STOQ_BROKER_URL="", STOQ_ARCHIVE=str(tmp_path / "a"), **limits)
+    assert submitted.returncode == embedded.returncode == 0, submitted.stderr + embedded.stderr
+    [remote], [local] = jsonl(submitted.stdout).values(), jsonl(embedded.stdout).values()
+    validate(remote)
+    assert normal(remote) == normal(local)
+    inner = remote["results"][9:]
+    assert [r["workers"]["decompress"]["decompressed"] for r in inner] == expected_inner(nested, max_bytes)
+    assert all("limit:bytes" in r["flags"] for r in inner)

@@ -119,10 +119,12 @@ def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]], wa
         eng = engine_for(r, scan.profile)
         guard.timeout_for = eng.timeout_for
         scan.wave, scan.pending = wave_id, []
+        left, shape = scan.budget.left(), (len(items), sum(item.size for item in items))  # as embedded (Engine.begin)
         for item in items:
             token = f"{scan.scan_id}:{item.sha256}"
             quarantined = careful.before(token) if careful else None
-            started = eng.begin(item, scan.budget, activity=guard, quarantined=quarantined)
+            started = eng.begin(item, scan.budget, activity=guard, quarantined=quarantined, left=left,
+                                wave=shape)
             if careful:
                 careful.after(token)
             rec = started.record
@@ -132,7 +134,7 @@ def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]], wa
                 parts.setdefault((scan.profile, p.name), []).append({
                     "payload_id": rec.payload_id, "sha256": rec.sha256, "filename": rec.filename, "mime": rec.mime,
                     "depth": rec.depth, "meta": rec.meta, "overrides": p.overrides, "rules": list(p.rules),
-                    "save": p.save, "at": item.at})
+                    "save": p.save, "at": item.at, "bytes_left": started.bytes_left})
         eng.archive.flush()
     return parts
 
@@ -156,7 +158,8 @@ def absorb_wave(r: redis.Redis, scan: ScanState, answers: dict[tuple[str, str], 
                 found = [Pending(None, c["filename"], meta=c["meta"], sha256=c["sha256"], known_size=c["size"],
                                  at=c.get("at")) for c in answer["children"]]
                 planned = Planned(name, overrides, tuple(rules), save)
-                children.extend(eng.absorb(record, name, planned, answer["result"], answer["flags"], found, scan.budget))
+                children.extend(eng.absorb(record, name, planned, answer["result"], answer["flags"], found, scan.budget,
+                                           answer.get("extracted_bytes")))
         scan.results.append(record.as_dict())
         scan.errors.extend(errors)
     scan.pending = []

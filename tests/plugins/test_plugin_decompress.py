@@ -168,7 +168,8 @@ def test_zip_meta_matches_zipfile(corpus: Path, make_payload) -> None:
         assert child.meta == {"member": info.filename, "size": info.file_size, "compressed_size": info.compress_size,
                               "modified": "2022-12-12T03:12:55Z", "encrypted": False, "crc": info.CRC}
         assert zlib.crc32(child.content) == info.CRC
-    assert result.data == {"format": "zip", "members": 4, "extracted": 4}
+    assert result.data == {"format": "zip", "members": 4, "extracted": 4,
+                           "decompressed": sum(i.file_size for i in infos)}
 
 
 def test_gzip_name_and_time_from_header(make_payload) -> None:
@@ -193,7 +194,8 @@ def test_streams(make_payload, fmt: str, compress, mime: str) -> None:
     two = compress(LOREM) + compress(b"second stream")  # concatenated streams: one child, as the stdlib reads
     result = scan(make_payload, two, mime, "x.bin")
     assert [c.content for c in result.children] == [LOREM + b"second stream"]
-    assert result.data == {"format": fmt, "members": 1, "extracted": 1} and result.flags == []
+    assert result.data == {"format": fmt, "members": 1, "extracted": 1,
+                           "decompressed": len(LOREM + b"second stream")} and result.flags == []
     typed_by_magic = scan(make_payload, compress(LOREM), "application/octet-stream")
     assert typed_by_magic.data["format"] == fmt and typed_by_magic.children[0].content == LOREM
 
@@ -206,7 +208,8 @@ def test_stdlib_streams_without_magic(make_payload, fmt: str, compress, mime: st
     data = compress(LOREM)
     result = scan(make_payload, data, mime, "notes.txt" + suffix)
     assert [(c.filename, c.content) for c in result.children] == [("notes.txt", LOREM)]
-    assert result.data == {"format": fmt, "members": 1, "extracted": 1} and result.flags == []
+    assert result.data == {"format": fmt, "members": 1, "extracted": 1, "decompressed": len(LOREM)}
+    assert result.flags == []
     cut = scan(make_payload, compress(random.Random(3).randbytes(200_000))[:100_000], mime)
     assert cut.flags == ["corrupt:truncated"] and 0 < len(cut.children[0].content) < 200_000
     bomb = scan(make_payload, compress(b"\x00" * (4 * MiB)), mime, max_member_bytes=MiB)
@@ -257,7 +260,7 @@ def test_zip_directories_and_symlinks_are_not_children(make_payload) -> None:
         archive.writestr(link, b"/etc/passwd")
     result = scan(make_payload, buffer.getvalue())
     assert [(c.filename, c.content) for c in result.children] == [("dir/file.txt", b"file")]
-    assert result.data == {"format": "zip", "members": 1, "extracted": 1}
+    assert result.data == {"format": "zip", "members": 1, "extracted": 1, "decompressed": len(b"file")}
 
 
 @pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
@@ -280,7 +283,7 @@ def test_zipcrypto_passwords(make_payload) -> None:
 
     none = scan(make_payload, data, passwords=["nope", "also-wrong"])
     assert none.children == [] and none.flags == ["password:none-worked"]
-    assert none.data == {"format": "zip", "members": 2, "extracted": 0}
+    assert none.data == {"format": "zip", "members": 2, "extracted": 0, "decompressed": 0}  # check bytes fail
     assert scan(make_payload, data, passwords=[]).flags == ["password:none-worked"]
 
 
@@ -291,7 +294,8 @@ def test_overlapping_entries_are_flagged_and_not_extracted(make_payload) -> None
     assert sizes[-1] == MiB and sum(sizes) > 10 * MiB
     result = scan(make_payload, bomb)
     assert result.flags == ["zip:overlapping-entries"]
-    assert result.children == [] and result.data == {"format": "zip", "members": 10, "extracted": 0}
+    assert result.children == [] and result.data == {"format": "zip", "members": 10, "extracted": 0,
+                                                     "decompressed": 0}
 
 
 def test_overlapping_entries_spare_the_others(make_payload) -> None:
@@ -316,7 +320,8 @@ def test_zip_ratio_bomb(make_payload) -> None:
     capped = scan(make_payload, data, max_member_bytes=MiB)
     assert [c.filename for c in capped.children] == ["small.txt"]
     assert capped.flags == ["limit:member-bytes", "ratio:high"]
-    assert capped.data == {"format": "zip", "members": 2, "extracted": 1}
+    # read a MiB at a time: the zeros were dropped once past the cap, at 2 MiB; all counted
+    assert capped.data == {"format": "zip", "members": 2, "extracted": 1, "decompressed": 2 * MiB + len(LOREM)}
     assert scan(make_payload, data, ratio_flag=100_000).flags == []
 
 
@@ -337,7 +342,8 @@ def test_zip_total_and_member_count_caps(make_payload) -> None:
     counted = scan(make_payload, make_zip(many), max_members=10)
     assert [c.filename for c in counted.children] == [f"m{i:02d}.txt" for i in range(10)]
     assert counted.flags == ["limit:members"]
-    assert counted.data == {"format": "zip", "members": 10, "extracted": 10}
+    assert counted.data == {"format": "zip", "members": 10, "extracted": 10,
+                            "decompressed": sum(len(b"member %d" % i) for i in range(10))}
 
 
 def test_truncated_zip_recovers_complete_members(make_payload) -> None:
@@ -456,7 +462,7 @@ def test_tar_regular_files_only(make_payload) -> None:
     assert (child.filename, child.content) == ("dir/file.txt", LOREM)
     assert child.meta == {"member": "dir/file.txt", "size": len(LOREM), "compressed_size": len(LOREM),
                           "modified": "2020-09-13T12:26:40Z", "encrypted": False, "crc": None}
-    assert result.data == {"format": "tar", "members": 1, "extracted": 1}
+    assert result.data == {"format": "tar", "members": 1, "extracted": 1, "decompressed": len(LOREM)}
 
 
 def test_truncated_tar(corpus: Path, make_payload) -> None:
@@ -516,7 +522,7 @@ def test_xz_asking_for_gigabytes_is_refused_and_flagged(make_payload) -> None:
         lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=128 * MiB).decompress(greedy)
     result = scan(make_payload, greedy, "application/x-xz")
     assert result.children == [] and result.flags == ["limit:lzma-memory"]
-    assert result.data == {"format": "xz", "members": 1, "extracted": 0}
+    assert result.data == {"format": "xz", "members": 1, "extracted": 0, "decompressed": 0}
     # An honest 8 MiB dictionary needs ~9 MiB to decode: refused under 4 MiB, read under the default.
     assert scan(make_payload, honest, "application/x-xz", max_lzma_memory=4 * MiB).flags == ["limit:lzma-memory"]
     assert [c.content for c in scan(make_payload, honest, "application/x-xz").children] == [LOREM]
