@@ -1,5 +1,5 @@
-"""The ``decompress`` extractor: members of archives (zip, tar, 7z, rar, cab, iso, udf, vhd, cpio, ar, rpm,
-xar) and contents of compressed streams (gzip, bzip2, xz, lzma, zlib, lzip, zstd)."""
+"""The ``decompress`` extractor: members of archives (zip, tar, 7z, rar, lzh, ace, cab, iso, udf, vhd, dmg, cpio,
+ar, rpm, xar) and contents of compressed streams (gzip, bzip2, xz, lzma, zlib, lzip, zstd)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
 from stoq_plugins._archive import LZMA_MEMORY, TOOL_MEMORY, Limits, Unpacker, unpack_stream, unpack_tar
-from stoq_plugins._formats import FORMATS, detect
+from stoq_plugins._formats import FORMATS, UNSUPPORTED, declares_members, detect
 from stoq_plugins._scratch import remove_stale
 from stoq_plugins._tools import TOOL_FORMATS, ToolError, unpack_tool
 from stoq_plugins._zip import unpack_zip
@@ -19,11 +19,13 @@ __all__ = ["FORMATS", "DecompressPlugin", "detect"]
 class DecompressPlugin(ExtractorPlugin):
     """Extracts archive members and compressed streams' contents, within byte and member caps.
 
-    zip, tar, gzip, bzip2, xz, lzma and zlib are read in process; 7z, cab, iso (9660/udf), udf, vhd (the
-    files of its filesystem, else the disk image) and zip with WinZip AES members by ``7z``, rar by
-    ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip and zstd by ``bsdcat``, each run on a copy
-    in a scratch directory under the same caps (``stoq_plugins._tools``). rpm, xar, udf and vhd are
-    recognised by their magic bytes (they are not in ``mimes``).
+    zip, tar, gzip, bzip2, xz, lzma and zlib are read in process; 7z, cab, iso (9660/udf), udf, vhd and dmg
+    (the files of their filesystem, else the disk image) and zip with WinZip AES members by ``7z``, rar,
+    lzh and ace by ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip and zstd by ``bsdcat``, each
+    run on a copy in a scratch directory under the same caps (``stoq_plugins._tools``). rpm, xar, udf, vhd
+    and dmg are recognised by their magic bytes (dmg by its trailer first). Containers libmagic names that
+    nothing here reads (``UNSUPPORTED``) are accepted and flagged ``unsupported:FORMAT``, as is an ace or
+    lzh archive of which unar reads none of the members its headers declare.
 
     Output: ``{"format", "members" (regular-file members examined), "extracted" (children)}``; each
     child's meta holds member, size, compressed_size, modified, encrypted and crc (None where the
@@ -33,13 +35,13 @@ class DecompressPlugin(ExtractorPlugin):
     ``tool_timeout``), ``zip:overlapping-entries``, ``zip:unsupported-method``,
     ``zip:unrecoverable-member``, ``password:none-worked``, ``password:unsupported-encryption``,
     ``corrupt:truncated``, ``corrupt:data``, ``corrupt:member`` (a member not read whole),
-    ``corrupt:central-directory`` (zip members then recovered from local headers). Input of which
-    nothing can be read raises.
+    ``corrupt:central-directory`` (zip members then recovered from local headers), ``unsupported:FORMAT``.
+    Input of which nothing can be read raises.
     """
 
     name = "decompress"
     version = "1.0"
-    mimes = frozenset(FORMATS)
+    mimes = frozenset(FORMATS) | frozenset(UNSUPPORTED)
 
     class Options(PluginOptions):
         passwords: list[str] = Field(["infected", "password"],
@@ -66,10 +68,13 @@ class DecompressPlugin(ExtractorPlugin):
         remove_stale("tool")  # scratch directories of workers killed during an extraction
 
     def accepts(self, payload: Payload) -> bool:
-        return super().accepts(payload) and detect(payload) is not None
+        return super().accepts(payload) and (detect(payload) is not None or payload.mime in UNSUPPORTED)
 
     def scan(self, payload: Payload, options: Options) -> Result:
         fmt = detect(payload)
+        if fmt is None and payload.mime in UNSUPPORTED:
+            name = UNSUPPORTED[payload.mime]
+            return Result(data={"format": name, "members": 0, "extracted": 0}, flags=[f"unsupported:{name}"])
         if fmt is None:
             raise ValueError(f"not a supported container (MIME type {payload.mime})")
         unpacker = Unpacker(Limits(options.max_member_bytes, options.max_total_bytes, options.max_members,
@@ -89,6 +94,8 @@ class DecompressPlugin(ExtractorPlugin):
             unpack_tar(payload.content, unpacker)
         elif fmt in TOOL_FORMATS:
             unpack_tool(fmt, payload.content, payload.filename, unpacker, options.tool_timeout)
+            if not unpacker.listed and not unpacker.flags and declares_members(fmt, payload.content):
+                unpacker.flag(f"unsupported:{fmt}")  # the tool read no member of what declares some
         else:
             unpack_stream(fmt, payload.content, payload.filename, unpacker)
         children = [Extracted(m.content, filename=m.name, meta={
