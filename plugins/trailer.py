@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from stoq.plugin import CarverPlugin, Extracted, Payload, PluginOptions, Result
+from stoq_plugins._debloat import is_padding
 from stoq_plugins._trailer import format_of, logical_end
 
 MiB = 1 << 20
@@ -23,7 +24,8 @@ class TrailerPlugin(CarverPlugin):
     record and its comment, PE to its furthest section or certificate table (the overlay), PDF to its last
     ``%%EOF`` and end of line. The child is named ``trailer_<offset>.bin`` (``overlay_<offset>.bin`` for a
     PE) with meta offset, size and format (the host's). A trailer shorter than ``min_size``, or made of one
-    repeated byte (padding), is not a child: the output reports it. Output ``{"format", "end" (offset, or
+    byte or one short pattern repeated (padding, ``stoq_plugins._debloat.is_padding``), is not a child: the
+    output reports it. Output ``{"format", "end" (offset, or
     None when unknown), "trailer" (bytes after it), "carved", "padding"}``. Flags: ``limit:trailer-steps``
     when the walk took ``max_steps`` steps without reaching the end, ``limit:trailer-size`` when the child
     was cut at ``max_size``.
@@ -51,7 +53,7 @@ class TrailerPlugin(CarverPlugin):
         flags = ["limit:trailer-steps"] if end.capped else []
         size = 0 if end.offset is None else len(data) - end.offset
         rest = b"" if end.offset is None else data[end.offset:end.offset + options.max_size]
-        padding = size > 0 and rest.count(rest[:1]) == len(rest)
+        padding = end.offset is not None and is_padding(data, end.offset, len(data), options.max_size)
         children = []
         if end.offset is not None and size >= options.min_size and not padding:
             if size > options.max_size:

@@ -101,6 +101,8 @@ def test_padding_tiny_trailers_and_caps(make_payload) -> None:
     jpeg = (CORPUS / "test.jpg").read_bytes()
     padded = scan(make_payload, jpeg + bytes(4096), "image/jpeg")
     assert padded.children == [] and padded.data["padding"] is True and padded.data["trailer"] == 4096
+    pattern = scan(make_payload, jpeg + b"\xde\xad\xbe\xef" * 4096, "image/jpeg")  # a repeated pattern: padding too
+    assert pattern.children == [] and pattern.data["padding"] is True
     tiny = scan(make_payload, jpeg + b"\x01\x02\x03", "image/jpeg", min_size=4)
     assert tiny.children == [] and tiny.data["trailer"] == 3
     cut = scan(make_payload, jpeg + HIDDEN, "image/jpeg", max_size=100)
