@@ -50,6 +50,12 @@ UNSUPPORTED: dict[str, str] = {
     "application/vnd.ms-htmlhelp": "chm",
     "application/x-squashfs": "squashfs",
 }
+#: The format each bundled dispatch rule naming ``decompress`` looks for (for the flag of one not read).
+RULE_FORMATS: dict[str, str] = {
+    "zip_local_header": "zip", "gzip_stream": "gzip", "bzip2_stream": "bzip2", "xz_stream": "xz", "tar_ustar": "tar",
+    "vhd_disk": "vhd", "udf_image": "udf", "rpm_package": "rpm", "xar_archive": "xar", "lzh_archive": "lzh",
+    "ace_archive": "ace", "apple_disk_image": "dmg",
+}
 #: Container format by leading bytes, for payloads dispatched under another MIME type.
 MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"), (b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"),
@@ -95,3 +101,11 @@ def declares_members(fmt: str, data: bytes) -> bool:
     if fmt == "lzh":
         return data[:1] != b"\x00" and data[2:4] == b"-l"
     return False
+
+
+def unsupported(payload: Payload) -> str | None:
+    """The format to name in ``unsupported:FORMAT`` for a payload routed here that ``detect`` cannot read:
+    by its MIME type (``UNSUPPORTED``), else by the dispatch rule that sent it (its format, or its name)."""
+    if payload.mime in UNSUPPORTED:
+        return UNSUPPORTED[payload.mime]
+    return RULE_FORMATS.get(payload.dispatch_rules[0], payload.dispatch_rules[0]) if payload.dispatch_rules else None

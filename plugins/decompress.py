@@ -7,7 +7,7 @@ from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
 from stoq_plugins._archive import LZMA_MEMORY, TOOL_MEMORY, Limits, Unpacker, unpack_stream, unpack_tar
-from stoq_plugins._formats import FORMATS, UNSUPPORTED, declares_members, detect
+from stoq_plugins._formats import FORMATS, UNSUPPORTED, declares_members, detect, unsupported
 from stoq_plugins._scratch import remove_stale
 from stoq_plugins._tools import TOOL_FORMATS, ToolError, unpack_tool
 from stoq_plugins._zip import unpack_zip
@@ -24,8 +24,9 @@ class DecompressPlugin(ExtractorPlugin):
     lzh and ace by ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip and zstd by ``bsdcat``, each
     run on a copy in a scratch directory under the same caps (``stoq_plugins._tools``). rpm, xar, udf, vhd
     and dmg are recognised by their magic bytes (dmg by its trailer first). Containers libmagic names that
-    nothing here reads (``UNSUPPORTED``) are accepted and flagged ``unsupported:FORMAT``, as is an ace or
-    lzh archive of which unar reads none of the members its headers declare.
+    nothing here reads (``UNSUPPORTED``), and payloads a dispatch rule sent here that are no format read here,
+    are accepted and flagged ``unsupported:FORMAT``, as is an ace or lzh archive of which unar reads none of
+    the members its headers declare.
 
     Output: ``{"format", "members" (regular-file members examined), "extracted" (children)}``; each
     child's meta holds member, size, compressed_size, modified, encrypted and crc (None where the
@@ -68,12 +69,12 @@ class DecompressPlugin(ExtractorPlugin):
         remove_stale("tool")  # scratch directories of workers killed during an extraction
 
     def accepts(self, payload: Payload) -> bool:
-        return super().accepts(payload) and (detect(payload) is not None or payload.mime in UNSUPPORTED)
+        return super().accepts(payload) and (detect(payload) is not None or unsupported(payload) is not None)
 
     def scan(self, payload: Payload, options: Options) -> Result:
         fmt = detect(payload)
-        if fmt is None and payload.mime in UNSUPPORTED:
-            name = UNSUPPORTED[payload.mime]
+        name = unsupported(payload) if fmt is None else None
+        if name is not None:  # routed here (MIME type, dispatch rule), read by nothing: said, not silent
             return Result(data={"format": name, "members": 0, "extracted": 0}, flags=[f"unsupported:{name}"])
         if fmt is None:
             raise ValueError(f"not a supported container (MIME type {payload.mime})")

@@ -249,3 +249,21 @@ def test_a_container_no_reader_handles_is_flagged(make_payload) -> None:
     result = scan(make_payload, data, mime)
     assert result.flags == ["unsupported:compress"] and result.children == []
     assert result.data == {"format": "compress", "members": 0, "extracted": 0}
+
+
+def test_a_payload_a_dispatch_rule_sent_here_and_nothing_reads_is_flagged(make_payload) -> None:
+    """The ``lzh_archive`` rule matches any ``-l??-`` at offset 2; an unknown method is no format read here."""
+    import dataclasses
+
+    import yara
+
+    from stoq.dispatch import bundled_dispatch_rules
+
+    data = b"\x20\x00-lzx-" + bytes(64)
+    rules = yara.compile(filepath=str(bundled_dispatch_rules()))
+    assert [m.rule for m in rules.match(data=data)] == ["lzh_archive"]
+    plain = make_payload(data)
+    assert detect(plain) is None and not DecompressPlugin().accepts(plain)  # not sent by a rule: not for us
+    routed = dataclasses.replace(plain, dispatch_rules=("lzh_archive",))
+    result = scan(lambda *a: routed, data)
+    assert result.flags == ["unsupported:lzh"] and result.children == []
