@@ -377,7 +377,10 @@ def unpack_stream(fmt: str, data: bytes, filename: str | None, unpacker: Unpacke
 
 
 def unpack_tar(data: bytes, unpacker: Unpacker) -> None:
-    """Regular files of a tar archive (links, devices and directories are skipped)."""
+    """Regular files of a tar archive, and hard links to one read before it (a member of its own with the
+    same bytes: bsdtar writes a xar's, cpio's or rpm's second name for one file that way). Symbolic
+    links, devices and directories are skipped."""
+    read: dict[str, bytes] = {}  # name -> bytes of the regular members kept, for hard links
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:  # not a tar: ReadError
         while True:
             try:
@@ -390,17 +393,20 @@ def unpack_tar(data: bytes, unpacker: Unpacker) -> None:
                 if rest and rest != bytes(512):
                     unpacker.flag("corrupt:truncated" if len(rest) < 512 else "corrupt:data")
                 return
-            if not info.isreg():
+            target = read.get(info.linkname) if info.islnk() else None
+            if not info.isreg() and target is None:
                 continue
             if not unpacker.admit():
                 return
             sink = bytearray()
-            reader = archive.extractfile(info)
+            reader = io.BytesIO(target) if target is not None else archive.extractfile(info)
             assert reader is not None  # a regular file always has one
             try:
-                complete = unpacker.drain(reader.read, sink, None)
+                complete = unpacker.drain(reader.read, sink, None)  # (a link's copy counts against the caps too)
             except tarfile.ReadError:
                 unpacker.flag("corrupt:truncated")
                 return
             if complete:
-                unpacker.members.append(Member(info.name, bytes(sink), info.size, timestamp(info.mtime)))
+                content = read[info.name] = bytes(sink)
+                unpacker.members.append(Member(info.name, content, len(content) if target is not None else info.size,
+                                               timestamp(info.mtime)))

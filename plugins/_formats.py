@@ -33,6 +33,28 @@ FORMATS: dict[str, str] = {
     "application/x-cpio": "cpio",
     "application/x-archive": "ar",
     "application/vnd.debian.binary-package": "ar",
+    "application/x-lzh-compressed": "lzh",
+    "application/x-lha": "lzh",
+    "application/x-ace-compressed": "ace",
+    "application/x-apple-diskimage": "dmg",
+}
+#: Containers libmagic names that no reader here handles: routed to ``decompress``, which flags them
+#: ``unsupported:FORMAT`` rather than leave them unread in silence.
+UNSUPPORTED: dict[str, str] = {
+    "application/x-arj": "arj",
+    "application/x-stuffit": "stuffit",
+    "application/x-stuffitx": "stuffit",
+    "application/x-compress": "compress",
+    "application/x-zoo": "zoo",
+    "application/x-arc": "arc",
+    "application/vnd.ms-htmlhelp": "chm",
+    "application/x-squashfs": "squashfs",
+}
+#: The format each bundled dispatch rule naming ``decompress`` looks for (for the flag of one not read).
+RULE_FORMATS: dict[str, str] = {
+    "zip_local_header": "zip", "gzip_stream": "gzip", "bzip2_stream": "bzip2", "xz_stream": "xz", "tar_ustar": "tar",
+    "vhd_disk": "vhd", "udf_image": "udf", "rpm_package": "rpm", "xar_archive": "xar", "lzh_archive": "lzh",
+    "ace_archive": "ace", "apple_disk_image": "dmg",
 }
 #: Container format by leading bytes, for payloads dispatched under another MIME type.
 MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -42,9 +64,14 @@ MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"070702", "cpio"), (b"070707", "cpio"), (b"\xed\xab\xee\xdb", "rpm"), (b"xar!\x00\x1c", "xar"),
 )
 
+#: LZH/LHA compression methods (bytes 4-5 of ``-lh5-`` and the like at offset 2), as unar reads them.
+LZH_METHODS = frozenset({b"h0", b"h1", b"h2", b"h3", b"h4", b"h5", b"h6", b"h7", b"hd", b"zs", b"z4", b"z5"})
+
 
 def detect(payload: Payload) -> str | None:
     """The payload's container format: by MIME type, else by magic bytes (None if neither)."""
+    if payload.content[-512:-504] == b"koly\x00\x00\x00\x04":
+        return "dmg"  # (an Apple disk image's trailer: libmagic names it after its first chunk, zlib say)
     fmt = FORMATS.get(payload.mime)
     if fmt is not None:
         return fmt
@@ -56,6 +83,29 @@ def detect(payload: Payload) -> str | None:
         return "iso"
     if head[:2] in (b"\xc7\x71", b"\x71\xc7") and b"TRAILER!!!" in payload.content[-1024:]:
         return "cpio"  # old binary cpio: a 2-byte magic, so its trailer is asked for too
+    if payload.content[7:14] == b"**ACE**":
+        return "ace"
+    if payload.content[2:4] == b"-l" and payload.content[6:7] == b"-" and payload.content[4:6] in LZH_METHODS:
+        return "lzh"
     if payload.content[257:262] == b"ustar":
         return "tar"
     return disk_image(payload.content)  # udf (no ISO 9660 descriptors first) or vhd, else None
+
+
+def declares_members(fmt: str, data: bytes) -> bool:
+    """True if the container's own headers show at least one member (ace: a file block after the main
+    header; lzh: a first member header): a tool that reads none of it then cannot read the format."""
+    if fmt == "ace" and len(data) > 8:
+        after = 4 + int.from_bytes(data[2:4], "little")
+        return data[after + 4:after + 5] == b"\x01"
+    if fmt == "lzh":
+        return data[:1] != b"\x00" and data[2:4] == b"-l"
+    return False
+
+
+def unsupported(payload: Payload) -> str | None:
+    """The format to name in ``unsupported:FORMAT`` for a payload routed here that ``detect`` cannot read:
+    by its MIME type (``UNSUPPORTED``), else by the dispatch rule that sent it (its format, or its name)."""
+    if payload.mime in UNSUPPORTED:
+        return UNSUPPORTED[payload.mime]
+    return RULE_FORMATS.get(payload.dispatch_rules[0], payload.dispatch_rules[0]) if payload.dispatch_rules else None

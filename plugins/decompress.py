@@ -1,5 +1,5 @@
-"""The ``decompress`` extractor: members of archives (zip, tar, 7z, rar, cab, iso, udf, vhd, cpio, ar, rpm,
-xar) and contents of compressed streams (gzip, bzip2, xz, lzma, zlib, lzip, zstd)."""
+"""The ``decompress`` extractor: members of archives (zip, tar, 7z, rar, lzh, ace, cab, iso, udf, vhd, dmg, cpio,
+ar, rpm, xar) and contents of compressed streams (gzip, bzip2, xz, lzma, zlib, lzip, zstd)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pydantic import Field
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result, ToolMissing
 from stoq_plugins._archive import (BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, STREAM_FORMATS, TOOL_MEMORY, Limits, Unpacker,
                                   unpack_stream, unpack_tar)
-from stoq_plugins._formats import FORMATS, detect
+from stoq_plugins._formats import FORMATS, UNSUPPORTED, declares_members, detect, unsupported
 from stoq_plugins._scratch import remove_stale
 from stoq_plugins._tools import TOOLS, ToolError, unpack_tool
 from stoq_plugins._zip import unpack_zip
@@ -21,11 +21,14 @@ class DecompressPlugin(ExtractorPlugin):
     """Extracts archive members and compressed streams' contents, within byte and member caps.
 
     zip, tar, gzip, bzip2, xz, lzma, zlib and zstd (``zstandard``) are read in process; 7z, cab, iso
-    (9660/udf), udf, vhd (the files of its filesystem, else the disk image) and zip with WinZip AES members
-    by ``7z``, rar by ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip (and zstd without
-    ``zstandard``) by ``bsdcat``, each run on a copy
-    in a scratch directory under the same caps (``stoq_plugins._tools``). rpm, xar, udf and vhd are
-    recognised by their magic bytes (they are not in ``mimes``).
+    (9660/udf), udf, vhd and dmg (the files of their filesystem, else the disk image) and zip with WinZip
+    AES members by ``7z``, rar, lzh and ace by ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip
+    (and zstd without ``zstandard``) by ``bsdcat``, each run on a copy in a scratch directory under the
+    same caps (``stoq_plugins._tools``). rpm, xar, udf, vhd and dmg are recognised by their magic bytes
+    (dmg by its trailer first). Containers libmagic names that nothing here reads (``UNSUPPORTED``), and
+    payloads a dispatch rule sent here that are no format read here, are accepted and flagged
+    ``unsupported:FORMAT``, as is an ace or lzh archive of which unar reads none of the members its
+    headers declare.
 
     Output: ``{"format", "members" (regular-file members examined), "extracted" (children),
     "decompressed" (bytes decompressed, kept or not: what the scan's byte budget is charged)}``; each
@@ -40,13 +43,13 @@ class DecompressPlugin(ExtractorPlugin):
     ``zip:unrecoverable-member``, ``password:none-worked``, ``password:unsupported-encryption``,
     ``corrupt:truncated``, ``corrupt:data``, ``corrupt:member`` (a member not read whole),
     ``corrupt:central-directory`` (zip members then recovered from local headers), ``tool:missing`` (a zip's
-    AES members left unread: 7z is not installed). Input of which nothing can be read raises; a format
-    whose tool is not installed is a ``tool-missing`` error.
+    AES members left unread: 7z is not installed), ``unsupported:FORMAT``. Input of which nothing can be
+    read raises; a format whose tool is not installed is a ``tool-missing`` error.
     """
 
     name = "decompress"
     version = "1.0"
-    mimes = frozenset(FORMATS)
+    mimes = frozenset(FORMATS) | frozenset(UNSUPPORTED)
     tools = tuple(TOOLS.values())
 
     class Options(PluginOptions):
@@ -79,10 +82,13 @@ class DecompressPlugin(ExtractorPlugin):
         remove_stale("tool")  # scratch directories of workers killed during an extraction
 
     def accepts(self, payload: Payload) -> bool:
-        return super().accepts(payload) and detect(payload) is not None
+        return super().accepts(payload) and (detect(payload) is not None or unsupported(payload) is not None)
 
     def scan(self, payload: Payload, options: Options) -> Result:
         fmt = detect(payload)
+        name = unsupported(payload) if fmt is None else None
+        if name is not None:  # routed here (MIME type, dispatch rule), read by nothing: said, not silent
+            return Result(data={"format": name, "members": 0, "extracted": 0}, flags=[f"unsupported:{name}"])
         if fmt is None:
             raise ValueError(f"not a supported container (MIME type {payload.mime})")
         # the scan's own byte budget, when it has less left, caps this payload too (flagged limit:bytes)
@@ -111,6 +117,8 @@ class DecompressPlugin(ExtractorPlugin):
             unpack_stream(fmt, payload.content, payload.filename, unpacker)
         else:
             unpack_tool(fmt, payload.content, payload.filename, unpacker, options.tool_timeout)
+            if not unpacker.listed and not unpacker.flags and declares_members(fmt, payload.content):
+                unpacker.flag(f"unsupported:{fmt}")  # the tool read no member of what declares some
         children = [Extracted(m.content, filename=m.name, meta={
             "member": m.name, "size": len(m.content), "compressed_size": m.compressed_size,
             "modified": m.modified, "encrypted": m.encrypted, "crc": m.crc,

@@ -15,19 +15,19 @@ from stoq.engine import Engine
 
 #: Sample -> the plugins that must run on it as a root payload (no --workers given).
 ROUTES = {
-    "test.zip": {"decompress"},
+    "test.zip": {"decompress", "trailer"},
     "test.gz": {"decompress"},
     "test.tar": {"decompress"},
     "test.docx": {"decompress"},
     "test.b64": {"b64"},
     "test_pe_object.doc": {"pe", "ole"},
     "test.xls": {"ole"},
-    "test.pdf": {"pdftext"},
+    "test.pdf": {"pdftext", "trailer"},
     "test.eml": {"email"},
     "test.txt.gpg": {"gpg"},
-    "test.exe": set(),
+    "test.exe": {"trailer"},  # (an overlay would be carved; debloat declines a PE under min_bloat)
     "test.txt": set(),
-    "test.jpg": set(),
+    "test.jpg": {"trailer"},
 }
 
 

@@ -316,3 +316,31 @@ rule xar_archive
     condition:
         uint32be(0) == 0x78617221
 }
+
+// LZH/LHA (a method such as -lh5- at offset 2), ACE (**ACE** at 7) and Apple disk images (the UDIF
+// trailer, koly, 512 bytes from the end): libmagic names a .dmg after its first chunk, or not at all.
+rule lzh_archive
+{
+    meta:
+        plugin = "extractor:decompress"
+    condition:
+        uint16be(2) == 0x2d6c and uint8(6) == 0x2d
+}
+
+rule ace_archive
+{
+    meta:
+        plugin = "extractor:decompress"
+    strings:
+        $ace = "**ACE**"
+    condition:
+        $ace at 7
+}
+
+rule apple_disk_image
+{
+    meta:
+        plugin = "extractor:decompress"
+    condition:
+        filesize >= 512 and uint32be(filesize - 512) == 0x6b6f6c79
+}

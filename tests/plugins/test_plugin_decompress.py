@@ -24,6 +24,7 @@ import pytest
 from helpers import EXPECTED_CHILDREN
 from stoq.model import clean
 from stoq.plugin import Result
+from stoq_plugins._formats import UNSUPPORTED
 from stoq_plugins.decompress import DecompressPlugin
 
 MiB = 1 << 20
@@ -227,7 +228,8 @@ def test_mimes_and_accepts(make_payload) -> None:
         "application/x-7z-compressed", "application/x-rar", "application/vnd.rar", "application/x-rar-compressed",
         "application/vnd.ms-cab-compressed", "application/x-iso9660-image", "application/x-cpio",
         "application/x-archive", "application/vnd.debian.binary-package",
-        "application/x-rpm", "application/x-xar", "application/x-virtualbox-vhd"}
+        "application/x-rpm", "application/x-xar", "application/x-virtualbox-vhd", "application/x-lzh-compressed",
+        "application/x-lha", "application/x-ace-compressed", "application/x-apple-diskimage"} | set(UNSUPPORTED)
     assert not DecompressPlugin.mimes & {"application/x-msi", "application/msword", "application/vnd.ms-excel"}
     plugin = DecompressPlugin()
     assert not plugin.accepts(make_payload(b"just text", "text/plain"))
