@@ -22,6 +22,8 @@ from enum import IntEnum
 
 import typer
 
+from stoq.terminal import SafeFormatter, safe
+
 
 class ExitCode(IntEnum):
     """Documented exit codes of every ``stoq`` command."""
@@ -47,18 +49,27 @@ app = typer.Typer(
 @app.callback()
 def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr.")) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="stoq: %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()  # stderr
+    handler.setFormatter(SafeFormatter("stoq: %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    logging.captureWarnings(True)  # Python warnings too: through the same escaping formatter
+
+
+def say(message: str) -> None:
+    """Prints ``stoq: message`` on stderr, escaped (:func:`stoq.cli.output.safe`): messages quote file
+    names and plugin errors, which a scanned file controls."""
+    typer.echo(f"stoq: {safe(message)}", err=True)
 
 
 def fail(message: str, code: ExitCode) -> typer.Exit:
-    """Prints ``message`` on stderr and returns the ``typer.Exit`` to raise."""
-    typer.echo(f"stoq: {message}", err=True)
+    """Prints ``message`` on stderr (as :func:`say`) and returns the ``typer.Exit`` to raise."""
+    say(message)
     return typer.Exit(int(code))
 
 
 from stoq.cli import admin, scan  # noqa: E402  (registers the commands)
 
-__all__ = ["app", "main", "ExitCode", "fail", "admin", "scan"]
+__all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "scan"]
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import orjson
 import typer
 
-from stoq.cli import ExitCode, app, fail
+from stoq.cli import ExitCode, app, fail, say
 from stoq.cli.output import Format, TemplateFailure, Writer
 from stoq.config import ConfigError, Settings, load_settings, parse_plugin_options
 
@@ -130,7 +130,7 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             loader.save(docs)
         failures = deliver(connectors, docs)
         for failure in failures:
-            typer.echo(f"stoq: {failure}", err=True)
+            say(str(failure))
         return ExitCode.STORE if failures else ExitCode.OK
     hooks = {"started": loader.start, "before_fork": loader.join} if loader else {}
     try:
@@ -138,7 +138,7 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             for outcome in scan_files(engine, files, settings.resolved_jobs(), **hooks):
                 bar.step()
                 if outcome.document is None:
-                    typer.echo(f"stoq: {outcome.error}", err=True)
+                    say(str(outcome.error))
                     code = max(code, ExitCode.INPUT)
                     continue
                 doc = orjson.loads(outcome.document)
@@ -185,7 +185,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
             for sent in client.submit(files, notify):
                 bar.step()
                 if sent.scan_id is None:
-                    typer.echo(f"stoq: {sent.error}", err=True)
+                    say(str(sent.error))
                     code = max(code, ExitCode.INPUT)
                 else:
                     sent_ids.append(sent.scan_id)
@@ -197,7 +197,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
                 for doc, raw in client.documents(notify, set(sent_ids)):
                     bar.step()
                     if "refused" in doc:  # the workers cannot run this submission's settings
-                        typer.echo(f"stoq: the cluster refused scan {doc['scan_id']}: {doc['refused']}", err=True)
+                        say(f"the cluster refused scan {doc['scan_id']}: {doc['refused']}")
                         code = max(code, ExitCode.CONFIG)
                         ready[doc["scan_id"]] = None
                     else:
@@ -230,7 +230,7 @@ def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list
     settings = settings_from(config, workers, options, max_depth, jobs, connectors)
     files, problems = collect(paths, recursive)
     for problem in problems:
-        typer.echo(f"stoq: {problem}", err=True)
+        say(problem)
     if submit and not settings.broker_url:
         typer.echo("stoq: no STOQ_BROKER_URL set: running embedded (local worker processes)", err=True)
     try:
