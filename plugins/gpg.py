@@ -3,7 +3,6 @@ clear-signed) decrypted and verified by GnuPG with a configured keyring and pass
 
 from __future__ import annotations
 
-import os
 import shutil
 
 from pydantic import Field
@@ -63,8 +62,8 @@ class GpgPlugin(ExtractorPlugin):
         if shutil.which("gpg", path="/usr/bin:/bin") is None:
             raise FileNotFoundError("gpg (GnuPG 2) is not installed")
         self.worker_started()
-        if self.options.keyring and not os.path.isfile(self.options.keyring):
-            raise FileNotFoundError(f"gpg keyring {self.options.keyring!r} is not a file")
+        if self.options.keyring:  # a missing or unreadable keyring: an OSError naming the file
+            open(self.options.keyring, "rb").close()
         if self.options.keyring:  # fail now, not on every payload, when it holds no key
             with Gpg(self.options.timeout, 0) as gpg:
                 if gpg.import_keys(self.options.keyring) == 0:

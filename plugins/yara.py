@@ -43,6 +43,7 @@ class YaraPlugin(WorkerPlugin):
         """The rules of ``path``, compiled once (``setup`` compiles the configured file ahead of use)."""
         rules = self._compiled.get(path)
         if rules is None:
+            open(path, "rb").close()  # a missing or unreadable file: an OSError naming it (YARA says "(2, ...)")
             rules = self._compiled[path] = yara.compile(filepath=path)
         return rules
 

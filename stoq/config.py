@@ -21,10 +21,11 @@ list settings comma-separated); a plugin option is ``STOQ_<PLUGIN>__<OPTION>`` (
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -83,6 +84,30 @@ class Settings(BaseModel):
 
     def resolved_jobs(self) -> int:
         return self.jobs or (os.cpu_count() or 1)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def validation_message(exc: ValidationError, owner: str | None, fields: Iterable[str]) -> str:
+    """A pydantic error in the user's words: the option or setting, the value given and what is wrong
+    with it; no pydantic class names or links. ``owner`` is the plugin (``None`` for core settings);
+    ``fields`` the valid names, for an unknown one."""
+    known = sorted(fields)
+    parts: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            what = f"plugin {owner!r} has no option {loc!r}" if owner else f"there is no setting {loc!r}"
+            parts.append(f"{what}{did_you_mean(loc, known)}; valid: {', '.join(known)}")
+            continue
+        name = f"option {owner}.{loc}" if owner else f"setting {loc}"
+        given = f"={error['input']!r}" if "input" in error and error["loc"] else ""
+        parts.append(f"{name}{given}: {error['msg']}")
+    return "; ".join(parts)
 
 
 def split_list(value: Any) -> Any:
@@ -153,4 +178,4 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, *, env: Map
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(f"invalid setting: {exc}") from exc
+        raise ConfigError(validation_message(exc, None, (f for f in Settings.model_fields if f != "plugins"))) from exc

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from pydantic import ValidationError
 
-from stoq.config import ConfigError, split_list
+from stoq.config import ConfigError, split_list, validation_message
 from stoq.plugin import SCAN_CATEGORIES, Category, Plugin, PluginOptions
 
 GROUP = "stoq.plugins"
@@ -101,4 +101,4 @@ def make_options(cls: type[Plugin], values: Mapping[str, Any]) -> PluginOptions:
     try:
         return cls.Options.model_validate(prepared)
     except ValidationError as exc:
-        raise ConfigError(f"invalid options for plugin {cls.name!r}: {exc}") from exc
+        raise ConfigError(validation_message(exc, cls.name, cls.Options.model_fields)) from exc

@@ -19,8 +19,10 @@ import logging
 import os
 import sys
 from enum import IntEnum
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from stoq.terminal import SafeFormatter, safe
 
@@ -37,8 +39,70 @@ class ExitCode(IntEnum):
     NOT_FOUND = 6
 
 
-app = typer.Typer(
+_LABELS = {"str": "TEXT", "int": "INTEGER", "int range": "INTEGER", "float": "NUMBER", "float range": "NUMBER",
+           "path": "PATH", "file": "FILE", "directory": "DIR", "Path": "PATH"}
+
+
+def readable_type(label: str | None, argument: bool = False) -> str | None:
+    """A parameter's type as the help shows it: ``jsonl|json|table``, ``INTEGER``, ``FILE``, a
+    metavar as given; nothing for a flag (``<bool>``) or an argument (its name says it). Typer's own
+    labels are Python annotations (``<list[Path]>``, ``<bool>``)."""
+    if label is None or argument:
+        return None
+    if not (label.startswith("<") and label.endswith(">")):
+        return label  # a metavar
+    bare = label[1:-1].removesuffix("...")
+    while bare.startswith("list[") and bare.endswith("]"):
+        bare = bare[5:-1]
+    if bare == "bool":
+        return None
+    return _LABELS.get(bare, bare)
+
+
+def _show_readably(params: list[Any]) -> None:
+    """Makes each parameter's help show its type as :func:`readable_type` says."""
+    for param in params:
+        shown = getattr(param, "display_type_rich", None)
+        if shown is None or getattr(param, "_stoq_readable", False):  # an older typer: click's labels
+            continue
+        # an argument's name says what it takes; a counter (-v, -vv) takes nothing
+        argument = getattr(param, "param_type_name", "") == "argument" or bool(getattr(param, "count", False))
+
+        def display(ctx: Any = None, shown: Any = shown, argument: bool = argument) -> str | None:
+            return readable_type(shown(ctx=ctx), argument)
+        setattr(param, "display_type_rich", display)
+        setattr(param, "_stoq_readable", True)
+
+
+class StoqCommand(TyperCommand):
+    """A command whose help shows each parameter's type readably (:func:`readable_type`)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        _show_readably(params)
+        return params
+
+
+class StoqGroup(TyperGroup):
+    """The command group, with the same help as :class:`StoqCommand`."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        _show_readably(params)
+        return params
+
+
+class StoqTyper(typer.Typer):
+    """``typer.Typer`` whose commands are :class:`StoqCommand` (one place for the help's look)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", StoqCommand)
+        return super().command(*args, **kwargs)
+
+
+app = StoqTyper(
     name="stoq",
+    cls=StoqGroup,
     help="Analysis. Simplified. Hash, type, archive and analyse files, and everything inside them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -9,12 +9,12 @@ from typing import Annotated, Any, Optional
 import orjson
 import typer
 
-from stoq.cli import ExitCode, app, fail
+from stoq.cli import ExitCode, StoqTyper, app, fail
 from stoq.cli.output import Format, Writer
 from stoq.config import ConfigError, load_settings
 from stoq.plugin import Plugin
 
-db_app = typer.Typer(help="Result store administration.", no_args_is_help=True)
+db_app = StoqTyper(help="Result store administration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 CATEGORY_ORDER = ("worker", "carver", "extractor", "decoder", "reader", "connector", "archiver", "source")

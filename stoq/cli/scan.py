@@ -15,9 +15,9 @@ from stoq.cli import ExitCode, app, fail, say
 from stoq.cli.output import Format, TemplateFailure, Writer
 from stoq.config import ConfigError, Settings, load_settings, parse_plugin_options
 
-ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
-WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", help="Plugins to run on every payload, comma-separated.")]
-OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
+ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
+WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", metavar="NAMES", help="Plugins to run on every payload, comma-separated.")]
+OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="PLUGIN.OPTION=VALUE", help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
 DepthOpt = Annotated[Optional[int], typer.Option("--max-depth", min=0, help="Deepest extracted level (root is 0). Default 8.")]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=0, help="Worker processes (default: one per core).")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
