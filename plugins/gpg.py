@@ -4,6 +4,7 @@ clear-signed) decrypted and verified by GnuPG with a configured keyring and pass
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from pydantic import Field
 
@@ -50,8 +51,8 @@ class GpgPlugin(ExtractorPlugin):
     mimes = MIMES
 
     class Options(PluginOptions):
-        keyring: str = Field("", description="Path of an exported key file (secret and/or public keys) imported "
-                                             "for each scan; empty: no keys.")
+        keyring: Path | None = Field(None, description="Exported key file (secret and/or public keys) imported "
+                                                       "for each scan; none: no keys.")
         passphrase: str = Field("", description="Passphrase of the keyring's secret keys (or of symmetrically "
                                                 "encrypted messages), given to gpg on stdin.")
         timeout: float = Field(30, gt=0, description="Seconds gpg may run on one payload (import included).")
@@ -66,7 +67,7 @@ class GpgPlugin(ExtractorPlugin):
             open(self.options.keyring, "rb").close()
         if self.options.keyring:  # fail now, not on every payload, when it holds no key
             with Gpg(self.options.timeout, 0) as gpg:
-                if gpg.import_keys(self.options.keyring) == 0:
+                if gpg.import_keys(str(self.options.keyring)) == 0:
                     raise ValueError(f"gpg keyring {self.options.keyring!r} holds no OpenPGP key")
 
     def worker_started(self) -> None:
@@ -78,7 +79,7 @@ class GpgPlugin(ExtractorPlugin):
     def scan(self, payload: Payload, options: Options) -> Result:
         with Gpg(options.timeout, options.max_output_bytes) as gpg:
             if options.keyring:
-                gpg.import_keys(options.keyring)
+                gpg.import_keys(str(options.keyring))
             run = gpg.decrypt(payload.content, options.passphrase)
         status, flags = run.status, []
         if run.stopped:

@@ -25,7 +25,7 @@ import difflib
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Callable, Collection, Iterable, Literal, Mapping
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -139,14 +139,35 @@ def parse_plugin_options(pairs: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+def absolute(value: Any, base: Path) -> Any:
+    """A relative path (text) made absolute against ``base``; ``~`` expanded; anything else as is."""
+    if not isinstance(value, str) or not value:
+        return value
+    expanded = os.path.expanduser(value)
+    return expanded if os.path.isabs(expanded) else os.path.normpath(os.path.join(base, expanded))
+
+
 def load_settings(config_file: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
                   overrides: Mapping[str, Any] | None = None,
-                  plugin_options: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+                  plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
+                  path_options: Callable[[str], Collection[str]] | None = None) -> Settings:
     """Builds the settings from every layer, lowest first. ``overrides`` are command-line values
-    (``None`` means not given)."""
+    (``None`` means not given).
+
+    ``path_options(plugin)`` names a plugin's options that are paths (the command line passes it): a
+    relative one is then made absolute where it was written, against the directory of ``stoq.toml``
+    for a value from that file, against the current directory for ``STOQ_*`` and ``-o`` values, so
+    that it means the same file wherever the plugin runs (a cluster worker has another directory).
+    """
     env = os.environ if env is None else env
     merged: dict[str, Any] = {}
     plugins: dict[str, dict[str, Any]] = {}
+
+    def paths_from(layer: Mapping[str, Any], plugin: str, base: Path) -> dict[str, Any]:
+        if path_options is None:
+            return dict(layer)
+        named = path_options(plugin)
+        return {k: absolute(v, base) if k in named else v for k, v in layer.items()}
 
     path = find_config_file(config_file, env)
     if path is not None:
@@ -156,7 +177,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, *, env: Map
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         merged.update(table.get("stoq", {}))
         for name, opts in table.get("plugins", {}).items():
-            plugins.setdefault(name, {}).update(opts)
+            plugins.setdefault(name, {}).update(paths_from(opts, name, path.absolute().parent))
 
     fields = Settings.model_fields
     for key, value in env.items():
@@ -165,7 +186,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, *, env: Map
         rest = key[5:]
         if "__" in rest:
             plugin, _, option = rest.partition("__")
-            plugins.setdefault(plugin.lower(), {})[option.lower()] = value
+            plugins.setdefault(plugin.lower(), {}).update(paths_from({option.lower(): value}, plugin.lower(), Path.cwd()))
         elif rest.lower() in fields and rest.lower() != "plugins":
             merged[rest.lower()] = value
 
@@ -173,7 +194,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, *, env: Map
         if value is not None:
             merged[key] = value
     for name, opts in (plugin_options or {}).items():
-        plugins.setdefault(name, {}).update(opts)
+        plugins.setdefault(name, {}).update(paths_from(opts, name, Path.cwd()))
     merged["plugins"] = plugins
     try:
         return Settings.model_validate(merged)

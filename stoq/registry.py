@@ -11,6 +11,7 @@ import re
 import typing
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Mapping
 
 from pydantic import ValidationError
@@ -88,6 +89,14 @@ class Registry:
 
     def scan_plugins(self) -> list[type[Plugin]]:
         return [e.cls for e in self.entries.values() if e.cls is not None and e.cls.category in SCAN_CATEGORIES]
+
+
+def path_options(cls: type[Plugin]) -> frozenset[str]:
+    """The options of ``cls`` typed as paths (``Path``, ``Path | None``, ``list[Path]``...): the CLI makes
+    a relative one absolute where it was written (:func:`stoq.config.load_settings`)."""
+    def mentions_path(annotation: Any) -> bool:
+        return annotation is Path or any(mentions_path(arg) for arg in typing.get_args(annotation))
+    return frozenset(k for k, f in cls.Options.model_fields.items() if mentions_path(f.annotation))
 
 
 def make_options(cls: type[Plugin], values: Mapping[str, Any]) -> PluginOptions:

@@ -13,7 +13,7 @@ import typer
 
 from stoq.cli import ExitCode, app, fail, say
 from stoq.cli.output import Format, TemplateFailure, Writer
-from stoq.config import ConfigError, Settings, load_settings, parse_plugin_options
+from stoq.config import ConfigError, Settings
 
 ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
 WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", metavar="NAMES", help="Plugins to run on every payload, comma-separated.")]
@@ -31,12 +31,10 @@ PathsArg = Annotated[list[Path], typer.Argument(help="Files or directories to sc
 
 def settings_from(config: Path | None, workers: str | None, options: list[str] | None, max_depth: int | None,
                   jobs: int | None, connectors: str | None = None) -> Settings:
-    try:
-        return load_settings(config, overrides={"workers": workers, "max_depth": max_depth, "jobs": jobs,
-                                                "connectors": connectors},
-                             plugin_options=parse_plugin_options(options or []))
-    except ConfigError as exc:
-        raise fail(str(exc), ExitCode.CONFIG) from None
+    from stoq.cli.options import command_line_settings
+
+    return command_line_settings(config, {"workers": workers, "max_depth": max_depth, "jobs": jobs,
+                                          "connectors": connectors}, options)
 
 
 def collect(paths: list[Path], recursive: bool) -> tuple[list[Path], list[str]]:
