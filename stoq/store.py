@@ -358,6 +358,28 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot search {self.display} for {key}: {_reason(exc)}") from exc
 
+    def prefixed(self, prefix: str, limit: int = 10) -> tuple[list[str], list[str]]:
+        """The scan ids and the payload sha256s that begin with ``prefix`` (a sha256 in any case), at most
+        ``limit`` + 1 of each (more than ``limit``: the caller says "and more"). Both searches are index
+        range scans: ``prefix <= key < prefix + 'g'`` holds every key that begins with ``prefix`` when
+        every character of a key sorts below ``g`` (hex digits, and the ``-`` of stoq's UUID scan
+        ids); what the range holds is then checked here, whatever the database's collation."""
+        lo = prefix.lower()
+        params = {"lo": lo, "hi": lo + "g", "n": limit + 1, "slo": prefix, "shi": prefix + "g"}
+        sql = {
+            "scans": "SELECT scan_id FROM scans WHERE scan_id >= :slo AND scan_id < :shi ORDER BY scan_id LIMIT :n",
+            "sha256": "SELECT sha256 FROM payloads WHERE sha256 >= :lo AND sha256 < :hi ORDER BY sha256 LIMIT :n",
+        }
+        if not self._sqlite:
+            sql = {k: re.sub(r":(\w+)", r"%(\1)s", v) for k, v in sql.items()}
+        try:
+            with self._engine.connect() as conn:
+                scans = [r[0] for r in conn.exec_driver_sql(sql["scans"], params).all() if r[0].startswith(prefix)]
+                shas = [r[0] for r in conn.exec_driver_sql(sql["sha256"], params).all() if r[0].startswith(lo)]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot search {self.display} for {prefix}: {_reason(exc)}") from exc
+        return scans, shas
+
     def _load(self, conn: Connection, scan_id: str) -> dict[str, Any] | None:
         # Plain SQL through the driver: building and caching SQLAlchemy statements would cost more
         # than the four indexed queries themselves.

@@ -6,7 +6,7 @@ Exit codes (``ExitCode``):
 |------|--------------------------------------------------------------------------|
 | 0    | every file was scanned and no plugin reported an error                   |
 | 1    | every file was scanned; at least one document has entries in ``errors``  |
-| 2    | usage error (unknown option, bad value)                                  |
+| 2    | usage error (unknown option, bad value, -o for a plugin not installed, an ambiguous results prefix) |
 | 3    | some input could not be read (missing, unreadable); the rest was scanned |
 | 4    | configuration error (unknown plugin, bad option, rules that do not compile) |
 | 5    | result store error (database unreachable or not migrated)                |

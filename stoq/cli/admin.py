@@ -63,19 +63,30 @@ def list_plugins(format: Annotated[ListFormat, typer.Option("--format", "-f", he
         raise typer.Exit(int(ExitCode.CONFIG))
 
 
+#: Candidates listed when a prefix given to ``stoq results`` is ambiguous.
+AMBIGUOUS_SHOWN = 10
+
+
 @app.command()
-def results(key: Annotated[str, typer.Argument(help="A scan id, or a sha256 (every scan of that file).")],
+def results(key: Annotated[str, typer.Argument(metavar="KEY", help="A scan id or a sha256 (every scan of that file), or any unambiguous beginning of one (the table's sha256:ee373616eed8f5b7).")],
             format: Annotated[Format, typer.Option("--format", "-f")] = Format.json,
             template: Annotated[Optional[Path], typer.Option("--template", exists=True, dir_okay=False)] = None,
             config: Annotated[Optional[Path], typer.Option("--config", "-c")] = None) -> None:
     """Print stored scan documents."""
     from stoq.store import NotMigrated, Store, StoreError
 
+    key = key.strip()
+    if key.lower().startswith("sha256:"):  # pasted from the table
+        key = key[len("sha256:"):]
     try:
         settings = load_settings(config)
         store = Store.open(settings.resolved_database_url())
-        docs = store.find(key)
-        store.close()
+        try:
+            docs = store.find(key)
+            if not docs and key:
+                docs = by_prefix(store, key)
+        finally:
+            store.close()
     except ConfigError as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
     except (NotMigrated, StoreError) as exc:
@@ -86,6 +97,20 @@ def results(key: Annotated[str, typer.Argument(help="A scan id, or a sha256 (eve
     for doc in docs:
         writer.write(doc)
     writer.close()
+
+
+def by_prefix(store: Any, prefix: str) -> list[dict[str, Any]]:
+    """The documents of the one scan id or sha256 that begins with ``prefix``; none when nothing does.
+    Several: the command ends with the candidates listed (exit code 2)."""
+    scans, shas = store.prefixed(prefix, AMBIGUOUS_SHOWN)
+    found = [f"scan {s}" for s in scans] + [f"sha256 {h}" for h in shas]
+    if len(found) == 1:
+        return store.find(scans[0] if scans else shas[0])
+    if found:
+        more = len(scans) > AMBIGUOUS_SHOWN or len(shas) > AMBIGUOUS_SHOWN
+        listed = "; ".join(found[:AMBIGUOUS_SHOWN]) + ("; and more" if more or len(found) > AMBIGUOUS_SHOWN else "")
+        raise fail(f"{prefix} is ambiguous: it begins {listed} (give more characters)", ExitCode.USAGE)
+    return []
 
 
 @db_app.command("upgrade")
