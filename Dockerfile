@@ -8,6 +8,8 @@ WORKDIR /opt/stoq
 COPY pyproject.toml README.md celeryconfig.py manage.py ./
 COPY stoq ./stoq
 COPY plugins ./plugins
-RUN pip install --no-cache-dir '.[flower]' && useradd --create-home stoq && mkdir -p /data && chown stoq /data
+# Workers and clients run as `stoq` (uid 10001), never as root: a worker parses hostile files, and
+# Celery warns against root workers. /data (the archive volume) belongs to it.
+RUN pip install --no-cache-dir '.[flower]' && useradd --create-home --uid 10001 stoq && mkdir -p /data && chown stoq /data
 USER stoq
 ENTRYPOINT ["stoq"]

@@ -3,8 +3,8 @@ clear-signed) decrypted and verified by GnuPG with a configured keyring and pass
 
 from __future__ import annotations
 
-import os
 import shutil
+from pathlib import Path
 
 from pydantic import Field
 
@@ -53,8 +53,8 @@ class GpgPlugin(ExtractorPlugin):
     mimes = MIMES
 
     class Options(PluginOptions):
-        keyring: str = Field("", description="Path of an exported key file (secret and/or public keys) imported "
-                                             "for each scan; empty: no keys.")
+        keyring: Path | None = Field(None, description="Exported key file (secret and/or public keys) imported "
+                                                       "for each scan; none: no keys.")
         passphrase: str = Field("", description="Passphrase of the keyring's secret keys (or of symmetrically "
                                                 "encrypted messages), given to gpg on stdin.")
         timeout: float = Field(30, gt=0, description="Seconds gpg may run on one payload (import included).")
@@ -65,11 +65,11 @@ class GpgPlugin(ExtractorPlugin):
         if shutil.which(GPG.command, path=tool_path()) is None:
             raise GPG.missing()
         self.worker_started()
-        if self.options.keyring and not os.path.isfile(self.options.keyring):
-            raise FileNotFoundError(f"gpg keyring {self.options.keyring!r} is not a file")
+        if self.options.keyring:  # a missing or unreadable keyring: an OSError naming the file
+            open(self.options.keyring, "rb").close()
         if self.options.keyring:  # fail now, not on every payload, when it holds no key
             with Gpg(self.options.timeout, 0) as gpg:
-                if gpg.import_keys(self.options.keyring) == 0:
+                if gpg.import_keys(str(self.options.keyring)) == 0:
                     raise ValueError(f"gpg keyring {self.options.keyring!r} holds no OpenPGP key")
 
     def worker_started(self) -> None:
@@ -81,7 +81,7 @@ class GpgPlugin(ExtractorPlugin):
     def scan(self, payload: Payload, options: Options) -> Result:
         with Gpg(options.timeout, options.max_output_bytes) as gpg:
             if options.keyring:
-                gpg.import_keys(options.keyring)
+                gpg.import_keys(str(options.keyring))
             run = gpg.decrypt(payload.content, options.passphrase)
         status, flags = run.status, []
         if run.stopped:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from pathlib import Path
 from typing import Any, Iterable
 
 import orjson
@@ -27,14 +28,15 @@ class JsonlConnector(ConnectorPlugin):
     class Options(PluginOptions):
         """Where the documents go."""
 
-        path: str = Field("", description="File to append to (required; created with mode 0600).")
+        path: Path | None = Field(None, description="File to append to (required; created with mode 0600).")
 
     def setup(self) -> None:
-        if not self.options.path:
+        if self.options.path is None:
             raise ValueError("jsonl.path is not set (-o jsonl.path=/var/lib/stoq/scans.jsonl)")
 
     def save(self, documents: Iterable[dict[str, Any]]) -> None:
         lines = [orjson.dumps(doc) + b"\n" for doc in documents]
+        assert self.options.path is not None  # setup() refused None
         fd = os.open(self.options.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

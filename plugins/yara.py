@@ -11,7 +11,7 @@ from pydantic import Field
 from stoq.plugin import Payload, PluginOptions, Result, WorkerPlugin
 
 #: The rules used when no ``rules`` option is given: a few generic indicators.
-DEFAULT_RULES = str(Path(__file__).with_name("rules") / "default.yar")
+DEFAULT_RULES = Path(__file__).with_name("rules") / "default.yar"
 #: Longest matched data reported per string instance, in bytes.
 MAX_DATA = 64
 
@@ -29,22 +29,23 @@ class YaraPlugin(WorkerPlugin):
     version = "1.0"
 
     class Options(PluginOptions):
-        rules: str = Field(DEFAULT_RULES, description="Path of the YARA rule file to compile.")
+        rules: Path = Field(DEFAULT_RULES, description="YARA rule file to compile.")
         timeout: int = Field(30, ge=1, description="YARA's own match time limit, in seconds.")
         max_strings: int = Field(32, ge=0, description="Most string matches reported per rule.")
 
     def __init__(self, options: PluginOptions | None = None) -> None:
         super().__init__(options)
-        self._compiled: dict[str, yara.Rules] = {}
+        self._compiled: dict[Path, yara.Rules] = {}
 
     def setup(self) -> None:
         self._rules(self.options.rules)
 
-    def _rules(self, path: str) -> yara.Rules:
+    def _rules(self, path: Path) -> yara.Rules:
         """The rules of ``path``, compiled once (``setup`` compiles the configured file ahead of use)."""
         rules = self._compiled.get(path)
         if rules is None:
-            rules = self._compiled[path] = yara.compile(filepath=path)
+            open(path, "rb").close()  # a missing or unreadable file: an OSError naming it (YARA says "(2, ...)")
+            rules = self._compiled[path] = yara.compile(filepath=str(path))
         return rules
 
     def scan(self, payload: Payload, options: Options) -> Result:

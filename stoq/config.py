@@ -21,10 +21,11 @@ list settings comma-separated); a plugin option is ``STOQ_<PLUGIN>__<OPTION>`` (
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Collection, Iterable, Literal, Mapping
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -85,6 +86,30 @@ class Settings(BaseModel):
         return self.jobs or (os.cpu_count() or 1)
 
 
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def validation_message(exc: ValidationError, owner: str | None, fields: Iterable[str]) -> str:
+    """A pydantic error in the user's words: the option or setting, the value given and what is wrong
+    with it; no pydantic class names or links. ``owner`` is the plugin (``None`` for core settings);
+    ``fields`` the valid names, for an unknown one."""
+    known = sorted(fields)
+    parts: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            what = f"plugin {owner!r} has no option {loc!r}" if owner else f"there is no setting {loc!r}"
+            parts.append(f"{what}{did_you_mean(loc, known)}; valid: {', '.join(known)}")
+            continue
+        name = f"option {owner}.{loc}" if owner else f"setting {loc}"
+        given = f"={error['input']!r}" if "input" in error and error["loc"] else ""
+        parts.append(f"{name}{given}: {error['msg']}")
+    return "; ".join(parts)
+
+
 def split_list(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -114,14 +139,35 @@ def parse_plugin_options(pairs: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+def absolute(value: Any, base: Path) -> Any:
+    """A relative path (text) made absolute against ``base``; ``~`` expanded; anything else as is."""
+    if not isinstance(value, str) or not value:
+        return value
+    expanded = os.path.expanduser(value)
+    return expanded if os.path.isabs(expanded) else os.path.normpath(os.path.join(base, expanded))
+
+
 def load_settings(config_file: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
                   overrides: Mapping[str, Any] | None = None,
-                  plugin_options: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+                  plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
+                  path_options: Callable[[str], Collection[str]] | None = None) -> Settings:
     """Builds the settings from every layer, lowest first. ``overrides`` are command-line values
-    (``None`` means not given)."""
+    (``None`` means not given).
+
+    ``path_options(plugin)`` names a plugin's options that are paths (the command line passes it): a
+    relative one is then made absolute where it was written, against the directory of ``stoq.toml``
+    for a value from that file, against the current directory for ``STOQ_*`` and ``-o`` values, so
+    that it means the same file wherever the plugin runs (a cluster worker has another directory).
+    """
     env = os.environ if env is None else env
     merged: dict[str, Any] = {}
     plugins: dict[str, dict[str, Any]] = {}
+
+    def paths_from(layer: Mapping[str, Any], plugin: str, base: Path) -> dict[str, Any]:
+        if path_options is None:
+            return dict(layer)
+        named = path_options(plugin)
+        return {k: absolute(v, base) if k in named else v for k, v in layer.items()}
 
     path = find_config_file(config_file, env)
     if path is not None:
@@ -131,7 +177,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, *, env: Map
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         merged.update(table.get("stoq", {}))
         for name, opts in table.get("plugins", {}).items():
-            plugins.setdefault(name, {}).update(opts)
+            plugins.setdefault(name, {}).update(paths_from(opts, name, path.absolute().parent))
 
     fields = Settings.model_fields
     for key, value in env.items():
@@ -140,7 +186,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, *, env: Map
         rest = key[5:]
         if "__" in rest:
             plugin, _, option = rest.partition("__")
-            plugins.setdefault(plugin.lower(), {})[option.lower()] = value
+            plugins.setdefault(plugin.lower(), {}).update(paths_from({option.lower(): value}, plugin.lower(), Path.cwd()))
         elif rest.lower() in fields and rest.lower() != "plugins":
             merged[rest.lower()] = value
 
@@ -148,9 +194,9 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, *, env: Map
         if value is not None:
             merged[key] = value
     for name, opts in (plugin_options or {}).items():
-        plugins.setdefault(name, {}).update(opts)
+        plugins.setdefault(name, {}).update(paths_from(opts, name, Path.cwd()))
     merged["plugins"] = plugins
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(f"invalid setting: {exc}") from exc
+        raise ConfigError(validation_message(exc, None, (f for f in Settings.model_fields if f != "plugins"))) from exc

@@ -130,6 +130,16 @@ def describe(content: bytes, mime_of: Callable[[bytes], str]) -> dict[str, Any]:
     return hashes(content) | {"mime": mime_of(content)}
 
 
+def setup_failure(name: str, options: PluginOptions | None, exc: Exception) -> str:
+    """Why a plugin could not start, in the user's words: a file that cannot be read is named with the
+    option that names it (``option yara.rules=/x: No such file or directory``)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        given = [k for k, v in (options.model_dump() if options else {}).items() if str(v) == str(exc.filename)]
+        where = f"option {name}.{given[0]}={exc.filename}" if given else str(exc.filename)
+        return f"{where}: {exc.strerror}"
+    return f"setup failed: {type(exc).__name__}: {exc}"
+
+
 class Engine:
     """Runs scans with the installed plugins under one set of settings."""
 
@@ -189,7 +199,7 @@ class Engine:
                 self._missing_tools.add(name)
                 return None
             except Exception as exc:  # recorded against every payload the plugin is dispatched to
-                self._setup_errors[name] = f"setup failed: {type(exc).__name__}: {exc}"
+                self._setup_errors[name] = setup_failure(name, self.options.get(name), exc)
                 return None
             self._instances[name] = plugin
         return plugin

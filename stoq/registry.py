@@ -11,11 +11,12 @@ import re
 import typing
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Mapping
 
 from pydantic import ValidationError
 
-from stoq.config import ConfigError, split_list
+from stoq.config import ConfigError, split_list, validation_message
 from stoq.plugin import SCAN_CATEGORIES, Category, Plugin, PluginOptions
 
 GROUP = "stoq.plugins"
@@ -90,6 +91,14 @@ class Registry:
         return [e.cls for e in self.entries.values() if e.cls is not None and e.cls.category in SCAN_CATEGORIES]
 
 
+def path_options(cls: type[Plugin]) -> frozenset[str]:
+    """The options of ``cls`` typed as paths (``Path``, ``Path | None``, ``list[Path]``...): the CLI makes
+    a relative one absolute where it was written (:func:`stoq.config.load_settings`)."""
+    def mentions_path(annotation: Any) -> bool:
+        return annotation is Path or any(mentions_path(arg) for arg in typing.get_args(annotation))
+    return frozenset(k for k, f in cls.Options.model_fields.items() if mentions_path(f.annotation))
+
+
 def make_options(cls: type[Plugin], values: Mapping[str, Any]) -> PluginOptions:
     """Validates option values (text is coerced; list fields accept comma-separated text)."""
     prepared: dict[str, Any] = {}
@@ -101,4 +110,4 @@ def make_options(cls: type[Plugin], values: Mapping[str, Any]) -> PluginOptions:
     try:
         return cls.Options.model_validate(prepared)
     except ValidationError as exc:
-        raise ConfigError(f"invalid options for plugin {cls.name!r}: {exc}") from exc
+        raise ConfigError(validation_message(exc, cls.name, cls.Options.model_fields)) from exc

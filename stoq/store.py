@@ -24,6 +24,7 @@ server database must be migrated explicitly (``stoq db upgrade``).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 import sqlite3
 import sys
@@ -44,6 +45,7 @@ from stoq.migrations import HEAD_REVISION  # noqa: E402
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_LOCK_KEY = 0x5370_0051  # pg_advisory_xact_lock key serialising concurrent upgrades
+log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -184,10 +186,10 @@ def upgrade(url: str) -> str:
     try:
         return _upgrade_engine(engine)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot migrate {_safe(sa_url)}: {exc}") from exc
+        raise StoreError(f"cannot migrate {_safe(sa_url)}: {_reason(exc)}") from exc
     except Exception as exc:
         if type(exc).__module__.startswith("alembic"):
-            raise StoreError(f"cannot migrate {_safe(sa_url)}: {exc}") from exc
+            raise StoreError(f"cannot migrate {_safe(sa_url)}: {_reason(exc)}") from exc
         raise
     finally:
         engine.dispose()
@@ -206,6 +208,17 @@ def _safe(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def _reason(exc: BaseException) -> str:
+    """A database failure in the database's own words, on one line: the driver's message without
+    SQLAlchemy's wrapping (the exception class, the SQL statement, the "Background on this error"
+    link). The whole exception is logged at INFO (``stoq -v``)."""
+    log.info("database error: %s", exc)
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc)
+    text = re.sub(r"\(Background on this error at: \S+\)", "", text)
+    return " ".join(text.split())
+
+
 # --------------------------------------------------------------------------------------------- store
 
 class Store:
@@ -218,6 +231,7 @@ class Store:
         if dialect not in ("sqlite", "postgresql"):
             raise StoreError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
         self._sqlite = dialect == "sqlite"
+        self.display = _safe(engine.url)  #: the database, as messages name it (no password)
         self._columns = ROW_COLUMNS
         # JSON comes back as text from SQLite, already decoded by psycopg2 from PostgreSQL.
         self._loads: Any = _sqlite_loads if self._sqlite else _identity
@@ -267,11 +281,11 @@ class Store:
             raise
         except SQLAlchemyError as exc:
             engine.dispose()
-            raise StoreError(f"cannot open the store {_safe(sa_url)}: {exc}") from exc
+            raise StoreError(f"cannot open the store {_safe(sa_url)}: {_reason(exc)}") from exc
         except Exception as exc:
             engine.dispose()
             if type(exc).__module__.startswith("alembic"):
-                raise StoreError(f"cannot migrate the store {_safe(sa_url)}: {exc}") from exc
+                raise StoreError(f"cannot migrate the store {_safe(sa_url)}: {_reason(exc)}") from exc
             raise
 
     @property
@@ -303,7 +317,7 @@ class Store:
                     if batch:
                         conn.exec_driver_sql(sql, batch)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot save {len(rows[0])} scan document(s): {exc}") from exc
+            raise StoreError(f"cannot save {len(rows[0])} scan document(s) in {self.display}: {_reason(exc)}") from exc
 
     def _save_pg(self, rows: tuple[list[tuple[Any, ...]], ...]) -> None:
         """PostgreSQL: every INSERT in one query string, which the server runs as one transaction."""
@@ -312,7 +326,7 @@ class Store:
         try:
             raw = self._engine.raw_connection()
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot save {len(rows[0])} scan document(s): {exc}") from exc
+            raise StoreError(f"cannot save {len(rows[0])} scan document(s) in {self.display}: {_reason(exc)}") from exc
         try:
             dbapi: Any = raw.dbapi_connection  # psycopg2's connection
             cur = dbapi.cursor()
@@ -335,7 +349,7 @@ class Store:
         except psycopg2.Error as exc:
             if isinstance(exc, psycopg2.OperationalError) or dbapi.closed:
                 raw.invalidate()  # a broken connection must not go back to the pool
-            raise StoreError(f"cannot save {len(rows[0])} scan document(s): {exc}") from exc
+            raise StoreError(f"cannot save {len(rows[0])} scan document(s) in {self.display}: {_reason(exc)}") from exc
         finally:
             raw.close()
 
@@ -347,7 +361,7 @@ class Store:
             with self._engine.connect() as conn:
                 return self._load(conn, scan_id)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot read scan {scan_id}: {exc}") from exc
+            raise StoreError(f"cannot read scan {scan_id} from {self.display}: {_reason(exc)}") from exc
 
     def find(self, key: str) -> list[dict[str, Any]]:
         """Documents for ``key``: the scan with that id, or, for a sha256, every scan containing that
@@ -366,7 +380,29 @@ class Store:
                                 found.append(doc)
                 return found
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot search for {key}: {exc}") from exc
+            raise StoreError(f"cannot search {self.display} for {key}: {_reason(exc)}") from exc
+
+    def prefixed(self, prefix: str, limit: int = 10) -> tuple[list[str], list[str]]:
+        """The scan ids and the payload sha256s that begin with ``prefix`` (a sha256 in any case), at most
+        ``limit`` + 1 of each (more than ``limit``: the caller says "and more"). Both searches are index
+        range scans: ``prefix <= key < prefix + 'g'`` holds every key that begins with ``prefix`` when
+        every character of a key sorts below ``g`` (hex digits, and the ``-`` of stoq's UUID scan
+        ids); what the range holds is then checked here, whatever the database's collation."""
+        lo = prefix.lower()
+        params = {"lo": lo, "hi": lo + "g", "n": limit + 1, "slo": prefix, "shi": prefix + "g"}
+        sql = {
+            "scans": "SELECT scan_id FROM scans WHERE scan_id >= :slo AND scan_id < :shi ORDER BY scan_id LIMIT :n",
+            "sha256": "SELECT sha256 FROM payloads WHERE sha256 >= :lo AND sha256 < :hi ORDER BY sha256 LIMIT :n",
+        }
+        if not self._sqlite:
+            sql = {k: re.sub(r":(\w+)", r"%(\1)s", v) for k, v in sql.items()}
+        try:
+            with self._engine.connect() as conn:
+                scans = [r[0] for r in conn.exec_driver_sql(sql["scans"], params).all() if r[0].startswith(prefix)]
+                shas = [r[0] for r in conn.exec_driver_sql(sql["sha256"], params).all() if r[0].startswith(lo)]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot search {self.display} for {prefix}: {_reason(exc)}") from exc
+        return scans, shas
 
     def _load(self, conn: Connection, scan_id: str) -> dict[str, Any] | None:
         # Plain SQL through the driver: building and caching SQLAlchemy statements would cost more

@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -464,23 +467,52 @@ def test_the_other_archivers_carry_a_submission_through_the_cluster(tmp_path: Pa
 
 def test_the_no_docker_topology_script_runs_a_submission(tmp_path: Path, testplugins_site: Path,
                                                          cluster: Cluster) -> None:
-    """scripts/stoq-cluster starts one worker per group (here: plugins, and stoq's own queue)."""
-    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {
-        "STOQ_CLUSTER_GROUPS": "yara,peinfo stoq,stoq-collect", "STOQ_CLUSTER_DIR": str(tmp_path / "run"), "STOQ_BIN": str(BIN)}
+    """scripts/stoq-cluster starts one worker per group (here: plugins, and stoq's own queue). Started
+    as root, its workers run as STOQ_CLUSTER_USER (default nobody), without Celery's root warning, and
+    a client runs as that user through `stoq-cluster run`. The directories must be reachable by that
+    user, so the test works in a directory of its own under /tmp (pytest's tmp_path is closed to other
+    users). Where nobody cannot run this install's interpreter (a Python under root's home directory),
+    the script must refuse to start, saying so; the submission is then made with STOQ_CLUSTER_USER=root."""
+    root = os.geteuid() == 0
+    work = Path(tempfile.mkdtemp(prefix="stoq-cluster-test-", dir="/tmp")) if root else tmp_path
+    work.chmod(0o755)
+    env = cluster_env(work, testplugins_site, (8, 9), DB) | {
+        "STOQ_CLUSTER_GROUPS": "yara,peinfo stoq,stoq-collect", "STOQ_CLUSTER_DIR": str(work / "run"), "STOQ_BIN": str(BIN)}
     for url in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]):
         redis.Redis.from_url(url).flushdb()
     script = Path(__file__).resolve().parents[1] / "scripts" / "stoq-cluster"
-    subprocess.run([str(script), "start"], env=env, check=True, capture_output=True, timeout=120)
+    nobody = pwd.getpwnam("nobody")
+    expected_uid = os.geteuid()
+    if root:
+        probe = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--init-groups", "--",
+                                str(BIN / "python"), "-c", "import stoq.tasks.app"], env=env, capture_output=True)
+        if probe.returncode == 0:
+            expected_uid = nobody.pw_uid
+        else:
+            refused = subprocess.run([str(script), "start"], env=env, capture_output=True, timeout=120)
+            assert refused.returncode == 1 and refused.stderr.decode().startswith(
+                f"stoq-cluster: user nobody cannot run stoq's workers with {BIN}/python"), refused.stderr
+            assert not list((work / "run").glob("*.pid"))
+            env["STOQ_CLUSTER_USER"] = "root"
+    started = subprocess.run([str(script), "start"], env=env, capture_output=True, timeout=120)
+    assert started.returncode == 0, started.stderr
     try:
-        c = Cluster(tmp_path, env, subprocess.Popen(["true"]), tmp_path / "run" / "worker1.log")
-        got = c.stoq("submit", str(CORPUS / "test.exe"), "--workers", "yara,peinfo", "-o", f"yara.rules={BENCH_RULES}",
-                     "--format", "json", timeout=120)
+        got = subprocess.run([str(script), "run", "stoq", "submit", str(CORPUS / "test.exe"), "--workers", "yara,peinfo",
+                              "-o", f"yara.rules={BENCH_RULES}", "--format", "json"], env=env, cwd=work,
+                             capture_output=True, timeout=120)
         assert got.returncode == 0, got.stderr
         (doc,) = json.loads(got.stdout)
         validate(doc)
         assert sorted(doc["results"][0]["workers"]) == ["peinfo", "yara"]
+        owners = {Path(f"/proc/{int(pid.read_text())}").stat().st_uid for pid in (work / "run").glob("worker*.pid")}
+        assert owners == {expected_uid}
+        logs = sorted((work / "run").glob("worker*.log"))
+        assert len(logs) == 2
+        assert expected_uid == 0 or not any("SecurityWarning" in log.read_text() for log in logs)
     finally:
         subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=60)
+        if root:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def test_compose_serves_every_plugin_queue_and_stoqs_own() -> None:

@@ -59,10 +59,23 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     wheels.mkdir()
     work.mkdir()
     # The project needs a newer setuptools than the venv may hold: build isolated (from the local index).
-    pip("wheel", "--no-deps", "--wheel-dir", str(wheels), str(src), cwd=base)
+    # -vv against pip()'s --quiet: the build backend's own output (its warnings) is kept.
+    built = pip("wheel", "-vv", "--no-deps", "--wheel-dir", str(wheels), str(src), cwd=base)
+    (base / "build.log").write_text(built.stdout + built.stderr)
     [wheel] = wheels.glob("stoq_analysis-*.whl")
     pip("install", "--no-deps", "--target", str(site), str(wheel), cwd=base)
-    return {"wheel": wheel, "site": site, "work": work}
+    return {"wheel": wheel, "site": site, "work": work, "build_log": base / "build.log"}
+
+
+def test_the_build_configures_every_package_it_ships(installed: dict[str, Path]) -> None:
+    """No setuptools warning that a directory it ships is "absent from the packages configuration"
+    (it was, on every install, for the bundled rules); and the wheel holds the rule files."""
+    log = installed["build_log"].read_text()
+    assert "Created wheel for stoq-analysis" in log  # the backend's output is there to be read
+    assert "absent from the `packages` configuration" not in log and "is absent from" not in log
+    names = zipfile.ZipFile(installed["wheel"]).namelist()
+    assert sorted(n for n in names if n.startswith("stoq_plugins/rules/")) == [
+        "stoq_plugins/rules/default.yar", "stoq_plugins/rules/dispatch.yar"]
 
 
 PROBE = r"""

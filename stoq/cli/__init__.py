@@ -6,7 +6,7 @@ Exit codes (``ExitCode``):
 |------|--------------------------------------------------------------------------|
 | 0    | every file was scanned and no plugin reported an error                   |
 | 1    | every file was scanned; at least one document has entries in ``errors``  |
-| 2    | usage error (unknown option, bad value)                                  |
+| 2    | usage error (unknown option, bad value, -o for a plugin not installed, an ambiguous results prefix) |
 | 3    | some input could not be read (missing, unreadable); the rest was scanned |
 | 4    | configuration error (unknown plugin, bad option, rules that do not compile) |
 | 5    | result store error (database unreachable or not migrated)                |
@@ -19,8 +19,12 @@ import logging
 import os
 import sys
 from enum import IntEnum
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+from stoq.terminal import SafeFormatter, safe
 
 
 class ExitCode(IntEnum):
@@ -35,8 +39,70 @@ class ExitCode(IntEnum):
     NOT_FOUND = 6
 
 
-app = typer.Typer(
+_LABELS = {"str": "TEXT", "int": "INTEGER", "int range": "INTEGER", "float": "NUMBER", "float range": "NUMBER",
+           "path": "PATH", "file": "FILE", "directory": "DIR", "Path": "PATH"}
+
+
+def readable_type(label: str | None, argument: bool = False) -> str | None:
+    """A parameter's type as the help shows it: ``jsonl|json|table``, ``INTEGER``, ``FILE``, a
+    metavar as given; nothing for a flag (``<bool>``) or an argument (its name says it). Typer's own
+    labels are Python annotations (``<list[Path]>``, ``<bool>``)."""
+    if label is None or argument:
+        return None
+    if not (label.startswith("<") and label.endswith(">")):
+        return label  # a metavar
+    bare = label[1:-1].removesuffix("...")
+    while bare.startswith("list[") and bare.endswith("]"):
+        bare = bare[5:-1]
+    if bare == "bool":
+        return None
+    return _LABELS.get(bare, bare)
+
+
+def _show_readably(params: list[Any]) -> None:
+    """Makes each parameter's help show its type as :func:`readable_type` says."""
+    for param in params:
+        shown = getattr(param, "display_type_rich", None)
+        if shown is None or getattr(param, "_stoq_readable", False):  # an older typer: click's labels
+            continue
+        # an argument's name says what it takes; a counter (-v, -vv) takes nothing
+        argument = getattr(param, "param_type_name", "") == "argument" or bool(getattr(param, "count", False))
+
+        def display(ctx: Any = None, shown: Any = shown, argument: bool = argument) -> str | None:
+            return readable_type(shown(ctx=ctx), argument)
+        setattr(param, "display_type_rich", display)
+        setattr(param, "_stoq_readable", True)
+
+
+class StoqCommand(TyperCommand):
+    """A command whose help shows each parameter's type readably (:func:`readable_type`)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        _show_readably(params)
+        return params
+
+
+class StoqGroup(TyperGroup):
+    """The command group, with the same help as :class:`StoqCommand`."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        _show_readably(params)
+        return params
+
+
+class StoqTyper(typer.Typer):
+    """``typer.Typer`` whose commands are :class:`StoqCommand` (one place for the help's look)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", StoqCommand)
+        return super().command(*args, **kwargs)
+
+
+app = StoqTyper(
     name="stoq",
+    cls=StoqGroup,
     help="Analysis. Simplified. Hash, type, archive and analyse files, and everything inside them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -47,18 +113,27 @@ app = typer.Typer(
 @app.callback()
 def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr.")) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="stoq: %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()  # stderr
+    handler.setFormatter(SafeFormatter("stoq: %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    logging.captureWarnings(True)  # Python warnings too: through the same escaping formatter
+
+
+def say(message: str) -> None:
+    """Prints ``stoq: message`` on stderr, escaped (:func:`stoq.cli.output.safe`): messages quote file
+    names and plugin errors, which a scanned file controls."""
+    typer.echo(f"stoq: {safe(message)}", err=True)
 
 
 def fail(message: str, code: ExitCode) -> typer.Exit:
-    """Prints ``message`` on stderr and returns the ``typer.Exit`` to raise."""
-    typer.echo(f"stoq: {message}", err=True)
+    """Prints ``message`` on stderr (as :func:`say`) and returns the ``typer.Exit`` to raise."""
+    say(message)
     return typer.Exit(int(code))
 
 
 from stoq.cli import admin, doctor, scan  # noqa: E402  (registers the commands)
 
-__all__ = ["app", "main", "ExitCode", "fail", "admin", "doctor", "scan"]
+__all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "doctor", "scan"]
 
 
 def main() -> None:

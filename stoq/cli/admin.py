@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -9,12 +10,12 @@ from typing import Annotated, Any, Optional
 import orjson
 import typer
 
-from stoq.cli import ExitCode, app, fail
-from stoq.cli.output import Format, Writer
-from stoq.config import ConfigError, load_settings
+from stoq.cli import ExitCode, StoqTyper, app, fail
+from stoq.cli.output import Format, Writer, safe
+from stoq.config import ConfigError, did_you_mean, load_settings
 from stoq.plugin import Plugin
 
-db_app = typer.Typer(help="Result store administration.", no_args_is_help=True)
+db_app = StoqTyper(help="Result store administration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 CATEGORY_ORDER = ("worker", "carver", "extractor", "decoder", "reader", "connector", "archiver", "source")
@@ -28,20 +29,27 @@ class ListFormat(str, Enum):
 
 
 @app.command("list")
-def list_plugins(format: Annotated[ListFormat, typer.Option("--format", "-f", help="text or json.")] = ListFormat.text) -> None:
+def list_plugins(names: Annotated[Optional[list[str]], typer.Argument(metavar="[PLUGIN]...", help="Show these plugins in full: description and every option, with its type and default.")] = None,
+                 format: Annotated[ListFormat, typer.Option("--format", "-f", help="text or json.")] = ListFormat.text) -> None:
     """List installed plugins by category, with version and description (and load errors)."""
     from stoq.registry import Registry
 
     registry = Registry.discover()
+    for name in names or ():
+        if name not in registry.entries:
+            raise fail(f"no plugin {name!r} is installed{did_you_mean(name, registry.entries)}", ExitCode.NOT_FOUND)
     rows: list[dict[str, Any]] = []
     for entry in registry.entries.values():
+        if names and entry.name not in names:
+            continue
         cls: type[Plugin] | None = entry.cls
         rows.append({
             "name": entry.name,
             "category": entry.category,
             "version": cls.version if cls else None,
             "description": cls.summary() if cls else None,
-            "options": {k: {"default": f.default, "description": f.description}
+            "options": {k: {"type": type_name(f.annotation), "default": f.get_default(call_default_factory=True),
+                            "description": f.description}
                         for k, f in cls.Options.model_fields.items()} if cls else {},
             "distribution": entry.distribution,
             "error": entry.error,
@@ -50,32 +58,80 @@ def list_plugins(format: Annotated[ListFormat, typer.Option("--format", "-f", he
     rows.sort(key=lambda r: (order.get(r["category"], 99), r["name"]))
     if format is ListFormat.json:
         typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
-    category = None
-    for row in rows if format is ListFormat.text else ():
-        if row["category"] != category:
-            category = row["category"]
-            typer.echo(f"{category if category != '?' else 'failed to load'}:")
-        if row["error"]:
-            typer.echo(f"  {row['name']:<14} ERROR  {row['error']}")
-        else:
-            typer.echo(f"  {row['name']:<14} {row['version']:<8} {row['description']}")
+    elif names:
+        for row in rows:
+            typer.echo(detail(row))
+    else:
+        category = None
+        for row in rows:
+            if row["category"] != category:
+                category = row["category"]
+                typer.echo(f"{category if category != '?' else 'failed to load'}:")
+            if row["error"]:
+                typer.echo(f"  {row['name']:<14} ERROR  {safe(row['error'])}")
+            else:
+                typer.echo(f"  {row['name']:<14} {row['version']:<8} {row['description']}")
     if any(r["error"] for r in rows):
         raise typer.Exit(int(ExitCode.CONFIG))
 
 
+def type_name(annotation: Any) -> str:
+    """An option's type in words: ``integer``, ``path``, ``list of text``, ``path or none``."""
+    words = {bool: "boolean", int: "integer", float: "number", str: "text", Path: "path", type(None): "none"}
+    if annotation in words:
+        return words[annotation]
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, set, frozenset) and args:
+        return f"list of {type_name(args[0])}"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if args:  # a union
+        return " or ".join(type_name(a) for a in args)
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def detail(row: dict[str, Any]) -> str:
+    """``stoq list PLUGIN``: one plugin in full."""
+    lines = [f"{row['name']} ({row['category']}, version {row['version']}, from {row['distribution'] or '?'})"]
+    if row["error"]:
+        lines.append(f"  ERROR  {safe(row['error'])}")
+        return "\n".join(lines) + "\n"
+    lines.append(f"  {row['description']}")
+    lines.append(f"  options (-o {row['name']}.OPTION=VALUE):")
+    for option, info in row["options"].items():
+        default = info["default"]
+        shown = "none" if default is None else ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        lines.append(f"    {option}  {info['type']}, default {shown or '(empty)'}")
+        lines.append(f"        {info['description'] or ''}")
+    lines.append(f"    time_limit  number, default the timeout setting (every plugin: seconds it may spend on one payload)")
+    return "\n".join(lines) + "\n"
+
+
+#: Candidates listed when a prefix given to ``stoq results`` is ambiguous.
+AMBIGUOUS_SHOWN = 10
+
+
 @app.command()
-def results(key: Annotated[str, typer.Argument(help="A scan id, or a sha256 (every scan of that file).")],
+def results(key: Annotated[str, typer.Argument(metavar="KEY", help="A scan id or a sha256 (every scan of that file), or any unambiguous beginning of one (the table's sha256:ee373616eed8f5b7).")],
             format: Annotated[Format, typer.Option("--format", "-f")] = Format.json,
             template: Annotated[Optional[Path], typer.Option("--template", exists=True, dir_okay=False)] = None,
             config: Annotated[Optional[Path], typer.Option("--config", "-c")] = None) -> None:
     """Print stored scan documents."""
     from stoq.store import NotMigrated, Store, StoreError
 
+    key = key.strip()
+    if key.lower().startswith("sha256:"):  # pasted from the table
+        key = key[len("sha256:"):]
     try:
         settings = load_settings(config)
         store = Store.open(settings.resolved_database_url())
-        docs = store.find(key)
-        store.close()
+        try:
+            docs = store.find(key)
+            if not docs and key:
+                docs = by_prefix(store, key)
+        finally:
+            store.close()
     except ConfigError as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
     except (NotMigrated, StoreError) as exc:
@@ -86,6 +142,20 @@ def results(key: Annotated[str, typer.Argument(help="A scan id, or a sha256 (eve
     for doc in docs:
         writer.write(doc)
     writer.close()
+
+
+def by_prefix(store: Any, prefix: str) -> list[dict[str, Any]]:
+    """The documents of the one scan id or sha256 that begins with ``prefix``; none when nothing does.
+    Several: the command ends with the candidates listed (exit code 2)."""
+    scans, shas = store.prefixed(prefix, AMBIGUOUS_SHOWN)
+    found = [f"scan {s}" for s in scans] + [f"sha256 {h}" for h in shas]
+    if len(found) == 1:
+        return store.find(scans[0] if scans else shas[0])
+    if found:
+        more = len(scans) > AMBIGUOUS_SHOWN or len(shas) > AMBIGUOUS_SHOWN
+        listed = "; ".join(found[:AMBIGUOUS_SHOWN]) + ("; and more" if more or len(found) > AMBIGUOUS_SHOWN else "")
+        raise fail(f"{prefix} is ambiguous: it begins {listed} (give more characters)", ExitCode.USAGE)
+    return []
 
 
 @db_app.command("upgrade")

@@ -9,6 +9,10 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from stoq.terminal import safe
+
+__all__ = ["Format", "TemplateFailure", "Writer", "safe", "table"]
+
 
 class Format(str, Enum):
     """Output formats of ``scan``, ``submit`` and ``results``."""
@@ -64,24 +68,38 @@ class Writer:
 
 
 def table(doc: dict[str, Any]) -> str:
-    """A human summary: the payload tree (each child under its parent, indented), then the errors."""
-    lines = [f"scan {doc['scan_id']}  {doc['date']}  {doc['payloads']} payload(s)  {doc['source'].get('path', '')}"]
+    """A human summary: the payload tree (each child under its parent, indented), then the errors.
+    Every value a file controls goes through :func:`safe`: one payload is always one line. A payload is
+    named by its path in the tree (``invoice.zip > notes.txt.gz > notes.txt``) where the table refers to
+    it (a duplicate's original, an error's payload), never by an id the table does not show."""
+    lines = [f"scan {doc['scan_id']}  {doc['date']}  {doc['payloads']} payload(s)  {safe(doc['source'].get('path', ''))}"]
     children: dict[str | None, list[dict[str, Any]]] = {}
+    by_id: dict[str, dict[str, Any]] = {}
     for p in doc["results"]:
         children.setdefault(p["parent_id"], []).append(p)
+        by_id[p["payload_id"]] = p
+
+    def where(payload_id: str | None) -> str:
+        names: list[str] = []
+        while payload_id is not None and payload_id in by_id and len(names) <= len(by_id):
+            p = by_id[payload_id]
+            names.append(safe(p["filename"]) if p["filename"] is not None else "-")
+            payload_id = p["parent_id"]
+        return " > ".join(reversed(names)) if names else safe(payload_id)
+
     stack = list(reversed(children.get(None, [])))
     while stack:
         p = stack.pop()
         indent = "  " * (p["depth"] + 1)
-        name = p["filename"] if p["filename"] is not None else "-"
-        extra = f"  (duplicate of {p['duplicate_of']})" if p["duplicate_of"] else ""
-        plugins = ",".join(p["workers"]) or "-"
-        flags = "  [" + " ".join(p["flags"]) + "]" if p["flags"] else ""
-        lines.append(f"{indent}{name}  {p['mime']}  {p['size']} B  sha256:{p['sha256'][:16]}  plugins:{plugins}{flags}{extra}")
+        name = safe(p["filename"]) if p["filename"] is not None else "-"
+        extra = f"  (duplicate of {where(p['duplicate_of'])})" if p["duplicate_of"] else ""
+        plugins = safe(",".join(p["workers"])) or "-"
+        flags = "  [" + " ".join(map(safe, p["flags"])) + "]" if p["flags"] else ""
+        lines.append(f"{indent}{name}  {safe(p['mime'])}  {p['size']} B  sha256:{p['sha256'][:16]}  plugins:{plugins}{flags}{extra}")
         yara = p["workers"].get("yara")
         if isinstance(yara, dict) and yara.get("matches"):
-            lines.append(f"{indent}  yara: " + ", ".join(str(m.get("rule", "?")) for m in yara["matches"]))
+            lines.append(f"{indent}  yara: " + ", ".join(safe(m.get("rule", "?")) for m in yara["matches"]))
         stack.extend(reversed(children.get(p["payload_id"], [])))
     for e in doc["errors"]:
-        lines.append(f"  ! {e['kind']} in {e['plugin']} on {e['payload_id']}: {e['message']}")
+        lines.append(f"  ! {safe(e['kind'])} in {safe(e['plugin'])} on {where(e['payload_id'])}: {safe(e['message'])}")
     return "\n".join(lines) + "\n\n"

@@ -11,13 +11,13 @@ from typing import Annotated, Any, Optional
 import orjson
 import typer
 
-from stoq.cli import ExitCode, app, fail
+from stoq.cli import ExitCode, app, fail, say
 from stoq.cli.output import Format, TemplateFailure, Writer
-from stoq.config import ConfigError, Settings, load_settings, parse_plugin_options
+from stoq.config import ConfigError, Settings
 
-ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
-WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", help="Plugins to run on every payload, comma-separated.")]
-OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
+ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
+WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", metavar="NAMES", help="Plugins to run on every payload, comma-separated.")]
+OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="PLUGIN.OPTION=VALUE", help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
 DepthOpt = Annotated[Optional[int], typer.Option("--max-depth", min=0, help="Deepest extracted level (root is 0). Default 8.")]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=0, help="Worker processes (default: one per core).")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
@@ -31,12 +31,10 @@ PathsArg = Annotated[list[Path], typer.Argument(help="Files or directories to sc
 
 def settings_from(config: Path | None, workers: str | None, options: list[str] | None, max_depth: int | None,
                   jobs: int | None, connectors: str | None = None) -> Settings:
-    try:
-        return load_settings(config, overrides={"workers": workers, "max_depth": max_depth, "jobs": jobs,
-                                                "connectors": connectors},
-                             plugin_options=parse_plugin_options(options or []))
-    except ConfigError as exc:
-        raise fail(str(exc), ExitCode.CONFIG) from None
+    from stoq.cli.options import command_line_settings
+
+    return command_line_settings(config, {"workers": workers, "max_depth": max_depth, "jobs": jobs,
+                                          "connectors": connectors}, options)
 
 
 def collect(paths: list[Path], recursive: bool) -> tuple[list[Path], list[str]]:
@@ -130,7 +128,7 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             loader.save(docs)
         failures = deliver(connectors, docs)
         for failure in failures:
-            typer.echo(f"stoq: {failure}", err=True)
+            say(str(failure))
         return ExitCode.STORE if failures else ExitCode.OK
     hooks = {"started": loader.start, "before_fork": loader.join} if loader else {}
     try:
@@ -138,7 +136,7 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             for outcome in scan_files(engine, files, settings.resolved_jobs(), **hooks):
                 bar.step()
                 if outcome.document is None:
-                    typer.echo(f"stoq: {outcome.error}", err=True)
+                    say(str(outcome.error))
                     code = max(code, ExitCode.INPUT)
                     continue
                 doc = orjson.loads(outcome.document)
@@ -185,7 +183,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
             for sent in client.submit(files, notify):
                 bar.step()
                 if sent.scan_id is None:
-                    typer.echo(f"stoq: {sent.error}", err=True)
+                    say(str(sent.error))
                     code = max(code, ExitCode.INPUT)
                 else:
                     sent_ids.append(sent.scan_id)
@@ -197,7 +195,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
                 for doc, raw in client.documents(notify, set(sent_ids)):
                     bar.step()
                     if "refused" in doc:  # the workers cannot run this submission's settings
-                        typer.echo(f"stoq: the cluster refused scan {doc['scan_id']}: {doc['refused']}", err=True)
+                        say(f"the cluster refused scan {doc['scan_id']}: {doc['refused']}")
                         code = max(code, ExitCode.CONFIG)
                         ready[doc["scan_id"]] = None
                     else:
@@ -230,7 +228,7 @@ def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list
     settings = settings_from(config, workers, options, max_depth, jobs, connectors)
     files, problems = collect(paths, recursive)
     for problem in problems:
-        typer.echo(f"stoq: {problem}", err=True)
+        say(problem)
     if submit and not settings.broker_url:
         typer.echo("stoq: no STOQ_BROKER_URL set: running embedded (local worker processes)", err=True)
     try:

@@ -79,3 +79,14 @@ def preload() -> None:
     except ImportError:  # no PostgreSQL driver: this worker's store is another database
         pass
 
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _escape_log_lines(logger: Any = None, **_: Any) -> None:
+    """Worker log lines quote file names (a task's arguments, a refusal): escaped, one record one line."""
+    from stoq.terminal import EscapingFilter
+
+    for handler in getattr(logger, "handlers", ()):
+        if not any(isinstance(f, EscapingFilter) for f in handler.filters):
+            handler.addFilter(EscapingFilter())
