@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from typing import IO, Callable
 
 from stoq.model import iso
-from stoq.plugin import Tool, ToolMissing, tool_path
+from stoq.plugin import Tool, tool_path
 from stoq_plugins._archive import Member, Unpacker, stream_name, unpack_tar
 from stoq_plugins._scratch import make as make_scratch
 from stoq_plugins._scratch import rmtree

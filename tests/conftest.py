@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -29,12 +30,21 @@ TOOL_PACKAGES = {
 }
 
 
+@functools.cache
+def plugin_tools() -> frozenset[str]:
+    """The programs the installed plugins declare (``Plugin.tools``)."""
+    from stoq.registry import Registry
+
+    return frozenset(t.command for e in Registry.discover().entries.values() if e.cls for t in e.cls.tools)
+
+
 def missing_tools(commands: tuple[str, ...]) -> list[str]:
-    """The commands not found both on PATH (the tests run them as references) and where the plugins look
-    (``stoq.plugin.tool_path()``)."""
+    """The commands not found on PATH (the tests run them as references) or, for a program a plugin
+    runs, where the plugins look (``stoq.plugin.tool_path()``)."""
     from stoq.plugin import tool_path
 
-    return [c for c in commands if shutil.which(c) is None or shutil.which(c, path=tool_path()) is None]
+    return [c for c in commands
+            if shutil.which(c) is None or (c in plugin_tools() and shutil.which(c, path=tool_path()) is None)]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -5,6 +5,7 @@ install, never a traceback."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -14,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from helpers import CORPUS, PG_URL, pg_admin
 
-Run = Callable[..., "subprocess.CompletedProcess[bytes]"]  # noqa: F821
+Run = Callable[..., subprocess.CompletedProcess[bytes]]
 DB = "stoq_test_urls"
 
 

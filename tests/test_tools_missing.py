@@ -21,7 +21,7 @@ from stoq.plugin import Tool, ToolMissing
 from stoq.registry import Registry
 from stoq.runner import run_plugin
 
-Run = Callable[..., "subprocess.CompletedProcess[bytes]"]  # noqa: F821
+Run = Callable[..., subprocess.CompletedProcess[bytes]]
 NO_7Z = "7z is not installed (Debian: apt-get install p7zip-full)"
 NO_GPG = "gpg is not installed (Debian: apt-get install gnupg)"
 
