@@ -3,7 +3,8 @@
 - ``7z`` (p7zip-full): 7z, cab, iso9660/udf, vhd disk images (the files of the filesystem inside, when 7z
   reads it; else the disk image) and zip with WinZip AES members; names from ``7z l -slt``.
 - ``unar``/``lsar`` (unar): rar (RAR 1.5 to 5; the non-free unrar is not used); names from ``lsar -j``.
-- ``bsdtar`` (libarchive-tools): cpio, ar (deb), rpm and xar, converted to a pax stream on stdout
+- ``bsdtar`` (libarchive-tools): cpio, rpm and xar (ar too, where ``decompress`` does not read it itself),
+  converted to a pax stream on stdout
   (``bsdtar -cf - @archive``) and read by ``unpack_tar``: nothing is extracted to disk.
 - ``bsdcat`` (libarchive-tools): lzip and zstd streams, read from its stdout.
 

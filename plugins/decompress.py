@@ -7,7 +7,7 @@ from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
 from stoq_plugins._archive import (BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, STREAM_FORMATS, TOOL_MEMORY, Limits, Unpacker,
-                                  unpack_stream, unpack_tar)
+                                  unpack_ar, unpack_stream, unpack_tar)
 from stoq_plugins._formats import FORMATS, detect
 from stoq_plugins._scratch import remove_stale
 from stoq_plugins._tools import ToolError, unpack_tool
@@ -20,9 +20,9 @@ __all__ = ["FORMATS", "DecompressPlugin", "detect"]
 class DecompressPlugin(ExtractorPlugin):
     """Extracts archive members and compressed streams' contents, within byte and member caps.
 
-    zip, tar, gzip, bzip2, xz, lzma, zlib and zstd (``zstandard``) are read in process; 7z, cab, iso
-    (9660/udf), udf, vhd (the files of its filesystem, else the disk image) and zip with WinZip AES members
-    by ``7z``, rar by ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip (and zstd without
+    zip, tar, ar (deb), gzip, bzip2, xz, lzma, zlib and zstd (``zstandard``) are read in process; 7z,
+    cab, iso (9660/udf), udf, vhd (the files of its filesystem, else the disk image) and zip with WinZip
+    AES members by ``7z``, rar by ``unar``, cpio, rpm and xar by ``bsdtar``, lzip (and zstd without
     ``zstandard``) by ``bsdcat``, each run on a copy
     in a scratch directory under the same caps (``stoq_plugins._tools``). rpm, xar, udf and vhd are
     recognised by their magic bytes (they are not in ``mimes``).
@@ -103,6 +103,8 @@ class DecompressPlugin(ExtractorPlugin):
                     pass  # keep what zipfile read, flagged password:unsupported-encryption
         elif fmt == "tar":
             unpack_tar(payload.content, unpacker)
+        elif fmt == "ar":
+            unpack_ar(payload.content, unpacker)
         elif fmt in STREAM_FORMATS:  # (zstd too, by the zstandard library, when it is installed)
             unpack_stream(fmt, payload.content, payload.filename, unpacker)
         else:
