@@ -333,8 +333,9 @@ def exit_fd(proc: subprocess.Popen) -> int | None:
 
 def wait_tool(proc: subprocess.Popen, timeout: float, watch: Callable[[], str | None] | None = None) -> str | None:
     """Waits for a tool to exit, its ``timeout`` (seconds) to pass, or ``watch()`` (called every 5 to 50 ms
-    while it runs) to name a cap. Returns None once the tool has exited (and is reaped), else the cap:
-    ``limit:tool-time`` or what ``watch`` said; the tool is then still running, for the caller to kill.
+    while it runs; the thread wakes as often without one, so that a ``PluginTimeout`` reaches it) to name
+    a cap. Returns None once the tool has exited (and is reaped), else the cap: ``limit:tool-time`` or
+    what ``watch`` said; the tool is then still running, for the caller to kill.
 
     The exit is noticed at once: the thread sleeps in ``poll`` on a pidfd of the tool, which the
     kernel wakes when it exits (``Popen.wait(timeout)`` sleeps in steps instead). Without pidfds
@@ -351,7 +352,7 @@ def wait_tool(proc: subprocess.Popen, timeout: float, watch: Callable[[], str | 
             left = deadline - time.monotonic()
             if left <= 0:
                 return "limit:tool-time"
-            step = min(left, delay) if watch is not None else left
+            step = min(left, delay)  # (short steps also let the plugin's soft time limit in)
             if poller is not None:
                 if poller.poll(math.ceil(step * 1000)):
                     proc.wait()
