@@ -180,10 +180,10 @@ class ZstdReader:
     ``zstandard`` library, at most ``n`` bytes per ``read1``. The window a frame asks for is capped at
     ``memlimit`` (its decoder memory: ``LzmaLimit`` past it); bytes after the last frame that do not
     begin another are an error (``zstandard.ZstdError``), a frame cut short is ``EOFError``. Input is
-    fed ``FEED`` bytes at a time: the library's ``decompress`` has no output bound, and zstd's ratio
-    reaches 30000:1, so a small feed keeps each step's output small and the bomb rule's count close."""
+    fed ``FEED`` bytes at a time: the library's ``decompress`` has no output bound, and a block of one
+    repeated byte takes 4 bytes for 128 KiB (32768:1), so one step gives 16 MiB at most."""
 
-    FEED = 1 << 12
+    FEED = 512
 
     def __init__(self, data: bytes, memlimit: int) -> None:
         self.data, self.pos, self.memlimit = memoryview(data), 0, memlimit
