@@ -14,7 +14,9 @@ by the next worker's ``setup``), in a new session, with stdin closed, a
 time limit (flag ``limit:tool-time``), no core dumps, ``RLIMIT_AS`` at ``tool_memory`` (a tool that
 cannot allocate what a crafted header asks for fails: flag ``limit:tool-memory``) and ``RLIMIT_FSIZE``
 at ``max_member_bytes + 1`` (``SIGXFSZ`` ignored: the write fails instead). While a tool extracts, the output directory is watched
-and the tool killed once it holds more than ``max_members`` files or ``max_total_bytes`` bytes.
+and the tool killed once it holds more than ``max_members`` files or ``max_total_bytes`` bytes, or more
+than ``bomb_ratio`` times the input past ``bomb_after`` (``ratio:bomb``); its exit is noticed at once
+(``wait_tool``: a pidfd, not a polling sleep).
 Afterwards the output is walked without following links: only regular files (``os.lstat``), each inode
 once, read with ``O_NOFOLLOW``; then the same caps and flags as the in-process formats apply. A file
 whose size differs from the listed one (a member the tool failed on) is flagged ``corrupt:member`` and
