@@ -21,7 +21,7 @@ from stoq.model import iso
 try:  # a declared dependency; without it zstd goes to the bsdcat tool (stoq_plugins._tools)
     import zstandard
 except ImportError:  # pragma: no cover
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]
 
 #: Most bytes asked of a reader at once.
 CHUNK = 1 << 20
