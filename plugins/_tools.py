@@ -2,9 +2,10 @@
 
 - ``7z`` (p7zip-full): 7z, cab, iso9660/udf, vhd and Apple (UDIF, .dmg) disk images (the files of the filesystem inside, when 7z
   reads it; else the disk image) and zip with WinZip AES members; names from ``7z l -slt``.
-- ``unar``/``lsar`` (unar): rar (RAR 1.5 to 5; the non-free unrar is not used), lzh/lha and ace; names from
+- ``unar``/``lsar`` (unar): rar (RAR 1.5 to 5; the non-free unrar is not used) and lzh/lha; names from
   ``lsar -j``.
-- ``bsdtar`` (libarchive-tools): cpio, ar (deb), rpm and xar, converted to a pax stream on stdout
+- ``bsdtar`` (libarchive-tools): cpio, rpm and xar (ar too, where ``decompress`` does not read it itself),
+  converted to a pax stream on stdout
   (``bsdtar -cf - @archive``) and read by ``unpack_tar``: nothing is extracted to disk.
 - ``bsdcat`` (libarchive-tools): lzip and zstd streams, read from its stdout.
 
@@ -14,7 +15,9 @@ by the next worker's ``setup``), in a new session, with stdin closed, a
 time limit (flag ``limit:tool-time``), no core dumps, ``RLIMIT_AS`` at ``tool_memory`` (a tool that
 cannot allocate what a crafted header asks for fails: flag ``limit:tool-memory``) and ``RLIMIT_FSIZE``
 at ``max_member_bytes + 1`` (``SIGXFSZ`` ignored: the write fails instead). While a tool extracts, the output directory is watched
-and the tool killed once it holds more than ``max_members`` files or ``max_total_bytes`` bytes.
+and the tool killed once it holds more than ``max_members`` files or ``max_total_bytes`` bytes, or more
+than ``bomb_ratio`` times the input past ``bomb_after`` (``ratio:bomb``); its exit is noticed at once
+(``wait_tool``: a pidfd, not a polling sleep).
 Afterwards the output is walked without following links: only regular files (``os.lstat``), each inode
 once, read with ``O_NOFOLLOW``; then the same caps and flags as the in-process formats apply. A file
 whose size differs from the listed one (a member the tool failed on) is flagged ``corrupt:member`` and
@@ -349,8 +352,9 @@ def exit_fd(proc: subprocess.Popen) -> int | None:
 
 def wait_tool(proc: subprocess.Popen, timeout: float, watch: Callable[[], str | None] | None = None) -> str | None:
     """Waits for a tool to exit, its ``timeout`` (seconds) to pass, or ``watch()`` (called every 5 to 50 ms
-    while it runs) to name a cap. Returns None once the tool has exited (and is reaped), else the cap:
-    ``limit:tool-time`` or what ``watch`` said; the tool is then still running, for the caller to kill.
+    while it runs; the thread wakes as often without one, so that a ``PluginTimeout`` reaches it) to name
+    a cap. Returns None once the tool has exited (and is reaped), else the cap: ``limit:tool-time`` or
+    what ``watch`` said; the tool is then still running, for the caller to kill.
 
     The exit is noticed at once: the thread sleeps in ``poll`` on a pidfd of the tool, which the
     kernel wakes when it exits (``Popen.wait(timeout)`` sleeps in steps instead). Without pidfds
@@ -367,7 +371,7 @@ def wait_tool(proc: subprocess.Popen, timeout: float, watch: Callable[[], str | 
             left = deadline - time.monotonic()
             if left <= 0:
                 return "limit:tool-time"
-            step = min(left, delay) if watch is not None else left
+            step = min(left, delay)  # (short steps also let the plugin's soft time limit in)
             if poller is not None:
                 if poller.poll(math.ceil(step * 1000)):
                     proc.wait()

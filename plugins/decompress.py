@@ -7,7 +7,7 @@ from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result, ToolMissing
 from stoq_plugins._archive import (BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, STREAM_FORMATS, TOOL_MEMORY, Limits, Unpacker,
-                                  unpack_stream, unpack_tar)
+                                  unpack_ar, unpack_stream, unpack_tar)
 from stoq_plugins._formats import FORMATS, UNSUPPORTED, declares_members, detect, unsupported
 from stoq_plugins._scratch import remove_stale
 from stoq_plugins._tools import TOOLS, ToolError, unpack_tool
@@ -20,15 +20,14 @@ __all__ = ["FORMATS", "DecompressPlugin", "detect"]
 class DecompressPlugin(ExtractorPlugin):
     """Extracts archive members and compressed streams' contents, within byte and member caps.
 
-    zip, tar, gzip, bzip2, xz, lzma, zlib and zstd (``zstandard``) are read in process; 7z, cab, iso
-    (9660/udf), udf, vhd and dmg (the files of their filesystem, else the disk image) and zip with WinZip
-    AES members by ``7z``, rar, lzh and ace by ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip
-    (and zstd without ``zstandard``) by ``bsdcat``, each run on a copy in a scratch directory under the
-    same caps (``stoq_plugins._tools``). rpm, xar, udf, vhd and dmg are recognised by their magic bytes
-    (dmg by its trailer first). Containers libmagic names that nothing here reads (``UNSUPPORTED``), and
-    payloads a dispatch rule sent here that are no format read here, are accepted and flagged
-    ``unsupported:FORMAT``, as is an ace or lzh archive of which unar reads none of the members its
-    headers declare.
+    zip, tar, ar (deb), gzip, bzip2, xz, lzma, zlib and zstd (``zstandard``) are read in process; 7z,
+    cab, iso (9660/udf), udf, vhd and dmg (the files of their filesystem, else the disk image) and zip with
+    WinZip AES members by ``7z``, rar and lzh by ``unar``, cpio, rpm and xar by ``bsdtar``, lzip (and zstd
+    without ``zstandard``) by ``bsdcat``, each run on a copy in a scratch directory under the same caps
+    (``stoq_plugins._tools``). rpm, xar, udf, vhd and dmg are recognised by their magic bytes (dmg by its
+    trailer first). Containers libmagic names that nothing here reads (``UNSUPPORTED``), and payloads a
+    dispatch rule sent here that are no format read here, are accepted and flagged ``unsupported:FORMAT``,
+    as is an lzh archive of which unar reads none of the members its headers declare.
 
     Output: ``{"format", "members" (regular-file members examined), "extracted" (children),
     "decompressed" (bytes decompressed, kept or not: what the scan's byte budget is charged)}``; each
@@ -113,6 +112,8 @@ class DecompressPlugin(ExtractorPlugin):
                     unpacker.flag("tool:missing")
         elif fmt == "tar":
             unpack_tar(payload.content, unpacker)
+        elif fmt == "ar":
+            unpack_ar(payload.content, unpacker)
         elif fmt in STREAM_FORMATS:  # (zstd too, by the zstandard library, when it is installed)
             unpack_stream(fmt, payload.content, payload.filename, unpacker)
         else:

@@ -385,7 +385,8 @@ class Engine:
         # Not hashed again: the publisher checked these bytes against their sha256 when it began them.
         content, _ = read_from(self.archive, ref["sha256"], ref.get("at"))
         payload = Payload(content, ref["payload_id"], ref.get("filename"), ref["mime"], ref["sha256"],
-                          ref.get("depth", 0), ref.get("meta") or {}, tuple(ref.get("rules", ())), ref.get("bytes_left"))
+                          ref.get("depth", 0), ref.get("meta") or {}, tuple(ref.get("rules", ())),
+                          ref.get("bytes_left"))
         answer: dict[str, Any] = {"payload_id": ref["payload_id"]}
         planned = Planned(name, dict(ref.get("overrides") or {}), tuple(ref.get("rules", ())), ref.get("save", True))
         outcome = self.run_one(name, payload, planned, activity)

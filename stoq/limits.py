@@ -4,7 +4,8 @@
 |------------------|---------------------------------|-----------------------------------------------------------|
 | `limit:depth`    | the payload at the depth limit  | its children were not extracted or not kept               |
 | `limit:children` | the parent of a dropped child   | the scan already holds `max_children` extracted payloads  |
-| `limit:bytes`    | the parent of a dropped child, or a payload whose extractors did not run | the child would take the scan past `max_bytes` extracted, or the scan had none left |
+| `limit:bytes`    | the parent of a dropped child   | the child would take the scan past `max_bytes` extracted  |
+|                  | a payload whose extractors did not run | the scan's `max_bytes` was spent when its wave began |
 | `limit:file-bytes` | a root over `max_file_bytes`  | the input was only hashed (streamed) and typed (first MiB); no plugin ran, nothing archived |
 | `limit:scan-time` | a child begun after `max_scan_seconds` | it was hashed, typed, archived and listed, but no plugin ran on it (so nothing was extracted from it) |
 

@@ -73,3 +73,22 @@ def test_the_key_yara_reports_for_an_xor_match_reaches_the_xor_decoder(engine: E
     assert root["workers"]["xor"]["key"] == "0x2a" and root["workers"]["xor"]["key_source"] == "option"
     (child,) = [p for p in doc["results"] if p["extracted_by"] == "xor"]
     assert child["sha256"] == hashlib.sha256(exe).hexdigest()
+
+
+@pytest.mark.parametrize("argv", [["bsdtar", "-cf", "-"], ["bsdtar", "--format", "newc", "-cf", "-"],
+                                  ["bsdtar", "--format", "ar", "-cf", "-"], ["zstd", "-q", "-c"]])
+def test_an_archive_whose_first_member_is_a_pdf_is_not_read_as_one(engine: Engine, tmp_path: Path,
+                                                                  argv: list[str]) -> None:
+    """%PDF- within the first KiB makes a PDF (as readers accept it), but not in a tar (at 512), ar (at
+    68), cpio (after its 110-byte header) or zstd frame (literals stored raw): decompress opens those,
+    and pdftext reads the member."""
+    import subprocess
+
+    (tmp_path / "test.pdf").write_bytes((CORPUS / "test.pdf").read_bytes())
+    data = subprocess.run([*argv, "test.pdf"], cwd=tmp_path, capture_output=True, check=True, timeout=60).stdout
+    assert 0 < data.find(b"%PDF-") < 1024
+    doc = engine.scan(data, "a", {})
+    validate(doc)
+    root, member = doc["results"][:2]
+    assert "decompress" in root["workers"] and "pdftext" not in root["workers"] and doc["errors"] == []
+    assert member["filename"] in ("test.pdf", None) and set(member["workers"]) == {"pdftext"}

@@ -213,7 +213,10 @@ rule pdf_document
     strings:
         $pdf = "%PDF-"
     condition:
-        $pdf in (0..1024)
+        // not a tar, ar or cpio archive whose first member is a PDF, nor a zstd frame (raw literals):
+        // decompress opens those, and pdftext reads the member (it would parse the whole archive to fail)
+        $pdf in (0..1024) and not (uint32be(257) == 0x75737461 or uint32be(0) == 0x213c6172
+                                   or uint32be(0) == 0x30373037 or uint32be(0) == 0x28b52ffd)
 }
 
 rule rfc822_message
