@@ -465,7 +465,8 @@ def test_the_no_docker_topology_script_runs_a_submission(tmp_path: Path, testplu
                                                          cluster: Cluster) -> None:
     """scripts/stoq-cluster starts one worker per group (here: plugins, and stoq's own queue)."""
     env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {
-        "STOQ_CLUSTER_GROUPS": "yara,peinfo stoq,stoq-collect", "STOQ_CLUSTER_DIR": str(tmp_path / "run"), "STOQ_BIN": str(BIN)}
+        "STOQ_CLUSTER_GROUPS": "yara,peinfo,trailer,debloat stoq,stoq-collect", "STOQ_CLUSTER_DIR": str(tmp_path / "run"),
+        "STOQ_BIN": str(BIN)}  # (trailer and debloat: MIME routing sends every PE to them)
     for url in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]):
         redis.Redis.from_url(url).flushdb()
     script = Path(__file__).resolve().parents[1] / "scripts" / "stoq-cluster"
@@ -477,7 +478,7 @@ def test_the_no_docker_topology_script_runs_a_submission(tmp_path: Path, testplu
         assert got.returncode == 0, got.stderr
         (doc,) = json.loads(got.stdout)
         validate(doc)
-        assert sorted(doc["results"][0]["workers"]) == ["peinfo", "yara"]
+        assert sorted(doc["results"][0]["workers"]) == ["peinfo", "trailer", "yara"]
     finally:
         subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=60)
 
