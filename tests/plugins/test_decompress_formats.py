@@ -57,19 +57,27 @@ def crc16(data: bytes) -> int:
     return crc
 
 
-def lzh(files: dict[str, bytes]) -> bytes:
-    """An LHA archive of level-0 headers and stored (-lh0-) members, ended by a zero byte."""
+def lzh(files: dict[str, bytes], level: int) -> bytes:
+    """An LHA archive of stored (-lh0-) members, ended by a zero byte. Level 0: a header with its byte sum
+    and the name inside; level 2: a 16-bit header size, Unix time, and the name in an extended header."""
     out = bytearray()
     for name, data in files.items():
         raw = name.encode()
-        body = (b"-lh0-" + struct.pack("<IIIBB", len(data), len(data), DOS_TIME, 0x20, 0) + bytes([len(raw)]) + raw
-                + struct.pack("<H", crc16(data)))
-        out += bytes([len(body), sum(body) & 0xFF]) + body + data
+        if level == 0:
+            body = (b"-lh0-" + struct.pack("<IIIBB", len(data), len(data), DOS_TIME, 0x20, 0) + bytes([len(raw)])
+                    + raw + struct.pack("<H", crc16(data)))
+            out += bytes([len(body), sum(body) & 0xFF]) + body + data
+        else:
+            base = (b"-lh0-" + struct.pack("<IIIBB", len(data), len(data), 1715949000, 0x20, 2)
+                    + struct.pack("<H", crc16(data)) + b"U")
+            extended = struct.pack("<HB", 3 + len(raw), 1) + raw + struct.pack("<H", 0)
+            out += struct.pack("<H", 2 + len(base) + len(extended)) + base + extended + data
     return bytes(out + b"\x00")
 
 
-def test_lzh_members_are_unars(tmp_path: Path, make_payload) -> None:
-    data = lzh(FILES)
+@pytest.mark.parametrize("level", [0, 2])
+def test_lzh_members_are_unars(tmp_path: Path, make_payload, level: int) -> None:
+    data = lzh(FILES, level)
     (tmp_path / "t.lzh").write_bytes(data)
     listing = json.loads(run("lsar", "-j", "t.lzh", cwd=tmp_path).stdout)
     assert [(e["XADFileName"], e["XADFileSize"]) for e in listing["lsarContents"]] == [
