@@ -2,7 +2,7 @@
 
 - ``7z`` (p7zip-full): 7z, cab, iso9660/udf, vhd and Apple (UDIF, .dmg) disk images (the files of the filesystem inside, when 7z
   reads it; else the disk image) and zip with WinZip AES members; names from ``7z l -slt``.
-- ``unar``/``lsar`` (unar): rar (RAR 1.5 to 5; the non-free unrar is not used), lzh/lha and ace; names from
+- ``unar``/``lsar`` (unar): rar (RAR 1.5 to 5; the non-free unrar is not used) and lzh/lha; names from
   ``lsar -j``.
 - ``bsdtar`` (libarchive-tools): cpio, ar (deb), rpm and xar, converted to a pax stream on stdout
   (``bsdtar -cf - @archive``) and read by ``unpack_tar``: nothing is extracted to disk.
@@ -371,7 +371,7 @@ def unpack_7z(tools: Tools, scratch: Scratch) -> None:
 
 
 def unpack_rar(tools: Tools, scratch: Scratch) -> None:
-    """rar, lzh and ace via unar; passwords are tried when lsar lists an encrypted member (or cannot list)."""
+    """rar and lzh via unar; passwords are tried when lsar lists an encrypted member (or cannot list)."""
     listing = tools.listing(["lsar", "-j", INPUT], scratch)
     try:
         contents = json.loads(listing.stdout).get("lsarContents", [])
@@ -451,7 +451,7 @@ def unpack_piped_stream(fmt: str, tools: Tools, scratch: Scratch, name: str | No
 
 #: The formats read here, by the tool that reads them.
 TOOL_FORMATS = {"7z": "7z", "cab": "7z", "iso": "7z", "udf": "7z", "vhd": "7z", "dmg": "7z", "rar": "unar", "lzh": "unar",
-                "ace": "unar", "cpio": "bsdtar",
+                "cpio": "bsdtar",
                 "ar": "bsdtar", "rpm": "bsdtar", "xar": "bsdtar", "lzip": "bsdcat", "zstd": "bsdcat"}
 
 

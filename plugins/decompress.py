@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result
+from stoq_plugins._ace import unpack_ace
 from stoq_plugins._archive import LZMA_MEMORY, TOOL_MEMORY, Limits, Unpacker, unpack_stream, unpack_tar
 from stoq_plugins._formats import FORMATS, UNSUPPORTED, declares_members, detect, unsupported
 from stoq_plugins._scratch import remove_stale
@@ -19,14 +20,14 @@ __all__ = ["FORMATS", "DecompressPlugin", "detect"]
 class DecompressPlugin(ExtractorPlugin):
     """Extracts archive members and compressed streams' contents, within byte and member caps.
 
-    zip, tar, gzip, bzip2, xz, lzma and zlib are read in process; 7z, cab, iso (9660/udf), udf, vhd and dmg
-    (the files of their filesystem, else the disk image) and zip with WinZip AES members by ``7z``, rar,
-    lzh and ace by ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip and zstd by ``bsdcat``, each
-    run on a copy in a scratch directory under the same caps (``stoq_plugins._tools``). rpm, xar, udf, vhd
-    and dmg are recognised by their magic bytes (dmg by its trailer first). Containers libmagic names that
-    nothing here reads (``UNSUPPORTED``), and payloads a dispatch rule sent here that are no format read here,
-    are accepted and flagged ``unsupported:FORMAT``, as is an ace or lzh archive of which unar reads none of
-    the members its headers declare.
+    zip, tar, gzip, bzip2, xz, lzma, zlib and ace (acefile) are read in process; 7z, cab, iso (9660/udf),
+    udf, vhd and dmg (the files of their filesystem, else the disk image) and zip with WinZip AES members
+    by ``7z``, rar and lzh by ``unar``, cpio, ar (deb), rpm and xar by ``bsdtar``, lzip and zstd by
+    ``bsdcat``, each run on a copy in a scratch directory under the same caps (``stoq_plugins._tools``).
+    rpm, xar, udf, vhd and dmg are recognised by their magic bytes (dmg by its trailer first). Containers
+    libmagic names that nothing here reads (``UNSUPPORTED``), and payloads a dispatch rule sent here that
+    are no format read here, are accepted and flagged ``unsupported:FORMAT``, as is an lzh archive of
+    which unar reads none of the members its headers declare.
 
     Output: ``{"format", "members" (regular-file members examined), "extracted" (children)}``; each
     child's meta holds member, size, compressed_size, modified, encrypted and crc (None where the
@@ -93,6 +94,8 @@ class DecompressPlugin(ExtractorPlugin):
                     pass  # keep what zipfile read, flagged password:unsupported-encryption
         elif fmt == "tar":
             unpack_tar(payload.content, unpacker)
+        elif fmt == "ace":
+            unpack_ace(payload.content, unpacker)
         elif fmt in TOOL_FORMATS:
             unpack_tool(fmt, payload.content, payload.filename, unpacker, options.tool_timeout)
             if not unpacker.listed and not unpacker.flags and declares_members(fmt, payload.content):
