@@ -68,17 +68,6 @@ def periodic_start(data: bytes, start: int, end: int, step: int, max_scan: int) 
     return pos, False
 
 
-def is_padding(data: bytes, start: int, end: int, max_scan: int) -> bool:
-    """True if ``data[start:end]`` is one byte or one pattern (up to 4 KiB) repeated (within ``max_scan``)."""
-    if end <= start:
-        return False
-    fill = data[end - 1:end]
-    if end - start <= CHUNK and data.count(fill, start, end) == end - start:
-        return True
-    step = period(data[max(start, end - (1 << 16)):end], 4096)
-    return step is not None and periodic_start(data, start, end, step, max_scan) == (start, False)
-
-
 def junk_start(data: bytes, start: int, end: int, ratio: float, max_scan: int) -> tuple[int, bool]:
     """Where the junk ending at ``end`` begins (``end`` if there is none), back to ``start`` at most; True
     if ``max_scan`` bytes were examined before the walk got there. A repeated pattern (a single byte

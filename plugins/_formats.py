@@ -93,11 +93,8 @@ def detect(payload: Payload) -> str | None:
 
 
 def declares_members(fmt: str, data: bytes) -> bool:
-    """True if the container's own headers show at least one member (ace: a file block after the main
-    header; lzh: a first member header): a tool that reads none of it then cannot read the format."""
-    if fmt == "ace" and len(data) > 8:
-        after = 4 + int.from_bytes(data[2:4], "little")
-        return data[after + 4:after + 5] == b"\x01"
+    """True if the container's own headers show at least one member (lzh: a first member header): a tool
+    that reads none of it then cannot read the format."""
     if fmt == "lzh":
         return data[:1] != b"\x00" and data[2:4] == b"-l"
     return False

@@ -472,7 +472,7 @@ def unpack_7z(tools: Tools, scratch: Scratch) -> None:
 
 
 def unpack_rar(tools: Tools, scratch: Scratch) -> None:
-    """rar, lzh and ace via unar; passwords are tried when lsar lists an encrypted member (or cannot list)."""
+    """rar and lzh via unar; passwords are tried when lsar lists an encrypted member (or cannot list)."""
     listing = tools.listing(["lsar", "-j", INPUT], scratch)
     try:
         contents = json.loads(listing.stdout).get("lsarContents", [])
@@ -555,7 +555,7 @@ def unpack_piped_stream(fmt: str, tools: Tools, scratch: Scratch, name: str | No
 
 #: The formats read here, by the tool that reads them.
 TOOL_FORMATS = {"7z": "7z", "cab": "7z", "iso": "7z", "udf": "7z", "vhd": "7z", "dmg": "7z", "rar": "unar", "lzh": "unar",
-                "ace": "unar", "cpio": "bsdtar",
+                "cpio": "bsdtar",
                 "ar": "bsdtar", "rpm": "bsdtar", "xar": "bsdtar", "lzip": "bsdcat", "zstd": "bsdcat"}
 
 

@@ -24,8 +24,9 @@ EOCD = b"PK\x05\x06"
 #: JPEG markers without a length: TEM, RST0-7, SOI, EOI.
 _BARE = {0x01, *range(0xD0, 0xD8), 0xD8}
 #: The marker that ends entropy-coded data: ``FF`` (fill bytes too) then neither a stuffed ``00`` nor RSTn.
+#: (Written with a literal first byte, not ``\xff+``, so that ``re`` skips ahead to each ``FF`` in C.)
 _FILL = re.compile(rb"\xff+")
-_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+_MARKER = re.compile(rb"\xff\xff*[^\x00\xd0-\xd7\xff]")
 
 
 @dataclass(frozen=True, slots=True)

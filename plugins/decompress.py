@@ -8,6 +8,7 @@ from pydantic import Field
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result, ToolMissing
 from stoq_plugins._archive import (BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, STREAM_FORMATS, TOOL_MEMORY, Limits, Unpacker,
                                   unpack_ar, unpack_stream, unpack_tar)
+from stoq_plugins._ace import unpack_ace
 from stoq_plugins._formats import FORMATS, UNSUPPORTED, declares_members, detect, unsupported
 from stoq_plugins._scratch import remove_stale
 from stoq_plugins._tools import TOOLS, ToolError, unpack_tool
@@ -20,14 +21,15 @@ __all__ = ["FORMATS", "DecompressPlugin", "detect"]
 class DecompressPlugin(ExtractorPlugin):
     """Extracts archive members and compressed streams' contents, within byte and member caps.
 
-    zip, tar, ar (deb), gzip, bzip2, xz, lzma, zlib and zstd (``zstandard``) are read in process; 7z,
-    cab, iso (9660/udf), udf, vhd and dmg (the files of their filesystem, else the disk image) and zip with
-    WinZip AES members by ``7z``, rar and lzh by ``unar``, cpio, rpm and xar by ``bsdtar``, lzip (and zstd
-    without ``zstandard``) by ``bsdcat``, each run on a copy in a scratch directory under the same caps
-    (``stoq_plugins._tools``). rpm, xar, udf, vhd and dmg are recognised by their magic bytes (dmg by its
-    trailer first). Containers libmagic names that nothing here reads (``UNSUPPORTED``), and payloads a
-    dispatch rule sent here that are no format read here, are accepted and flagged ``unsupported:FORMAT``,
-    as is an lzh archive of which unar reads none of the members its headers declare.
+    zip, tar, ar (deb), gzip, bzip2, xz, lzma, zlib, zstd (``zstandard``) and ace (acefile) are read in
+    process; 7z, cab, iso (9660/udf), udf, vhd and dmg (the files of their filesystem, else the disk image)
+    and zip with WinZip AES members by ``7z``, rar and lzh by ``unar``, cpio, rpm and xar by ``bsdtar``,
+    lzip (and zstd without ``zstandard``) by ``bsdcat``, each run on a copy in a scratch directory under
+    the same caps (``stoq_plugins._tools``). rpm, xar, udf, vhd and dmg are recognised by their magic
+    bytes (dmg by its trailer first). Containers libmagic names that nothing here reads
+    (``UNSUPPORTED``), and payloads a dispatch rule sent here that are no format read here, are accepted
+    and flagged ``unsupported:FORMAT``, as is an lzh archive of which unar reads none of the members its
+    headers declare.
 
     Output: ``{"format", "members" (regular-file members examined), "extracted" (children),
     "decompressed" (bytes decompressed, kept or not: what the scan's byte budget is charged)}``; each
@@ -114,6 +116,8 @@ class DecompressPlugin(ExtractorPlugin):
             unpack_tar(payload.content, unpacker)
         elif fmt == "ar":
             unpack_ar(payload.content, unpacker)
+        elif fmt == "ace":
+            unpack_ace(payload.content, unpacker)
         elif fmt in STREAM_FORMATS:  # (zstd too, by the zstandard library, when it is installed)
             unpack_stream(fmt, payload.content, payload.filename, unpacker)
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from stoq.plugin import CarverPlugin, Extracted, Payload, PluginOptions, Result
-from stoq_plugins._debloat import is_padding
+from stoq_plugins._debloat import junk_start
 from stoq_plugins._trailer import format_of, logical_end
 
 MiB = 1 << 20
@@ -23,12 +23,13 @@ class TrailerPlugin(CarverPlugin):
     segment by segment, PNG to IEND, GIF to its trailer byte, zip to the end of the central directory
     record and its comment, PE to its furthest section or certificate table (the overlay), PDF to its last
     ``%%EOF`` and end of line. The child is named ``trailer_<offset>.bin`` (``overlay_<offset>.bin`` for a
-    PE) with meta offset, size and format (the host's). A trailer shorter than ``min_size``, or made of one
-    byte or one short pattern repeated (padding, ``stoq_plugins._debloat.is_padding``), is not a child: the
-    output reports it. Output ``{"format", "end" (offset, or
-    None when unknown), "trailer" (bytes after it), "carved", "padding"}``. Flags: ``limit:trailer-steps``
-    when the walk took ``max_steps`` steps without reaching the end, ``limit:trailer-size`` when the child
-    was cut at ``max_size``.
+    PE) with meta offset, size (without padding) and format (the host's). Padding that ends the trailer
+    (one byte or a short pattern repeated, or MiBs zlib shrinks ``junk_ratio`` times:
+    ``stoq_plugins._debloat.junk_start``) is left out of the child; a trailer shorter than ``min_size``
+    without it is not a child. Output ``{"format", "end" (offset, or None when unknown), "trailer" (bytes
+    after it), "carved", "padding" (bytes of padding at the end)}``. Flags: ``limit:trailer-steps`` when the
+    walk took ``max_steps`` steps without reaching the end, ``limit:trailer-size`` when the child was cut at
+    ``max_size``.
     """
 
     name = "trailer"
@@ -41,6 +42,8 @@ class TrailerPlugin(CarverPlugin):
         max_size: int = Field(256 * MiB, ge=1, description="Largest trailer carved, in bytes (cut beyond).")
         max_steps: int = Field(100_000, ge=1, description="Most segments, chunks, blocks or records walked to "
                                                           "find the end.")
+        junk_ratio: float = Field(20, gt=1, description="Padding ending the trailer is left out: a repeated "
+                                                        "pattern, or MiBs zlib shrinks this many times.")
 
     def accepts(self, payload: Payload) -> bool:
         return super().accepts(payload) and format_of(payload.content) is not None
@@ -51,15 +54,16 @@ class TrailerPlugin(CarverPlugin):
         if end is None:
             raise ValueError(f"not a format whose end is known (MIME type {payload.mime})")
         flags = ["limit:trailer-steps"] if end.capped else []
-        size = 0 if end.offset is None else len(data) - end.offset
-        rest = b"" if end.offset is None else data[end.offset:end.offset + options.max_size]
-        padding = end.offset is not None and is_padding(data, end.offset, len(data), options.max_size)
+        start = len(data) if end.offset is None else end.offset
+        stop = junk_start(data, start, len(data), options.junk_ratio, options.max_size)[0]  # padding left out
+        size = stop - start
         children = []
-        if end.offset is not None and size >= options.min_size and not padding:
+        if size >= options.min_size:
             if size > options.max_size:
                 flags.append("limit:trailer-size")
             kind = "overlay" if end.format == "pe" else "trailer"
-            children.append(Extracted(rest, filename=f"{kind}_{end.offset:08x}.bin",
-                                      meta={"offset": end.offset, "size": size, "format": end.format}))
-        return Result(data={"format": end.format, "end": end.offset, "trailer": size, "carved": len(children),
-                            "padding": padding}, children=children, flags=flags)
+            children.append(Extracted(data[start:start + min(size, options.max_size)],
+                                      filename=f"{kind}_{start:08x}.bin",
+                                      meta={"offset": start, "size": size, "format": end.format}))
+        return Result(data={"format": end.format, "end": end.offset, "trailer": len(data) - start, "carved": len(children),
+                            "padding": len(data) - stop}, children=children, flags=flags)

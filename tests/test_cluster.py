@@ -477,7 +477,7 @@ def test_the_no_docker_topology_script_runs_a_submission(tmp_path: Path, testplu
     work = Path(tempfile.mkdtemp(prefix="stoq-cluster-test-", dir="/tmp")) if root else tmp_path
     work.chmod(0o755)
     env = cluster_env(work, testplugins_site, (8, 9), DB) | {
-        "STOQ_CLUSTER_GROUPS": "yara,peinfo stoq,stoq-collect", "STOQ_CLUSTER_DIR": str(work / "run"), "STOQ_BIN": str(BIN)}
+        "STOQ_CLUSTER_GROUPS": "yara,peinfo,trailer,debloat stoq,stoq-collect", "STOQ_CLUSTER_DIR": str(work / "run"), "STOQ_BIN": str(BIN)}  # (trailer and debloat: MIME routing sends every PE to them)
     for url in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]):
         redis.Redis.from_url(url).flushdb()
     script = Path(__file__).resolve().parents[1] / "scripts" / "stoq-cluster"
@@ -503,7 +503,7 @@ def test_the_no_docker_topology_script_runs_a_submission(tmp_path: Path, testplu
         assert got.returncode == 0, got.stderr
         (doc,) = json.loads(got.stdout)
         validate(doc)
-        assert sorted(doc["results"][0]["workers"]) == ["peinfo", "yara"]
+        assert sorted(doc["results"][0]["workers"]) == ["peinfo", "trailer", "yara"]
         owners = {Path(f"/proc/{int(pid.read_text())}").stat().st_uid for pid in (work / "run").glob("worker*.pid")}
         assert owners == {expected_uid}
         logs = sorted((work / "run").glob("worker*.log"))

@@ -4,6 +4,7 @@ markers inside the host's own data do not stop the walk, and an appended archive
 
 from __future__ import annotations
 
+import random
 import struct
 import zlib
 from pathlib import Path
@@ -30,7 +31,7 @@ def scan(make_payload, content: bytes, mime: str, **options) -> Result:
 
 def assert_trailer(result: Result, fmt: str, offset: int, trailer: bytes) -> None:
     assert result.flags == []
-    assert result.data == {"format": fmt, "end": offset, "trailer": len(trailer), "carved": 1, "padding": False}
+    assert result.data == {"format": fmt, "end": offset, "trailer": len(trailer), "carved": 1, "padding": 0}
     [child] = result.children
     assert child.content == trailer
     assert child.meta == {"offset": offset, "size": len(trailer), "format": fmt}
@@ -63,7 +64,7 @@ def test_the_gif_trailer_byte_is_found_by_walking_blocks(make_payload) -> None:
     assert data[end:] == b"foobar\n" and data.index(b";") < end - 1
     short = scan(make_payload, data, "image/gif")  # 7 bytes: reported, not carved
     assert short.children == [] and short.data == {"format": "gif", "end": end, "trailer": 7, "carved": 0,
-                                                   "padding": False}
+                                                   "padding": 0}
     assert_trailer(scan(make_payload, data + HIDDEN, "image/gif"), "gif", end, data[end:] + HIDDEN)
 
 
@@ -100,9 +101,13 @@ def test_zip_end_is_its_own_directory_not_the_appended_ones(make_payload) -> Non
 def test_padding_tiny_trailers_and_caps(make_payload) -> None:
     jpeg = (CORPUS / "test.jpg").read_bytes()
     padded = scan(make_payload, jpeg + bytes(4096), "image/jpeg")
-    assert padded.children == [] and padded.data["padding"] is True and padded.data["trailer"] == 4096
+    assert padded.children == [] and padded.data["padding"] == 4096 and padded.data["trailer"] == 4096
     pattern = scan(make_payload, jpeg + b"\xde\xad\xbe\xef" * 4096, "image/jpeg")  # a repeated pattern: padding too
-    assert pattern.children == [] and pattern.data["padding"] is True
+    assert pattern.children == [] and pattern.data["padding"] == 16384
+    block = random.Random(5).randbytes(8192) * 256  # 2 MiB of an 8 KiB block repeated, after a zip: left out
+    behind = scan(make_payload, jpeg + HIDDEN + block, "image/jpeg")
+    assert behind.children[0].content == HIDDEN and behind.data["padding"] == len(block)
+    assert behind.children[0].meta == {"offset": len(jpeg), "size": len(HIDDEN), "format": "jpeg"}
     tiny = scan(make_payload, jpeg + b"\x01\x02\x03", "image/jpeg", min_size=4)
     assert tiny.children == [] and tiny.data["trailer"] == 3
     cut = scan(make_payload, jpeg + HIDDEN, "image/jpeg", max_size=100)
