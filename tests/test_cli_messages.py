@@ -9,22 +9,15 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-import pytest
 
 from helpers import PG_URL
+from test_cli_options import sample  # noqa: F401  (the fixture: a small text file)
 
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
 
 
 def stderr_lines(proc: subprocess.CompletedProcess[bytes]) -> list[str]:
     return proc.stderr.decode().splitlines()
-
-
-@pytest.fixture()
-def sample(tmp_path: Path) -> Path:
-    path = tmp_path / "in.txt"
-    path.write_bytes(b"some text\n")
-    return path
 
 
 def test_a_missing_rule_file_is_named_with_its_option(run_stoq: Run, sample: Path) -> None:
