@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+import pytest
 
 from helpers import PG_URL
 from test_cli_options import sample  # noqa: F401  (the fixture: a small text file)
@@ -57,6 +58,7 @@ def test_a_bad_setting_names_the_setting(run_stoq: Run, sample: Path, tmp_path: 
     assert line.startswith("stoq: there is no setting 'max_dept' (did you mean 'max_depth'?); valid: archive, ")
 
 
+@pytest.mark.postgres
 def test_a_database_that_cannot_be_opened_is_named_without_sqlalchemy_links(run_stoq: Run, sample: Path) -> None:
     name = f"stoq_absent_{uuid.uuid4().hex[:8]}"
     url = PG_URL.rsplit("/", 1)[0] + "/" + name
