@@ -24,13 +24,13 @@ def stderr_lines(proc: subprocess.CompletedProcess[bytes]) -> list[str]:
 def test_a_missing_rule_file_is_named_with_its_option(run_stoq: Run, sample: Path) -> None:
     proc = run_stoq("scan", str(sample), "--no-store", "-w", "yara", "-o", "yara.rules=/nonexistent/rules.yar")
     assert (proc.returncode, stderr_lines(proc), proc.stdout) == (4, [
-        "stoq: plugin 'yara' cannot start: option yara.rules=/nonexistent/rules.yar: No such file or directory"], b"")
+        "stoq: plugin 'yara' cannot start: setup failed: option yara.rules=/nonexistent/rules.yar: No such file or directory"], b"")
 
 
 def test_a_directory_given_as_rule_file(run_stoq: Run, sample: Path, tmp_path: Path) -> None:
     proc = run_stoq("scan", str(sample), "--no-store", "-w", "yara", "-o", f"yara.rules={tmp_path}")
     assert (proc.returncode, stderr_lines(proc)) == (4, [
-        f"stoq: plugin 'yara' cannot start: option yara.rules={tmp_path}: Is a directory"])
+        f"stoq: plugin 'yara' cannot start: setup failed: option yara.rules={tmp_path}: Is a directory"])
 
 
 def test_an_unknown_option_names_the_valid_ones(run_stoq: Run, sample: Path) -> None:
