@@ -22,6 +22,7 @@ list settings comma-separated); a plugin option is ``STOQ_<PLUGIN>__<OPTION>`` (
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -96,6 +97,7 @@ def validation_message(exc: ValidationError, owner: str | None, fields: Iterable
     """A pydantic error in the user's words: the option or setting, the value given and what is wrong
     with it; no pydantic class names or links. ``owner`` is the plugin (``None`` for core settings);
     ``fields`` the valid names, for an unknown one."""
+    logging.getLogger(__name__).info("%s", exc)  # pydantic's own report, with -v
     known = sorted(fields)
     parts: list[str] = []
     for error in exc.errors(include_url=False):

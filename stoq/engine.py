@@ -132,11 +132,11 @@ def describe(content: bytes, mime_of: Callable[[bytes], str]) -> dict[str, Any]:
 
 def setup_failure(name: str, options: PluginOptions | None, exc: Exception) -> str:
     """Why a plugin could not start, in the user's words: a file that cannot be read is named with the
-    option that names it (``option yara.rules=/x: No such file or directory``)."""
+    option that names it (``setup failed: option yara.rules=/x: No such file or directory``)."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         given = [k for k, v in (options.model_dump() if options else {}).items() if str(v) == str(exc.filename)]
         where = f"option {name}.{given[0]}={exc.filename}" if given else str(exc.filename)
-        return f"{where}: {exc.strerror}"
+        return f"setup failed: {where}: {exc.strerror}"
     return f"setup failed: {type(exc).__name__}: {exc}"
 
 

@@ -12,6 +12,7 @@ from typing import Callable
 import pytest
 
 from helpers import PG_URL
+from test_cli_options import sample  # noqa: F401  (the fixture: a small text file)
 
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
 
@@ -20,23 +21,16 @@ def stderr_lines(proc: subprocess.CompletedProcess[bytes]) -> list[str]:
     return proc.stderr.decode().splitlines()
 
 
-@pytest.fixture()
-def sample(tmp_path: Path) -> Path:
-    path = tmp_path / "in.txt"
-    path.write_bytes(b"some text\n")
-    return path
-
-
 def test_a_missing_rule_file_is_named_with_its_option(run_stoq: Run, sample: Path) -> None:
     proc = run_stoq("scan", str(sample), "--no-store", "-w", "yara", "-o", "yara.rules=/nonexistent/rules.yar")
     assert (proc.returncode, stderr_lines(proc), proc.stdout) == (4, [
-        "stoq: plugin 'yara' cannot start: option yara.rules=/nonexistent/rules.yar: No such file or directory"], b"")
+        "stoq: plugin 'yara' cannot start: setup failed: option yara.rules=/nonexistent/rules.yar: No such file or directory"], b"")
 
 
 def test_a_directory_given_as_rule_file(run_stoq: Run, sample: Path, tmp_path: Path) -> None:
     proc = run_stoq("scan", str(sample), "--no-store", "-w", "yara", "-o", f"yara.rules={tmp_path}")
     assert (proc.returncode, stderr_lines(proc)) == (4, [
-        f"stoq: plugin 'yara' cannot start: option yara.rules={tmp_path}: Is a directory"])
+        f"stoq: plugin 'yara' cannot start: setup failed: option yara.rules={tmp_path}: Is a directory"])
 
 
 def test_an_unknown_option_names_the_valid_ones(run_stoq: Run, sample: Path) -> None:
@@ -64,6 +58,7 @@ def test_a_bad_setting_names_the_setting(run_stoq: Run, sample: Path, tmp_path: 
     assert line.startswith("stoq: there is no setting 'max_dept' (did you mean 'max_depth'?); valid: archive, ")
 
 
+@pytest.mark.postgres
 def test_a_database_that_cannot_be_opened_is_named_without_sqlalchemy_links(run_stoq: Run, sample: Path) -> None:
     name = f"stoq_absent_{uuid.uuid4().hex[:8]}"
     url = PG_URL.rsplit("/", 1)[0] + "/" + name

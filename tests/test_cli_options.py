@@ -108,7 +108,7 @@ def far_worker(tmp_path_factory: pytest.TempPathFactory, testplugins_site: Path)
     env = cluster_env(work, testplugins_site, (10, 11), "stoq_cli_options")
     upgraded = subprocess.run([str(BIN_DIR / "stoq"), "db", "upgrade"], env=env, capture_output=True)
     assert upgraded.returncode == 0, upgraded.stderr
-    worker = start(work, env, "-c", "1")
+    worker = start(work, env, "-c", "1", "-l", "debug")  # debug: task arguments (file names) in the log
     try:
         yield worker
     finally:

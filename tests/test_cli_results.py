@@ -35,7 +35,7 @@ def two_contents_sharing_a_prefix(length: int = 3) -> tuple[bytes, bytes, str]:
     raise AssertionError("unreachable")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     if request.param == "sqlite":
         return {}

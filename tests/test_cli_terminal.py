@@ -10,12 +10,13 @@ import json
 import logging
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Callable
 
+from helpers import make_zip
 from stoq.cli.output import table
 from stoq.terminal import EscapingFilter, SafeFormatter, safe
+from test_cli_options import far_worker  # noqa: F401  (the fixture: a worker in its own directory)
 
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
 
@@ -23,14 +24,6 @@ SPOOF = "evil.txt  text/plain …\n      yara: totally_benign\n  x"
 ANSI = "\x1b[31mred\x1b[0m\x1b]0;title\x07"
 BIDI = "invoice\u202efdp.exe"
 MARKUP = "[red]marked[/red] [link=http://x]y[/link]"
-
-
-def stored_zip(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def short(data: bytes) -> str:
@@ -47,7 +40,7 @@ def payload_lines(stdout: bytes) -> list[str]:
 
 def test_a_member_name_cannot_forge_table_lines(run_stoq: Run, tmp_path: Path) -> None:
     body, other = b"hello\n", b"second member\n"
-    archive = stored_zip({SPOOF: body, "copy.txt": body, "real.txt": other})
+    archive = make_zip({SPOOF: body, "copy.txt": body, "real.txt": other})
     (tmp_path / "spoof.zip").write_bytes(archive)
     proc = run_stoq("scan", "spoof.zip", "--no-store", "--format", "table")
     assert proc.returncode == 0, proc.stderr
@@ -65,7 +58,7 @@ def test_a_member_name_cannot_forge_table_lines(run_stoq: Run, tmp_path: Path) -
 
 def test_escape_sequences_bidi_and_markup_are_shown_as_text(run_stoq: Run, tmp_path: Path) -> None:
     data = {ANSI: b"one\n", BIDI: b"two\n", MARKUP: b"three\n", "back\\slash\x7f\x85": b"four\n"}
-    archive = stored_zip(data)
+    archive = make_zip(data)
     (tmp_path / "esc.zip").write_bytes(archive)
     proc = run_stoq("scan", "esc.zip", "--no-store", "--format", "table")
     assert proc.returncode == 0, proc.stderr
@@ -145,3 +138,33 @@ def test_python_warnings_go_through_the_escaping_log(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=tmp_path)
     lines = [line for line in proc.stderr.decode().split("\n") if "bad" in line]
     assert len(lines) == 1 and "UserWarning: bad\\nname\\x1b" in lines[0], proc.stderr
+
+
+def test_worker_log_lines_are_escaped(far_worker: object, tmp_path: Path) -> None:
+    """What a worker logs about a submission (the task's arguments: file names, at debug level; a
+    refusal's reason) is escaped: nothing in it can add a log line or reach a terminal raw. Needs
+    Redis, PostgreSQL and a worker: run under the lock."""
+    env = far_worker.env  # type: ignore[attr-defined]
+    log = far_worker.log  # type: ignore[attr-defined]
+    stoq = str(Path(sys.executable).parent / "stoq")
+    forged = "\n[2026-01-01 00:00:00,000: ERROR MainProcess] forged \x1b[2J line"
+    name = "ok.txt" + forged
+    (tmp_path / name).write_bytes(b"a file with a hostile name\n")
+    proc = subprocess.run([stoq, "submit", str(tmp_path / name), "--format", "jsonl"],
+                          env=env, cwd=tmp_path, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([stoq, "submit", str(tmp_path / name), "-w", "yara", "-o", f"yara.rules=/nonexistent{forged}"],
+                          env=env, cwd=tmp_path, capture_output=True, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.decode().count("\n") == 1  # the client's own message: one line, escaped
+    text = log.read_text()
+    assert "option yara.rules=/nonexistent\\n[2026-01-01 00:00:00,000: ERROR MainProcess] forged \\x1b[2J line" in text
+    assert "\x1b" not in text
+    assert not any(line.startswith("[2026-01-01 00:00:00,000") for line in text.splitlines())
+
+
+def test_templates_have_a_terminal_filter(run_stoq: Run, tmp_path: Path) -> None:
+    (tmp_path / "t.j2").write_text("{% for p in doc.results %}{{ p.filename | terminal }}|{% endfor %}\n")
+    (tmp_path / "esc.zip").write_bytes(make_zip({"a\nb\x1b.txt": b"x"}))
+    proc = run_stoq("scan", "esc.zip", "--no-store", "--template", "t.j2")
+    assert (proc.returncode, proc.stdout) == (0, b"esc.zip|a\\nb\\x1b.txt|\n")

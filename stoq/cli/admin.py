@@ -70,7 +70,7 @@ def list_plugins(names: Annotated[Optional[list[str]], typer.Argument(metavar="[
             if row["error"]:
                 typer.echo(f"  {row['name']:<14} ERROR  {safe(row['error'])}")
             else:
-                typer.echo(f"  {row['name']:<14} {row['version']:<8} {row['description']}")
+                typer.echo(f"  {row['name']:<14} {safe(row['version']):<8} {safe(row['description'])}")
     if any(r["error"] for r in rows):
         raise typer.Exit(int(ExitCode.CONFIG))
 
@@ -97,13 +97,13 @@ def detail(row: dict[str, Any]) -> str:
     if row["error"]:
         lines.append(f"  ERROR  {safe(row['error'])}")
         return "\n".join(lines) + "\n"
-    lines.append(f"  {row['description']}")
+    lines.append(f"  {safe(row['description'])}")
     lines.append(f"  options (-o {row['name']}.OPTION=VALUE):")
     for option, info in row["options"].items():
         default = info["default"]
         shown = "none" if default is None else ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
         lines.append(f"    {option}  {info['type']}, default {shown or '(empty)'}")
-        lines.append(f"        {info['description'] or ''}")
+        lines.append(f"        {safe(info['description'] or '')}")
     lines.append(f"    time_limit  number, default the timeout setting (every plugin: seconds it may spend on one payload)")
     return "\n".join(lines) + "\n"
 

@@ -38,6 +38,7 @@ class Writer:
             import jinja2
 
             env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+            env.filters["terminal"] = safe  # {{ p.filename | terminal }}: escaped as the table escapes it
             try:
                 self.template = env.from_string(template.read_text())
             except (OSError, UnicodeDecodeError, jinja2.TemplateError) as exc:

@@ -26,7 +26,7 @@ RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend i
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="stoq.toml to use.")]
 StoreOpt = Annotated[bool, typer.Option("--store/--no-store", help="Save documents in the result store.")]
 ProgressOpt = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal and there are several files).")]
-PathsArg = Annotated[list[Path], typer.Argument(help="Files or directories to scan.")]
+PathsArg = Annotated[list[Path], typer.Argument(metavar="PATH", help="Files or directories to scan.")]
 
 
 def settings_from(config: Path | None, workers: str | None, options: list[str] | None, max_depth: int | None,
