@@ -11,6 +11,9 @@ Exit codes (``ExitCode``):
 | 4    | configuration error (unknown plugin, bad option, rules that do not compile) |
 | 5    | result store error (database unreachable or not migrated)                |
 | 6    | not found (``stoq results`` with an unknown id)                          |
+| 130  | interrupted (SIGINT, Ctrl-C); what was written is stored                 |
+| 141  | the output was closed early (a broken pipe: ``| head``); what was written is stored |
+| 143  | terminated (SIGTERM); what was written is stored                         |
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ class ExitCode(IntEnum):
     CONFIG = 4
     STORE = 5
     NOT_FOUND = 6
+    INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+    OUTPUT_CLOSED = 141  # 128 + SIGPIPE
+    TERMINATED = 143  # 128 + SIGTERM
 
 
 app = typer.Typer(

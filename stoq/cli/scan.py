@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -98,11 +100,60 @@ class Progress:
             self._bar.advance(self._task)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during a scan: raised by ``_interrupt`` where the main thread is."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """One-shot: the clean-up that follows (stopping the workers, storing) is not interrupted again."""
+    _ignore_signals()
+    raise Interrupted(signum)
+
+
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+STOPPED = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
+
+
+def say(message: str) -> None:
+    """A ``stoq:`` line on stderr, if stderr is still open."""
+    try:
+        typer.echo(f"stoq: {message}", err=True)
+    except (OSError, ValueError):
+        pass
+
+
+def store_place(url: str) -> str:
+    """The result store as the user knows it: a SQLite file's path, else its URL without a password."""
+    from stoq.cli.storeload import _sqlite_path
+    from urllib.parse import urlsplit, urlunsplit
+
+    path = _sqlite_path(url)
+    if path is not None:
+        return path
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
+
+
 def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_enabled: bool,
                  show_progress: bool | None) -> ExitCode:
-    """Scans ``files`` in-process (``settings.jobs`` workers), writes and stores every document."""
+    """Scans ``files`` in-process (``settings.jobs`` workers), writes and stores every document.
+
+    A scan stopped early, by SIGINT, SIGTERM or its output closed (a broken pipe), stops its workers
+    at once and stores every document it wrote, and the finished ones it had not written yet: a
+    document joins the batch to store before it is written."""
     from stoq.cli.storeload import StoreLoader
-    from stoq.embedded import scan_files
+    from stoq.embedded import EmbeddedPool
     from stoq.engine import Engine
 
     try:
@@ -122,35 +173,62 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
     except ConfigError as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
     code = ExitCode.OK
-    batch: list[dict[str, Any]] = []
+    keep = loader is not None or bool(connectors)
+    batch: list[dict[str, Any]] = []  # written (or being written), not yet handed to the store
+    handed = 0
     last_flush = time.monotonic()
 
     def flush(docs: list[dict[str, Any]]) -> ExitCode:
+        nonlocal handed
         if loader is not None:
-            loader.save(docs)
+            loader.save(docs)  # idempotent: a batch interrupted here and saved again changes nothing
+            handed += len(docs)
         failures = deliver(connectors, docs)
         for failure in failures:
-            typer.echo(f"stoq: {failure}", err=True)
+            say(str(failure))
         return ExitCode.STORE if failures else ExitCode.OK
     hooks = {"started": loader.start, "before_fork": loader.join} if loader else {}
+    pool = EmbeddedPool(engine, settings.resolved_jobs())
+    stream = pool.run(files, **hooks)
+    stopped: ExitCode | None = None
+    written = 0
+    closed = False
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved_handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) if main_thread else None
     try:
-        with Progress(len(files), show_progress) as bar:
-            for outcome in scan_files(engine, files, settings.resolved_jobs(), **hooks):
-                bar.step()
-                if outcome.document is None:
-                    typer.echo(f"stoq: {outcome.error}", err=True)
-                    code = max(code, ExitCode.INPUT)
-                    continue
-                doc = orjson.loads(outcome.document)
-                if doc["errors"]:
-                    code = max(code, ExitCode.PLUGIN_ERRORS)
-                writer.write(doc, outcome.document)
-                if loader is None and not connectors:
-                    continue
-                batch.append(doc)
-                if len(batch) >= 100 or time.monotonic() - last_flush > 0.5:
-                    code = max(code, flush(batch))
-                    batch, last_flush = [], time.monotonic()
+        if main_thread:
+            signal.signal(signal.SIGINT, _interrupt)
+            signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            with Progress(len(files), show_progress) as bar:
+                for outcome in stream:
+                    bar.step()
+                    if outcome.document is None:
+                        say(str(outcome.error))
+                        code = max(code, ExitCode.INPUT)
+                        continue
+                    doc = orjson.loads(outcome.document)
+                    if doc["errors"]:
+                        code = max(code, ExitCode.PLUGIN_ERRORS)
+                    if keep:
+                        batch.append(doc)
+                    written += 1  # first: a signal may arrive as the write returns
+                    writer.write(doc, outcome.document)
+                    if batch and (len(batch) >= 100 or time.monotonic() - last_flush > 0.5):
+                        code = max(code, flush(batch))
+                        batch, last_flush = [], time.monotonic()
+            closed = True  # before close(): a broken pipe there must not lead to a second try
+            writer.close()
+        except Interrupted as exc:
+            stopped = STOPPED[signal.Signals(exc.signum)]
+        except BrokenPipeError:
+            stopped = ExitCode.OUTPUT_CLOSED
+        finally:
+            if main_thread:
+                _ignore_signals()  # a second Ctrl-C must not cut the storing short
+            stream.close()  # a scan stopped early: its workers stop now
+        if stopped is not None and keep:  # finished, not written: stored too
+            batch.extend(orjson.loads(o.document) for o in pool.leftover if o.document is not None)
         if batch:
             code = max(code, flush(batch))
         if loader is not None:
@@ -160,8 +238,35 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             raise fail(str(exc), ExitCode.STORE) from None
         raise
     finally:
-        writer.close()
+        if not closed and stopped is not ExitCode.OUTPUT_CLOSED:
+            try:
+                writer.close()  # an interrupted json array is still closed
+            except OSError:
+                stopped = stopped or ExitCode.OUTPUT_CLOSED
+        if saved_handlers is not None:
+            signal.signal(signal.SIGINT, saved_handlers[0])
+            signal.signal(signal.SIGTERM, saved_handlers[1])
+    where = f" in {store_place(loader.url)}" if loader is not None else ""
+    if stopped is not None:
+        why = {ExitCode.OUTPUT_CLOSED: "output closed", ExitCode.INTERRUPTED: "interrupted",
+               ExitCode.TERMINATED: "terminated"}[stopped]
+        stored = f"; {handed} document(s) stored{where}" if loader is not None else ""
+        say(f"{why}: stopped after {written} of {len(files)} file(s) written{stored}")
+        if stopped is ExitCode.OUTPUT_CLOSED:
+            _discard_stdout()
+        return stopped
+    if loader is not None and handed:
+        say(f"{handed} document(s) stored{where}")
     return code
+
+
+def _discard_stdout() -> None:
+    """After a broken pipe: what is left in stdout's buffer can never be written; it goes to the null
+    device instead, so that the flush at exit does not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: bool,
