@@ -10,12 +10,14 @@ without a shared filesystem uses ``PostgresArchive`` (``stoq/archive_pg.py``, im
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import secrets
 import socket
 import sqlite3
+import stat
 import time
 from contextlib import suppress
 import tempfile
@@ -376,9 +378,14 @@ HOLD_BYTES = 32 << 20
 
 def read_input(path: str | os.PathLike[str], limit: int) -> bytes | None:
     """A root file's bytes, read with one ``open`` and one ``fstat`` (the buffer sized as the file
-    is); None when the file is larger than ``limit``."""
-    with open(path, "rb", buffering=0) as handle:
-        if os.fstat(handle.fileno()).st_size > limit:
+    is); None when the file is larger than ``limit``. Opened without blocking: a FIFO (or a device)
+    put where a regular file was is refused (``OSError``), never waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb", buffering=0) as handle:
+        mode = os.fstat(fd)
+        if not stat.S_ISREG(mode.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if mode.st_size > limit:
             return None
         return handle.readall()
 

@@ -122,11 +122,11 @@ def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity,
         if ref is not None:
             archived = ref[0]
             content = engine.archive.read_record(ref[1:], archived)  # type: ignore[union-attr]  # only a PackArchive gets refs
-        elif os.stat(path).st_size > engine.settings.max_file_bytes:
-            return b"D", dumps(engine.scan_oversized(Path(path), {"path": path}))
         else:
-            with open(path, "rb") as handle:
-                content = handle.read()
+            read = read_input(path, engine.settings.max_file_bytes)
+            if read is None:
+                return b"D", dumps(engine.scan_oversized(Path(path), {"path": path}))
+            content = read
     except (OSError, ArchiveError) as exc:
         return b"E", unreadable(path, exc).encode("utf-8", "backslashreplace")
     finally:
