@@ -66,7 +66,7 @@ def test_special_arguments_get_their_true_reason(tmp_path: Path, stoq_env: dict[
     assert err == [
         "stoq: fifo: not a regular file or directory (a FIFO): not scanned",
         "stoq: loop-a: too many levels of symbolic links (a loop?)",
-        "stoq: dangling: a symbolic link to nothing (its target does not exist)",
+        "stoq: dangling: no such file or directory (a symbolic link whose target is missing)",
         "stoq: ok.txt/inside: not a directory",
         "stoq: missing: no such file or directory",
     ]

@@ -57,7 +57,7 @@ def reason(path: str | Path, exc: OSError) -> str:
     """Why ``path`` could not be used, in the user's words (``strerror``, lower case); a symbolic link
     whose target is missing is said to be one."""
     if exc.errno == errno.ENOENT and os.path.islink(path):
-        return "a symbolic link to nothing (its target does not exist)"
+        return "no such file or directory (a symbolic link whose target is missing)"
     if exc.errno == errno.ELOOP:
         return "too many levels of symbolic links (a loop?)"
     text = exc.strerror or str(exc)
@@ -126,7 +126,7 @@ class Progress:
     ``--progress``) it is drawn with a terminal's control codes and its last state stays, ending with a
     newline; with ``TERM=dumb``, only that last state is written."""
 
-    def __init__(self, total: int, enabled: bool | None) -> None:
+    def __init__(self, total: int, enabled: bool | None, label: str = "scanning") -> None:
         tty = sys.stderr.isatty()
         if enabled is None:
             enabled = total > 1 and tty
@@ -138,10 +138,10 @@ class Progress:
             # Off a terminal (only with --progress), rich draws nothing unless forced. redirect_stdout
             # off: the bar never takes over sys.stdout, which carries data only.
             console = Console(stderr=True, force_terminal=None if tty else True)
-            self._bar = rp.Progress(rp.TextColumn("scanning"), rp.BarColumn(), rp.MofNCompleteColumn(),
+            self._bar = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
                                     rp.TimeRemainingColumn(), console=console, transient=tty,
                                     redirect_stdout=False)
-            self._task = self._bar.add_task("scan", total=total)
+            self._task = self._bar.add_task(label, total=total)
 
     def __enter__(self) -> "Progress":
         if self._bar is not None:
@@ -155,6 +155,11 @@ class Progress:
     def step(self) -> None:
         if self._bar is not None:
             self._bar.advance(self._task)
+
+    def restart(self, label: str, total: int) -> None:
+        """The same bar, counting something else from 0 (``submit``: files sent, then documents)."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=label, total=total, completed=0)
 
 
 class Interrupted(BaseException):
@@ -329,11 +334,13 @@ def _discard_stdout() -> None:
 def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: bool,
                 show_progress: bool | None) -> ExitCode:
     """Submits ``files`` to the cluster; waits for and writes their documents (or, with ``--no-wait``,
-    prints one scan id per line)."""
+    waits until the cluster has accepted or refused each scan and prints the accepted scans' ids, one
+    per line). Stopped early (SIGINT, SIGTERM, a closed output), it names on stderr the scans sent
+    and not printed: the cluster goes on with them, and ``stoq results ID`` reads them later."""
     from kombu.exceptions import OperationalError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from stoq.tasks.client import ClusterClient, new_notify_key
+    from stoq.tasks.client import ClusterClient, new_notify_key, new_verdicts_key
 
     try:
         client = ClusterClient(settings)
@@ -341,49 +348,103 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
         raise fail(f"cannot reach the cluster: {type(exc).__name__}: {exc}", ExitCode.CONFIG) from None
     code = ExitCode.OK
     notify = new_notify_key() if wait else None
+    verdicts = None if wait else new_verdicts_key()
     sent_ids: list[str] = []
+    paths: dict[str, Path] = {}
+    done: set[str] = set()  # printed or refused
+    handled = 0  # files sent or found unreadable
+    stopped: ExitCode | None = None
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved_handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) if main_thread else None
+
+    def refused(scan_id: str, why: str) -> None:
+        nonlocal code
+        say(f"the cluster refused scan {scan_id} ({paths[scan_id]}): {why}")
+        code = max(code, ExitCode.CONFIG)
+        done.add(scan_id)
     try:
-        with Progress(len(files) * (2 if wait else 1), show_progress) as bar:
-            for sent in client.submit(files, notify):
-                bar.step()
-                if sent.scan_id is None:
-                    typer.echo(f"stoq: {sent.error}", err=True)
-                    code = max(code, ExitCode.INPUT)
-                else:
-                    sent_ids.append(sent.scan_id)
-            if notify is not None:
-                # Documents arrive as scans finish; they are written in input order, as `stoq scan`
-                # writes them (a finished document waits for those before it).
-                ready: dict[str, tuple[dict[str, Any], bytes] | None] = {}
-                position = 0
-                for doc, raw in client.documents(notify, set(sent_ids)):
+        if main_thread:
+            signal.signal(signal.SIGINT, _interrupt)
+            signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            with Progress(len(files), show_progress, "sending") as bar:
+                for sent in client.submit(files, notify, verdicts):
+                    handled += 1
                     bar.step()
-                    if "refused" in doc:  # the workers cannot run this submission's settings
-                        typer.echo(f"stoq: the cluster refused scan {doc['scan_id']}: {doc['refused']}", err=True)
-                        code = max(code, ExitCode.CONFIG)
-                        ready[doc["scan_id"]] = None
+                    if sent.scan_id is None:
+                        say(str(sent.error))
+                        code = max(code, ExitCode.INPUT)
                     else:
-                        ready[doc["scan_id"]] = (doc, raw)
-                    while position < len(sent_ids) and sent_ids[position] in ready:
-                        done = ready.pop(sent_ids[position])
-                        position += 1
-                        if done is None:
-                            continue
-                        if done[0]["errors"]:
-                            code = max(code, ExitCode.PLUGIN_ERRORS)
-                        writer.write(*done)
-        if not wait:  # the ids: one per line, or a JSON array with --format json
-            out = orjson.dumps(sent_ids) + b"\n" if writer.fmt is Format.json else "".join(
-                f"{i}\n" for i in sent_ids).encode()
-            sys.stdout.buffer.write(out)
-            sys.stdout.buffer.flush()
+                        sent_ids.append(sent.scan_id)
+                        paths[sent.scan_id] = sent.path
+                bar.restart("scanning" if wait else "accepted", len(sent_ids))
+                if notify is not None:
+                    # Documents arrive as scans finish; they are written in input order, as `stoq scan`
+                    # writes them (a finished document waits for those before it).
+                    ready: dict[str, tuple[dict[str, Any], bytes] | None] = {}
+                    position = 0
+                    for doc, raw in client.documents(notify, set(sent_ids)):
+                        bar.step()
+                        if "refused" in doc:  # the workers cannot run this submission's settings
+                            refused(doc["scan_id"], doc["refused"])
+                            ready[doc["scan_id"]] = None
+                        else:
+                            ready[doc["scan_id"]] = (doc, raw)
+                        while position < len(sent_ids) and sent_ids[position] in ready:
+                            finished = ready.pop(sent_ids[position])
+                            position += 1
+                            if finished is None:
+                                continue
+                            if finished[0]["errors"]:
+                                code = max(code, ExitCode.PLUGIN_ERRORS)
+                            done.add(finished[0]["scan_id"])
+                            writer.write(*finished)
+                    writer.close()
+                else:  # --no-wait: the verdicts, then the accepted ids (one per line, or a JSON array)
+                    for scan_id, why in client.verdicts(verdicts or "", set(sent_ids)):
+                        bar.step()
+                        if why is not None:
+                            refused(scan_id, why)
+            if not wait:
+                accepted = [i for i in sent_ids if i not in done]
+                out = orjson.dumps(accepted) + b"\n" if writer.fmt is Format.json else "".join(
+                    f"{i}\n" for i in accepted).encode()
+                sys.stdout.buffer.write(out)
+                sys.stdout.buffer.flush()
+                done.update(accepted)
+        except Interrupted as exc:
+            stopped = STOPPED[signal.Signals(exc.signum)]
+        except BrokenPipeError:
+            stopped = ExitCode.OUTPUT_CLOSED
+        finally:
+            if main_thread:
+                _ignore_signals()
     except (OperationalError, RedisConnectionError) as exc:  # the broker or Redis went away meanwhile
         raise fail(f"lost the cluster: {exc}", ExitCode.CONFIG) from None
     finally:
-        if wait:
-            writer.close()
         client.close()
-    return code
+        if saved_handlers is not None:
+            signal.signal(signal.SIGINT, saved_handlers[0])
+            signal.signal(signal.SIGTERM, saved_handlers[1])
+    if stopped is None:
+        return code
+    why = {ExitCode.OUTPUT_CLOSED: "output closed", ExitCode.INTERRUPTED: "interrupted",
+           ExitCode.TERMINATED: "terminated"}[stopped]
+    running = [i for i in sent_ids if i not in done]
+    unsent = len(files) - handled
+    if wait and stopped is not ExitCode.OUTPUT_CLOSED:
+        try:
+            writer.close()  # an interrupted json array is still closed
+        except OSError:
+            pass
+    say(f"{why}: {len(running)} scan(s) sent and not printed go on in the cluster, which stores their "
+        f"documents (`stoq results ID`)" + (f"; {unsent} file(s) not sent" if unsent else "")
+        + (":" if running else ""))
+    for scan_id in running:
+        say(f"  {scan_id}  {paths[scan_id]}")
+    if stopped is ExitCode.OUTPUT_CLOSED:
+        _discard_stdout()
+    return stopped
 
 
 def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None, max_depth: int | None,
