@@ -126,6 +126,7 @@ class PackArchive:
     FLUSH_EVERY = 64
     FLUSH_SECONDS = 0.5
     READERS = 64
+    COMPARE_CHUNK = 1 << 20  # bytes of a stored record compared with a new payload at a time
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -289,13 +290,21 @@ class PackArchive:
         return self.read_at(where)
 
     def _same(self, where: tuple[str, int, int], content: bytes) -> bool:
-        """Whether the record at ``where`` (found in the index) holds exactly ``content``."""
-        if where[2] != len(content):
+        """Whether the record at ``where`` (found in the index) holds exactly ``content``. Compared a
+        chunk at a time, so that a large payload is never held twice (the client of a cluster
+        archiving a 1 GiB input it sent before)."""
+        pack, offset, length = where
+        if length != len(content):
             return False
+        view = memoryview(content)
         try:
-            return self.read_at(where) == content
+            for start in range(0, length, self.COMPARE_CHUNK):
+                part = view[start:start + self.COMPARE_CHUNK]
+                if self.read_at((pack, offset + start, len(part))) != part:
+                    return False
         except (OSError, ArchiveError):
             return False
+        return True
 
     def delete(self, sha256: str) -> None:
         """Forgets a payload (its bytes stay in the pack until the pack is removed)."""

@@ -131,3 +131,32 @@ def test_an_interrupted_wait_names_the_scans_still_running(cluster: Cluster, tmp
     assert path == str(tmp_path / "b.txt")
     doc = results(cluster, scan_id)
     assert doc["source"]["path"] == path and doc["results"][0]["workers"]["napper"] == {"napped": 5.0}
+
+
+def client_maxrss(cluster: Cluster, *args: str, **extra: str) -> int:
+    """Peak resident bytes of one ``stoq ARGS`` run: its wrapper's only child, so the wrapper's
+    RUSAGE_CHILDREN is the client's own (the workers are not its children)."""
+    wrapper = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)")
+    got = subprocess.run([str(BIN / "python"), "-c", wrapper, str(BIN / "stoq"), *args], env=cluster.env | extra,
+                         cwd=cluster.work, capture_output=True, timeout=600)
+    maxrss_kib, code = got.stdout.split()[-2:]
+    assert code == b"0", got.stderr
+    return int(maxrss_kib) * 1024
+
+
+def test_the_client_holds_a_large_input_once(cluster: Cluster, tmp_path: Path) -> None:
+    """An input exactly at ``max_file_bytes``, submitted twice (the second time it is in the archive
+    already, and compared with what is there): the client's peak memory grows by one copy of it, not
+    two. The bound leaves half a copy of margin."""
+    size = 256 << 20
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    with open(big, "wb") as handle:
+        handle.truncate(size)  # zeros; the pages are real once read
+    small.write_bytes(b"x")
+    limit = {"STOQ_MAX_FILE_BYTES": str(size)}
+    base = client_maxrss(cluster, "submit", str(small), "--no-wait", **limit)
+    first = client_maxrss(cluster, "submit", str(big), "--no-wait", **limit)
+    again = client_maxrss(cluster, "submit", str(big), "--no-wait", **limit)
+    assert first - base < 1.5 * size, (base, first)
+    assert again - base < 1.5 * size, (base, again)
