@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Callable
 
+from stoq import lifetime
 from stoq.model import iso
 from stoq_plugins._archive import Member, Unpacker, stream_name, unpack_tar
 from stoq_plugins._scratch import make as make_scratch
@@ -156,8 +157,10 @@ class Tools:
     def _preexec(self) -> Callable[[], None]:
         caps = ((resource.RLIMIT_FSIZE, self.limits.max_member_bytes + 1),
                 (resource.RLIMIT_AS, self.limits.tool_memory), (resource.RLIMIT_CORE, 0))
+        die_with_worker = lifetime.preexec()  # a killed worker (the scan stopped) takes its tool along
 
         def limit() -> None:
+            die_with_worker()
             for which, size in caps:
                 hard = resource.getrlimit(which)[1]
                 cap = size if hard == resource.RLIM_INFINITY else min(size, hard)

@@ -171,3 +171,28 @@ def test_workers_die_with_a_killed_parent(tmp_path: Path, stoq_env: dict[str, st
     proc.kill()  # SIGKILL to the parent alone: no clean-up of its own runs
     proc.wait(timeout=60)
     assert wait_gone(mark) == []
+
+
+def test_a_program_started_with_the_lifetime_preexec_dies_with_its_killed_parent(tmp_path: Path) -> None:
+    """What the plugins' external tools (``plugins/_tools.py``, ``_gpg.py``) are started with: a tool
+    in its own session, whose worker is killed, is killed too instead of running on."""
+    parent = ("import subprocess, sys, time; from stoq.lifetime import preexec; "
+              "tool = subprocess.Popen(['sleep', '600'], preexec_fn=preexec(), start_new_session=True); "
+              "print(tool.pid, flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    tool = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 20
+    while alive(tool) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(tool)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
