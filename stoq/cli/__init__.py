@@ -7,7 +7,7 @@ Exit codes (``ExitCode``):
 | 0    | every file was scanned and no plugin reported an error                   |
 | 1    | every file was scanned; at least one document has entries in ``errors``  |
 | 2    | usage error (unknown option, bad value)                                  |
-| 3    | some input could not be read (missing, unreadable); the rest was scanned |
+| 3    | some input was not scanned (missing, unreadable, not a regular file, ...); the rest was |
 | 4    | configuration error (unknown plugin, bad option, rules that do not compile) |
 | 5    | result store error (database unreachable or not migrated)                |
 | 6    | not found (``stoq results`` with an unknown id)                          |
