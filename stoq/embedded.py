@@ -42,7 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import RawValue
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 from stoq.archive import HOLD_BYTES, ArchiveError, PackArchive, read_input
 from stoq.engine import Activity, Engine, SkipMap, describe
@@ -272,7 +272,7 @@ class EmbeddedPool:
         self.leftover: list[Outcome] = []
 
     def run(self, paths: Iterable[Path], *, started: Callable[[], None] | None = None,
-            before_fork: Callable[[], None] | None = None) -> Iterator[Outcome]:
+            before_fork: Callable[[], None] | None = None) -> Generator[Outcome, None, None]:
         """Yields one outcome per path, in order. ``started`` is called once the workers are forked
         (the parent may start threads then); ``before_fork`` before a dead worker is replaced."""
         todo: deque[_Job] = deque(_Job(i, p) for i, p in enumerate(paths))
