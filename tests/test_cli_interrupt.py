@@ -127,7 +127,7 @@ def interrupt_mid_scan(tmp_path: Path, stoq_env: dict[str, str], site: Path, sig
     (tmp_path / "in" / "g-sleep.txt").write_bytes(b"SLEEP in native code, where no soft limit reaches\n")
     for i in range(40):
         (tmp_path / "in" / f"h{i:03d}.txt").write_bytes(f"after the sleeper {i} {uuid.uuid4()}\n".encode())
-    env = dict(stoq_env, PYTHONPATH=str(site))
+    env = dict(stoq_env, PYTHONPATH=str(site), PYTHONUNBUFFERED="1")  # each document reaches the pipe as written
     proc = subprocess.Popen([str(STOQ), "scan", "in", "--recursive", "--jobs", "2", "--workers", "sleeper"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -162,7 +162,7 @@ def test_workers_die_with_a_killed_parent(tmp_path: Path, stoq_env: dict[str, st
                                           testplugins_site: Path) -> None:
     small_files(tmp_path / "in", BEFORE)
     (tmp_path / "in" / "g-sleep.txt").write_bytes(b"SLEEP\n")
-    env = dict(stoq_env, PYTHONPATH=str(testplugins_site))
+    env = dict(stoq_env, PYTHONPATH=str(testplugins_site), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([str(STOQ), "scan", "in", "--recursive", "--jobs", "2", "--workers", "sleeper"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None

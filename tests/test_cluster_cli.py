@@ -160,3 +160,21 @@ def test_the_client_holds_a_large_input_once(cluster: Cluster, tmp_path: Path) -
     again = client_maxrss(cluster, "submit", str(big), "--no-wait", **limit)
     assert first - base < 1.5 * size, (base, first)
     assert again - base < 1.5 * size, (base, again)
+
+
+def test_a_closed_output_names_the_scans_not_printed(cluster: Cluster, tmp_path: Path) -> None:
+    names = [tmp_path / f"f{i}.txt" for i in range(3)]
+    for i, path in enumerate(names):
+        path.write_bytes(f"file {i}\n".encode())
+    proc = subprocess.Popen([str(BIN / "stoq"), "submit", *map(str, names)], cwd=tmp_path,
+                            env=cluster.env | {"PYTHONUNBUFFERED": ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first document
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    lines = err.splitlines()
+    assert "Traceback" not in err and lines[0].startswith("stoq: output closed: "), err
+    listed = [line.split() for line in lines[1:]]
+    assert [path for _, _, path in listed] == [str(p) for p in names]  # each document is flushed as written
+    for _, scan_id, path in listed:  # stored by the workers all the same
+        assert results(cluster, scan_id)["source"]["path"] == path

@@ -258,10 +258,10 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
     main_thread = threading.current_thread() is threading.main_thread()
     saved_handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) if main_thread else None
     try:
-        if main_thread:
-            signal.signal(signal.SIGINT, _interrupt)
-            signal.signal(signal.SIGTERM, _interrupt)
         try:
+            if main_thread:
+                signal.signal(signal.SIGINT, _interrupt)
+                signal.signal(signal.SIGTERM, _interrupt)
             with Progress(len(files), show_progress) as bar:
                 for outcome in stream:
                     bar.step()
@@ -363,10 +363,10 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
         code = max(code, ExitCode.CONFIG)
         done.add(scan_id)
     try:
-        if main_thread:
-            signal.signal(signal.SIGINT, _interrupt)
-            signal.signal(signal.SIGTERM, _interrupt)
         try:
+            if main_thread:
+                signal.signal(signal.SIGINT, _interrupt)
+                signal.signal(signal.SIGTERM, _interrupt)
             with Progress(len(files), show_progress, "sending") as bar:
                 for sent in client.submit(files, notify, verdicts):
                     handled += 1
@@ -397,8 +397,9 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
                                 continue
                             if finished[0]["errors"]:
                                 code = max(code, ExitCode.PLUGIN_ERRORS)
-                            done.add(finished[0]["scan_id"])
                             writer.write(*finished)
+                            writer.out.flush()  # scans finish at the cluster's pace: show each at once
+                            done.add(finished[0]["scan_id"])
                     writer.close()
                 else:  # --no-wait: the verdicts, then the accepted ids (one per line, or a JSON array)
                     for scan_id, why in client.verdicts(verdicts or "", set(sent_ids)):
