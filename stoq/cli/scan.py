@@ -162,8 +162,9 @@ class Progress:
             self._bar.update(self._task, description=label, total=total, completed=0)
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM during a scan: raised by ``_interrupt`` where the main thread is."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a scan: raised by ``_interrupt`` where the main thread is. A
+    ``KeyboardInterrupt``, so that code which lets Ctrl-C through (the plugin registry) lets it through."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -177,11 +178,32 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _ignore_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 STOPPED = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
+Handlers = Optional[tuple[Any, Any]]
+
+
+def catch_signals() -> Handlers:
+    """SIGINT and SIGTERM raise ``Interrupted`` from now on (in the main thread only, where Python
+    delivers signals), unless ignored already (a shell's background job ignores SIGINT); returns the
+    handlers to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    saved = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    for signum, handler in zip((signal.SIGINT, signal.SIGTERM), saved):
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, _interrupt)
+    return saved
+
+
+def restore_signals(saved: Handlers) -> None:
+    if saved is not None:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
 
 
 def say(message: str) -> None:
@@ -255,13 +277,8 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
     stopped: ExitCode | None = None
     written = 0
     closed = False
-    main_thread = threading.current_thread() is threading.main_thread()
-    saved_handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) if main_thread else None
     try:
-        try:
-            if main_thread:
-                signal.signal(signal.SIGINT, _interrupt)
-                signal.signal(signal.SIGTERM, _interrupt)
+        try:  # SIGINT and SIGTERM raise Interrupted (``_scan``)
             with Progress(len(files), show_progress) as bar:
                 for outcome in stream:
                     bar.step()
@@ -286,8 +303,7 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
         except BrokenPipeError:
             stopped = ExitCode.OUTPUT_CLOSED
         finally:
-            if main_thread:
-                _ignore_signals()  # a second Ctrl-C must not cut the storing short
+            _ignore_signals()  # a second Ctrl-C must not cut the storing short
             stream.close()  # a scan stopped early: its workers stop now
         if stopped is not None and keep:  # finished, not written: stored too
             batch.extend(orjson.loads(o.document) for o in pool.leftover if o.document is not None)
@@ -305,9 +321,6 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
                 writer.close()  # an interrupted json array is still closed
             except OSError:
                 stopped = stopped or ExitCode.OUTPUT_CLOSED
-        if saved_handlers is not None:
-            signal.signal(signal.SIGINT, saved_handlers[0])
-            signal.signal(signal.SIGTERM, saved_handlers[1])
     where = f" in {store_place(loader.url)}" if loader is not None else ""
     if stopped is not None:
         why = {ExitCode.OUTPUT_CLOSED: "output closed", ExitCode.INTERRUPTED: "interrupted",
@@ -354,8 +367,6 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
     done: set[str] = set()  # printed or refused
     handled = 0  # files sent or found unreadable
     stopped: ExitCode | None = None
-    main_thread = threading.current_thread() is threading.main_thread()
-    saved_handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) if main_thread else None
 
     def refused(scan_id: str, why: str) -> None:
         nonlocal code
@@ -363,10 +374,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
         code = max(code, ExitCode.CONFIG)
         done.add(scan_id)
     try:
-        try:
-            if main_thread:
-                signal.signal(signal.SIGINT, _interrupt)
-                signal.signal(signal.SIGTERM, _interrupt)
+        try:  # SIGINT and SIGTERM raise Interrupted (``_scan``)
             with Progress(len(files), show_progress, "sending") as bar:
                 for sent in client.submit(files, notify, verdicts):
                     handled += 1
@@ -418,15 +426,11 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
         except BrokenPipeError:
             stopped = ExitCode.OUTPUT_CLOSED
         finally:
-            if main_thread:
-                _ignore_signals()
+            _ignore_signals()
     except (OperationalError, RedisConnectionError) as exc:  # the broker or Redis went away meanwhile
         raise fail(f"lost the cluster: {exc}", ExitCode.CONFIG) from None
     finally:
         client.close()
-        if saved_handlers is not None:
-            signal.signal(signal.SIGINT, saved_handlers[0])
-            signal.signal(signal.SIGTERM, saved_handlers[1])
     if stopped is None:
         return code
     why = {ExitCode.OUTPUT_CLOSED: "output closed", ExitCode.INTERRUPTED: "interrupted",
@@ -451,6 +455,21 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
 def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None, max_depth: int | None,
           jobs: int | None, fmt: Format, template: Path | None, config: Path | None, store: bool,
           show_progress: bool | None, submit: bool, wait: bool = True, connectors: str | None = None) -> None:
+    saved = catch_signals()  # for the whole command: an interrupt anywhere is an exit code, never a traceback
+    try:
+        _scan_files(paths, recursive, workers, options, max_depth, jobs, fmt, template, config, store, show_progress,
+                    submit, wait, connectors)
+    except Interrupted as exc:
+        code = STOPPED[signal.Signals(exc.signum)]
+        raise fail(f"{'interrupted' if code is ExitCode.INTERRUPTED else 'terminated'} before the scan began",
+                   code) from None
+    finally:
+        restore_signals(saved)
+
+
+def _scan_files(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None,
+                max_depth: int | None, jobs: int | None, fmt: Format, template: Path | None, config: Path | None,
+                store: bool, show_progress: bool | None, submit: bool, wait: bool, connectors: str | None) -> None:
     settings = settings_from(config, workers, options, max_depth, jobs, connectors)
     files, problems = collect(paths, recursive)
     for problem in problems:
