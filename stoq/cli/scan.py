@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import signal
-import stat
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -16,7 +12,10 @@ import orjson
 import typer
 
 from stoq.cli import ExitCode, app, fail
+from stoq.cli.inputs import collect
 from stoq.cli.output import Format, TemplateFailure, Writer
+from stoq.cli.stopping import (STOPPED, WHY, Interrupted, catch_signals, discard_stdout, ignore_signals,
+                               restore_signals, say)
 from stoq.config import ConfigError, Settings, load_settings, parse_plugin_options
 
 ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
@@ -42,81 +41,6 @@ def settings_from(config: Path | None, workers: str | None, options: list[str] |
                              plugin_options=parse_plugin_options(options or []))
     except ConfigError as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
-
-
-KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-         (stat.S_ISBLK, "a block device"))
-
-
-def kind_of(mode: int) -> str:
-    """What a file that is neither a regular file nor a directory is, in words."""
-    return next((name for test, name in KINDS if test(mode)), "not a regular file")
-
-
-def reason(path: str | Path, exc: OSError) -> str:
-    """Why ``path`` could not be used, in the user's words (``strerror``, lower case); a symbolic link
-    whose target is missing is said to be one."""
-    if exc.errno == errno.ENOENT and os.path.islink(path):
-        return "no such file or directory (a symbolic link whose target is missing)"
-    if exc.errno == errno.ELOOP:
-        return "too many levels of symbolic links (a loop?)"
-    text = exc.strerror or str(exc)
-    return text[:1].lower() + text[1:]
-
-
-def collect(paths: list[Path], recursive: bool) -> tuple[list[Path], list[str]]:
-    """Regular files named or found under the given paths (sorted walk; symlinks inside directories are
-    not followed), and the problems met: every input that is not scanned and is not a symbolic link
-    inside a directory is named, with the reason (missing, unreadable, not a regular file, a
-    subdirectory without ``--recursive``). Nothing is opened here, so a FIFO cannot block the scan."""
-    files: list[Path] = []
-    problems: list[str] = []
-    for path in paths:
-        try:
-            mode = os.stat(path).st_mode
-        except OSError as exc:
-            problems.append(f"{path}: {reason(path, exc)}")
-            continue
-        if stat.S_ISREG(mode):
-            files.append(path.absolute())
-        elif stat.S_ISDIR(mode):
-            _walk(path.absolute(), recursive, files, problems)
-        else:
-            problems.append(f"{path}: not a regular file or directory ({kind_of(mode)}): not scanned")
-    return files, problems
-
-
-def _walk(top: Path, recursive: bool, files: list[Path], problems: list[str]) -> None:
-    """The files under ``top`` in the documented order: a directory's regular files (sorted by name),
-    then each subdirectory's (sorted), depth first."""
-    stack = [top]
-    while stack:
-        here = stack.pop()
-        try:
-            with os.scandir(here) as listing:
-                entries = sorted(listing, key=lambda e: e.name)
-        except OSError as exc:
-            problems.append(f"{here}: {reason(here, exc)}: not scanned")
-            continue
-        subdirs = []
-        for entry in entries:
-            try:
-                if entry.is_symlink():
-                    continue  # documented: links inside directories are not followed
-                if entry.is_file(follow_symlinks=False):
-                    files.append(Path(entry.path))
-                elif entry.is_dir(follow_symlinks=False):
-                    subdirs.append(Path(entry.path))
-                else:
-                    mode = entry.stat(follow_symlinks=False).st_mode
-                    problems.append(f"{entry.path}: not a regular file or directory ({kind_of(mode)}): not scanned")
-            except OSError as exc:
-                problems.append(f"{entry.path}: {reason(entry.path, exc)}: not scanned")
-        if recursive:
-            stack.extend(reversed(subdirs))
-        elif subdirs:
-            problems.append(f"{here}: {len(subdirs)} subdirector{'y' if len(subdirs) == 1 else 'ies'} not scanned "
-                            "(without --recursive)")
 
 
 class Progress:
@@ -160,58 +84,6 @@ class Progress:
         """The same bar, counting something else from 0 (``submit``: files sent, then documents)."""
         if self._bar is not None:
             self._bar.update(self._task, description=label, total=total, completed=0)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM during a scan: raised by ``_interrupt`` where the main thread is. A
-    ``KeyboardInterrupt``, so that code which lets Ctrl-C through (the plugin registry) lets it through."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """One-shot: the clean-up that follows (stopping the workers, storing) is not interrupted again."""
-    _ignore_signals()
-    raise Interrupted(signum)
-
-
-def _ignore_signals() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-STOPPED = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
-Handlers = Optional[tuple[Any, Any]]
-
-
-def catch_signals() -> Handlers:
-    """SIGINT and SIGTERM raise ``Interrupted`` from now on (in the main thread only, where Python
-    delivers signals), unless ignored already (a shell's background job ignores SIGINT); returns the
-    handlers to restore."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    saved = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
-    for signum, handler in zip((signal.SIGINT, signal.SIGTERM), saved):
-        if handler is not signal.SIG_IGN:
-            signal.signal(signum, _interrupt)
-    return saved
-
-
-def restore_signals(saved: Handlers) -> None:
-    if saved is not None:
-        signal.signal(signal.SIGINT, saved[0])
-        signal.signal(signal.SIGTERM, saved[1])
-
-
-def say(message: str) -> None:
-    """A ``stoq:`` line on stderr, if stderr is still open."""
-    try:
-        typer.echo(f"stoq: {message}", err=True)
-    except (OSError, ValueError):
-        pass
 
 
 def store_place(url: str) -> str:
@@ -303,7 +175,7 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
         except BrokenPipeError:
             stopped = ExitCode.OUTPUT_CLOSED
         finally:
-            _ignore_signals()  # a second Ctrl-C must not cut the storing short
+            ignore_signals()  # a second Ctrl-C must not cut the storing short
             stream.close()  # a scan stopped early: its workers stop now
         if stopped is not None and keep:  # finished, not written: stored too
             batch.extend(orjson.loads(o.document) for o in pool.leftover if o.document is not None)
@@ -323,25 +195,15 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
                 stopped = stopped or ExitCode.OUTPUT_CLOSED
     where = f" in {store_place(loader.url)}" if loader is not None else ""
     if stopped is not None:
-        why = {ExitCode.OUTPUT_CLOSED: "output closed", ExitCode.INTERRUPTED: "interrupted",
-               ExitCode.TERMINATED: "terminated"}[stopped]
+        why = WHY[stopped]
         stored = f"; {handed} document(s) stored{where}" if loader is not None else ""
         say(f"{why}: stopped after {written} of {len(files)} file(s) written{stored}")
         if stopped is ExitCode.OUTPUT_CLOSED:
-            _discard_stdout()
+            discard_stdout()
         return stopped
     if loader is not None and handed:
         say(f"{handed} document(s) stored{where}")
     return code
-
-
-def _discard_stdout() -> None:
-    """After a broken pipe: what is left in stdout's buffer can never be written; it goes to the null
-    device instead, so that the flush at exit does not fail again."""
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: bool,
@@ -426,15 +288,14 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
         except BrokenPipeError:
             stopped = ExitCode.OUTPUT_CLOSED
         finally:
-            _ignore_signals()
+            ignore_signals()
     except (OperationalError, RedisConnectionError) as exc:  # the broker or Redis went away meanwhile
         raise fail(f"lost the cluster: {exc}", ExitCode.CONFIG) from None
     finally:
         client.close()
     if stopped is None:
         return code
-    why = {ExitCode.OUTPUT_CLOSED: "output closed", ExitCode.INTERRUPTED: "interrupted",
-           ExitCode.TERMINATED: "terminated"}[stopped]
+    why = WHY[stopped]
     running = [i for i in sent_ids if i not in done]
     unsent = len(files) - handled
     if wait and stopped is not ExitCode.OUTPUT_CLOSED:
@@ -448,7 +309,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
     for scan_id in running:
         say(f"  {scan_id}  {paths[scan_id]}")
     if stopped is ExitCode.OUTPUT_CLOSED:
-        _discard_stdout()
+        discard_stdout()
     return stopped
 
 
@@ -461,8 +322,7 @@ def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list
                     submit, wait, connectors)
     except Interrupted as exc:
         code = STOPPED[signal.Signals(exc.signum)]
-        raise fail(f"{'interrupted' if code is ExitCode.INTERRUPTED else 'terminated'} before the scan began",
-                   code) from None
+        raise fail(f"{WHY[code]} before the scan began", code) from None
     finally:
         restore_signals(saved)
 
