@@ -61,6 +61,7 @@ ADMIT_BYTES = HOLD_BYTES  # roots the parent holds in memory at once while archi
 CHECK_EVERY = 0.25  # seconds between checks of the hard time limits
 STOP_GRACE = 1.0  # seconds a scan stopped early gives its workers to finish the file in hand
 PARENT_CHECK = 1.0  # seconds between a waiting worker's checks that its parent lives
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class _Slot(ctypes.Structure):
@@ -147,6 +148,7 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited through the fork
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by the parent during the fork
     faulthandler.disable()  # a crash is recorded by the parent; no traceback dump on stderr
     engine.worker_started()  # e.g. scratch directories a killed predecessor left
     activity = SlotActivity(slot)
@@ -188,7 +190,13 @@ class _Worker:
         self.slot = RawValue(_Slot)
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_serve, args=(child, engine, self.slot, stop, os.getpid()), daemon=True)
-        self.process.start()
+        # Held during the fork: an interrupt raised inside the fork's C callbacks would be swallowed
+        # ("Exception ignored"), and a pending one reaches the child only once it ignores SIGINT.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         child.close()
         self.jobs: deque[_Job] = deque()
 
