@@ -56,15 +56,24 @@ def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Mo
     logging.basicConfig(level=level, format="stoq: %(levelname)s %(name)s: %(message)s")
 
 
+def say(message: str) -> None:
+    """Prints ``stoq: message`` on stderr, if stderr is still open (a closed one is no error: the
+    command may be ending because its output was closed)."""
+    try:
+        typer.echo(f"stoq: {message}", err=True)
+    except (OSError, ValueError):
+        pass
+
+
 def fail(message: str, code: ExitCode) -> typer.Exit:
-    """Prints ``message`` on stderr and returns the ``typer.Exit`` to raise."""
-    typer.echo(f"stoq: {message}", err=True)
+    """Prints ``message`` on stderr (as :func:`say`) and returns the ``typer.Exit`` to raise."""
+    say(message)
     return typer.Exit(int(code))
 
 
 from stoq.cli import admin, scan  # noqa: E402  (registers the commands)
 
-__all__ = ["app", "main", "ExitCode", "fail", "admin", "scan"]
+__all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "scan"]
 
 
 def main() -> None:

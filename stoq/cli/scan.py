@@ -11,11 +11,11 @@ from typing import Annotated, Any, Optional
 import orjson
 import typer
 
-from stoq.cli import ExitCode, app, fail
+from stoq.cli import ExitCode, app, fail, say
 from stoq.cli.inputs import collect
 from stoq.cli.output import Format, TemplateFailure, Writer
 from stoq.cli.stopping import (STOPPED, WHY, Interrupted, catch_signals, discard_stdout, ignore_signals,
-                               restore_signals, say)
+                               restore_signals)
 from stoq.config import ConfigError, Settings, load_settings, parse_plugin_options
 
 ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
@@ -333,7 +333,7 @@ def _scan_files(paths: list[Path], recursive: bool, workers: str | None, options
     settings = settings_from(config, workers, options, max_depth, jobs, connectors)
     files, problems = collect(paths, recursive)
     for problem in problems:
-        typer.echo(f"stoq: {problem}", err=True)
+        say(problem)
     if submit and not settings.broker_url:
         typer.echo("stoq: no STOQ_BROKER_URL set: running embedded (local worker processes)", err=True)
     try:

@@ -14,8 +14,6 @@ import sys
 import threading
 from typing import Any, Optional
 
-import typer
-
 from stoq.cli import ExitCode
 
 
@@ -62,14 +60,6 @@ def restore_signals(saved: Handlers) -> None:
     if saved is not None:
         signal.signal(signal.SIGINT, saved[0])
         signal.signal(signal.SIGTERM, saved[1])
-
-
-def say(message: str) -> None:
-    """A ``stoq:`` line on stderr, if stderr is still open."""
-    try:
-        typer.echo(f"stoq: {message}", err=True)
-    except (OSError, ValueError):
-        pass
 
 
 WHY = {ExitCode.OUTPUT_CLOSED: "output closed", ExitCode.INTERRUPTED: "interrupted", ExitCode.TERMINATED: "terminated"}
