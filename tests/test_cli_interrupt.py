@@ -113,8 +113,8 @@ def test_a_pipe_closed_after_the_last_document_still_stores_everything(
     assert len(stored_ids(tmp_path / "stoq.db")) == 3
 
 
-#: Results a worker sends in one message while it has more work queued: the files before the sleeping
-#: one are exactly one message, so they all arrive before their worker blocks.
+#: A worker with more work queued sends its results in messages of up to ``BATCH`` (``2 * BATCH``
+#: frames); the files before the sleeping one fill whole messages, so they all arrive before it blocks.
 BEFORE = 2 * BATCH
 
 
@@ -196,3 +196,13 @@ def alive(pid: int) -> bool:
             return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except OSError:
         return False
+
+
+def test_a_finished_scan_says_where_it_stored_its_documents(tmp_path: Path, run_stoq: Run) -> None:
+    files = small_files(tmp_path / "in", 3)
+    got = run_stoq("scan", *map(str, files))
+    assert got.returncode == 0, got.stderr
+    assert got.stderr.decode() == f"stoq: 3 document(s) stored in {tmp_path / 'stoq.db'}\n"
+    assert len(stored_ids(tmp_path / "stoq.db")) == 3
+    quiet = run_stoq("scan", *map(str, files), "--no-store")
+    assert quiet.returncode == 0 and quiet.stderr == b""
