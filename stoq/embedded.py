@@ -46,7 +46,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator
 
 from stoq.archive import HOLD_BYTES, ArchiveError, PackArchive, read_input
 from stoq.engine import Activity, Engine, SkipMap, describe
-from stoq.lifetime import die_with_parent, parent_alive
+from stoq.lifetime import die_with_parent, parent_alive, prepare
 from stoq.runner import describe_exception
 from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, new_id, now_iso
 
@@ -192,6 +192,7 @@ class _Worker:
         self.process = ctx.Process(target=_serve, args=(child, engine, self.slot, stop, os.getpid()), daemon=True)
         # Held during the fork: an interrupt raised inside the fork's C callbacks would be swallowed
         # ("Exception ignored"), and a pending one reaches the child only once it ignores SIGINT.
+        prepare()
         held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             self.process.start()

@@ -29,9 +29,15 @@ def _prctl() -> Callable[..., int] | None:
         return None
 
 
+def prepare() -> None:
+    """Looks ``prctl`` up here, in the parent, before it forks: a child of a process with threads must
+    not load libraries (``dlopen`` may wait for a lock a thread held at the fork)."""
+    _prctl()
+
+
 def die_with_parent(parent: int) -> None:
-    """In a child forked by process ``parent``: be killed when the parent dies; exit at once if it has
-    died already."""
+    """In a child forked by process ``parent`` (which called ``prepare``): be killed when the parent
+    dies; exit at once if it has died already."""
     prctl = _prctl()
     if prctl is not None:
         prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
@@ -42,7 +48,7 @@ def die_with_parent(parent: int) -> None:
 def preexec() -> Callable[[], None]:
     """A ``preexec_fn`` that makes the started program die with this process."""
     parent = os.getpid()
-    _prctl()
+    prepare()
 
     def child() -> None:
         die_with_parent(parent)
