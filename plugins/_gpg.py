@@ -22,9 +22,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote
 
+from stoq import lifetime
 from stoq.model import iso
 from stoq.plugin import Tool, tool_path
 from stoq_plugins._scratch import make as make_scratch
@@ -140,8 +141,15 @@ class Outcome:
 GPG = Tool("gpg", "gnupg")
 
 
-def _preexec() -> None:
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+def _preexec() -> Callable[[], None]:
+    """No core dump; and gpg dies with its worker (a killed worker: the scan was stopped)."""
+    die_with_worker = lifetime.preexec()
+
+    def child() -> None:
+        die_with_worker()
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return child
 
 
 def stop_agent(root: str) -> None:
@@ -201,7 +209,7 @@ class Gpg:
         with tempfile.TemporaryFile(dir=self.root) as log:
             try:
                 proc = subprocess.Popen(argv, shell=False, cwd=self.root, env=self.env, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=log, preexec_fn=_preexec,
+                                        stdout=subprocess.PIPE, stderr=log, preexec_fn=_preexec(),
                                         start_new_session=True)
             except FileNotFoundError as exc:
                 raise (GPG.missing() if exc.filename in ("gpg", None) else exc) from None

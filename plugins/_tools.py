@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Callable
 
+from stoq import lifetime
 from stoq.model import iso
 from stoq.plugin import Tool, tool_path
 from stoq_plugins._archive import Member, Unpacker, stream_name, unpack_tar
@@ -60,6 +61,9 @@ STREAM_MAGIC = {"lzip": b"LZIP", "zstd": b"\x28\xb5\x2f\xfd"}
 #: util-linux's prlimit, which sets a tool's rlimits without a preexec_fn (None: set them in preexec_fn).
 PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin") if signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN else None
 #: No password tried when the list is empty: 7z would otherwise prompt for one.
+#: util-linux's setpriv, which asks for SIGKILL at the worker's death (PR_SET_PDEATHSIG) where no
+#: preexec_fn runs: a killed worker (the scan stopped) takes its tool along.
+SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin")
 NO_PASSWORD = "stoq-no-password"
 _LOG_BYTES = 1 << 16
 #: What the tools say of input that ends too soon (liblzma's "no progress" is a cut lzip stream).
@@ -178,8 +182,10 @@ class Tools:
 
     def _preexec(self) -> Callable[[], None]:
         caps = self._caps()
+        die_with_worker = lifetime.preexec()  # a killed worker (the scan stopped) takes its tool along
 
         def limit() -> None:
+            die_with_worker()
             for which, cap in caps:
                 resource.setrlimit(which, (cap, cap))
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -203,7 +209,8 @@ class Tools:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
         caps = dict(self._caps())
         wrapped = [PRLIMIT, f"--fsize={caps[resource.RLIMIT_FSIZE]}", f"--as={caps[resource.RLIMIT_AS]}",
-                   f"--core={caps[resource.RLIMIT_CORE]}", "--", *argv]
+                   f"--core={caps[resource.RLIMIT_CORE]}", "--",
+                   *((SETPRIV, "--pdeathsig", "KILL", "--") if SETPRIV else ()), *argv]
         return subprocess.Popen(wrapped, shell=False, cwd=scratch.root, env=env, stdin=subprocess.DEVNULL,
                                 stdout=stdout, stderr=log, start_new_session=True, restore_signals=False)
 

@@ -10,12 +10,14 @@ without a shared filesystem uses ``PostgresArchive`` (``stoq/archive_pg.py``, im
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import secrets
 import socket
 import sqlite3
+import stat
 import time
 from contextlib import suppress
 import tempfile
@@ -124,6 +126,7 @@ class PackArchive:
     FLUSH_EVERY = 64
     FLUSH_SECONDS = 0.5
     READERS = 64
+    COMPARE_CHUNK = 1 << 20  # bytes of a stored record compared with a new payload at a time
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -287,13 +290,21 @@ class PackArchive:
         return self.read_at(where)
 
     def _same(self, where: tuple[str, int, int], content: bytes) -> bool:
-        """Whether the record at ``where`` (found in the index) holds exactly ``content``."""
-        if where[2] != len(content):
+        """Whether the record at ``where`` (found in the index) holds exactly ``content``. Compared a
+        chunk at a time, so that a large payload is never held twice (the client of a cluster
+        archiving a 1 GiB input it sent before)."""
+        pack, offset, length = where
+        if length != len(content):
             return False
+        view = memoryview(content)
         try:
-            return self.read_at(where) == content
+            for start in range(0, length, self.COMPARE_CHUNK):
+                part = view[start:start + self.COMPARE_CHUNK]
+                if self.read_at((pack, offset + start, len(part))) != part:
+                    return False
         except (OSError, ArchiveError):
             return False
+        return True
 
     def delete(self, sha256: str) -> None:
         """Forgets a payload (its bytes stay in the pack until the pack is removed)."""
@@ -376,9 +387,14 @@ HOLD_BYTES = 32 << 20
 
 def read_input(path: str | os.PathLike[str], limit: int) -> bytes | None:
     """A root file's bytes, read with one ``open`` and one ``fstat`` (the buffer sized as the file
-    is); None when the file is larger than ``limit``."""
-    with open(path, "rb", buffering=0) as handle:
-        if os.fstat(handle.fileno()).st_size > limit:
+    is); None when the file is larger than ``limit``. Opened without blocking: a FIFO (or a device)
+    put where a regular file was is refused (``OSError``), never waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb", buffering=0) as handle:
+        mode = os.fstat(fd)
+        if not stat.S_ISREG(mode.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if mode.st_size > limit:
             return None
         return handle.readall()
 

@@ -42,10 +42,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import RawValue
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 from stoq.archive import HOLD_BYTES, ArchiveError, PackArchive, read_input
 from stoq.engine import Activity, Engine, SkipMap, describe
+from stoq.lifetime import die_with_parent, parent_alive, prepare
 from stoq.runner import describe_exception
 from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, new_id, now_iso
 
@@ -58,6 +59,9 @@ BATCH = 16  # results per message at most, while more work is queued
 BATCH_BYTES = 1 << 20
 ADMIT_BYTES = HOLD_BYTES  # roots the parent holds in memory at once while archiving a burst of them
 CHECK_EVERY = 0.25  # seconds between checks of the hard time limits
+STOP_GRACE = 1.0  # seconds a scan stopped early gives its workers to finish the file in hand
+PARENT_CHECK = 1.0  # seconds between a waiting worker's checks that its parent lives
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class _Slot(ctypes.Structure):
@@ -119,11 +123,11 @@ def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity,
         if ref is not None:
             archived = ref[0]
             content = engine.archive.read_record(ref[1:], archived)  # type: ignore[union-attr]  # only a PackArchive gets refs
-        elif os.stat(path).st_size > engine.settings.max_file_bytes:
-            return b"D", dumps(engine.scan_oversized(Path(path), {"path": path}))
         else:
-            with open(path, "rb") as handle:
-                content = handle.read()
+            read = read_input(path, engine.settings.max_file_bytes)
+            if read is None:
+                return b"D", dumps(engine.scan_oversized(Path(path), {"path": path}))
+            content = read
     except (OSError, ArchiveError) as exc:
         return b"E", unreadable(path, exc).encode("utf-8", "backslashreplace")
     finally:
@@ -136,10 +140,15 @@ def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity,
         return b"E", f"{path}: scan failed: {describe_exception(exc)}".encode("utf-8", "backslashreplace")
 
 
-def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _Slot) -> None:
+def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _Slot, stop: Any,
+           parent: int) -> None:
     """A worker's loop. Results go back in batches while more work is queued (fewer wake-ups of the
-    parent), at once when the queue is empty."""
+    parent), at once when the queue is empty. It ends when told (None), when ``stop`` is set (the scan
+    was stopped early: no new file is begun) and when its parent dies (see ``stoq.lifetime``)."""
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited through the fork
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by the parent during the fork
     faulthandler.disable()  # a crash is recorded by the parent; no traceback dump on stderr
     engine.worker_started()  # e.g. scratch directories a killed predecessor left
     activity = SlotActivity(slot)
@@ -147,22 +156,28 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
     size = 0
     queued: deque[tuple[int, str, SkipMap, tuple[str, str, int, int] | None]] = deque()
     try:
-        while True:
+        while not stop.value:
             if not queued:
+                while not conn.poll(PARENT_CHECK):
+                    if stop.value or not parent_alive(parent):
+                        return
                 message = conn.recv()  # a list of jobs, or None: stop
                 if message is None:
                     return
                 queued.extend(message)
+                continue
             index, path, skip, ref = queued.popleft()
             slot.job = index
             kind, body = _scan_one(engine, path, skip, activity, ref)
             out += (_FRAME.pack(kind, index, len(body)), body)
             size += len(body)
-            if len(out) >= 2 * BATCH or size >= BATCH_BYTES or not (queued or conn.poll()):
+            if len(out) >= 2 * BATCH or size >= BATCH_BYTES or stop.value or not (queued or conn.poll()):
                 conn.send_bytes(b"".join(out))
                 out, size = [], 0
                 if not (queued or conn.poll()):
                     engine.archive.flush()  # idle: make the archive index complete
+        if out:  # stopped between two sends
+            conn.send_bytes(b"".join(out))
     finally:
         engine.close()
 
@@ -170,12 +185,19 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
 class _Worker:
     """One worker process, the jobs handed to it (in order), and its activity slot."""
 
-    def __init__(self, ctx: Any, engine: Engine, index: int) -> None:
+    def __init__(self, ctx: Any, engine: Engine, index: int, stop: Any) -> None:
         self.index = index
         self.slot = RawValue(_Slot)
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child, engine, self.slot), daemon=True)
-        self.process.start()
+        self.process = ctx.Process(target=_serve, args=(child, engine, self.slot, stop, os.getpid()), daemon=True)
+        # Held during the fork: an interrupt raised inside the fork's C callbacks would be swallowed
+        # ("Exception ignored"), and a pending one reaches the child only once it ignores SIGINT.
+        prepare()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         child.close()
         self.jobs: deque[_Job] = deque()
 
@@ -243,20 +265,29 @@ def ready_fds(events: list[tuple[selectors.SelectorKey, int]]) -> set[Any]:
 
 
 class EmbeddedPool:
-    """Scans files in ``jobs`` supervised processes; yields outcomes in input order."""
+    """Scans files in ``jobs`` supervised processes; yields outcomes in input order.
+
+    A run stopped early (the consumer closes the generator, or an exception such as an interrupt is
+    raised in it) stops at once: no worker begins another file, each is given ``STOP_GRACE`` seconds
+    to send the file in hand, then killed. The outcomes finished but not yielded are then in
+    ``leftover``, so that the caller can store them."""
 
     def __init__(self, engine: Engine, jobs: int) -> None:
         self.engine = engine
         self.jobs = max(1, jobs)
         self.timeout = engine.settings.timeout
         self._ctx = multiprocessing.get_context("fork")
+        self._stop: Any = None
+        self.leftover: list[Outcome] = []
 
     def run(self, paths: Iterable[Path], *, started: Callable[[], None] | None = None,
-            before_fork: Callable[[], None] | None = None) -> Iterator[Outcome]:
+            before_fork: Callable[[], None] | None = None) -> Generator[Outcome, None, None]:
         """Yields one outcome per path, in order. ``started`` is called once the workers are forked
         (the parent may start threads then); ``before_fork`` before a dead worker is replaced."""
         todo: deque[_Job] = deque(_Job(i, p) for i, p in enumerate(paths))
         total = len(todo)
+        self._stop = RawValue(ctypes.c_int, 0)  # shared with the workers, set when the run stops early
+        self.leftover = []
         gc.freeze()  # what is loaded now is shared with the workers: keep the collector off those pages
         workers = [self._fork(i) for i in range(min(self.jobs, max(1, total)))]
         if started is not None:
@@ -310,13 +341,43 @@ class EmbeddedPool:
                     next_out += 1
         finally:
             selector.close()
-            for worker in workers:
-                worker.stop()
+            if next_out < total:
+                self._abandon(workers, done)
+                self.leftover = [done[i] for i in sorted(done)]
+            else:
+                for worker in workers:
+                    worker.stop()
             try:
                 self.engine.archive.close()  # the parent's pack and the index rows of the roots it archived
             except (OSError, ArchiveError, sqlite3.Error) as exc:  # every document is out: say so, do not fail
                 log.warning("could not write the archive index of the last roots (%s: %s); "
                             "PackArchive.reindex() recovers it from the packs", type(exc).__name__, exc)
+
+    def _abandon(self, workers: list[_Worker], done: dict[int, Outcome]) -> None:
+        """Stops a run early: no worker begins another file; what they send within ``STOP_GRACE``
+        seconds goes to ``done``; a worker still busy then is killed."""
+        self._stop.value = 1
+        for worker in workers:
+            if not worker.jobs:  # waiting for work (so its pipe is empty): wake it now
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + STOP_GRACE
+        live = [w for w in workers if w.process.is_alive()]
+        with selectors.DefaultSelector() as selector:
+            for worker in live:
+                worker.watch(selector)
+            while live and time.monotonic() < deadline:
+                selector.select(timeout=max(0.0, deadline - time.monotonic()))
+                for worker in list(live):
+                    self._collect(worker, done)
+                    if not worker.process.is_alive():
+                        self._collect(worker, done)  # what it sent before it ended
+                        worker.unwatch(selector)
+                        live.remove(worker)
+        for worker in workers:
+            worker.kill()
 
     def _fork(self, index: int, before_fork: Callable[[], None] | None = None) -> _Worker:
         """A new worker process. The parent's archive is closed first, so that no open pack or SQLite
@@ -325,7 +386,7 @@ class EmbeddedPool:
         if before_fork is not None:
             before_fork()
         self.engine.archive.close()
-        return _Worker(self._ctx, self.engine, index)
+        return _Worker(self._ctx, self.engine, index, self._stop)
 
     def _admit(self, jobs: list[_Job], done: dict[int, Outcome]) -> list[_Job]:
         """Archives root files here, in the parent, when the archive is a pack (see the module

@@ -23,7 +23,7 @@ from stoq.archive import ArchiveError, open_archive, put_where, read_from
 from stoq.config import ConfigError, Settings
 from stoq.dispatch import Dispatcher, Planned, bundled_dispatch_rules
 from stoq.limits import Budget, Limits
-from stoq.model import PayloadRecord, ScanErrorEntry, document, new_id, now_iso
+from stoq.model import PayloadRecord, ScanErrorEntry, document, new_id, now_iso, text
 from stoq.plugin import Payload, PluginOptions, ScanPlugin, ToolMissing
 from stoq.registry import Registry, make_options
 from stoq.runner import DECLINED, KIND_FLAGS, TOOL_MISSING, Outcome, run_plugin
@@ -455,7 +455,7 @@ def oversized_record(path: Path, mime_of: Callable[[bytes], str]) -> PayloadReco
             for h in digests:
                 h.update(chunk)
             chunk = handle.read(1 << 20)
-    return PayloadRecord(payload_id=new_id(), parent_id=None, depth=0, filename=path.name, extracted_by=None,
+    return PayloadRecord(payload_id=new_id(), parent_id=None, depth=0, filename=text(path.name), extracted_by=None,
                          meta={}, size=size, md5=digests[0].hexdigest(), sha1=digests[1].hexdigest(),
                          sha256=digests[2].hexdigest(), sha512=digests[3].hexdigest(), mime=mime_of(head),
                          flags=["limit:file-bytes"])

@@ -7,10 +7,13 @@ Exit codes (``ExitCode``):
 | 0    | every file was scanned and no plugin reported an error                   |
 | 1    | every file was scanned; at least one document has entries in ``errors``  |
 | 2    | usage error (unknown option, bad value, -o for a plugin not installed, an ambiguous results prefix) |
-| 3    | some input could not be read (missing, unreadable); the rest was scanned |
+| 3    | some input was not scanned (missing, unreadable, not a regular file, ...); the rest was |
 | 4    | configuration error (unknown plugin, bad option, rules that do not compile) |
 | 5    | result store error (database unreachable or not migrated)                |
 | 6    | not found (``stoq results`` with an unknown id)                          |
+| 130  | interrupted (SIGINT, Ctrl-C); what was written is stored                 |
+| 141  | the output was closed early (a broken pipe: ``| head``); what was written is stored |
+| 143  | terminated (SIGTERM); what was written is stored                         |
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class ExitCode(IntEnum):
     CONFIG = 4
     STORE = 5
     NOT_FOUND = 6
+    INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+    OUTPUT_CLOSED = 141  # 128 + SIGPIPE
+    TERMINATED = 143  # 128 + SIGTERM
 
 
 _LABELS = {"str": "TEXT", "int": "INTEGER", "int range": "INTEGER", "float": "NUMBER", "float range": "NUMBER",
@@ -121,8 +127,12 @@ def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Mo
 
 def say(message: str) -> None:
     """Prints ``stoq: message`` on stderr, escaped (:func:`stoq.cli.output.safe`): messages quote file
-    names and plugin errors, which a scanned file controls."""
-    typer.echo(f"stoq: {safe(message)}", err=True)
+    names and plugin errors, which a scanned file controls. A closed stderr is no error: the command may
+    be ending because its output was closed."""
+    try:
+        typer.echo(f"stoq: {safe(message)}", err=True)
+    except (OSError, ValueError):
+        pass
 
 
 def fail(message: str, code: ExitCode) -> typer.Exit:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -12,7 +12,10 @@ import orjson
 import typer
 
 from stoq.cli import ExitCode, app, fail, say
+from stoq.cli.inputs import collect
 from stoq.cli.output import Format, TemplateFailure, Writer
+from stoq.cli.stopping import (STOPPED, WHY, Interrupted, catch_signals, discard_stdout, ignore_signals,
+                               restore_signals)
 from stoq.config import ConfigError, Settings
 
 ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
@@ -26,7 +29,8 @@ RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend i
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="stoq.toml to use.")]
 StoreOpt = Annotated[bool, typer.Option("--store/--no-store", help="Save documents in the result store.")]
 ProgressOpt = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal and there are several files).")]
-PathsArg = Annotated[list[Path], typer.Argument(metavar="PATH", help="Files or directories to scan.")]
+# readable=False: an unreadable input is reported with the others (exit code 3), never a usage error.
+PathsArg = Annotated[list[Path], typer.Argument(metavar="PATH", help="Files or directories to scan.", readable=False)]
 
 
 def settings_from(config: Path | None, workers: str | None, options: list[str] | None, max_depth: int | None,
@@ -37,27 +41,6 @@ def settings_from(config: Path | None, workers: str | None, options: list[str] |
                                           "connectors": connectors}, options)
 
 
-def collect(paths: list[Path], recursive: bool) -> tuple[list[Path], list[str]]:
-    """Regular files named or found under the given paths (sorted walk; symlinks inside directories are
-    not followed), and the problems met."""
-    files: list[Path] = []
-    problems: list[str] = []
-    for path in paths:
-        if path.is_file():
-            files.append(path.absolute())
-        elif path.is_dir():
-            if recursive:
-                for top, dirs, names in os.walk(path):
-                    dirs.sort()
-                    files.extend(Path(top, n).absolute() for n in sorted(names) if not os.path.islink(os.path.join(top, n))
-                                 and os.path.isfile(os.path.join(top, n)))
-            else:
-                files.extend(p.absolute() for p in sorted(path.iterdir()) if p.is_file() and not p.is_symlink())
-        else:
-            problems.append(f"{path}: no such file or directory")
-    return files, problems
-
-
 class Progress:
     """A progress bar on stderr (rich). ``enabled`` None (the default): shown when stderr is a terminal
     and there is more than one file. True (``--progress``): shown in any case. False (``--no-progress``):
@@ -65,7 +48,7 @@ class Progress:
     ``--progress``) it is drawn with a terminal's control codes and its last state stays, ending with a
     newline; with ``TERM=dumb``, only that last state is written."""
 
-    def __init__(self, total: int, enabled: bool | None) -> None:
+    def __init__(self, total: int, enabled: bool | None, label: str = "scanning") -> None:
         tty = sys.stderr.isatty()
         if enabled is None:
             enabled = total > 1 and tty
@@ -77,10 +60,10 @@ class Progress:
             # Off a terminal (only with --progress), rich draws nothing unless forced. redirect_stdout
             # off: the bar never takes over sys.stdout, which carries data only.
             console = Console(stderr=True, force_terminal=None if tty else True)
-            self._bar = rp.Progress(rp.TextColumn("scanning"), rp.BarColumn(), rp.MofNCompleteColumn(),
+            self._bar = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
                                     rp.TimeRemainingColumn(), console=console, transient=tty,
                                     redirect_stdout=False)
-            self._task = self._bar.add_task("scan", total=total)
+            self._task = self._bar.add_task(label, total=total)
 
     def __enter__(self) -> "Progress":
         if self._bar is not None:
@@ -95,12 +78,36 @@ class Progress:
         if self._bar is not None:
             self._bar.advance(self._task)
 
+    def restart(self, label: str, total: int) -> None:
+        """The same bar, counting something else from 0 (``submit``: files sent, then documents)."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=label, total=total, completed=0)
+
+
+def store_place(url: str) -> str:
+    """The result store as the user knows it: a SQLite file's path, else its URL without a password."""
+    from stoq.cli.storeload import _sqlite_path
+    from urllib.parse import urlsplit, urlunsplit
+
+    path = _sqlite_path(url)
+    if path is not None:
+        return path
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
+
 
 def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_enabled: bool,
                  show_progress: bool | None) -> ExitCode:
-    """Scans ``files`` in-process (``settings.jobs`` workers), writes and stores every document."""
+    """Scans ``files`` in-process (``settings.jobs`` workers), writes and stores every document.
+
+    A scan stopped early, by SIGINT, SIGTERM or its output closed (a broken pipe), stops its workers
+    at once and stores every document it wrote, and the finished ones it had not written yet: a
+    document joins the batch to store before it is written."""
     from stoq.cli.storeload import StoreLoader
-    from stoq.embedded import scan_files
+    from stoq.embedded import EmbeddedPool
     from stoq.engine import Engine
 
     try:
@@ -120,35 +127,56 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
     except ConfigError as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
     code = ExitCode.OK
-    batch: list[dict[str, Any]] = []
+    keep = loader is not None or bool(connectors)
+    batch: list[dict[str, Any]] = []  # written (or being written), not yet handed to the store
+    handed = 0
     last_flush = time.monotonic()
 
     def flush(docs: list[dict[str, Any]]) -> ExitCode:
+        nonlocal handed
         if loader is not None:
-            loader.save(docs)
+            loader.save(docs)  # idempotent: a batch interrupted here and saved again changes nothing
+            handed += len(docs)
         failures = deliver(connectors, docs)
         for failure in failures:
             say(str(failure))
         return ExitCode.STORE if failures else ExitCode.OK
     hooks = {"started": loader.start, "before_fork": loader.join} if loader else {}
+    pool = EmbeddedPool(engine, settings.resolved_jobs())
+    stream = pool.run(files, **hooks)
+    stopped: ExitCode | None = None
+    written = 0
+    closed = False
     try:
-        with Progress(len(files), show_progress) as bar:
-            for outcome in scan_files(engine, files, settings.resolved_jobs(), **hooks):
-                bar.step()
-                if outcome.document is None:
-                    say(str(outcome.error))
-                    code = max(code, ExitCode.INPUT)
-                    continue
-                doc = orjson.loads(outcome.document)
-                if doc["errors"]:
-                    code = max(code, ExitCode.PLUGIN_ERRORS)
-                writer.write(doc, outcome.document)
-                if loader is None and not connectors:
-                    continue
-                batch.append(doc)
-                if len(batch) >= 100 or time.monotonic() - last_flush > 0.5:
-                    code = max(code, flush(batch))
-                    batch, last_flush = [], time.monotonic()
+        try:  # SIGINT and SIGTERM raise Interrupted (``_scan``)
+            with Progress(len(files), show_progress) as bar:
+                for outcome in stream:
+                    bar.step()
+                    if outcome.document is None:
+                        say(str(outcome.error))
+                        code = max(code, ExitCode.INPUT)
+                        continue
+                    doc = orjson.loads(outcome.document)
+                    if doc["errors"]:
+                        code = max(code, ExitCode.PLUGIN_ERRORS)
+                    if keep:
+                        batch.append(doc)
+                    written += 1  # first: a signal may arrive as the write returns
+                    writer.write(doc, outcome.document)
+                    if batch and (len(batch) >= 100 or time.monotonic() - last_flush > 0.5):
+                        code = max(code, flush(batch))
+                        batch, last_flush = [], time.monotonic()
+            closed = True  # before close(): a broken pipe there must not lead to a second try
+            writer.close()
+        except Interrupted as exc:
+            stopped = STOPPED[signal.Signals(exc.signum)]
+        except BrokenPipeError:
+            stopped = ExitCode.OUTPUT_CLOSED
+        finally:
+            ignore_signals()  # a second Ctrl-C must not cut the storing short
+            stream.close()  # a scan stopped early: its workers stop now
+        if stopped is not None and keep:  # finished, not written: stored too
+            batch.extend(orjson.loads(o.document) for o in pool.leftover if o.document is not None)
         if batch:
             code = max(code, flush(batch))
         if loader is not None:
@@ -158,18 +186,34 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             raise fail(str(exc), ExitCode.STORE) from None
         raise
     finally:
-        writer.close()
+        if not closed and stopped is not ExitCode.OUTPUT_CLOSED:
+            try:
+                writer.close()  # an interrupted json array is still closed
+            except OSError:
+                stopped = stopped or ExitCode.OUTPUT_CLOSED
+    where = f" in {store_place(loader.url)}" if loader is not None else ""
+    if stopped is not None:
+        why = WHY[stopped]
+        stored = f"; {handed} document(s) stored{where}" if loader is not None else ""
+        say(f"{why}: stopped after {written} of {len(files)} file(s) written{stored}")
+        if stopped is ExitCode.OUTPUT_CLOSED:
+            discard_stdout()
+        return stopped
+    if loader is not None and handed:
+        say(f"{handed} document(s) stored{where}")
     return code
 
 
 def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: bool,
                 show_progress: bool | None) -> ExitCode:
     """Submits ``files`` to the cluster; waits for and writes their documents (or, with ``--no-wait``,
-    prints one scan id per line)."""
+    waits until the cluster has accepted or refused each scan and prints the accepted scans' ids, one
+    per line). Stopped early (SIGINT, SIGTERM, a closed output), it names on stderr the scans sent
+    and not printed: the cluster goes on with them, and ``stoq results ID`` reads them later."""
     from kombu.exceptions import OperationalError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from stoq.tasks.client import ClusterClient, new_notify_key
+    from stoq.tasks.client import ClusterClient, new_notify_key, new_verdicts_key
 
     try:
         client = ClusterClient(settings)
@@ -177,54 +221,113 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
         raise fail(f"cannot reach the cluster: {type(exc).__name__}: {exc}", ExitCode.CONFIG) from None
     code = ExitCode.OK
     notify = new_notify_key() if wait else None
+    verdicts = None if wait else new_verdicts_key()
     sent_ids: list[str] = []
+    paths: dict[str, Path] = {}
+    done: set[str] = set()  # printed or refused
+    handled = 0  # files sent or found unreadable
+    stopped: ExitCode | None = None
+
+    def refused(scan_id: str, why: str) -> None:
+        nonlocal code
+        say(f"the cluster refused scan {scan_id} ({paths[scan_id]}): {why}")
+        code = max(code, ExitCode.CONFIG)
+        done.add(scan_id)
     try:
-        with Progress(len(files) * (2 if wait else 1), show_progress) as bar:
-            for sent in client.submit(files, notify):
-                bar.step()
-                if sent.scan_id is None:
-                    say(str(sent.error))
-                    code = max(code, ExitCode.INPUT)
-                else:
-                    sent_ids.append(sent.scan_id)
-            if notify is not None:
-                # Documents arrive as scans finish; they are written in input order, as `stoq scan`
-                # writes them (a finished document waits for those before it).
-                ready: dict[str, tuple[dict[str, Any], bytes] | None] = {}
-                position = 0
-                for doc, raw in client.documents(notify, set(sent_ids)):
+        try:  # SIGINT and SIGTERM raise Interrupted (``_scan``)
+            with Progress(len(files), show_progress, "sending") as bar:
+                for sent in client.submit(files, notify, verdicts):
+                    handled += 1
                     bar.step()
-                    if "refused" in doc:  # the workers cannot run this submission's settings
-                        say(f"the cluster refused scan {doc['scan_id']}: {doc['refused']}")
-                        code = max(code, ExitCode.CONFIG)
-                        ready[doc["scan_id"]] = None
+                    if sent.scan_id is None:
+                        say(str(sent.error))
+                        code = max(code, ExitCode.INPUT)
                     else:
-                        ready[doc["scan_id"]] = (doc, raw)
-                    while position < len(sent_ids) and sent_ids[position] in ready:
-                        done = ready.pop(sent_ids[position])
-                        position += 1
-                        if done is None:
-                            continue
-                        if done[0]["errors"]:
-                            code = max(code, ExitCode.PLUGIN_ERRORS)
-                        writer.write(*done)
-        if not wait:  # the ids: one per line, or a JSON array with --format json
-            out = orjson.dumps(sent_ids) + b"\n" if writer.fmt is Format.json else "".join(
-                f"{i}\n" for i in sent_ids).encode()
-            sys.stdout.buffer.write(out)
-            sys.stdout.buffer.flush()
+                        sent_ids.append(sent.scan_id)
+                        paths[sent.scan_id] = sent.path
+                bar.restart("scanning" if wait else "accepted", len(sent_ids))
+                if notify is not None:
+                    # Documents arrive as scans finish; they are written in input order, as `stoq scan`
+                    # writes them (a finished document waits for those before it).
+                    ready: dict[str, tuple[dict[str, Any], bytes] | None] = {}
+                    position = 0
+                    for doc, raw in client.documents(notify, set(sent_ids)):
+                        bar.step()
+                        if "refused" in doc:  # the workers cannot run this submission's settings
+                            refused(doc["scan_id"], doc["refused"])
+                            ready[doc["scan_id"]] = None
+                        else:
+                            ready[doc["scan_id"]] = (doc, raw)
+                        while position < len(sent_ids) and sent_ids[position] in ready:
+                            finished = ready.pop(sent_ids[position])
+                            position += 1
+                            if finished is None:
+                                continue
+                            if finished[0]["errors"]:
+                                code = max(code, ExitCode.PLUGIN_ERRORS)
+                            writer.write(*finished)
+                            writer.out.flush()  # scans finish at the cluster's pace: show each at once
+                            done.add(finished[0]["scan_id"])
+                    writer.close()
+                else:  # --no-wait: the verdicts, then the accepted ids (one per line, or a JSON array)
+                    for scan_id, why in client.verdicts(verdicts or "", set(sent_ids)):
+                        bar.step()
+                        if why is not None:
+                            refused(scan_id, why)
+            if not wait:
+                accepted = [i for i in sent_ids if i not in done]
+                out = orjson.dumps(accepted) + b"\n" if writer.fmt is Format.json else "".join(
+                    f"{i}\n" for i in accepted).encode()
+                sys.stdout.buffer.write(out)
+                sys.stdout.buffer.flush()
+                done.update(accepted)
+        except Interrupted as exc:
+            stopped = STOPPED[signal.Signals(exc.signum)]
+        except BrokenPipeError:
+            stopped = ExitCode.OUTPUT_CLOSED
+        finally:
+            ignore_signals()
     except (OperationalError, RedisConnectionError) as exc:  # the broker or Redis went away meanwhile
         raise fail(f"lost the cluster: {exc}", ExitCode.CONFIG) from None
     finally:
-        if wait:
-            writer.close()
         client.close()
-    return code
+    if stopped is None:
+        return code
+    why = WHY[stopped]
+    running = [i for i in sent_ids if i not in done]
+    unsent = len(files) - handled
+    if wait and stopped is not ExitCode.OUTPUT_CLOSED:
+        try:
+            writer.close()  # an interrupted json array is still closed
+        except OSError:
+            pass
+    say(f"{why}: {len(running)} scan(s) sent and not printed go on in the cluster, which stores their "
+        f"documents (`stoq results ID`)" + (f"; {unsent} file(s) not sent" if unsent else "")
+        + (":" if running else ""))
+    for scan_id in running:
+        say(f"  {scan_id}  {paths[scan_id]}")
+    if stopped is ExitCode.OUTPUT_CLOSED:
+        discard_stdout()
+    return stopped
 
 
 def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None, max_depth: int | None,
           jobs: int | None, fmt: Format, template: Path | None, config: Path | None, store: bool,
           show_progress: bool | None, submit: bool, wait: bool = True, connectors: str | None = None) -> None:
+    saved = catch_signals()  # for the whole command: an interrupt anywhere is an exit code, never a traceback
+    try:
+        _scan_files(paths, recursive, workers, options, max_depth, jobs, fmt, template, config, store, show_progress,
+                    submit, wait, connectors)
+    except Interrupted as exc:
+        code = STOPPED[signal.Signals(exc.signum)]
+        raise fail(f"{WHY[code]} before the scan began", code) from None
+    finally:
+        restore_signals(saved)
+
+
+def _scan_files(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None,
+                max_depth: int | None, jobs: int | None, fmt: Format, template: Path | None, config: Path | None,
+                store: bool, show_progress: bool | None, submit: bool, wait: bool, connectors: str | None) -> None:
     settings = settings_from(config, workers, options, max_depth, jobs, connectors)
     files, problems = collect(paths, recursive)
     for problem in problems:

@@ -19,9 +19,9 @@ PLUGIN_TASKS = register_plugins(app)
 
 
 @app.task(name="stoq.publish", queue=pipeline.DEFAULT_QUEUE, ignore_result=True, bind=True)
-def publish(self: Any, profile_id: str, roots: Any, notify: str | None = None) -> None:
+def publish(self: Any, profile_id: str, roots: Any, notify: str | None = None, verdicts: str | None = None) -> None:
     """Starts scans: hashes, types and dispatches each root, then fans out to the plugin queues."""
-    pipeline.publish(app, profile_id, roots, notify, self.request.id, redelivered(self))
+    pipeline.publish(app, profile_id, roots, notify, self.request.id, redelivered(self), verdicts)
 
 
 @app.task(name="stoq.collect", queue=pipeline.COLLECT_QUEUE, ignore_result=True, bind=True)

@@ -24,7 +24,7 @@ from stoq.archive import HOLD_BYTES, ArchiveError, open_archive, put_many_where,
 from stoq.config import Settings
 from stoq.engine import oversized_record
 from stoq.limits import Budget, Limits
-from stoq.model import new_id, now_iso
+from stoq.model import new_id, now_iso, text
 from stoq.tasks import state as st
 from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE, make_app
 
@@ -61,11 +61,16 @@ class ClusterClient:
         self.archive.prepare()
         self.profile = st.put_profile(self.r, st.profile_of(settings))
         self._magic: magic.Magic | None = None  # only an oversized input is typed here
+        self._verdicts: str | None = None
 
-    def submit(self, files: list[Path], notify: str | None) -> Iterator[Submitted]:
+    def submit(self, files: list[Path], notify: str | None, verdicts: str | None = None) -> Iterator[Submitted]:
         """Archives and publishes every file; yields each one's scan id (or error) as it is sent, in
         input order. Files are read one by one and archived a batch at a time (one index query for
-        the batch); a batch is also cut once it holds ``HOLD_BYTES`` of file data."""
+        the batch); a batch is also cut once it holds ``HOLD_BYTES`` of file data. ``notify``: where
+        the documents go (``documents``); ``verdicts``: where the publishers say they accepted or
+        refused each scan (``verdicts``). A name that is not valid UTF-8 is sent under the text rule
+        (``stoq.model.text``), as ``stoq scan`` records it."""
+        self._verdicts = verdicts
         batch: list[tuple[Path, dict[str, Any], bytes]] = []  # read, not yet archived
         held = 0
         left = len(files)
@@ -88,7 +93,8 @@ class ClusterClient:
                 yield Submitted(path, scan_id)
                 continue
             batch.append((path, {"scan_id": scan_id, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                                 "filename": path.name, "source": {"path": str(path)}, "date": now_iso()}, data))
+                                 "filename": text(path.name), "source": {"path": text(str(path))},
+                                 "date": now_iso()}, data))
             held += len(data)
             if len(batch) >= batch_size(left + len(batch), self.settings.batch_max) or held >= HOLD_BYTES:
                 yield from self._send(batch, notify)
@@ -113,7 +119,8 @@ class ClusterClient:
 
     def _publish(self, roots: list[dict[str, Any]], notify: str | None) -> None:
         self.archive.flush()  # the workers must find the index rows before the message
-        self.app.send_task("stoq.publish", args=(self.profile, st.wrap(self.r, roots), notify), queue=DEFAULT_QUEUE,
+        self.app.send_task("stoq.publish", args=(self.profile, st.wrap(self.r, roots), notify),
+                           kwargs={"verdicts": self._verdicts} if self._verdicts else None, queue=DEFAULT_QUEUE,
                            argsrepr=st.describe_batch(self.profile, "roots",
                                                       [f"{root['scan_id']} {root['filename']}" for root in roots]),
                            kwargsrepr="")
@@ -124,7 +131,7 @@ class ClusterClient:
         if self._magic is None:
             self._magic = magic.Magic(mime=True)
         record = oversized_record(path, self._magic.from_buffer)
-        scan = st.ScanState(scan_id, now_iso(), {"path": str(path)}, self.profile, notify, limits, Budget(limits),
+        scan = st.ScanState(scan_id, now_iso(), {"path": text(str(path))}, self.profile, notify, limits, Budget(limits),
                             results=[record.as_dict()], done=True)
         self.r.set(st.scan_key(scan_id), scan.to_json(), ex=st.TTL)
         self.app.send_task("stoq.connector.store", args=([scan_id],), queue=COLLECT_QUEUE)
@@ -132,24 +139,44 @@ class ClusterClient:
     def documents(self, notify: str, scan_ids: set[str]) -> Iterator[tuple[dict[str, Any], bytes]]:
         """Finished documents (JSON bytes) as the store connector commits them, each once."""
         waiting = set(scan_ids)
+        hint = (f"scan(s); is a worker serving the '{DEFAULT_QUEUE}' and '{COLLECT_QUEUE}' queues and every "
+                "plugin queue?")
+        for raw in self._entries(notify, waiting, hint):
+            doc = orjson.loads(raw)
+            if doc["scan_id"] in waiting:  # a redelivered connector may notify twice
+                waiting.discard(doc["scan_id"])
+                yield doc, raw
+
+    def verdicts(self, key: str, scan_ids: set[str]) -> Iterator[tuple[str, str | None]]:
+        """(scan id, None) once a publisher has begun the scan, (scan id, why) if it refused it; each
+        scan once. For a client that does not wait for the documents (see ``submit``)."""
+        waiting = set(scan_ids)
+        hint = f"scan(s) to be accepted; is a worker serving the '{DEFAULT_QUEUE}' queue?"
+        for raw in self._entries(key, waiting, hint):
+            entry = orjson.loads(raw)
+            verdicts = [(i, None) for i in entry["accepted"]] if "accepted" in entry else [
+                (entry["scan_id"], entry["refused"])]
+            for scan_id, refused in verdicts:
+                if scan_id in waiting:  # a redelivered publisher may answer twice
+                    waiting.discard(scan_id)
+                    yield scan_id, refused
+
+    def _entries(self, key: str, waiting: set[str], hint: str) -> Iterator[bytes]:
+        """The entries pushed to the list ``key`` while ``waiting`` (which the caller empties) is not
+        empty; says on stderr what it waits for after ``QUIET_HINT`` seconds without one."""
         last = time.monotonic()
         while waiting:
-            popped = self.r.blpop([notify], timeout=1)
+            popped = self.r.blpop([key], timeout=1)
             if popped is None:
                 if time.monotonic() - last > QUIET_HINT:
-                    print(f"stoq: still waiting for {len(waiting)} scan(s); is a worker serving the "
-                          f"'{DEFAULT_QUEUE}' and '{COLLECT_QUEUE}' queues and every plugin queue?", file=sys.stderr)
+                    print(f"stoq: still waiting for {len(waiting)} {hint}", file=sys.stderr)
                     last = time.monotonic()
                 continue
             last = time.monotonic()
-            more: list[bytes] = self.r.lpop(notify, 1000) or []  # type: ignore[assignment]  # the rest, one trip
-            batch: list[bytes] = [popped[1], *more]  # type: ignore[list-item]  # bytes: no decode_responses
-            for raw in batch:
-                doc = orjson.loads(raw)
-                if doc["scan_id"] in waiting:  # a redelivered connector may notify twice
-                    waiting.discard(doc["scan_id"])
-                    yield doc, raw
-        self.r.delete(notify)
+            more: list[bytes] = self.r.lpop(key, 1000) or []  # type: ignore[assignment]  # the rest, one trip
+            yield popped[1]  # type: ignore[misc]  # bytes: no decode_responses
+            yield from more
+        self.r.delete(key)
 
     def close(self) -> None:
         self.archive.close()
@@ -158,3 +185,7 @@ class ClusterClient:
 
 def new_notify_key() -> str:
     return f"{st.PREFIX}notify:{new_id()}"
+
+
+def new_verdicts_key() -> str:
+    return f"{st.PREFIX}verdicts:{new_id()}"

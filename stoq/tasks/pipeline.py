@@ -306,12 +306,14 @@ def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pendin
 # -- the tasks' bodies ---------------------------------------------------------------------------------
 
 def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_id: str | None = None,
-            redelivered: bool = False) -> None:
+            redelivered: bool = False, verdicts: str | None = None) -> None:
     """Starts a scan per root reference: ``{"scan_id", "sha256", "size", "filename", "source", "date",
     "at"}`` (``at``: the payload's place in the archive, or null).
     A redelivered publish skips the scans it already started. A profile this worker cannot run (an
     unknown plugin, a bad option, a rule file missing here, limits too long for the broker) refuses
-    the scans: the waiting client is told why."""
+    the scans: the waiting client is told why. ``verdicts``: the list where a client that does not
+    wait for the documents (``--no-wait``) learns that its scans were begun (``{"accepted": [scan
+    ids]}``) or refused (one ``{"scan_id", "refused"}`` each)."""
     from stoq.tasks.checks import visibility_problem
 
     r = redis_client(app)
@@ -329,7 +331,7 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
         if problem:
             raise ConfigError(problem)
     except (ConfigError, LookupError) as exc:
-        refuse(r, roots, notify, f"{type(exc).__name__}: {exc}")
+        refuse(r, roots, [notify, verdicts], f"{type(exc).__name__}: {exc}")
         st.forget(r, st.blob_keys(sent))
         return
     # Only a redelivery can find scans it started before (a first delivery skips the look-up; were a
@@ -349,20 +351,31 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
         with r.pipeline() as pipe:
             settle(app, r, waves, [], pipe, careful)
     except (ArchiveError, OSError) as exc:  # the roots cannot be read here: say so, never leave the client waiting
-        refuse(r, [root for root, existing in zip(roots, known) if existing is None], notify,
+        refuse(r, [root for root, existing in zip(roots, known) if existing is None], [notify, verdicts],
                f"cannot read the submitted files from this worker's archive ({type(exc).__name__}: {exc}); "
                f"do the client and the workers share it (STOQ_ARCHIVER, STOQ_ARCHIVE)?")
+    else:
+        if verdicts:  # every root of the batch: a redelivery's earlier delivery may have died before this
+            tell(r, verdicts, [st.dumps({"accepted": [root["scan_id"] for root in roots]})])
     st.forget(r, st.blob_keys(sent))
 
 
-def refuse(r: redis.Redis, roots: list[dict[str, Any]], notify: str | None, message: str) -> None:
-    log.error("refusing %d scan(s) of a submission: %s", len(roots), message)
-    if notify:
-        with r.pipeline(transaction=False) as pipe:
-            for root in roots:
-                pipe.rpush(notify, st.dumps({"scan_id": root["scan_id"], "refused": message}))
-            pipe.expire(notify, st.BLOB_TTL)
-            pipe.execute()
+def tell(r: redis.Redis, key: str, entries: list[bytes]) -> None:
+    """Appends entries to a client's list (documents, verdicts), which expires if nobody reads it."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.rpush(key, *entries)
+        pipe.expire(key, st.BLOB_TTL)
+        pipe.execute()
+
+
+def refuse(r: redis.Redis, roots: list[dict[str, Any]], clients: list[str | None], message: str) -> None:
+    """Tells the submitting client (its documents' or its verdicts' list) that these scans will not
+    run, and logs it with their ids."""
+    log.error("refusing scan(s) %s of a submission: %s", ", ".join(root["scan_id"] for root in roots), message)
+    entries = [st.dumps({"scan_id": root["scan_id"], "refused": message}) for root in roots]
+    for key in clients:
+        if key and entries:
+            tell(r, key, entries)
 
 
 def collect(app: Celery, wave_id: str, task_id: str | None = None, redelivered: bool = False) -> None:

@@ -10,6 +10,7 @@ Keys, all under ``stoq:`` and all with a time to live, so nothing outlives a for
 | ``stoq:wave:<id>``      | a wave in flight: its scans, each plugin task's references (``r:<n>``) and answers (``a:<n>``) |
 | ``stoq:blob:<id>``      | a submission's roots too large for a broker message (deleted once published) |
 | ``stoq:notify:<id>``    | finished documents for a waiting ``stoq submit``                 |
+| ``stoq:verdicts:<id>``  | accepted or refused scans for a ``stoq submit --no-wait``        |
 | ``stoq:tries:<task>``   | per-payload attempts of a redelivered task                      |
 
 Broker messages stay small: a plugin task's message names its wave and its part, never the references
