@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, TOOL_PACKAGES
 from stoq import model as stoq_model
 
 # Every document stoq assembles during the tests, in this process or in any stoq or celery process
@@ -20,14 +20,6 @@ from stoq import model as stoq_model
 os.environ["STOQDEV_CHECK_DOCUMENTS"] = str(ROOT / "docs" / "scan-document.schema.json")
 stoq_model.CHECK_DOCUMENTS = os.environ["STOQDEV_CHECK_DOCUMENTS"]  # in case stoq.model was imported before
 
-#: The Debian package of each external program the tests or the bundled plugins run (a test checks
-#: that it covers every plugin's declared tools and that .ci/apt-packages lists them all).
-TOOL_PACKAGES = {
-    "7z": "p7zip-full", "unar": "unar", "lsar": "unar", "bsdtar": "libarchive-tools", "bsdcat": "libarchive-tools",
-    "gpg": "gnupg", "gpgconf": "gnupg", "lzip": "lzip", "zstd": "zstd", "rpmbuild": "rpm",
-    "genisoimage": "genisoimage", "mkudffs": "udftools", "qemu-img": "qemu-utils", "mkfs.fat": "dosfstools",
-    "mmd": "mtools", "mcopy": "mtools", "file": "file",
-}
 
 
 @functools.cache

@@ -21,6 +21,15 @@ VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 PG_URL = os.environ.get("STOQ_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 EXPECTED_CHILDREN: dict[str, Any] = json.loads((CORPUS / "expected_children.json").read_text())
 
+#: The Debian package of each external program the tests or the bundled plugins run (a test checks
+#: that it covers every plugin's declared tools and that .ci/apt-packages lists them all).
+TOOL_PACKAGES = {
+    "7z": "p7zip-full", "unar": "unar", "lsar": "unar", "bsdtar": "libarchive-tools", "bsdcat": "libarchive-tools",
+    "gpg": "gnupg", "gpgconf": "gnupg", "lzip": "lzip", "zstd": "zstd", "rpmbuild": "rpm",
+    "genisoimage": "genisoimage", "mkudffs": "udftools", "qemu-img": "qemu-utils", "mkfs.fat": "dosfstools",
+    "mmd": "mtools", "mcopy": "mtools", "file": "file",
+}
+
 
 def corpus_files() -> list[Path]:
     return sorted(p for p in CORPUS.iterdir() if p.is_file() and p.name not in ("README.md", "expected_children.json"))

@@ -48,7 +48,7 @@ def test_a_member_name_cannot_forge_table_lines(run_stoq: Run, tmp_path: Path) -
     lines = payload_lines(proc.stdout)
     name = "evil.txt  text/plain …\\n      yara: totally_benign\\n  x"
     assert lines == [
-        f"  spoof.zip  application/zip  {len(archive)} B  sha256:{short(archive)}  plugins:decompress",
+        f"  spoof.zip  application/zip  {len(archive)} B  sha256:{short(archive)}  plugins:decompress,trailer",
         f"    {name}  text/plain  6 B  sha256:{short(body)}  plugins:-",
         f"    copy.txt  text/plain  6 B  sha256:{short(body)}  plugins:-  (duplicate of spoof.zip > {name})",
         f"    real.txt  text/plain  14 B  sha256:{short(other)}  plugins:-",

@@ -55,7 +55,7 @@ def test_the_runner_records_a_missing_tool_by_name() -> None:
 
 
 def test_every_declared_tool_has_its_package_in_ci() -> None:
-    from conftest import TOOL_PACKAGES
+    from helpers import TOOL_PACKAGES
     from stoq_plugins._tools import TOOL_FORMATS, TOOLS
     from stoq_plugins.decompress import DecompressPlugin
 

@@ -120,7 +120,8 @@ def test_ace_members_are_read_in_process(tmp_path: Path, make_payload) -> None:
     assert json.loads(run("lsar", "-j", "t.ace", cwd=tmp_path).stdout)["lsarFormatName"] == "Ace"
     assert detect(make_payload(data)) == "ace"
     result = scan(make_payload, data, "application/x-ace-compressed")
-    assert result.data == {"format": "ace", "members": 2, "extracted": 2} and result.flags == []
+    assert result.data == {"format": "ace", "members": 2, "extracted": 2,
+                           "decompressed": sum(map(len, FILES.values()))} and result.flags == []
     assert children(result) == FILES and [c.filename for c in result.children] == list(FILES)
     for child in result.children:
         assert child.meta["crc"] == zlib.crc32(child.content) and child.meta["modified"] == "2024-05-17T12:30:00Z"
