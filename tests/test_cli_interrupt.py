@@ -206,3 +206,22 @@ def test_a_finished_scan_says_where_it_stored_its_documents(tmp_path: Path, run_
     assert len(stored_ids(tmp_path / "stoq.db")) == 3
     quiet = run_stoq("scan", *map(str, files), "--no-store")
     assert quiet.returncode == 0 and quiet.stderr == b""
+
+
+@pytest.mark.parametrize("args", [["results", "{id}"], ["results", "{id}", "--format", "table"],
+                                  ["list", "--format", "json"]])
+def test_any_command_whose_reader_is_gone_exits_141_without_a_traceback(
+        tmp_path: Path, stoq_env: dict[str, str], run_stoq: Run, args: list[str]) -> None:
+    """Not only `scan`: `stoq results ID | head -1` and `stoq list | head` meet a closed pipe too; they end
+    with the documented 141 (not 1, which means "a document has errors"), and say nothing on stderr."""
+    files = small_files(tmp_path / "in", 1)
+    scanned = run_stoq("scan", str(files[0]), "--jobs", "1")
+    assert scanned.returncode == 0, scanned.stderr
+    scan_id = json.loads(scanned.stdout)["scan_id"]
+    argv = [str(STOQ), *(a.format(id=scan_id) for a in args)]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=stoq_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == "", err

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import sys
 from enum import IntEnum
 from typing import Any
@@ -146,6 +147,16 @@ from stoq.cli import admin, doctor, scan  # noqa: E402  (registers the commands)
 __all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "doctor", "scan"]
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (the kernel reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.__stdout__.fileno(), select.POLLOUT)  # type: ignore[union-attr]
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main() -> None:
     """The console script: runs the command, then leaves without the interpreter's teardown.
 
@@ -159,13 +170,19 @@ def main() -> None:
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             code = exc.code or 0
+            if code == 1 and _stdout_gone():  # click ends a command that met a broken pipe with 1
+                code = ExitCode.OUTPUT_CLOSED
         else:
             print(exc.code, file=sys.stderr)
             code = 1
+    except BrokenPipeError:  # any command whose reader went away (`stoq results ID | head -1`)
+        code = ExitCode.OUTPUT_CLOSED
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
+        except BrokenPipeError:
+            code = code or (ExitCode.OUTPUT_CLOSED if stream is sys.stdout else 0)
         except (OSError, ValueError):
             code = code or 1
-    os._exit(code)
+    os._exit(int(code))
