@@ -251,6 +251,9 @@ def test_agent_stopped_only_when_one_may_run(keys, corpus: Path) -> None:
                 assert run.decrypt((root / "msg.gpg").read_bytes(), PASSPHRASE).data == PLAINTEXT
                 assert agent_may_run(run.home)
                 home = run.home
+            with Gpg(30, 10) as run:  # gpg killed at the output cap: the agent is stopped whatever is seen
+                outcome = run.decrypt((corpus / "test.txt.asc").read_bytes(), "")
+                assert outcome.stopped == "limit:gpg-bytes" and run.interrupted
         finally:
             tempfile.tempdir = saved
         assert list(scratch.iterdir()) == []
