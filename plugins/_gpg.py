@@ -8,7 +8,9 @@ no key retrieval), under a time limit, its process group killed at the end. The 
 stdin (``--pinentry-mode loopback --passphrase-fd 0``), never on the command line. The decrypted data is
 read from gpg's stdout up to a byte cap, gpg killed beyond (its own ``--max-output`` would buffer the
 whole output first). Afterwards the gpg-agent of that
-GNUPGHOME is killed (``gpgconf --kill all``) and the scratch directory removed, whatever happened.
+GNUPGHOME is killed (``gpgconf --kill all``) and the scratch directory removed, whatever happened; the
+``gpgconf`` calls are skipped only when every gpg run ended on its own and left no socket in GNUPGHOME
+(no agent was started: a signed message, or none).
 """
 
 from __future__ import annotations
@@ -165,6 +167,24 @@ def stop_agent(root: str) -> None:
             pass
 
 
+def sockets_in_home() -> bool:
+    """Whether gpg puts its daemons' sockets in GNUPGHOME: it does when the system has no per-user
+    runtime directory (``/run/user/UID``, ``/var/run/user/UID``), as in containers and services."""
+    uid = os.getuid()
+    return not any(os.path.isdir(f"{base}/{uid}") for base in ("/run/user", "/var/run/user"))
+
+
+def agent_may_run(home: str) -> bool:
+    """Whether a daemon (gpg-agent, or scdaemon/keyboxd through it) may be running for ``home``: it made
+    its socket there, or its sockets live elsewhere (then only ``gpgconf`` can tell)."""
+    if not sockets_in_home():
+        return True
+    try:
+        return any(name.startswith("S.") for name in os.listdir(home))
+    except FileNotFoundError:
+        return False
+
+
 def remove_stale_homes() -> list[str]:
     """Removes the scratch directories of gpg runs whose worker was killed (their agent stopped first)."""
     return remove_stale("gpg", before=stop_agent)
@@ -190,11 +210,15 @@ class Gpg:
         self.env = {"PATH": tool_path(), "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": self.root,
                     "GNUPGHOME": self.home}
         self.deadline = time.monotonic() + self.timeout
+        self.interrupted = False  # a gpg run was killed: it may have been starting an agent
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            stop_agent(self.root)
+            # gpg waits for the agent it starts to listen on its socket, so after runs that ended on
+            # their own, no socket in GNUPGHOME means no agent: the two gpgconf calls are skipped.
+            if self.interrupted or agent_may_run(self.home):
+                stop_agent(self.root)
         finally:
             for _ in range(5):  # the agent may still be removing its sockets
                 try:
@@ -221,6 +245,7 @@ class Gpg:
             timer = threading.Timer(max(self.deadline - time.monotonic(), 0.001), expire)
             timer.start()
             data, capped = bytearray(), False
+            ended = False
             try:
                 assert proc.stdin is not None and proc.stdout is not None
                 try:
@@ -236,7 +261,9 @@ class Gpg:
                             break
                 if not capped:
                     proc.wait()
+                    ended = not expired.is_set()
             finally:
+                self.interrupted |= not ended
                 timer.cancel()
                 kill_group(proc)
             log.seek(0)

@@ -30,7 +30,7 @@ class GpgPlugin(ExtractorPlugin):
 
     Each scan runs ``gpg --decrypt`` (GnuPG 2) in a private, temporary GNUPGHOME into which ``keyring``
     (an exported key file: secret keys to decrypt, public keys to check signatures) is imported; its
-    gpg-agent is killed and the directory removed afterwards (``stoq_plugins._gpg``). ``passphrase``
+    gpg-agent (when gpg started one) is killed and the directory removed afterwards (``stoq_plugins._gpg``). ``passphrase``
     unlocks the secret keys or a symmetrically encrypted message; it is passed on stdin, never on the
     command line. No network is used: signers' keys are not fetched.
 

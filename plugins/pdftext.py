@@ -8,7 +8,7 @@ from pydantic import Field
 
 from stoq.plugin import Extracted, Payload, PluginOptions, ReaderPlugin, Result
 from stoq_plugins._isolate import MemoryLimit, run_limited
-from stoq_plugins._pdf import extract
+from stoq_plugins._pdf import extract, preload
 
 MiB = 1 << 20
 
@@ -43,6 +43,9 @@ class PdfTextPlugin(ReaderPlugin):
                                                                      "to the worker's, in bytes (limit:pdf-memory).")
         max_cpu_seconds: int = Field(300, ge=1, description="CPU time of the parsing process, in seconds (a "
                                                             "backstop: the plugin's time limit kills it first).")
+
+    def setup(self) -> None:
+        preload()  # once per worker, not in each forked parse
 
     def accepts(self, payload: Payload) -> bool:
         return b"%PDF-" in payload.content[:1024] and super().accepts(payload)

@@ -284,18 +284,21 @@ class Engine:
         if content is None:
             assert item.sha256 is not None
             content, known = read_from(self.archive, item.sha256, item.at)  # else verified below, by hashing
-        facts = hashes(content, item.sha256 if known else None)
-        sha256 = facts["sha256"]
+        sha256 = item.sha256 if known and item.sha256 else hashlib.sha256(content).hexdigest()
         if item.sha256 is not None and sha256 != item.sha256:
             raise ArchiveError(f"payload {item.sha256} is damaged in the archive")
         if skip and (sha256, "libmagic") in skip:  # libmagic killed the worker on this payload before
             kind, message = skip[(sha256, "libmagic")]
-            facts["mime"] = OCTET_STREAM
+            facts = hashes(content, sha256) | {"mime": OCTET_STREAM}
             errors.append(ScanErrorEntry(payload_id, "libmagic", kind, message))
+        elif sha256 in budget.facts:  # the same bytes earlier in this scan: the same hashes and type
+            facts = dict(budget.facts[sha256])
         else:
+            facts = hashes(content, sha256)
             activity.enter("libmagic", sha256)
             try:
                 facts["mime"] = self._mime(content)
+                budget.facts[sha256] = facts
             except magic.MagicException as exc:
                 facts["mime"] = OCTET_STREAM
                 errors.append(ScanErrorEntry(payload_id, "libmagic", "error", str(exc)))

@@ -46,6 +46,10 @@ class Budget:
     bytes: int = 0
     seen: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)  # wall clock: the cluster's waves share it
+    #: Hashes and MIME type of the payloads typed in this process during the scan, by sha256: a
+    #: duplicate's record repeats them without hashing or typing the same bytes again (the cluster's
+    #: state does not carry them: there each wave's task types its payloads itself).
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def overtime(self) -> bool:
         """True once the scan has run longer than ``max_seconds`` (never with 0)."""

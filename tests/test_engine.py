@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import magic
 import orjson
 import pytest
 
@@ -148,6 +149,10 @@ def test_duplicates_point_to_the_first_and_are_not_analysed_again(tmp_path: Path
     for child in doc["results"][1:]:
         assert child["duplicate_of"] == root_id and child["workers"] == {}
         assert child["sha256"] == hashlib.sha256(b"same bytes").hexdigest()
+        # typed and hashed once per scan: the duplicates repeat the first record's values
+        assert {k: child[k] for k in ("size", "md5", "sha1", "sha512", "mime")} == {
+            "size": 10, "md5": hashlib.md5(b"same bytes").hexdigest(), "sha1": hashlib.sha1(b"same bytes").hexdigest(),
+            "sha512": hashlib.sha512(b"same bytes").hexdigest(), "mime": magic.from_buffer(b"same bytes", mime=True)}
 
 
 def test_dispatch_rule_meta_becomes_options_and_save_false_keeps_children_out_of_the_archive(tmp_path: Path) -> None:

@@ -229,3 +229,38 @@ def test_proposed_dispatch_rule(keys, corpus: Path) -> None:
     for name in os.listdir(corpus):
         if (corpus / name).is_file() and not name.startswith("test.txt.") and not name.endswith(".pgp"):
             assert not rules.match(data=(corpus / name).read_bytes()), name
+
+
+def test_agent_stopped_only_when_one_may_run(keys, corpus: Path) -> None:
+    """The gpgconf calls that stop an agent are skipped only after runs that started none: a signed
+    message needs no agent (no socket in GNUPGHOME), a decryption with a secret key starts one."""
+    from stoq_plugins._gpg import Gpg, agent_may_run, sockets_in_home
+
+    if not sockets_in_home():
+        pytest.skip("gpg keeps its sockets in /run/user here: gpgconf is always called")
+    root, _ = keys
+    scratch = Path(tempfile.mkdtemp(prefix="gpgt-", dir="/tmp"))  # short: gpg-agent's sockets live there
+    try:
+        tempfile.tempdir, saved = str(scratch), tempfile.tempdir
+        try:
+            with Gpg(30, 1 << 20) as run:
+                assert run.decrypt((corpus / "test.txt.asc").read_bytes(), "").status.signatures
+                assert not run.interrupted and not agent_may_run(run.home)
+            with Gpg(30, 1 << 20) as run:
+                run.import_keys(str(root / "secret.pgp"))
+                assert run.decrypt((root / "msg.gpg").read_bytes(), PASSPHRASE).data == PLAINTEXT
+                assert agent_may_run(run.home)
+                home = run.home
+            with Gpg(30, 10) as run:  # gpg killed at the output cap: the agent is stopped whatever is seen
+                outcome = run.decrypt((corpus / "test.txt.asc").read_bytes(), "")
+                assert outcome.stopped == "limit:gpg-bytes" and run.interrupted
+        finally:
+            tempfile.tempdir = saved
+        assert list(scratch.iterdir()) == []
+        for proc in Path("/proc").iterdir():  # the agent of the second run was stopped
+            try:
+                assert home.encode() not in (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+    finally:
+        shutil.rmtree(scratch)
