@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from stoq.plugin import Result
-from stoq_plugins._archive import BOMB_AFTER, CHUNK, Limits, Unpacker, unpack_stream
 from stoq_plugins.decompress import DecompressPlugin
+from stoq_plugins.decompress.budget import BOMB_AFTER, CHUNK, Limits, Unpacker
+from stoq_plugins.decompress.streams import unpack_stream
 
 MiB = 1 << 20
 ZEROS = bytes(64 * MiB)

@@ -10,9 +10,9 @@ import pytest
 import zstandard
 
 from stoq.plugin import Result
-from stoq_plugins._archive import Limits, Unpacker
-from stoq_plugins._tools import unpack_tool
 from stoq_plugins.decompress import DecompressPlugin
+from stoq_plugins.decompress.budget import Limits, Unpacker
+from stoq_plugins.decompress.tools import unpack_tool
 
 MiB = 1 << 20
 TEXT = b"".join(b"line %06d of a long text\n" % i for i in range(100_000))

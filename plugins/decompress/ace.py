@@ -11,7 +11,7 @@ from datetime import timezone
 from typing import Any, Callable
 
 from stoq.model import iso
-from stoq_plugins._archive import Member, Unpacker
+from stoq_plugins.decompress.budget import Member, Unpacker
 
 
 def _reader(blocks: Any) -> Callable[[int], bytes]:

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from stoq.model import iso
-from stoq_plugins._archive import LZMA_MEMORY, STREAM_ERRORS, LzmaLimit, Member, Unpacker, timestamp
+from stoq_plugins.decompress.budget import LZMA_MEMORY, Member, Unpacker, timestamp
+from stoq_plugins.decompress.streams import STREAM_ERRORS, LzmaLimit
 
 LOCAL = b"PK\x03\x04"
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # signature ... file name length, extra length

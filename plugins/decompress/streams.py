@@ -1,7 +1,7 @@
-"""Bounded extraction from compressed streams and tar archives, and the byte budget shared with zip.
+"""Bounded decompression of gzip, bzip2, xz, lzma, zlib and zstd streams, in process.
 
-Every reader here is drained in chunks and the bytes it gives are counted against the caps: no size
-declared by the input is trusted. Nothing is written to disk; member names are metadata only.
+Each reader gives at most ``n`` bytes per ``read1`` and says how many compressed bytes it has used (for
+the bomb rule); what it gives is counted against the caps of the ``Unpacker`` (``budget``).
 """
 
 from __future__ import annotations
@@ -10,30 +10,15 @@ import bz2
 import gzip as gzip_module
 import io
 import lzma
-import tarfile
 import zlib
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
 
-from stoq.model import iso
+from stoq_plugins.decompress.budget import CHUNK, Limits, Member, Unpacker, timestamp
 
-try:  # a declared dependency; without it zstd goes to the bsdcat tool (stoq_plugins._tools)
+try:  # a declared dependency; without it zstd goes to the bsdcat tool (``tools``)
     import zstandard
 except ImportError:  # pragma: no cover
     zstandard = None  # type: ignore[assignment]
-
-#: Most bytes asked of a reader at once.
-CHUNK = 1 << 20
-
-#: Default of the decoder memory an xz or lzma stream may ask for (``xz -9`` needs 65 MiB).
-LZMA_MEMORY = 128 << 20
-#: Default address-space limit of an external extractor (``RLIMIT_AS``).
-TOOL_MEMORY = 1 << 30
-#: Defaults of the bomb rule: a member is abandoned once, past ``BOMB_AFTER`` decompressed bytes, it has
-#: given more than ``BOMB_RATIO`` times the compressed bytes read for it (deflate tops out at 1032:1).
-BOMB_RATIO = 1000.0
-BOMB_AFTER = 8 << 20
 
 
 class LzmaLimit(lzma.LZMAError):
@@ -225,109 +210,6 @@ class ZstdReader:
         return chunk
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The caps of one extraction (the ``decompress`` options)."""
-
-    max_member_bytes: int
-    max_total_bytes: int
-    max_members: int
-    ratio_flag: float
-    passwords: tuple[bytes, ...] = ()
-    lzma_memory: int = LZMA_MEMORY  # most decoder memory an xz or LZMA stream may ask for
-    tool_memory: int = TOOL_MEMORY  # RLIMIT_AS of an external tool
-    bomb_ratio: float = BOMB_RATIO  # 0: no bomb rule
-    bomb_after: int = BOMB_AFTER
-
-    def bomb(self, produced: int, consumed: int | None) -> bool:
-        """True if ``produced`` decompressed bytes from ``consumed`` compressed ones is a ratio no real
-        file has (the bomb rule; never below ``bomb_after`` bytes, never when ``consumed`` is unknown)."""
-        return (consumed is not None and self.bomb_ratio > 0 and produced > self.bomb_after
-                and produced > self.bomb_ratio * max(consumed, 1))
-
-
-@dataclass(slots=True)
-class Member:
-    """One extracted member: its bytes and what the container says of it."""
-
-    name: str | None
-    content: bytes
-    compressed_size: int | None
-    modified: str | None = None
-    encrypted: bool = False
-    crc: int | None = None
-
-
-@dataclass(slots=True)
-class Unpacker:
-    """Collects the members and flags of one container while keeping its byte budget."""
-
-    limits: Limits
-    members: list[Member] = field(default_factory=list)
-    flags: dict[str, None] = field(default_factory=dict)  # an ordered set
-    listed: int = 0  # regular-file members seen in the container
-    total: int = 0  # bytes decompressed so far, kept or not
-    stopped: bool = False  # the total cap was reached: extract nothing more
-    unread: int = 0  # bytes an external tool wrote that were never read (dropped at a cap)
-
-    @property
-    def extracted(self) -> int:
-        """Every byte decompressed, kept or not: what the scan's byte budget is charged."""
-        return self.total + self.unread
-
-    def flag(self, name: str) -> None:
-        self.flags[name] = None
-
-    def admit(self) -> bool:
-        """Counts one more member; False (with a flag) past ``max_members`` or the total cap."""
-        if self.stopped:
-            return False
-        if self.listed >= self.limits.max_members:
-            self.flag("limit:members")
-            return False
-        self.listed += 1
-        return True
-
-    def drain(self, read: Callable[[int], bytes], sink: bytearray, compressed_size: int | None,
-              consumed: Callable[[], int] | None = None) -> bool:
-        """Appends ``read(CHUNK)`` to ``sink`` until it gives nothing. False, with a flag, at a cap or
-        when the member is a bomb: ``consumed()`` says how many compressed bytes the reader has used so
-        far (without it, the whole ``compressed_size`` is the measure, which only a finished member reaches).
-
-        On an exception from ``read``, ``sink`` keeps what was read before it.
-        """
-        limits = self.limits
-        try:
-            # near the total cap, no more than it allows (+1, to see it passed): the scan's budget may be small
-            while chunk := read(min(CHUNK, limits.max_total_bytes - self.total + 1)):
-                sink += chunk
-                self.total += len(chunk)
-                if self.total > limits.max_total_bytes:  # first: it stops the whole payload
-                    self.flag("limit:total-bytes")
-                    self.stopped = True
-                    return False
-                if len(sink) > limits.max_member_bytes:
-                    self.flag("limit:member-bytes")
-                    return False
-                if limits.bomb(len(sink), consumed() if consumed is not None else compressed_size):
-                    self.flag("ratio:bomb")
-                    return False
-            return True
-        finally:
-            if compressed_size is not None and len(sink) > limits.ratio_flag * max(compressed_size, 1):
-                self.flag("ratio:high")
-
-
-def timestamp(seconds: float | None) -> str | None:
-    """ISO-8601 UTC of a Unix time, or None when absent or out of range."""
-    if not seconds:
-        return None
-    try:
-        return iso(datetime.fromtimestamp(seconds, timezone.utc))
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
 def gzip_header(data: bytes) -> tuple[str | None, int]:
     """The file name (FNAME, ISO-8859-1) and MTIME of a gzip header (RFC 1952)."""
     if len(data) < 10 or data[3] & 0x08 == 0:
@@ -374,97 +256,3 @@ def unpack_stream(fmt: str, data: bytes, filename: str | None, unpacker: Unpacke
         content = bytes(sink)
         unpacker.members.append(Member(name or stream_name(filename), content, len(data), timestamp(mtime),
                                        crc=zlib.crc32(content) if fmt == "gzip" else None))
-
-
-def unpack_tar(data: bytes, unpacker: Unpacker) -> None:
-    """Regular files of a tar archive, and hard links to one read before it (a member of its own with the
-    same bytes: bsdtar writes a xar's, cpio's or rpm's second name for one file that way). Symbolic
-    links, devices and directories are skipped."""
-    read: dict[str, bytes] = {}  # name -> bytes of the regular members kept, for hard links
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:  # not a tar: ReadError
-        while True:
-            try:
-                info = archive.next()
-            except tarfile.ReadError:
-                unpacker.flag("corrupt:truncated")
-                return
-            if info is None:  # tarfile also ends quietly at a damaged header past the first
-                rest = data[archive.offset:archive.offset + 512]
-                if rest and rest != bytes(512):
-                    unpacker.flag("corrupt:truncated" if len(rest) < 512 else "corrupt:data")
-                return
-            target = read.get(info.linkname) if info.islnk() else None
-            if not info.isreg() and target is None:
-                continue
-            if not unpacker.admit():
-                return
-            sink = bytearray()
-            reader = io.BytesIO(target) if target is not None else archive.extractfile(info)
-            assert reader is not None  # a regular file always has one
-            try:
-                complete = unpacker.drain(reader.read, sink, None)  # (a link's copy counts against the caps too)
-            except tarfile.ReadError:
-                unpacker.flag("corrupt:truncated")
-                return
-            if complete:
-                content = read[info.name] = bytes(sink)
-                unpacker.members.append(Member(info.name, content, len(content) if target is not None else info.size,
-                                               timestamp(info.mtime)))
-
-
-_AR_HEADER = 60
-_AR_SYMBOLS = ("/", "/SYM64/", "__.SYMDEF", "__.SYMDEF SORTED")
-
-
-def unpack_ar(data: bytes, unpacker: Unpacker) -> None:
-    """Members of a Unix ar archive (deb packages, static libraries): GNU (a ``//`` table of long names,
-    ``/n`` references to it), BSD (``#1/len``: the name first in the data) and System V names; symbol
-    tables are skipped. Read here rather than by bsdtar, which drops every member of an archive whose
-    mode fields have no file type (GNU ar's deterministic mode, Debian's default). Stored, not
-    compressed: each member is read from the input. Raises ValueError if it is not an ar archive."""
-    if not data.startswith(b"!<arch>\n"):
-        raise ValueError("not an ar archive (thin archives hold no members)")
-    view, pos, names = memoryview(data), 8, b""
-    while pos < len(data):
-        if data[pos:pos + 1] == b"\n":  # (padding to an even offset)
-            pos += 1
-            continue
-        header = data[pos:pos + _AR_HEADER]
-        if len(header) < _AR_HEADER:
-            unpacker.flag("corrupt:truncated")
-            return
-        try:
-            size = int(header[48:58].decode("ascii").strip() or "0")
-            if header[58:60] != b"`\n" or size < 0:
-                raise ValueError
-        except ValueError:
-            unpacker.flag("corrupt:data")
-            return
-        start, raw = pos + _AR_HEADER, header[:16].rstrip(b" ")
-        pos = start + size
-        if pos > len(data):
-            unpacker.flag("corrupt:truncated")
-            return
-        if raw == b"//":
-            names = data[start:pos]
-            continue
-        if raw.startswith(b"#1/") and raw[3:].isdigit():  # BSD: the name precedes the data
-            length = min(int(raw[3:]), size)
-            raw, start = data[start:start + length].rstrip(b"\0"), start + length
-        elif raw.startswith(b"/") and raw[1:].isdigit():  # GNU: an offset into the // table
-            at = int(raw[1:])
-            end = names.find(b"\n", at)
-            raw = names[at:end if end >= 0 else len(names)].rstrip(b"/")
-        elif raw not in (b"/", b"/SYM64/"):
-            raw = raw[:-1] if raw.endswith(b"/") else raw
-        name = raw.decode("utf-8", "replace")
-        if name in _AR_SYMBOLS or raw in (b"/", b"/SYM64/"):
-            continue
-        if not unpacker.admit():
-            return
-        sink = bytearray()
-        stream = io.BytesIO(view[start:pos])
-        if unpacker.drain(stream.read, sink, None):
-            mtime = header[16:28].decode("ascii", "replace").strip()
-            unpacker.members.append(Member(name, bytes(sink), pos - start,
-                                           timestamp(int(mtime)) if mtime.isdigit() else None))

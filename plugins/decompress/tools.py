@@ -17,7 +17,7 @@ cannot allocate what a crafted header asks for fails: flag ``limit:tool-memory``
 at ``max_member_bytes + 1`` (``SIGXFSZ`` ignored: the write fails instead). While a tool extracts, the output directory is watched
 and the tool killed once it holds more than ``max_members`` files or ``max_total_bytes`` bytes, or more
 than ``bomb_ratio`` times the input past ``bomb_after`` (``ratio:bomb``); its exit is noticed at once
-(``wait_tool``: a pidfd, not a polling sleep).
+(``stoq_plugins._process.wait_tool``: a pidfd, not a polling sleep).
 Afterwards the output is walked without following links: only regular files (``os.lstat``), each inode
 once, read with ``O_NOFOLLOW``; then the same caps and flags as the in-process formats apply. A file
 whose size differs from the listed one (a member the tool failed on) is flagged ``corrupt:member`` and
@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import resource
-import select
 import shutil
 import signal
 import stat
@@ -40,7 +38,6 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Callable
@@ -48,9 +45,13 @@ from typing import IO, Callable
 from stoq import lifetime
 from stoq.model import iso
 from stoq.plugin import Tool, tool_path
-from stoq_plugins._archive import Member, Unpacker, stream_name, unpack_tar
+from stoq_plugins._process import kill_group, wait_tool
 from stoq_plugins._scratch import make as make_scratch
 from stoq_plugins._scratch import rmtree
+from stoq_plugins.decompress.budget import Member, Unpacker
+from stoq_plugins.decompress.formats import declared_size
+from stoq_plugins.decompress.streams import stream_name
+from stoq_plugins.decompress.tar import unpack_tar
 
 INPUT, OUT = "input", "out"
 #: The programs run here, by command, with the Debian package of each (``decompress`` declares them).
@@ -60,10 +61,10 @@ TOOLS = {t.command: t for t in (Tool("7z", "p7zip-full", ()), Tool("unar", "unar
 STREAM_MAGIC = {"lzip": b"LZIP", "zstd": b"\x28\xb5\x2f\xfd"}
 #: util-linux's prlimit, which sets a tool's rlimits without a preexec_fn (None: set them in preexec_fn).
 PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin") if signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN else None
-#: No password tried when the list is empty: 7z would otherwise prompt for one.
 #: util-linux's setpriv, which asks for SIGKILL at the worker's death (PR_SET_PDEATHSIG) where no
 #: preexec_fn runs: a killed worker (the scan stopped) takes its tool along.
 SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin")
+#: No password tried when the list is empty: 7z would otherwise prompt for one.
 NO_PASSWORD = "stoq-no-password"
 _LOG_BYTES = 1 << 16
 #: What the tools say of input that ends too soon (liblzma's "no progress" is a cut lzip stream).
@@ -343,93 +344,7 @@ def missing(command: str, exc: FileNotFoundError) -> Exception:
     return tool.missing() if tool is not None and exc.filename in (command, None) else exc
 
 
-# --- waiting for a tool --------------------------------------------------------------------------------
-
-#: Longest pause between two looks at a running tool's output directory (its exit is noticed at once).
-WATCH_EVERY = 0.05
-
-
-def exit_fd(proc: subprocess.Popen) -> int | None:
-    """A pidfd of the tool, readable once it has exited (None where the system has none)."""
-    try:
-        return os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        return None
-
-
-def wait_tool(proc: subprocess.Popen, timeout: float, watch: Callable[[], str | None] | None = None) -> str | None:
-    """Waits for a tool to exit, its ``timeout`` (seconds) to pass, or ``watch()`` (called every 5 to 50 ms
-    while it runs; the thread wakes as often without one, so that a ``PluginTimeout`` reaches it) to name
-    a cap. Returns None once the tool has exited (and is reaped), else the cap: ``limit:tool-time`` or
-    what ``watch`` said; the tool is then still running, for the caller to kill.
-
-    The exit is noticed at once: the thread sleeps in ``poll`` on a pidfd of the tool, which the
-    kernel wakes when it exits (``Popen.wait(timeout)`` sleeps in steps instead). Without pidfds
-    (not Linux, or before 5.3) it falls back to those steps."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    fd = exit_fd(proc)
-    poller = None
-    if fd is not None:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return "limit:tool-time"
-            step = min(left, delay)  # (short steps also let the plugin's soft time limit in)
-            if poller is not None:
-                if poller.poll(math.ceil(step * 1000)):
-                    proc.wait()
-                    return None
-            else:
-                try:
-                    proc.wait(step)
-                    return None
-                except subprocess.TimeoutExpired:
-                    pass
-            stopped = watch() if watch is not None else None
-            if stopped:
-                return stopped
-            delay = min(delay * 2, WATCH_EVERY)
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """Kills a tool started in its own session, with everything it started, and reaps it."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-
-
 # --- per tool -------------------------------------------------------------------------------------------
-
-def declared_size(data: bytes) -> int | None:
-    """The size a 7z or cab header says its archive has (None for other input)."""
-    if data.startswith(b"7z\xbc\xaf\x27\x1c") and len(data) >= 32:
-        return 32 + int.from_bytes(data[12:20], "little") + int.from_bytes(data[20:28], "little")
-    if data.startswith(b"MSCF") and len(data) >= 12:
-        return int.from_bytes(data[8:12], "little")
-    return None
-
-
-def disk_image(data: bytes) -> str | None:
-    """``udf`` (a volume recognition sequence from 32 KiB: BEA01 then NSR02 or NSR03, descriptors 2 or 4 KiB
-    apart, ISO 9660 ones perhaps first), ``vhd`` (a fixed disk's footer, or a dynamic disk's copy of it
-    first) or None."""
-    if data[:8] == b"conectix" or data[-512:-504] == b"conectix":
-        return "vhd"
-    ids = [data[32769 + 2048 * i:32774 + 2048 * i] for i in range(16)]
-    if b"BEA01" in ids and {b"NSR02", b"NSR03"} & set(ids[ids.index(b"BEA01"):]):
-        return "udf"
-    return None
-
 
 def _flag_run(tools: Tools, run: Run, recovered: bool, data: bytes = b"") -> None:
     """Flags a failed run (corrupt:truncated or corrupt:data) or the cap that stopped it; raises ToolError
