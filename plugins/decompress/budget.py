@@ -15,6 +15,9 @@ from stoq.model import iso
 
 #: Most bytes asked of a reader at once.
 CHUNK = 1 << 20
+#: Most compressed bytes given to a decompressor at once (a zip member's, an xz or lzma stream's; zstd's
+#: is smaller, ``ZstdReader.FEED``): small, because what it holds unread counts as consumed for the bomb rule.
+FEED = 1 << 14
 
 #: Default of the decoder memory an xz or lzma stream may ask for (``xz -9`` needs 65 MiB).
 LZMA_MEMORY = 128 << 20

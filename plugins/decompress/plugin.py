@@ -103,8 +103,8 @@ class DecompressPlugin(ExtractorPlugin):
                                    options.bomb_after))
         if fmt == "zip":
             unpack_zip(payload.content, unpacker)
-            flags = unpacker.flags  # WinZip AES: 7z reads it all, unless entries overlap (a zip bomb)
-            if "password:unsupported-encryption" in flags and "zip:overlapping-entries" not in flags:
+            read = unpacker.flags  # WinZip AES: 7z reads it all, unless entries overlap (a zip bomb)
+            if "password:unsupported-encryption" in read and "zip:overlapping-entries" not in read:
                 by_tool = Unpacker(unpacker.limits)
                 try:
                     unpack_tool("zip", payload.content, payload.filename, by_tool, options.tool_timeout)

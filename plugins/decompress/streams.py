@@ -13,7 +13,7 @@ import lzma
 import zlib
 from typing import Any, Callable
 
-from stoq_plugins.decompress.budget import CHUNK, Limits, Member, Unpacker, timestamp
+from stoq_plugins.decompress.budget import CHUNK, FEED, Limits, Member, Unpacker, timestamp
 
 try:  # a declared dependency; without it zstd goes to the bsdcat tool (``tools``)
     import zstandard
@@ -39,13 +39,10 @@ class LzmaReader:
         self.data, self.fmt, self.memlimit, self.pos = memoryview(data), fmt, memlimit, 0
         self.d = lzma.LZMADecompressor(fmt, memlimit=memlimit)
 
-    # Input per step: each stream boundary copies what is left of it (unused_data), and what liblzma
-    # holds unread counts as consumed for the bomb rule.
-    FEED = 1 << 14
-
     def _chunk(self) -> bytes:
-        """The next input, ``FEED`` bytes at most: many tiny concatenated streams cost linear time."""
-        chunk = bytes(self.data[self.pos:self.pos + self.FEED])
+        """The next input, ``FEED`` bytes at most: each stream boundary copies what is left of it
+        (``unused_data``), so many tiny concatenated streams cost linear time."""
+        chunk = bytes(self.data[self.pos:self.pos + FEED])
         self.pos += len(chunk)
         return chunk
 

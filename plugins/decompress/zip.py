@@ -18,17 +18,16 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from stoq.model import iso
-from stoq_plugins.decompress.budget import LZMA_MEMORY, Member, Unpacker, timestamp
+from stoq_plugins.decompress.budget import FEED, LZMA_MEMORY, Member, Unpacker, timestamp
 from stoq_plugins.decompress.streams import STREAM_ERRORS, LzmaLimit
 
 LOCAL = b"PK\x03\x04"
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # signature ... file name length, extra length
-_FEED = 1 << 14  # small: what a decompressor holds unread skews the bomb rule's count
 ENCRYPTED, STRONG, DESCRIPTOR, UTF8 = 0x1, 0x40, 0x8, 0x800
 AES = 99
 _FILETIME_EPOCH = 11_644_473_600  # seconds from 1601-01-01 (Windows FILETIME) to 1970-01-01
 #: Errors of a damaged member (bad CRC, header mismatch, short data, bad deflate/bzip2/LZMA data).
-MEMBER_ERRORS = (zipfile.BadZipFile, EOFError, *STREAM_ERRORS)
+MEMBER_ERRORS: tuple[type[Exception], ...] = (zipfile.BadZipFile, EOFError, *STREAM_ERRORS)
 
 
 class RawReader:
@@ -53,7 +52,7 @@ class RawReader:
         return self.pos - left
 
     def _feed(self) -> bytes:
-        chunk = bytes(self.raw[self.pos:self.pos + _FEED])
+        chunk = bytes(self.raw[self.pos:self.pos + FEED])
         self.pos += len(chunk)
         return chunk
 
