@@ -33,7 +33,7 @@ def unpack_ace(data: bytes, unpacker: Unpacker) -> None:
                 continue
             if not unpacker.admit():
                 return
-            attempts: list[bytes | None] = list(unpacker.limits.passwords) if member.is_enc() else [None]
+            attempts: list[bytes | None] = list(unpacker.caps.passwords) if member.is_enc() else [None]
             for password in attempts:
                 sink = bytearray()
                 try:

@@ -1,4 +1,4 @@
-"""The byte budget of one extraction, shared by every reader of ``decompress``: the caps (``Limits``), the
+"""The byte budget of one extraction, shared by every reader of ``decompress``: the caps (``Caps``), the
 bomb rule, and the members and flags collected under them (``Unpacker``).
 
 Every reader is drained in chunks and the bytes it gives are counted against the caps: no size declared
@@ -30,7 +30,7 @@ BOMB_AFTER = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class Caps:
     """The caps of one extraction (the ``decompress`` options)."""
 
     max_member_bytes: int
@@ -66,7 +66,7 @@ class Member:
 class Unpacker:
     """Collects the members and flags of one container while keeping its byte budget."""
 
-    limits: Limits
+    caps: Caps
     members: list[Member] = field(default_factory=list)
     flags: dict[str, None] = field(default_factory=dict)  # an ordered set
     listed: int = 0  # regular-file members seen in the container
@@ -86,7 +86,7 @@ class Unpacker:
         """Counts one more member; False (with a flag) past ``max_members`` or the total cap."""
         if self.stopped:
             return False
-        if self.listed >= self.limits.max_members:
+        if self.listed >= self.caps.max_members:
             self.flag("limit:members")
             return False
         self.listed += 1
@@ -100,25 +100,25 @@ class Unpacker:
 
         On an exception from ``read``, ``sink`` keeps what was read before it.
         """
-        limits = self.limits
+        caps = self.caps
         try:
             # near the total cap, no more than it allows (+1, to see it passed): the scan's budget may be small
-            while chunk := read(min(CHUNK, limits.max_total_bytes - self.total + 1)):
+            while chunk := read(min(CHUNK, caps.max_total_bytes - self.total + 1)):
                 sink += chunk
                 self.total += len(chunk)
-                if self.total > limits.max_total_bytes:  # first: it stops the whole payload
+                if self.total > caps.max_total_bytes:  # first: it stops the whole payload
                     self.flag("limit:total-bytes")
                     self.stopped = True
                     return False
-                if len(sink) > limits.max_member_bytes:
+                if len(sink) > caps.max_member_bytes:
                     self.flag("limit:member-bytes")
                     return False
-                if limits.bomb(len(sink), consumed() if consumed is not None else compressed_size):
+                if caps.bomb(len(sink), consumed() if consumed is not None else compressed_size):
                     self.flag("ratio:bomb")
                     return False
             return True
         finally:
-            if compressed_size is not None and len(sink) > limits.ratio_flag * max(compressed_size, 1):
+            if compressed_size is not None and len(sink) > caps.ratio_flag * max(compressed_size, 1):
                 self.flag("ratio:high")
 
 

@@ -9,7 +9,7 @@ from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Resu
 from stoq_plugins._scratch import remove_stale
 from stoq_plugins.decompress.ace import unpack_ace
 from stoq_plugins.decompress.ar import unpack_ar
-from stoq_plugins.decompress.budget import BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, TOOL_MEMORY, Limits, Unpacker
+from stoq_plugins.decompress.budget import BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, TOOL_MEMORY, Caps, Unpacker
 from stoq_plugins.decompress.formats import FORMATS, UNSUPPORTED, declares_members, detect, unsupported
 from stoq_plugins.decompress.streams import STREAM_FORMATS, unpack_stream
 from stoq_plugins.decompress.tar import unpack_tar
@@ -97,7 +97,7 @@ class DecompressPlugin(ExtractorPlugin):
         # the scan's own byte budget, when it has less left, caps this payload too (flagged limit:bytes)
         budget_cap = payload.bytes_left is not None and payload.bytes_left < options.max_total_bytes
         total_cap = payload.bytes_left if budget_cap and payload.bytes_left is not None else options.max_total_bytes
-        unpacker = Unpacker(Limits(options.max_member_bytes, total_cap, options.max_members,
+        unpacker = Unpacker(Caps(options.max_member_bytes, total_cap, options.max_members,
                                    options.ratio_flag, tuple(p.encode() for p in options.passwords),
                                    options.max_lzma_memory, options.tool_memory, options.bomb_ratio,
                                    options.bomb_after))
@@ -105,7 +105,7 @@ class DecompressPlugin(ExtractorPlugin):
             unpack_zip(payload.content, unpacker)
             read = unpacker.flags  # WinZip AES: 7z reads it all, unless entries overlap (a zip bomb)
             if "password:unsupported-encryption" in read and "zip:overlapping-entries" not in read:
-                by_tool = Unpacker(unpacker.limits)
+                by_tool = Unpacker(unpacker.caps)
                 try:
                     unpack_tool("zip", payload.content, payload.filename, by_tool, options.tool_timeout)
                     by_tool.unread += unpacker.extracted  # (zipfile's attempt counts too)

@@ -13,7 +13,7 @@ import lzma
 import zlib
 from typing import Any, Callable
 
-from stoq_plugins.decompress.budget import CHUNK, FEED, Limits, Member, Unpacker, timestamp
+from stoq_plugins.decompress.budget import CHUNK, FEED, Caps, Member, Unpacker, timestamp
 
 try:  # a declared dependency; without it zstd goes to the bsdcat tool (``tools``)
     import zstandard
@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover
 
 
 class LzmaLimit(lzma.LZMAError):
-    """An xz or LZMA stream needs more decoder memory (its dictionary) than ``Limits.lzma_memory``."""
+    """An xz or LZMA stream needs more decoder memory (its dictionary) than ``Caps.lzma_memory``."""
 
 
 def lzma_limit(exc: lzma.LZMAError) -> bool:
@@ -83,7 +83,7 @@ class LzmaReader:
                 return out
 
 
-def open_stream(fmt: str, data: bytes, limits: Limits) -> tuple[Any, Callable[[], int]]:
+def open_stream(fmt: str, data: bytes, caps: Caps) -> tuple[Any, Callable[[], int]]:
     """A reader of one gzip, bzip2, xz, lzma or zlib stream (each concatenated stream is read, as the
     stdlib modules do), and a function giving how many compressed bytes it has used so far."""
     if fmt == "bzip2":  # (reads ahead 8 KiB: nothing next to bzip2's own ratios)
@@ -91,11 +91,11 @@ def open_stream(fmt: str, data: bytes, limits: Limits) -> tuple[Any, Callable[[]
         return bz2.BZ2File(raw), raw.tell
     reader: LzmaReader | ZlibReader | ZstdReader
     if fmt == "zstd":
-        reader = ZstdReader(data, limits.lzma_memory)
+        reader = ZstdReader(data, caps.lzma_memory)
     elif fmt in ("zlib", "gzip"):
         reader = ZlibReader(data, gzip=fmt == "gzip")
     else:
-        reader = LzmaReader(data, lzma.FORMAT_XZ if fmt == "xz" else lzma.FORMAT_ALONE, limits.lzma_memory)
+        reader = LzmaReader(data, lzma.FORMAT_XZ if fmt == "xz" else lzma.FORMAT_ALONE, caps.lzma_memory)
     return reader, lambda: reader.consumed
 
 
@@ -234,7 +234,7 @@ def unpack_stream(fmt: str, data: bytes, filename: str | None, unpacker: Unpacke
     sink = bytearray()
     try:
         # read1: one decompression step per call, so an error cannot discard output already produced
-        reader, consumed = open_stream(fmt, data, unpacker.limits)
+        reader, consumed = open_stream(fmt, data, unpacker.caps)
         complete = unpacker.drain(reader.read1, sink, len(data), consumed)
     except LzmaLimit:
         unpacker.flag("limit:lzma-memory")

@@ -166,28 +166,28 @@ class Tools:
 
     def __init__(self, unpacker: Unpacker, timeout: float) -> None:
         self.unpacker, self.timeout = unpacker, timeout
-        self.limits = unpacker.limits
+        self.caps = unpacker.caps
         self.cut = False  # a tool was killed: files may be partial
 
     def _env(self, scratch: Scratch) -> dict[str, str]:
         return {"PATH": tool_path(), "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": scratch.root}
 
-    def _caps(self) -> list[tuple[int, int]]:
+    def _rlimits(self) -> list[tuple[int, int]]:
         """The tool's rlimits: each cap, lowered to this process's hard limit (which cannot be raised)."""
-        caps = []
-        for which, size in ((resource.RLIMIT_FSIZE, self.limits.max_member_bytes + 1),
-                            (resource.RLIMIT_AS, self.limits.tool_memory), (resource.RLIMIT_CORE, 0)):
+        rlimits = []
+        for which, size in ((resource.RLIMIT_FSIZE, self.caps.max_member_bytes + 1),
+                            (resource.RLIMIT_AS, self.caps.tool_memory), (resource.RLIMIT_CORE, 0)):
             hard = resource.getrlimit(which)[1]
-            caps.append((which, size if hard == resource.RLIM_INFINITY else min(size, hard)))
-        return caps
+            rlimits.append((which, size if hard == resource.RLIM_INFINITY else min(size, hard)))
+        return rlimits
 
     def _preexec(self) -> Callable[[], None]:
-        caps = self._caps()
+        rlimits = self._rlimits()
         die_with_worker = lifetime.preexec()  # a killed worker (the scan stopped) takes its tool along
 
         def limit() -> None:
             die_with_worker()
-            for which, cap in caps:
+            for which, cap in rlimits:
                 resource.setrlimit(which, (cap, cap))
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         return limit
@@ -208,9 +208,9 @@ class Tools:
         # stays ignored, as Python set it (restore_signals=False), so a write past the cap fails instead.
         if shutil.which(argv[0], path=env["PATH"]) is None:  # as Popen says it without prlimit in between
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
-        caps = dict(self._caps())
-        wrapped = [PRLIMIT, f"--fsize={caps[resource.RLIMIT_FSIZE]}", f"--as={caps[resource.RLIMIT_AS]}",
-                   f"--core={caps[resource.RLIMIT_CORE]}", "--",
+        rlimits = dict(self._rlimits())
+        wrapped = [PRLIMIT, f"--fsize={rlimits[resource.RLIMIT_FSIZE]}", f"--as={rlimits[resource.RLIMIT_AS]}",
+                   f"--core={rlimits[resource.RLIMIT_CORE]}", "--",
                    *((SETPRIV, "--pdeathsig", "KILL", "--") if SETPRIV else ()), *argv]
         return subprocess.Popen(wrapped, shell=False, cwd=scratch.root, env=env, stdin=subprocess.DEVNULL,
                                 stdout=stdout, stderr=log, start_new_session=True, restore_signals=False)
@@ -257,11 +257,11 @@ class Tools:
                 except OSError:
                     continue
                 count, total = count + 1, total + st.st_size
-                if count > self.limits.max_members:
+                if count > self.caps.max_members:
                     return "limit:members"
-                if total > self.limits.max_total_bytes:
+                if total > self.caps.max_total_bytes:
                     return "limit:total-bytes"
-        return "ratio:bomb" if self.limits.bomb(total, compressed) else None
+        return "ratio:bomb" if self.caps.bomb(total, compressed) else None
 
     def pipe(self, argv: list[str], scratch: Scratch, consume: Callable[[IO[bytes]], None]) -> Run:
         """Runs a tool writing to stdout, read by ``consume``; killed at the time limit or when it returns."""
@@ -315,10 +315,10 @@ class Tools:
 
     def _read(self, path: str, rel: str, entry: Entry | None, compressed: int) -> None:
         size = os.lstat(path).st_size
-        if size > self.limits.max_member_bytes:  # (RLIMIT_FSIZE stopped the tool there)
+        if size > self.caps.max_member_bytes:  # (RLIMIT_FSIZE stopped the tool there)
             self.unpacker.flag("limit:member-bytes")
             return
-        if self.unpacker.total + size > self.limits.max_total_bytes:
+        if self.unpacker.total + size > self.caps.max_total_bytes:
             self.unpacker.flag("limit:total-bytes")
             self.unpacker.stopped = True
             return
@@ -377,7 +377,7 @@ def list_7z(text: str) -> list[Entry]:
 
 def unpack_7z(tools: Tools, scratch: Scratch) -> None:
     """7z, cab, iso/udf, vhd, AES zip: each password in turn while 7z says it is the wrong one."""
-    passwords = list(tools.limits.passwords) or [NO_PASSWORD.encode()]
+    passwords = list(tools.caps.passwords) or [NO_PASSWORD.encode()]
     for password in passwords:
         secret = "-p" + password.decode("utf-8", "replace")
         run = tools.extract(["7z", "x", "-y", "-bd", "-bso0", "-bsp0", secret, "-o" + OUT, INPUT], scratch)
@@ -404,7 +404,7 @@ def unpack_rar(tools: Tools, scratch: Scratch) -> None:
                      _modified(c.get("XADLastModificationDate")), bool(c.get("XADIsEncrypted")))
                for c in contents if isinstance(c, dict) and not c.get("XADIsDirectory") and not c.get("XADIsLink")]
     encrypted = listing.returncode != 0 or any(e.encrypted for e in entries)
-    attempts: list[bytes | None] = list(tools.limits.passwords) if encrypted else [None]
+    attempts: list[bytes | None] = list(tools.caps.passwords) if encrypted else [None]
     for password in attempts:
         secret = [] if password is None else ["-p", password.decode("utf-8", "replace")]
         run = tools.extract(["unar", "-q", "-f", "-D", "-nr", "-o", OUT, *secret, INPUT], scratch)
@@ -420,8 +420,8 @@ def unpack_rar(tools: Tools, scratch: Scratch) -> None:
 
 def unpack_libarchive(tools: Tools, scratch: Scratch) -> None:
     """cpio, ar, rpm, xar: bsdtar rewrites the archive as a pax stream, read in process (names untouched)."""
-    limits = tools.limits
-    cap = limits.max_total_bytes + (limits.max_members + 1) * 4096 + (1 << 20)
+    caps = tools.caps
+    cap = caps.max_total_bytes + (caps.max_members + 1) * 4096 + (1 << 20)
     data = bytearray()
     capped: str | None = None
 
@@ -431,7 +431,7 @@ def unpack_libarchive(tools: Tools, scratch: Scratch) -> None:
             data.extend(chunk)
             if len(data) > cap:
                 capped = "limit:total-bytes"
-            elif limits.bomb(len(data), len(scratch.data)):
+            elif caps.bomb(len(data), len(scratch.data)):
                 capped = "ratio:bomb"
             if capped:
                 return

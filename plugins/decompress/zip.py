@@ -200,7 +200,7 @@ def _extract(archive: zipfile.ZipFile, data: bytes, info: zipfile.ZipInfo, unpac
                 read, consumed = opened(archive.open(info), info)
             else:
                 reader = RawReader(memoryview(data)[start:start + info.compress_size], method, info.CRC,
-                                   unpacker.limits.lzma_memory)
+                                   unpacker.caps.lzma_memory)
                 read, consumed = reader.read, lambda: reader.consumed
             if not unpacker.drain(read, sink, info.compress_size, consumed):
                 return
@@ -229,7 +229,7 @@ def opened(stream: Any, info: zipfile.ZipInfo) -> tuple[Callable[[int], bytes], 
 
 def _decrypt(archive: zipfile.ZipFile, info: zipfile.ZipInfo, unpacker: Unpacker, sink: bytearray) -> bool:
     """Tries each password on a ZipCrypto member; a wrong one fails its check byte or its CRC."""
-    for password in unpacker.limits.passwords:
+    for password in unpacker.caps.passwords:
         try:
             stream = archive.open(info, pwd=password)
         except RuntimeError:  # zipfile's "Bad password for file"
@@ -272,7 +272,7 @@ def recover(data: bytes, unpacker: Unpacker) -> bool:
         sink = bytearray()
         try:
             reader = RawReader(view[start:end] if known else view[start:], method, crc if known else None,
-                               unpacker.limits.lzma_memory)
+                               unpacker.caps.lzma_memory)
             complete = unpacker.drain(reader.read, sink, size if known else None, lambda: reader.consumed)
         except EOFError:
             unpacker.flag("corrupt:truncated")

@@ -291,10 +291,10 @@ def test_a_tool_asked_for_too_much_memory_is_stopped_and_flagged(make_payload) -
 
 def test_the_tools_run_under_the_memory_limit(tmp_path: Path) -> None:
     """What the tool process gets: RLIMIT_AS at ``tool_memory``, RLIMIT_FSIZE, no core dumps."""
-    from stoq_plugins.decompress.budget import Limits, Unpacker
+    from stoq_plugins.decompress.budget import Caps, Unpacker
     from stoq_plugins.decompress.tools import Tools
 
-    tools = Tools(Unpacker(Limits(1000, 2000, 10, 100.0, tool_memory=300 * MiB)), 10)
+    tools = Tools(Unpacker(Caps(1000, 2000, 10, 100.0, tool_memory=300 * MiB)), 10)
     probe = "import resource as r; print(*(r.getrlimit(x)[0] for x in (r.RLIMIT_AS, r.RLIMIT_FSIZE, r.RLIMIT_CORE)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           preexec_fn=tools._preexec())
