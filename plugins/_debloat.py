@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pefile
 
 from stoq_plugins._carve import headers_span, measure
-from stoq_plugins._tools import declared_size
+from stoq_plugins.decompress.formats import declared_size
 
 CHUNK = 1 << 20
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import secrets
 import socket
 import sqlite3
@@ -24,10 +23,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, TYPE_CHECKING, TypeAlias
 
+from stoq.model import SHA256
+
 if TYPE_CHECKING:
     from stoq.archive_pg import PostgresArchive
-
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ArchiveError(Exception):
@@ -51,7 +50,7 @@ class DirectoryArchive:
         """Nothing to release."""
 
     def path(self, sha256: str) -> Path:
-        if not _SHA256.match(sha256):
+        if not SHA256.fullmatch(sha256):
             raise ArchiveError(f"not a sha256: {sha256!r}")
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
@@ -282,7 +281,7 @@ class PackArchive:
         pack, offset, length = where
         if offset < self.HEADER:
             raise ArchiveError(f"not a record's place: {where!r}")
-        if not _SHA256.match(sha256):
+        if not SHA256.fullmatch(sha256):
             raise ArchiveError(f"not a sha256: {sha256!r}")
         header = self.read_at((pack, offset - self.HEADER, self.HEADER))
         if header != self.MAGIC + bytes.fromhex(sha256) + length.to_bytes(8, "big"):

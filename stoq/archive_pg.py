@@ -26,7 +26,8 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from stoq.archive import _SHA256, ArchiveError
+from stoq.archive import ArchiveError
+from stoq.model import SHA256
 
 TABLE = "stoq_archive"
 _INCOMING = "stoq_archive_incoming"
@@ -139,7 +140,7 @@ class PostgresArchive:
 
     def put(self, sha256: str, content: bytes) -> None:
         self._state()
-        if not _SHA256.match(sha256):
+        if not SHA256.fullmatch(sha256):
             raise ArchiveError(f"not a sha256: {sha256!r}")
         if len(content) > self.MAX_BYTES:
             raise ArchiveError(f"payload {sha256} has {len(content)} bytes, more than a PostgreSQL archive "
@@ -186,7 +187,7 @@ class PostgresArchive:
         pending = self._pending.get(sha256)
         if pending is not None:
             return pending
-        if not _SHA256.match(sha256):
+        if not SHA256.fullmatch(sha256):
             raise ArchiveError(f"not a sha256: {sha256!r}")
         sink = _CopyOut()
         try:

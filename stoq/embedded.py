@@ -47,12 +47,11 @@ from typing import Any, Callable, Generator, Iterable, Iterator
 from stoq.archive import HOLD_BYTES, ArchiveError, PackArchive, read_input
 from stoq.engine import Activity, Engine, SkipMap, describe
 from stoq.lifetime import die_with_parent, parent_alive, prepare
-from stoq.runner import describe_exception
+from stoq.runner import HARD_GRACE, describe_exception
 from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, new_id, now_iso
 
 log = logging.getLogger(__name__)
 
-HARD_GRACE = 5.0
 MAX_ATTEMPTS = 5
 PREFETCH = 64
 BATCH = 16  # results per message at most, while more work is queued
@@ -88,7 +87,7 @@ class SlotActivity(Activity):
 
 
 @dataclass(slots=True)
-class Outcome:
+class ScannedFile:
     """One root file's result: its document as JSON bytes, or why it could not be read."""
 
     path: Path
@@ -278,10 +277,10 @@ class EmbeddedPool:
         self.timeout = engine.settings.timeout
         self._ctx = multiprocessing.get_context("fork")
         self._stop: Any = None
-        self.leftover: list[Outcome] = []
+        self.leftover: list[ScannedFile] = []
 
     def run(self, paths: Iterable[Path], *, started: Callable[[], None] | None = None,
-            before_fork: Callable[[], None] | None = None) -> Generator[Outcome, None, None]:
+            before_fork: Callable[[], None] | None = None) -> Generator[ScannedFile, None, None]:
         """Yields one outcome per path, in order. ``started`` is called once the workers are forked
         (the parent may start threads then); ``before_fork`` before a dead worker is replaced."""
         todo: deque[_Job] = deque(_Job(i, p) for i, p in enumerate(paths))
@@ -292,7 +291,7 @@ class EmbeddedPool:
         workers = [self._fork(i) for i in range(min(self.jobs, max(1, total)))]
         if started is not None:
             started()
-        done: dict[int, Outcome] = {}
+        done: dict[int, ScannedFile] = {}
         next_out = 0
         selector = selectors.DefaultSelector()  # one selector for the run: no per-wake set-up
         for worker in workers:
@@ -353,7 +352,7 @@ class EmbeddedPool:
                 log.warning("could not write the archive index of the last roots (%s: %s); "
                             "PackArchive.reindex() recovers it from the packs", type(exc).__name__, exc)
 
-    def _abandon(self, workers: list[_Worker], done: dict[int, Outcome]) -> None:
+    def _abandon(self, workers: list[_Worker], done: dict[int, ScannedFile]) -> None:
         """Stops a run early: no worker begins another file; what they send within ``STOP_GRACE``
         seconds goes to ``done``; a worker still busy then is killed."""
         self._stop.value = 1
@@ -388,7 +387,7 @@ class EmbeddedPool:
         self.engine.archive.close()
         return _Worker(self._ctx, self.engine, index, self._stop)
 
-    def _admit(self, jobs: list[_Job], done: dict[int, Outcome]) -> list[_Job]:
+    def _admit(self, jobs: list[_Job], done: dict[int, ScannedFile]) -> list[_Job]:
         """Archives root files here, in the parent, when the archive is a pack (see the module
         docstring): reads each one and notes its sha256 and place in ``job.ref``. Returns the jobs to
         hand out; a file that cannot be read gets its outcome in ``done`` instead. An oversized file,
@@ -408,7 +407,7 @@ class EmbeddedPool:
             try:
                 content = read_input(job.path, limit)
             except OSError as exc:
-                done[job.index] = Outcome(job.path, None, unreadable(job.path, exc))
+                done[job.index] = ScannedFile(job.path, None, unreadable(job.path, exc))
                 continue
             ready.append(job)
             if content is None:  # oversized: the worker hashes it in chunks
@@ -435,7 +434,7 @@ class EmbeddedPool:
             job.ref = (sha256, *where)
 
     @staticmethod
-    def _collect(worker: _Worker, done: dict[int, Outcome]) -> None:
+    def _collect(worker: _Worker, done: dict[int, ScannedFile]) -> None:
         """Takes every result the worker has sent (even if it died since)."""
         while worker.jobs and worker.conn.poll():
             try:
@@ -450,7 +449,7 @@ class EmbeddedPool:
                 at += length
                 job = worker.jobs.popleft()
                 assert job.index == index, "results come back in the order the jobs were given"
-                done[index] = Outcome(job.path, body) if kind == b"D" else Outcome(job.path, None, body.decode())
+                done[index] = ScannedFile(job.path, body) if kind == b"D" else ScannedFile(job.path, None, body.decode())
 
     def _problem(self, worker: _Worker) -> tuple[str, str, str, str] | None:
         """(sha256, plugin, kind, message) if the worker died or overran its hard limit."""
@@ -466,17 +465,17 @@ class EmbeddedPool:
             return sha256, plugin, "timeout", f"exceeded {limit:g} s in native code; worker process killed"
         return None
 
-    def _retry(self, job: _Job, problem: tuple[str, str, str, str]) -> Outcome | None:
+    def _retry(self, job: _Job, problem: tuple[str, str, str, str]) -> ScannedFile | None:
         sha256, plugin, kind, message = problem
         job.attempts += 1
         key = (sha256, plugin)  # ("", name) when it died outside a plugin: one more plain attempt
         if job.attempts >= MAX_ATTEMPTS or key in job.skip:
-            return Outcome(job.path, failed_document(job.path, kind, message))
+            return ScannedFile(job.path, failed_document(job.path, kind, message))
         job.skip[key] = (kind, message)
         return None
 
 
-def scan_files(engine: Engine, paths: list[Path], jobs: int, **hooks: Callable[[], None] | None) -> Iterator[Outcome]:
+def scan_files(engine: Engine, paths: list[Path], jobs: int, **hooks: Callable[[], None] | None) -> Iterator[ScannedFile]:
     """Scans ``paths`` with ``jobs`` worker processes (see ``EmbeddedPool.run`` for the hooks)."""
     return EmbeddedPool(engine, jobs).run(paths, **hooks)
 

@@ -17,6 +17,7 @@ import codecs
 import functools
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from typing import Any
 import orjson
 
 SCHEMA_VERSION = "1.1"
+#: A payload's name: its sha256 as 64 lower-case hex digits (``SHA256.fullmatch(text)``).
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 #: Deepest nesting of containers in a plugin's output: the document, the cluster's scan state and

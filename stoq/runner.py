@@ -24,6 +24,11 @@ from stoq.model import ScanErrorEntry, json_safe, text
 from stoq.plugin import Extracted, Result, ToolMissing
 
 
+#: Seconds a plugin may run past its time limit before the hard stage kills its process (the embedded
+#: pool's supervisor, ``stoq.tasks.guard`` in a Celery worker): the soft stage's time to stop it first.
+HARD_GRACE = 5.0
+
+
 class PluginTimeout(BaseException):
     """Raised inside a plugin whose time is up. Not an ``Exception``: plugins cannot catch it by accident."""
 

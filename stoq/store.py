@@ -46,10 +46,10 @@ from stoq.migrations import HEAD_REVISION  # noqa: E402
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_LOCK_KEY = 0x5370_0051  # pg_advisory_xact_lock key serialising concurrent upgrades
 log = logging.getLogger(__name__)
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 from stoq.jsonb import apply_hint  # noqa: E402
+from stoq.model import SHA256  # noqa: E402
 from stoq.rows import (KEY_LENGTHS, ROW_COLUMNS, SQLITE_INSERTS, TABLE_NAMES, NotMigrated,  # noqa: E402
                        StoreError, document_rows)
 from stoq.sqlitedb import configure  # noqa: E402
@@ -372,7 +372,7 @@ class Store:
                 doc = self._load(conn, key)
                 if doc is not None:
                     found.append(doc)
-                if _SHA256.fullmatch(key):
+                if SHA256.fullmatch(key.lower()):
                     for (scan_id,) in conn.exec_driver_sql(self._sql["find"], {"k": key.lower()}).all():
                         if scan_id != key:
                             doc = self._load(conn, scan_id)

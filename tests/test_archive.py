@@ -193,6 +193,9 @@ def test_directory_archive_layout_and_bad_keys(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / sha[:2] / sha[2:4]).iterdir() if p.name.startswith(".tmp")]
     with pytest.raises(ArchiveError, match="not a sha256"):
         archive.put("../../etc/passwd", b"x")
+    for bad in (sha + "\n", sha.upper(), sha[:-1]):  # a name is exactly 64 lower-case hex digits
+        with pytest.raises(ArchiveError, match="not a sha256"):
+            archive.put(bad, data)
     archive.delete(sha)
     assert not archive.exists(sha)
     assert os.listdir(tmp_path / sha[:2] / sha[2:4]) == []

@@ -174,7 +174,7 @@ def test_workers_die_with_a_killed_parent(tmp_path: Path, stoq_env: dict[str, st
 
 
 def test_a_program_started_with_the_lifetime_preexec_dies_with_its_killed_parent(tmp_path: Path) -> None:
-    """What the plugins' external tools (``plugins/_tools.py``, ``_gpg.py``) are started with: a tool
+    """What the plugins' external tools (``plugins/decompress/tools.py``, ``_gpg.py``) are started with: a tool
     in its own session, whose worker is killed, is killed too instead of running on."""
     parent = ("import subprocess, sys, time; from stoq.lifetime import preexec; "
               "tool = subprocess.Popen(['sleep', '600'], preexec_fn=preexec(), start_new_session=True); "

@@ -76,6 +76,13 @@ def test_the_build_configures_every_package_it_ships(installed: dict[str, Path])
     names = zipfile.ZipFile(installed["wheel"]).namelist()
     assert sorted(n for n in names if n.startswith("stoq_plugins/rules/")) == [
         "stoq_plugins/rules/default.yar", "stoq_plugins/rules/dispatch.yar"]
+    # A plugin's own package ships whole (setuptools leaves out a subpackage `packages` does not name)...
+    assert sorted(n for n in names if n.startswith("stoq_plugins/decompress/")) == [
+        f"stoq_plugins/decompress/{m}.py"
+        for m in ("__init__", "ace", "ar", "budget", "formats", "plugin", "streams", "tar", "tools", "zip")]
+    # ...and so does every other module of the checkout.
+    sources = {p.relative_to(ROOT).as_posix() for top in ("stoq", "plugins") for p in (ROOT / top).rglob("*.py")}
+    assert {n.replace("stoq_plugins/", "plugins/", 1) for n in names if n.endswith(".py")} == sources
 
 
 PROBE = r"""

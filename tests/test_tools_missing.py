@@ -56,7 +56,7 @@ def test_the_runner_records_a_missing_tool_by_name() -> None:
 
 def test_every_declared_tool_has_its_package_in_ci() -> None:
     from helpers import TOOL_PACKAGES
-    from stoq_plugins._tools import TOOL_FORMATS, TOOLS
+    from stoq_plugins.decompress.tools import TOOL_FORMATS, TOOLS
     from stoq_plugins.decompress import DecompressPlugin
 
     assert set(TOOL_FORMATS.values()) <= set(TOOLS)  # a tool added for a format is declared, with its package

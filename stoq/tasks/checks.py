@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery, signals
 
 from stoq.engine import TIME_LIMIT
-from stoq.tasks.guard import HARD_GRACE
+from stoq.runner import HARD_GRACE
 
 #: Redis redelivers an unacknowledged task after this many seconds (kombu's default).
 REDIS_DEFAULT_VISIBILITY = 3600

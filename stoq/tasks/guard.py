@@ -19,8 +19,8 @@ import time
 from typing import Callable
 
 from stoq.engine import Activity
+from stoq.runner import HARD_GRACE
 
-HARD_GRACE = 5.0
 POLL = 0.2
 _SLOT = struct.Struct("d")
 

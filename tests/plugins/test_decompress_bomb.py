@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from stoq.plugin import Result
-from stoq_plugins._archive import BOMB_AFTER, CHUNK, Limits, Unpacker, unpack_stream
 from stoq_plugins.decompress import DecompressPlugin
+from stoq_plugins.decompress.budget import BOMB_AFTER, CHUNK, Caps, Unpacker
+from stoq_plugins.decompress.streams import unpack_stream
 
 MiB = 1 << 20
 ZEROS = bytes(64 * MiB)
@@ -51,7 +52,7 @@ def test_streams(make_payload, mime: str) -> None:
     data = STREAMS[mime](ZEROS)
     bomb = scan(make_payload, data, mime)
     assert bomb.children == [] and bomb.flags == ["ratio:bomb", "ratio:high"]
-    unpacker = Unpacker(Limits(256 * MiB, 512 * MiB, 10, 100))
+    unpacker = Unpacker(Caps(256 * MiB, 512 * MiB, 10, 100))
     fmt = bomb.data["format"]
     unpack_stream(fmt, data, None, unpacker)
     # abandoned past its first 8 MiB, not at the 64 MiB end (liblzma may hold 16 KiB of input unread)

@@ -16,9 +16,10 @@ import pytest
 
 from helpers import EXPECTED_CHILDREN
 from stoq.plugin import Result
-from stoq_plugins import _tools
-from stoq_plugins._tools import Entry, ToolError, declared_size, key, list_7z
 from stoq_plugins.decompress import FORMATS, DecompressPlugin, detect
+from stoq_plugins.decompress import tools as tool_module
+from stoq_plugins.decompress.formats import declared_size
+from stoq_plugins.decompress.tools import Entry, ToolError, key, list_7z
 
 MiB = 1 << 20
 SEVEN, CPIO, AR = "application/x-7z-compressed", "application/x-cpio", "application/x-archive"
@@ -223,12 +224,12 @@ def test_member_count_cap_applies_to_tools(tmp_path: Path, make_payload) -> None
 def test_byte_caps_apply_to_tools(tmp_path: Path, make_payload, monkeypatch) -> None:
     data = seven(tmp_path, {"zeros.bin": bytes(8 * MiB), "small.txt": LOREM}, "-mx=1")
     sizes: list[int] = []
-    read = _tools.Tools._read
+    read = tool_module.Tools._read
 
     def spy(self, path: str, *args) -> None:
         sizes.append(os.lstat(path).st_size)
         read(self, path, *args)
-    monkeypatch.setattr(_tools.Tools, "_read", spy)
+    monkeypatch.setattr(tool_module.Tools, "_read", spy)
     full = scan(make_payload, data, SEVEN, bomb_ratio=0)  # (8 MiB of zeros past bomb_after: a bomb otherwise)
     assert sorted(sha(c.content) for c in full.children) == sorted([sha(bytes(8 * MiB)), sha(LOREM)])
     assert full.flags == ["ratio:high"]
@@ -290,10 +291,10 @@ def test_a_tool_asked_for_too_much_memory_is_stopped_and_flagged(make_payload) -
 
 def test_the_tools_run_under_the_memory_limit(tmp_path: Path) -> None:
     """What the tool process gets: RLIMIT_AS at ``tool_memory``, RLIMIT_FSIZE, no core dumps."""
-    from stoq_plugins._archive import Limits, Unpacker
-    from stoq_plugins._tools import Tools
+    from stoq_plugins.decompress.budget import Caps, Unpacker
+    from stoq_plugins.decompress.tools import Tools
 
-    tools = Tools(Unpacker(Limits(1000, 2000, 10, 100.0, tool_memory=300 * MiB)), 10)
+    tools = Tools(Unpacker(Caps(1000, 2000, 10, 100.0, tool_memory=300 * MiB)), 10)
     probe = "import resource as r; print(*(r.getrlimit(x)[0] for x in (r.RLIMIT_AS, r.RLIMIT_FSIZE, r.RLIMIT_CORE)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           preexec_fn=tools._preexec())

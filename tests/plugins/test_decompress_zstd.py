@@ -10,9 +10,9 @@ import pytest
 import zstandard
 
 from stoq.plugin import Result
-from stoq_plugins._archive import Limits, Unpacker
-from stoq_plugins._tools import unpack_tool
 from stoq_plugins.decompress import DecompressPlugin
+from stoq_plugins.decompress.budget import Caps, Unpacker
+from stoq_plugins.decompress.tools import unpack_tool
 
 MiB = 1 << 20
 TEXT = b"".join(b"line %06d of a long text\n" % i for i in range(100_000))
@@ -78,6 +78,6 @@ def test_a_window_past_the_decoder_memory_limit_is_refused(make_payload) -> None
 
 def test_the_bsdcat_fallback_gives_the_same_child() -> None:
     data = zstd(data=TEXT) + zstd("-1", data=b"second frame")
-    unpacker = Unpacker(Limits(256 * MiB, 512 * MiB, 1000, 100))
+    unpacker = Unpacker(Caps(256 * MiB, 512 * MiB, 1000, 100))
     unpack_tool("zstd", data, "a.tar.zst", unpacker, 60)
     assert [(m.name, m.content) for m in unpacker.members] == [("a.tar", TEXT + b"second frame")]

@@ -24,7 +24,7 @@ import pytest
 from helpers import EXPECTED_CHILDREN
 from stoq.model import clean
 from stoq.plugin import Result
-from stoq_plugins._formats import UNSUPPORTED
+from stoq_plugins.decompress.formats import UNSUPPORTED
 from stoq_plugins.decompress import DecompressPlugin
 
 MiB = 1 << 20

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from stoq.plugin import Payload
-from stoq_plugins._tools import disk_image
 
 #: Container format by MIME type.
 FORMATS: dict[str, str] = {
@@ -106,3 +105,24 @@ def unsupported(payload: Payload) -> str | None:
     if payload.mime in UNSUPPORTED:
         return UNSUPPORTED[payload.mime]
     return RULE_FORMATS.get(payload.dispatch_rules[0], payload.dispatch_rules[0]) if payload.dispatch_rules else None
+
+
+def declared_size(data: bytes) -> int | None:
+    """The size a 7z or cab header says its archive has (None for other input)."""
+    if data.startswith(b"7z\xbc\xaf\x27\x1c") and len(data) >= 32:
+        return 32 + int.from_bytes(data[12:20], "little") + int.from_bytes(data[20:28], "little")
+    if data.startswith(b"MSCF") and len(data) >= 12:
+        return int.from_bytes(data[8:12], "little")
+    return None
+
+
+def disk_image(data: bytes) -> str | None:
+    """``udf`` (a volume recognition sequence from 32 KiB: BEA01 then NSR02 or NSR03, descriptors 2 or 4 KiB
+    apart, ISO 9660 ones perhaps first), ``vhd`` (a fixed disk's footer, or a dynamic disk's copy of it
+    first) or None."""
+    if data[:8] == b"conectix" or data[-512:-504] == b"conectix":
+        return "vhd"
+    ids = [data[32769 + 2048 * i:32774 + 2048 * i] for i in range(16)]
+    if b"BEA01" in ids and {b"NSR02", b"NSR03"} & set(ids[ids.index(b"BEA01"):]):
+        return "udf"
+    return None

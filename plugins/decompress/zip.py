@@ -18,16 +18,16 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from stoq.model import iso
-from stoq_plugins._archive import LZMA_MEMORY, STREAM_ERRORS, LzmaLimit, Member, Unpacker, timestamp
+from stoq_plugins.decompress.budget import FEED, LZMA_MEMORY, Member, Unpacker, timestamp
+from stoq_plugins.decompress.streams import STREAM_ERRORS, LzmaLimit
 
 LOCAL = b"PK\x03\x04"
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # signature ... file name length, extra length
-_FEED = 1 << 14  # small: what a decompressor holds unread skews the bomb rule's count
 ENCRYPTED, STRONG, DESCRIPTOR, UTF8 = 0x1, 0x40, 0x8, 0x800
 AES = 99
 _FILETIME_EPOCH = 11_644_473_600  # seconds from 1601-01-01 (Windows FILETIME) to 1970-01-01
 #: Errors of a damaged member (bad CRC, header mismatch, short data, bad deflate/bzip2/LZMA data).
-MEMBER_ERRORS = (zipfile.BadZipFile, EOFError, *STREAM_ERRORS)
+MEMBER_ERRORS: tuple[type[Exception], ...] = (zipfile.BadZipFile, EOFError, *STREAM_ERRORS)
 
 
 class RawReader:
@@ -52,7 +52,7 @@ class RawReader:
         return self.pos - left
 
     def _feed(self) -> bytes:
-        chunk = bytes(self.raw[self.pos:self.pos + _FEED])
+        chunk = bytes(self.raw[self.pos:self.pos + FEED])
         self.pos += len(chunk)
         return chunk
 
@@ -200,7 +200,7 @@ def _extract(archive: zipfile.ZipFile, data: bytes, info: zipfile.ZipInfo, unpac
                 read, consumed = opened(archive.open(info), info)
             else:
                 reader = RawReader(memoryview(data)[start:start + info.compress_size], method, info.CRC,
-                                   unpacker.limits.lzma_memory)
+                                   unpacker.caps.lzma_memory)
                 read, consumed = reader.read, lambda: reader.consumed
             if not unpacker.drain(read, sink, info.compress_size, consumed):
                 return
@@ -229,7 +229,7 @@ def opened(stream: Any, info: zipfile.ZipInfo) -> tuple[Callable[[int], bytes], 
 
 def _decrypt(archive: zipfile.ZipFile, info: zipfile.ZipInfo, unpacker: Unpacker, sink: bytearray) -> bool:
     """Tries each password on a ZipCrypto member; a wrong one fails its check byte or its CRC."""
-    for password in unpacker.limits.passwords:
+    for password in unpacker.caps.passwords:
         try:
             stream = archive.open(info, pwd=password)
         except RuntimeError:  # zipfile's "Bad password for file"
@@ -272,7 +272,7 @@ def recover(data: bytes, unpacker: Unpacker) -> bool:
         sink = bytearray()
         try:
             reader = RawReader(view[start:end] if known else view[start:], method, crc if known else None,
-                               unpacker.limits.lzma_memory)
+                               unpacker.caps.lzma_memory)
             complete = unpacker.drain(reader.read, sink, size if known else None, lambda: reader.consumed)
         except EOFError:
             unpacker.flag("corrupt:truncated")

@@ -11,7 +11,7 @@ from datetime import timezone
 from typing import Any, Callable
 
 from stoq.model import iso
-from stoq_plugins._archive import Member, Unpacker
+from stoq_plugins.decompress.budget import Member, Unpacker
 
 
 def _reader(blocks: Any) -> Callable[[int], bytes]:
@@ -33,7 +33,7 @@ def unpack_ace(data: bytes, unpacker: Unpacker) -> None:
                 continue
             if not unpacker.admit():
                 return
-            attempts: list[bytes | None] = list(unpacker.limits.passwords) if member.is_enc() else [None]
+            attempts: list[bytes | None] = list(unpacker.caps.passwords) if member.is_enc() else [None]
             for password in attempts:
                 sink = bytearray()
                 try:

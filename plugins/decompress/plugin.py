@@ -6,13 +6,15 @@ from __future__ import annotations
 from pydantic import Field
 
 from stoq.plugin import Extracted, ExtractorPlugin, Payload, PluginOptions, Result, ToolMissing
-from stoq_plugins._archive import (BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, STREAM_FORMATS, TOOL_MEMORY, Limits, Unpacker,
-                                  unpack_ar, unpack_stream, unpack_tar)
-from stoq_plugins._ace import unpack_ace
-from stoq_plugins._formats import FORMATS, UNSUPPORTED, declares_members, detect, unsupported
 from stoq_plugins._scratch import remove_stale
-from stoq_plugins._tools import TOOLS, ToolError, unpack_tool
-from stoq_plugins._zip import unpack_zip
+from stoq_plugins.decompress.ace import unpack_ace
+from stoq_plugins.decompress.ar import unpack_ar
+from stoq_plugins.decompress.budget import BOMB_AFTER, BOMB_RATIO, LZMA_MEMORY, TOOL_MEMORY, Caps, Unpacker
+from stoq_plugins.decompress.formats import FORMATS, UNSUPPORTED, declares_members, detect, unsupported
+from stoq_plugins.decompress.streams import STREAM_FORMATS, unpack_stream
+from stoq_plugins.decompress.tar import unpack_tar
+from stoq_plugins.decompress.tools import TOOLS, ToolError, unpack_tool
+from stoq_plugins.decompress.zip import unpack_zip
 
 MiB = 1 << 20
 __all__ = ["FORMATS", "DecompressPlugin", "detect"]
@@ -25,7 +27,7 @@ class DecompressPlugin(ExtractorPlugin):
     process; 7z, cab, iso (9660/udf), udf, vhd and dmg (the files of their filesystem, else the disk image)
     and zip with WinZip AES members by ``7z``, rar and lzh by ``unar``, cpio, rpm and xar by ``bsdtar``,
     lzip (and zstd without ``zstandard``) by ``bsdcat``, each run on a copy in a scratch directory under
-    the same caps (``stoq_plugins._tools``). rpm, xar, udf, vhd and dmg are recognised by their magic
+    the same caps (``tools``). rpm, xar, udf, vhd and dmg are recognised by their magic
     bytes (dmg by its trailer first). Containers libmagic names that nothing here reads
     (``UNSUPPORTED``), and payloads a dispatch rule sent here that are no format read here, are accepted
     and flagged ``unsupported:FORMAT``, as is an lzh archive of which unar reads none of the members its
@@ -95,15 +97,15 @@ class DecompressPlugin(ExtractorPlugin):
         # the scan's own byte budget, when it has less left, caps this payload too (flagged limit:bytes)
         budget_cap = payload.bytes_left is not None and payload.bytes_left < options.max_total_bytes
         total_cap = payload.bytes_left if budget_cap and payload.bytes_left is not None else options.max_total_bytes
-        unpacker = Unpacker(Limits(options.max_member_bytes, total_cap, options.max_members,
+        unpacker = Unpacker(Caps(options.max_member_bytes, total_cap, options.max_members,
                                    options.ratio_flag, tuple(p.encode() for p in options.passwords),
                                    options.max_lzma_memory, options.tool_memory, options.bomb_ratio,
                                    options.bomb_after))
         if fmt == "zip":
             unpack_zip(payload.content, unpacker)
-            flags = unpacker.flags  # WinZip AES: 7z reads it all, unless entries overlap (a zip bomb)
-            if "password:unsupported-encryption" in flags and "zip:overlapping-entries" not in flags:
-                by_tool = Unpacker(unpacker.limits)
+            read = unpacker.flags  # WinZip AES: 7z reads it all, unless entries overlap (a zip bomb)
+            if "password:unsupported-encryption" in read and "zip:overlapping-entries" not in read:
+                by_tool = Unpacker(unpacker.caps)
                 try:
                     unpack_tool("zip", payload.content, payload.filename, by_tool, options.tool_timeout)
                     by_tool.unread += unpacker.extracted  # (zipfile's attempt counts too)
