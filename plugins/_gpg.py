@@ -32,7 +32,7 @@ from stoq.model import iso
 from stoq.plugin import Tool, tool_path
 from stoq_plugins._scratch import make as make_scratch
 from stoq_plugins._scratch import remove_stale
-from stoq_plugins._tools import kill_group
+from stoq_plugins._process import kill_group
 
 PREFIX = "[GNUPG:] "
 #: Longest GNUPGHOME: gpg-agent's sockets (``S.gpg-agent.browser``) live there, and AF_UNIX paths are short.
@@ -129,7 +129,7 @@ class Status:
 
 
 @dataclass(slots=True)
-class Outcome:
+class GpgRun:
     """One run: the status, the decrypted data (None if cut), the cap that stopped gpg, its messages."""
 
     status: Status
@@ -227,7 +227,7 @@ class Gpg:
                 except FileNotFoundError:
                     continue
 
-    def _run(self, args: list[str], stdin: bytes = b"") -> Outcome:
+    def _run(self, args: list[str], stdin: bytes = b"") -> GpgRun:
         status_path = os.path.join(self.root, "status")
         argv = ["gpg", "--homedir", self.home, *COMMON, "--status-file", status_path, *args]
         with tempfile.TemporaryFile(dir=self.root) as log:
@@ -277,7 +277,7 @@ class Gpg:
                 if line.startswith(PREFIX):
                     status.feed(line[len(PREFIX):])
         stopped = "limit:tool-time" if expired.is_set() else "limit:gpg-bytes" if capped else None
-        return Outcome(status, None if stopped else bytes(data), stopped, proc.returncode, text)
+        return GpgRun(status, None if stopped else bytes(data), stopped, proc.returncode, text)
 
     def import_keys(self, path: str) -> int:
         """Imports a key file (public and/or secret keys) into the private GNUPGHOME; the keys read."""
@@ -286,7 +286,7 @@ class Gpg:
             raise TimeoutError("gpg --import did not finish in time")
         return outcome.status.imported
 
-    def decrypt(self, content: bytes, passphrase: str) -> Outcome:
+    def decrypt(self, content: bytes, passphrase: str) -> GpgRun:
         """Decrypts and/or verifies ``content`` (binary or ASCII-armored, or clear-signed text)."""
         path = os.path.join(self.root, "input")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
