@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from stoq.plugin import Payload, PluginOptions, Result, WorkerPlugin
-from stoq_plugins._entropy import block_counts, shannon
+from stoq_plugins._entropy import measure
 
 #: Decimal places of the entropies reported.
 PLACES = 6
@@ -27,23 +27,22 @@ class EntropyPlugin(WorkerPlugin):
     version = "1.0"
 
     class Options(PluginOptions):
-        block_size: int = Field(4096, ge=16, description="Size of the blocks measured one by one, in bytes.")
+        block_size: int = Field(4096, ge=64, description="Size of the blocks measured one by one, in bytes.")
         max_blocks: int = Field(1024, ge=0, description="Most block entropies listed in `blocks`.")
         max_size: int = Field(256 * 1024 * 1024, ge=1, description="Most bytes examined, from the start.")
 
     def scan(self, payload: Payload, options: Options) -> Result:
         data = payload.content[:options.max_size]
-        rows = block_counts(data, options.block_size)
-        entropies = shannon(rows).round(PLACES).tolist() if len(rows) else []
+        whole, blocks = measure(data, options.block_size)
+        entropies = blocks.round(PLACES)
         highest: dict[str, Any] | None = None
-        if entropies:
-            best = max(range(len(entropies)), key=entropies.__getitem__)
+        if len(entropies):
+            best = int(entropies.argmax())  # the first of the highest
             start = best * options.block_size
             highest = {"offset": start, "size": min(options.block_size, len(data) - start),
-                       "entropy": entropies[best]}
-        whole = round(float(shannon(rows.sum(axis=0))), PLACES) if len(rows) else 0.0
+                       "entropy": float(entropies[best])}
         flags = (["limit:entropy-blocks"] if len(entropies) > options.max_blocks else []) + (
             ["limit:entropy-size"] if payload.size > options.max_size else [])
-        return Result(data={"entropy": whole, "examined": len(data), "block_size": options.block_size,
-                            "blocks": entropies[:options.max_blocks], "blocks_total": len(entropies),
+        return Result(data={"entropy": round(whole, PLACES), "examined": len(data), "block_size": options.block_size,
+                            "blocks": entropies[:options.max_blocks].tolist(), "blocks_total": len(entropies),
                             "highest": highest}, flags=flags)

@@ -79,8 +79,9 @@ def test_blocks_across_numpy_chunks(make_payload: Callable[..., Payload], monkey
     """Blocks counted over several numpy passes (a small chunk) are the same as the plain count's."""
     from stoq_plugins import _entropy
 
-    monkeypatch.setattr(_entropy, "CHUNK", 2500)  # two blocks per pass, then a last pass
+    monkeypatch.setattr(_entropy, "ROWS", 2)  # two blocks per pass, then a last pass
     content = os.urandom(5000) + b"ab" * 3000
     data, _ = run(make_payload(content), block_size=1000)
     blocks = [content[i:i + 1000] for i in range(0, len(content), 1000)]
+    assert data["entropy"] == pytest.approx(reference(content), abs=1e-6)
     assert data["blocks"] == pytest.approx([reference(b) for b in blocks], abs=1e-6)
