@@ -19,6 +19,8 @@ import numpy.typing as npt
 METHODS = ("xor", "rol", "add")
 #: Largest ``e_lfanew`` accepted (the PE header's offset from ``MZ``).
 MAX_LFANEW = 0x10000
+#: Bytes searched for ``MZ`` candidates at a time.
+WINDOW = 4 * 1024 * 1024
 
 U8 = npt.NDArray[np.uint8]
 
@@ -84,23 +86,31 @@ def _occurrences(haystack: bytes, needle: bytes) -> Iterator[int]:
         at = haystack.find(needle, at + 1)
 
 
-def find_executables(data: U8, plain: bool) -> list[Hit]:
-    """``MZ`` whose ``e_lfanew`` leads to ``PE\\0\\0``, under each method and key, in offset order."""
+def find_executables(data: U8, plain: bool, limit: int) -> list[Hit]:
+    """``MZ`` whose ``e_lfanew`` leads to ``PE\\0\\0``, under each method and key: the first ``limit`` + 1
+    in offset order (one more than the caller reports, to tell that there were more). Candidates are
+    taken a window at a time, so that hostile data made of ``MZ`` pairs costs no more memory than any."""
     mz = np.frombuffer(b"MZ", dtype=np.uint8)
     found: list[Hit] = []
     for method in METHODS:
         for bits in (range(1, 8) if method == "rol" else (None,)):
-            if bits is None:  # one pass for all keys: the difference of M and Z, then each start's key
-                starts = np.flatnonzero(differences(data, method) == differences(mz, method)[0])
-                keys = data[starts] ^ mz[0] if method == "xor" else data[starts] - mz[0]
-            else:
-                e = encode(mz, "rol", bits)
-                starts = np.flatnonzero((data[:-1] == e[0]) & (data[1:] == e[1]))
-                keys = np.full(len(starts), bits, dtype=np.uint8)
-            if bits is None and (method == "add" or not plain):  # key 0: plain, reported once (as xor)
-                starts, keys = starts[keys != 0], keys[keys != 0]
-            found.extend(_verified(data, method, starts, keys, bits))
-    return sorted(found, key=lambda h: (h.offset, METHODS.index(h.method), h.key))
+            kept: list[Hit] = []
+            for first in range(0, max(len(data) - 1, 0), WINDOW):
+                window = data[first:first + WINDOW + 1]
+                if bits is None:  # all keys at once: the difference of M and Z, then each start's key
+                    starts = np.flatnonzero(differences(window, method) == differences(mz, method)[0])
+                    keys = window[starts] ^ mz[0] if method == "xor" else window[starts] - mz[0]
+                    if method == "add" or not plain:  # key 0: plain, reported once (as xor)
+                        starts, keys = starts[keys != 0], keys[keys != 0]
+                else:
+                    e = encode(mz, "rol", bits)
+                    starts = np.flatnonzero((window[:-1] == e[0]) & (window[1:] == e[1]))
+                    keys = np.full(len(starts), bits, dtype=np.uint8)
+                kept.extend(_verified(data, method, starts + first, keys, bits))
+                if len(kept) > limit:
+                    break
+            found.extend(kept[:limit + 1])
+    return sorted(found, key=lambda h: (h.offset, METHODS.index(h.method), h.key))[:limit + 1]
 
 
 def _verified(data: U8, method: str, starts: npt.NDArray[np.intp], keys: U8, bits: int | None) -> list[Hit]:

@@ -21,7 +21,8 @@ class XorsearchPlugin(WorkerPlugin):
     "key", "offset"}]}`` in offset order; encoding is ``x ^ key``, ``x`` rotated left by ``key`` bits, or
     ``x + key`` (mod 256); key 0 (plain text) only with ``plain``. From each executable header found
     (``MZ`` whose ``e_lfanew`` leads to ``PE\\0\\0``), the payload decoded from there on is a child. Flags:
-    ``limit:xorsearch-hits``, ``limit:xorsearch-children``, ``limit:xorsearch-size``.
+    ``limit:xorsearch-hits`` (``max_hits`` cut the hits or the headers), ``limit:xorsearch-children``,
+    ``limit:xorsearch-size``.
     """
 
     name = "xorsearch"
@@ -31,7 +32,7 @@ class XorsearchPlugin(WorkerPlugin):
         strings: list[str] = Field(list(DEFAULT_STRINGS), description="Strings searched (UTF-8, 3 bytes or more).")
         plain: bool = Field(False, description="Also report key 0: the strings and headers found unencoded.")
         max_size: int = Field(64 * 1024 * 1024, ge=1, description="Most bytes searched, from the start.")
-        max_hits: int = Field(100, ge=0, description="Most string hits reported.")
+        max_hits: int = Field(100, ge=0, description="Most string hits reported, and most executable headers.")
         max_children: int = Field(8, ge=0, description="Most decoded executables emitted as children.")
 
         @field_validator("strings")
@@ -52,11 +53,14 @@ class XorsearchPlugin(WorkerPlugin):
                 break
             hits.append({"method": hit.method, "key": hit.key, "offset": hit.offset, "string": hit.pattern.decode()})
         hits.sort(key=lambda h: (h["offset"], h["method"], h["key"], h["string"]))
-        executables = find_executables(data, options.plain) if len(data) else []
+        executables = find_executables(data, options.plain, options.max_hits)
+        if len(executables) > options.max_hits:
+            executables = executables[:options.max_hits]
+            flags += [] if "limit:xorsearch-hits" in flags else ["limit:xorsearch-hits"]
         children = [Extracted(decoded_from(data, e.offset, e.method, e.key),
                               meta={"method": e.method, "key": e.key, "offset": e.offset})
                     for e in executables[:options.max_children]]
-        if len(executables) > options.max_children:
+        if len(executables) > options.max_children:  # (those past max_hits are not counted)
             flags.append("limit:xorsearch-children")
         return Result(data={"examined": len(data), "hits": hits, "executables": [
             {"method": e.method, "key": e.key, "offset": e.offset} for e in executables]}, children=children, flags=flags)

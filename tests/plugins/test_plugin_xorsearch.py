@@ -74,15 +74,37 @@ def test_configured_strings(make_payload: Callable[..., Payload]) -> None:
 
 def test_caps_are_flagged(pe: bytes, make_payload: Callable[..., Payload]) -> None:
     three = b"".join(PREFIX + encoded(pe, "xor", k) for k in (3, 4, 5))
-    data, children, flags = run(make_payload(three), max_children=2, max_hits=2)
+    data, children, flags = run(make_payload(three), max_children=2)
     step = len(PREFIX) + len(pe)
     assert data["executables"] == [{"method": "xor", "key": k, "offset": len(PREFIX) + i * step}
                                    for i, k in enumerate((3, 4, 5))]
     assert [c.meta["key"] for c in children] == [3, 4]
     assert children[1].content == pe + encoded(PREFIX + encoded(pe, "xor", 5), "xor", 4)  # decoded to the end
-    assert len(data["hits"]) == 2 and flags == ["limit:xorsearch-hits", "limit:xorsearch-children"]
+    assert len(data["hits"]) == 3 and flags == ["limit:xorsearch-children"]
+    data, children, flags = run(make_payload(three), max_hits=2)
+    assert [h["key"] for h in data["hits"]] == [3, 4] and [e["key"] for e in data["executables"]] == [3, 4]
+    assert flags == ["limit:xorsearch-hits"]
+    data, children, flags = run(make_payload(three), max_hits=1, strings=["not in there"])
+    assert data["executables"] == [{"method": "xor", "key": 3, "offset": len(PREFIX)}] and data["hits"] == []
+    assert len(children) == 1 and flags == ["limit:xorsearch-hits"]
     data, children, flags = run(make_payload(three), max_size=step)
     assert data["examined"] == step and [c.content for c in children] == [pe] and flags == ["limit:xorsearch-size"]
+
+
+def test_mz_pairs_everywhere_cost_a_window_at_a_time(make_payload: Callable[..., Payload],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hostile data that is an XOR-encoded `MZ` pair at every even offset (each with a PE header behind):
+    the candidates are taken a window at a time and the search stops past `max_hits` headers."""
+    from stoq_plugins import _xorsearch
+
+    monkeypatch.setattr(_xorsearch, "WINDOW", 64)
+    header = bytearray(b"MZ" * 32)
+    header[0x3C:0x40] = (0x40).to_bytes(4, "little")
+    one = bytes(header) + b"PE\0\0"  # 68 bytes: MZ at 0 whose e_lfanew (0x40) leads to PE\0\0
+    content = encoded(one, "xor", 7) * 50
+    data, children, flags = run(make_payload(content), max_hits=5, max_children=0, strings=["not in there"])
+    assert data["executables"] == [{"method": "xor", "key": 7, "offset": i * 68} for i in range(5)]
+    assert flags == ["limit:xorsearch-hits", "limit:xorsearch-children"] and children == []
 
 
 @pytest.mark.parametrize("content", [b"", b"M", b"MZ", encoded(b"MZ" + b"\x00" * 0x3A + b"\xff\xff\xff\x7f", "xor", 9)])
