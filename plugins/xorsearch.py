@@ -22,7 +22,7 @@ class XorsearchPlugin(WorkerPlugin):
     ``x + key`` (mod 256); key 0 (plain text) only with ``plain``. From each executable header found
     (``MZ`` whose ``e_lfanew`` leads to ``PE\\0\\0``), the payload decoded from there on is a child. Flags:
     ``limit:xorsearch-hits`` (``max_hits`` cut the hits or the headers), ``limit:xorsearch-children``,
-    ``limit:xorsearch-size``.
+    ``limit:xorsearch-size``, ``limit:bytes`` (a child would pass the scan's ``max_bytes``: not decoded).
     """
 
     name = "xorsearch"
@@ -57,10 +57,16 @@ class XorsearchPlugin(WorkerPlugin):
         if len(executables) > options.max_hits:
             executables = executables[:options.max_hits]
             flags += [] if "limit:xorsearch-hits" in flags else ["limit:xorsearch-hits"]
-        children = [Extracted(decoded_from(data, e.offset, e.method, e.key),
-                              meta={"method": e.method, "key": e.key, "offset": e.offset})
-                    for e in executables[:options.max_children]]
-        if len(executables) > options.max_children:  # (those past max_hits are not counted)
+        children: list[Extracted] = []
+        left = payload.bytes_left  # what the scan may still extract: no child decoded past it
+        for e in executables[:options.max_children]:
+            if left is not None and len(data) - e.offset > left:
+                flags.append("limit:bytes")
+                break
+            children.append(Extracted(decoded_from(data, e.offset, e.method, e.key),
+                                      meta={"method": e.method, "key": e.key, "offset": e.offset}))
+            left = None if left is None else left - (len(data) - e.offset)
+        if len(executables) > options.max_children:
             flags.append("limit:xorsearch-children")
         return Result(data={"examined": len(data), "hits": hits, "executables": [
             {"method": e.method, "key": e.key, "offset": e.offset} for e in executables]}, children=children, flags=flags)

@@ -91,6 +91,21 @@ def test_caps_are_flagged(pe: bytes, make_payload: Callable[..., Payload]) -> No
     assert data["examined"] == step and [c.content for c in children] == [pe] and flags == ["limit:xorsearch-size"]
 
 
+def test_no_child_is_decoded_past_the_scans_byte_budget(pe: bytes) -> None:
+    two = b"".join(PREFIX + encoded(pe, "xor", k) for k in (3, 4))
+    step = len(PREFIX) + len(pe)
+
+    def make(left: int) -> Payload:
+        return Payload(content=two, payload_id="t", filename=None, mime="application/octet-stream",
+                       sha256=hashlib.sha256(two).hexdigest(), depth=0, bytes_left=left)
+
+    result = XorsearchPlugin().scan(make(2 * step - len(PREFIX) + len(pe)), XorsearchPlugin.Options())
+    assert [c.meta["key"] for c in result.children] == [3, 4] and result.flags == []
+    result = XorsearchPlugin().scan(make(2 * step - len(PREFIX) + len(pe) - 1), XorsearchPlugin.Options())
+    assert [c.meta["key"] for c in result.children] == [3] and result.flags == ["limit:bytes"]
+    assert len(result.data["executables"]) == 2
+
+
 def test_mz_pairs_everywhere_cost_a_window_at_a_time(make_payload: Callable[..., Payload],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Hostile data that is an XOR-encoded `MZ` pair at every even offset (each with a PE header behind):
