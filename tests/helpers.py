@@ -27,7 +27,7 @@ TOOL_PACKAGES = {
     "7z": "p7zip-full", "unar": "unar", "lsar": "unar", "bsdtar": "libarchive-tools", "bsdcat": "libarchive-tools",
     "gpg": "gnupg", "gpgconf": "gnupg", "lzip": "lzip", "zstd": "zstd", "rpmbuild": "rpm",
     "genisoimage": "genisoimage", "mkudffs": "udftools", "qemu-img": "qemu-utils", "mkfs.fat": "dosfstools",
-    "mmd": "mtools", "mcopy": "mtools", "file": "file",
+    "mmd": "mtools", "mcopy": "mtools", "file": "file", "ssdeep": "ssdeep", "tlsh": "tlsh-tools",
 }
 
 
