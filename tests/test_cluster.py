@@ -83,11 +83,11 @@ def start(work: Path, env: dict[str, str], *args: str, fresh: bool = True) -> Cl
     return Cluster(work, env, worker, log)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, testplugins_site: Path) -> Iterator[Cluster]:
-    work = tmp_path_factory.mktemp("cluster")
-    fresh_database(DB)
-    env = cluster_env(work, testplugins_site, (12, 13), DB)
+def running_cluster(work: Path, site: Path, dbs: tuple[int, int], database: str) -> Iterator[Cluster]:
+    """A module's cluster: a fresh PostgreSQL database migrated, then one worker (``-c 2``) serving
+    every queue, on the Redis databases ``dbs``; stopped when the module is done."""
+    fresh_database(database)
+    env = cluster_env(work, site, dbs, database)
     upgraded = subprocess.run([str(BIN / "stoq"), "db", "upgrade"], env=env, capture_output=True)
     assert upgraded.returncode == 0, upgraded.stderr
     c = start(work, env, "-c", "2")
@@ -95,6 +95,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, testplugins_site: Path) ->
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, testplugins_site: Path) -> Iterator[Cluster]:
+    yield from running_cluster(tmp_path_factory.mktemp("cluster"), testplugins_site, (12, 13), DB)
 
 
 def normal(doc: dict[str, Any]) -> dict[str, Any]:

@@ -16,23 +16,14 @@ from typing import Any, Iterator
 import pytest
 
 from helpers import CORPUS, validate
-from test_cluster import BIN, Cluster, cluster_env, fresh_database, start
+from test_cluster import BIN, Cluster, running_cluster
 
 DB = "stoq_cluster_cli"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, testplugins_site: Path) -> Iterator[Cluster]:
-    work = tmp_path_factory.mktemp("cluster-cli")
-    fresh_database(DB)
-    env = cluster_env(work, testplugins_site, (10, 11), DB)
-    upgraded = subprocess.run([str(BIN / "stoq"), "db", "upgrade"], env=env, capture_output=True)
-    assert upgraded.returncode == 0, upgraded.stderr
-    c = start(work, env, "-c", "2")
-    try:
-        yield c
-    finally:
-        c.stop()
+    yield from running_cluster(tmp_path_factory.mktemp("cluster-cli"), testplugins_site, (10, 11), DB)
 
 
 def odd_tree(top: Path) -> Path:
