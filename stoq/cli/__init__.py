@@ -142,9 +142,9 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
     return typer.Exit(int(code))
 
 
-from stoq.cli import admin, doctor, scan  # noqa: E402  (registers the commands)
+from stoq.cli import admin, doctor, plugin_new, scan  # noqa: E402  (registers the commands)
 
-__all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "doctor", "scan"]
+__all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "doctor", "plugin_new", "scan"]
 
 
 def _stdout_gone() -> bool:
