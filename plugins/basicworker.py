@@ -21,7 +21,7 @@ class BasicWorkerPlugin(WorkerPlugin):
     version = "1.0"
 
     # Typed options with a default and a one-line description each. Users set them in stoq.toml, with
-    # STOQ_BASICWORKER_HEAD_BYTES or `-o basicworker.head_bytes=32`; text values are coerced to int and
+    # STOQ_BASICWORKER__HEAD_BYTES or `-o basicworker.head_bytes=32`; text values are coerced to int and
     # checked against the bounds (a bad value is a configuration error before any payload is scanned).
     class Options(PluginOptions):
         head_bytes: int = Field(16, ge=0, le=4096, description="Leading bytes of the payload shown as hex.")
