@@ -1,9 +1,8 @@
 """``stoq plugin new``: the skeleton it writes passes its own test unchanged, declares an entry point that
 ``stoq list`` and ``stoq scan`` find once the project is installed, and nothing is ever overwritten.
 
-"Installed" is a dist-info directory holding the entry points read from the skeleton's own
-pyproject.toml (as pip would write them), next to the project on PYTHONPATH: the project venv is
-left untouched and no build runs."""
+The skeleton is installed by pip into a directory of its own (``--target``, put on PYTHONPATH), as
+test_packaging installs a third-party plugin: the project venv is left untouched."""
 
 from __future__ import annotations
 
@@ -11,26 +10,24 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from helpers import CORPUS
+from test_packaging import pip, setuptools_builds_wheels_here
 
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
 
 
 def install(project: Path, site: Path) -> dict[str, str]:
-    """Writes the dist-info pip would for ``project`` into ``site``; the environment that sees both."""
-    meta = tomllib.loads((project / "pyproject.toml").read_text())["project"]
-    info = site / f"{meta['name'].replace('-', '_')}-{meta['version']}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: {meta['version']}\n")
-    points = meta["entry-points"]["stoq.plugins"]
-    (info / "entry_points.txt").write_text("[stoq.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
-    return {"PYTHONPATH": os.pathsep.join([str(project), str(site)])}
+    """``pip install --no-deps --target site project``, as a user installs the skeleton (built from its
+    own pyproject.toml); the environment in which stoq sees it."""
+    isolation = ["--no-build-isolation"] if setuptools_builds_wheels_here() else []
+    pip("install", "--no-deps", *isolation, "--target", str(site), str(project), cwd=project.parent)
+    assert not (site / "stoq").exists()  # the plugin alone was installed, nothing of stoq's
+    return {"PYTHONPATH": str(site)}
 
 
 def own_tests(project: Path) -> subprocess.CompletedProcess[str]:
