@@ -54,6 +54,9 @@ def test_the_skeleton_passes_its_test_and_is_listed_and_runs(tmp_path: Path, run
     assert (row["category"], row["version"], row["distribution"], row["error"]) == (
         "worker", "0.1.0", "stoq-plugin-demo-plugin", None)
     assert list(row["options"]) == ["head_bytes"]
+    proc = run_stoq("doctor", "--format", "json", env=env)
+    [row] = [r for r in json.loads(proc.stdout)["plugins"] if r["name"] == "demo_plugin"]
+    assert (row["ready"], row["error"], row["setup_error"], row["tools"]) == (True, None, None, [])
 
     sample = CORPUS / "test.txt"
     content = sample.read_bytes()
