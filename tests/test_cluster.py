@@ -3,10 +3,12 @@ result backend, PostgreSQL as the result store, and the `stoq submit` command as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -95,6 +97,33 @@ def running_cluster(work: Path, site: Path, dbs: tuple[int, int], database: str)
         yield c
     finally:
         c.stop()
+
+
+@contextlib.contextmanager
+def dedicated_queue(work: Path, site: Path, database: str, queue: str) -> Iterator[tuple[Cluster, Cluster]]:
+    """Two workers on Redis databases 6 and 7 and a fresh PostgreSQL ``database``: the first serves every
+    queue but ``queue`` (``-X``), the second only ``queue`` (``-Q``), as an operator runs a plugin on
+    machines of its own. Both stop, and the database is dropped, when the block ends."""
+    fresh_database(database)
+    env = cluster_env(work, site, (6, 7), database)
+    upgraded = subprocess.run([str(BIN / "stoq"), "db", "upgrade"], env=env, capture_output=True)
+    assert upgraded.returncode == 0, upgraded.stderr
+    (work / "general").mkdir()
+    (work / queue).mkdir()
+    workers = (start(work / "general", env, "-c", "1", "-X", queue),
+               start(work / queue, env, "-c", "1", "-Q", queue, fresh=False))
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+        with pg_admin().connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+def tasks_run(worker: Cluster) -> list[str]:
+    """The names of the tasks a worker's log says succeeded, in order."""
+    return re.findall(r"Task (stoq\.[a-z]+\.[a-z0-9_-]+)\[[0-9a-f-]+\] succeeded", worker.log.read_text())
 
 
 @pytest.fixture(scope="module")
