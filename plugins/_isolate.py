@@ -13,7 +13,6 @@ with its parent (``PR_SET_PDEATHSIG``), dumps no core and has a CPU-time limit.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import resource
@@ -21,7 +20,8 @@ import select
 import signal
 from typing import Any, Callable
 
-_PR_SET_PDEATHSIG = 1
+from stoq import lifetime
+
 _CHUNK = 1 << 20
 
 
@@ -44,13 +44,10 @@ def _limit(which: int, value: int) -> None:
     resource.setrlimit(which, (value if hard == resource.RLIM_INFINITY else min(value, hard),) * 2)
 
 
-def _child(fn: Callable[[], Any], memory: int, cpu_seconds: int, out: int) -> None:
+def _child(fn: Callable[[], Any], memory: int, cpu_seconds: int, out: int, parent: int) -> None:
     """In the forked child: limits, the call, its outcome written as JSON; never returns."""
     try:
-        try:
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
+        lifetime.die_with_parent(parent)
         _limit(resource.RLIMIT_CORE, 0)
         _limit(resource.RLIMIT_CPU, cpu_seconds)
         _limit(resource.RLIMIT_AS, address_space() + memory)
@@ -71,10 +68,12 @@ def _child(fn: Callable[[], Any], memory: int, cpu_seconds: int, out: int) -> No
 def run_limited(fn: Callable[[], Any], memory: int, cpu_seconds: int) -> Any:
     """``fn()`` run in a forked child allowed ``memory`` more bytes of address space; its JSON result."""
     read, write = os.pipe()
+    parent = os.getpid()
+    lifetime.prepare()  # prctl looked up here: the child of a process with threads loads no library
     pid = os.fork()
     if pid == 0:
         os.close(read)
-        _child(fn, memory, cpu_seconds, write)
+        _child(fn, memory, cpu_seconds, write, parent)
     os.close(write)
     chunks: list[bytes] = []
     try:
