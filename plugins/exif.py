@@ -10,10 +10,11 @@ from stoq.plugin import Payload, PluginOptions, Result, WorkerPlugin
 from stoq_plugins._exiftool import EXIFTOOL, ExifTool, OutputLimit
 
 MiB = 1 << 20
-#: MIME types (libmagic's) ExifTool is run on by default; one ending in ``/`` is a prefix.
-TYPES = ("image/", "audio/", "video/", "font/", "application/pdf", "application/postscript", "application/rtf",
-         "text/rtf", "application/msword", "application/vnd.ms-", "application/vnd.openxmlformats-officedocument.",
-         "application/vnd.oasis.opendocument.", "application/x-msi", "application/vnd.microsoft.portable-executable",
+#: MIME types (libmagic's) ExifTool is run on by default; one ending in ``*`` is a prefix.
+TYPES = ("image/*", "audio/*", "video/*", "font/*", "application/pdf", "application/postscript", "application/rtf",
+         "text/rtf", "application/msword", "application/vnd.ms-excel*", "application/vnd.ms-powerpoint*",
+         "application/vnd.ms-word*", "application/vnd.ms-office", "application/vnd.openxmlformats-officedocument.*",
+         "application/vnd.oasis.opendocument.*", "application/x-msi", "application/vnd.microsoft.portable-executable",
          "application/x-dosexec", "application/x-executable", "application/x-pie-executable",
          "application/x-sharedlib", "application/x-mach-binary", "application/x-ms-shortcut",
          "application/x-shockwave-flash", "application/ogg", "application/x-matroska")
@@ -46,8 +47,8 @@ class ExifPlugin(WorkerPlugin):
     tools = (EXIFTOOL,)
 
     class Options(PluginOptions):
-        types: list[str] = Field(list(TYPES), description="MIME types run on (an entry ending in /, . or - is a "
-                                                          "prefix; * alone: every payload).")
+        types: list[str] = Field(list(TYPES), description="MIME types run on (an entry ending in * is a prefix; "
+                                                          "* alone: every payload).")
         numeric: bool = Field(True, description="Values as stored (-n) rather than ExifTool's printed forms.")
         timeout: float = Field(20.0, gt=0, description="Seconds ExifTool may take on one payload before it is "
                                                        "killed and restarted.")
@@ -66,9 +67,9 @@ class ExifPlugin(WorkerPlugin):
         ExifTool.remove_stale()  # scratch copies of a killed worker's ExifTool
 
     def accepts(self, payload: Payload) -> bool:
-        mime, types = payload.mime, self.options.types
-        return super().accepts(payload) and ("*" in types or any(
-            mime.startswith(t) if t.endswith(("/", ".", "-")) else mime == t for t in types))
+        mime = payload.mime
+        return super().accepts(payload) and any(
+            mime.startswith(t[:-1]) if t.endswith("*") else mime == t for t in self.options.types)
 
     def scan(self, payload: Payload, options: Options) -> Result:
         if payload.size > options.max_bytes:

@@ -73,8 +73,10 @@ def test_accepts_by_mime(make_payload: Callable[..., Payload]) -> None:
     plugin = ExifPlugin()
     assert [plugin.accepts(make_payload(b"x", mime=m)) for m in (
         "image/png", "application/pdf", "application/vnd.ms-excel", "application/x-dosexec", "video/mp4",
-        "text/plain", "application/zip")] == [True, True, True, True, True, False, False]
+        "text/plain", "application/zip", "application/vnd.ms-cab-compressed", "image")] == [
+        True, True, True, True, True, False, False, False, False]
     assert ExifPlugin(ExifPlugin.Options(types=["*"])).accepts(make_payload(b"x", mime="text/plain"))
+    assert not ExifPlugin(ExifPlugin.Options(types=["image/*"])).accepts(make_payload(b"x", mime="application/pdf"))
 
 
 def test_size_and_output_limits(plugin: ExifPlugin, make_payload: Callable[..., Payload]) -> None:
