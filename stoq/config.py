@@ -42,6 +42,18 @@ DEFAULT_WORKERS: tuple[str, ...] = ("yara", "peinfo", "entropy", "xorsearch", "i
 NO_WORKERS = "none"
 
 
+def default_workers() -> list[str]:
+    """The built-in default of ``workers``: ``DEFAULT_WORKERS``, unless the development variable
+    ``STOQDEV_DEFAULT_WORKERS`` (the test suite sets it to ``none``, so that each test names the workers
+    it runs; see DEVELOPERS.md) replaces it. It is the lowest layer: stoq.toml, STOQ_WORKERS and
+    ``--workers`` still override it."""
+    dev = os.environ.get("STOQDEV_DEFAULT_WORKERS", "")
+    if not dev:
+        return list(DEFAULT_WORKERS)
+    names = split_list(dev)
+    return [] if [n.lower() for n in names] == [NO_WORKERS] else names
+
+
 class ConfigError(Exception):
     """A setting or plugin option that cannot be used, with a message naming it."""
 
@@ -58,7 +70,7 @@ class Settings(BaseModel):
     database_url: str = Field("", description="SQLAlchemy URL of the result store (default: SQLite in the user data dir).")
     archive: str = Field("", description="Directory of the content-addressed payload archive (default: in the user data dir).")
     archiver: Literal["pack", "directory", "none", "postgres"] = Field("pack", description="Archive layout: pack files (fast), a file per payload, none, or postgres (a PostgreSQL table, for a cluster without a shared filesystem; archive is then the PostgreSQL URL).")
-    workers: list[str] = Field(default_factory=lambda: list(DEFAULT_WORKERS),
+    workers: list[str] = Field(default_factory=default_workers,
                                description="The worker set: workers run on every payload (or, for a worker that "
                                            "declares MIME types, on those); 'none' for no worker.")
     connectors: list[str] = Field(default_factory=list, description="Connector plugins that receive every finished document, besides the result store.")
