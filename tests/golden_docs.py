@@ -14,13 +14,14 @@ import json
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import magic
 
 from helpers import CORPUS, ROOT, corpus_files
 from stoq.config import DEFAULT_WORKERS, load_settings
 from stoq.engine import Engine
+from stoq.registry import Registry
 
 GOLDEN_DIR = ROOT / "tests" / "golden"
 DISPATCH_MAP = ROOT / "tests" / "data" / "dispatch_map.json"
@@ -40,17 +41,23 @@ def environment() -> dict[str, Any]:
     return {"libmagic": magic.version()}
 
 
-def engine() -> Engine:
+def every_worker() -> list[str]:
+    """The bundled workers (``stoq_plugins``), by name."""
+    return sorted(c.name for c in Registry.discover().scan_plugins()
+                  if c.category == "worker" and c.__module__.startswith("stoq_plugins."))
+
+
+def engine(workers: Sequence[str] = DEFAULT_WORKERS) -> Engine:
     """An engine with the default settings (the worker set named explicitly, so that the tests'
     ``STOQDEV_DEFAULT_WORKERS=none`` does not apply); nothing is archived."""
     settings = load_settings(env={"STOQ_ARCHIVER": "none", "STOQ_ARCHIVE": tempfile.gettempdir()},
-                             overrides={"workers": ",".join(DEFAULT_WORKERS)})
+                             overrides={"workers": ",".join(workers)})
     return Engine(settings)
 
 
-def scan_corpus() -> dict[str, dict[str, Any]]:
+def scan_corpus(workers: Sequence[str] = DEFAULT_WORKERS) -> dict[str, dict[str, Any]]:
     """File name -> its scan document (not normalised), every corpus file, in name order."""
-    eng = engine()
+    eng = engine(workers)
     return {p.name: eng.scan(p.read_bytes(), p.name, {"path": p.name}) for p in corpus_files()}
 
 
@@ -93,10 +100,17 @@ def ran(doc: dict[str, Any], record: dict[str, Any]) -> list[str]:
     return sorted(set(record["workers"]) | failed)
 
 
-def dispatch_map(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``roots``: file name -> plugins run on it; ``children``: for the containers of CHILDREN_OF, the
-    path of each child (file names from the root, `` > ``-joined; ``#N`` on a repeated one) -> plugins."""
-    roots = {name: ran(doc, doc["results"][0]) for name, doc in docs.items()}
+def root_map(docs: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """File name -> the plugins run on it."""
+    return {name: ran(doc, doc["results"][0]) for name, doc in docs.items()}
+
+
+def dispatch_map(docs: dict[str, dict[str, Any]], every: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """From the documents of the default settings (``docs``): ``roots``, file name -> plugins run on it;
+    ``children``, for the containers of CHILDREN_OF, the path of each child (file names from the root,
+    `` > ``-joined; ``#N`` on a repeated one) -> plugins. From those of every bundled worker enabled
+    (``every``): ``every_worker.roots``, file name -> plugins run on it."""
+    roots = root_map(docs)
     children: dict[str, dict[str, list[str]]] = {}
     for name in CHILDREN_OF:
         doc = docs[name]
@@ -112,7 +126,8 @@ def dispatch_map(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 n += 1
             listed[key if n == 1 else f"{key} #{n}"] = ran(doc, record)
         children[name] = listed
-    return {"workers": list(DEFAULT_WORKERS), "roots": roots, "children": children}
+    return {"workers": list(DEFAULT_WORKERS), "roots": roots, "children": children,
+            "every_worker": {"workers": every_worker(), "roots": root_map(every)}}
 
 
 def differences(want: Any, got: Any, path: str = "$") -> Iterator[str]:

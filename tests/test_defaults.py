@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 import pytest
 
-from helpers import CORPUS, validate
+from golden_docs import DISPATCH_MAP, every_worker, root_map
+from helpers import CORPUS, corpus_files, validate
 from stoq.config import DEFAULT_WORKERS, Settings, default_workers, load_settings
 from stoq.dispatch import Dispatcher
 from stoq.plugin import WorkerPlugin
@@ -94,8 +95,7 @@ def test_stoq_scan_without_workers_runs_the_default_set(run_stoq: Run) -> None:
 
 def test_every_bundled_worker_on_the_corpus_gives_no_crash_and_only_named_errors(run_stoq: Run) -> None:
     """``stoq scan ../shared/corpus --recursive`` with every bundled worker enabled (issue 14's "Done when")."""
-    workers = sorted(c.name for c in Registry.discover().scan_plugins()
-                     if c.category == "worker" and c.__module__.startswith("stoq_plugins."))
+    workers = every_worker()
     proc = run_stoq("scan", str(CORPUS), "--recursive", "--no-store", "--jobs", "2", "--format", "jsonl",
                     "--workers", ",".join(workers))
     assert proc.returncode in (0, 1), proc.stderr.decode()  # 1: a document has errors
@@ -108,3 +108,9 @@ def test_every_bundled_worker_on_the_corpus_gives_no_crash_and_only_named_errors
         assert not any(f.startswith("crash:") for r in doc["results"] for f in r["flags"])
         ran.update(name for r in doc["results"] for name in r["workers"])
     assert set(workers) <= ran  # every worker did run (on some payload)
+    # and on each root the plugins the dispatch map says (tests/data/dispatch_map.json, every_worker)
+    kept = json.loads(DISPATCH_MAP.read_text())["every_worker"]
+    by_name = {Path(d["source"]["path"]).name: d for d in docs}
+    assert kept["workers"] == workers and sorted(kept["roots"]) == [p.name for p in corpus_files()]
+    assert root_map({name: by_name[name] for name in kept["roots"]}) == kept["roots"], (
+        "scripts/golden --regen, and review the diff of tests/data/dispatch_map.json")
