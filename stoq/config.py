@@ -36,7 +36,7 @@ APP = "stoq"
 #: The worker set used when neither ``--workers``, ``STOQ_WORKERS`` nor ``stoq.toml`` names one (stoQ v3's
 #: ``always_dispatch``): workers that are cheap on every payload, or routed to the payloads they fit
 #: (``peinfo`` declines what is not ``MZ``; ``iocextract`` declares the text types). Why these and what
-#: each costs: docs/configuration.md and docs/performance.md.
+#: each costs: docs/plugins.md (the default worker set) and docs/performance.md.
 DEFAULT_WORKERS: tuple[str, ...] = ("yara", "peinfo", "entropy", "xorsearch", "iocextract")
 #: The value of ``workers`` (``--workers none``, ``STOQ_WORKERS=none``) that selects no worker at all.
 NO_WORKERS = "none"
