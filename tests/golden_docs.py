@@ -126,7 +126,10 @@ def dispatch_map(docs: dict[str, dict[str, Any]], every: dict[str, dict[str, Any
                 n += 1
             listed[key if n == 1 else f"{key} #{n}"] = ran(doc, record)
         children[name] = listed
-    return {"workers": list(DEFAULT_WORKERS), "roots": roots, "children": children,
+    return {"about": "The plugins the default dispatch runs on each corpus file (and, for a few containers, on "
+                     "their children; every_worker: with every bundled worker enabled). Made by scripts/golden "
+                     "--regen: see DEVELOPERS.md.",
+            "workers": list(DEFAULT_WORKERS), "roots": roots, "children": children,
             "every_worker": {"workers": every_worker(), "roots": root_map(every)}}
 
 
