@@ -325,14 +325,13 @@ class Engine:
         can_extract = item.depth < self.limits.max_depth and not exhausted
         if quarantined is not None:
             errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules skipped: {quarantined}"))
-            plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False, origin=item.extracted_by)
+            plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
         else:
             try:
-                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, origin=item.extracted_by)
+                plan, cut = self.dispatcher.plan(content, record.mime, can_extract)
             except yara.Error as exc:
                 errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules failed: {exc}"))
-                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False,
-                                                 origin=item.extracted_by)
+                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
         if cut:
             record.flags.append("limit:bytes" if exhausted else "limit:depth")
         count, size = wave
