@@ -206,8 +206,8 @@ def complete(session: Session, text: str) -> list[str]:
     """What Tab may put in place of the last word of ``text`` (the line before the cursor)."""
     words = text.split(" ")
     last = words[-1]
-    if len(words) == 1:
-        return sorted(c for c in [*COMMANDS, *ALIASES] if c.startswith(last))
+    if len(words) == 1:  # a command: with the space that ends it
+        return sorted(f"{c} " for c in [*COMMANDS, *ALIASES] if c.startswith(last))
     name = ALIASES.get(words[0], words[0])
     position = len(words) - 1  # which argument is being typed (1: the first)
     if name in ("load", "usage", "run") and position == 1:

@@ -148,9 +148,11 @@ def _pretty(data: Any, indent: int, lines: list[str], p: Palette, limit: int) ->
             lines.append(f"{pad}{_inline(data)}")
             return
         for item in data:
-            if isinstance(item, (dict, list)) and item:
-                lines.append(f"{pad}-")
+            if isinstance(item, (dict, list)) and item:  # "- first: line", the rest under it
+                start = len(lines)
                 _pretty(item, indent + 1, lines, p, limit)
+                if start < len(lines):
+                    lines[start] = f"{pad}- " + lines[start][len(pad) + 2:]
             else:
                 lines.append(f"{pad}- {_inline(item)}")
             if len(lines) >= limit:

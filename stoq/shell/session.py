@@ -148,10 +148,14 @@ class Session:
 
         cls = self.plugin(name)
         given = self.settings.plugins.get(name, {})
+        try:  # the values as the plugin will see them (text from stoq.toml or `set`, typed)
+            current = make_options(cls, {k: v for k, v in given.items() if k != TIME_LIMIT})
+        except ConfigError as exc:
+            raise ShellError(str(exc)) from None
         options = []
         for key, info in cls.Options.model_fields.items():
             default = info.get_default(call_default_factory=True)
-            options.append(OptionInfo(key, type_name(info.annotation), default, given.get(key, default),
+            options.append(OptionInfo(key, type_name(info.annotation), default, getattr(current, key),
                                       info.description or ""))
         options.append(OptionInfo(TIME_LIMIT, "number", None, given.get(TIME_LIMIT),
                                   "seconds it may spend on one payload (default: the timeout setting)"))
