@@ -36,7 +36,11 @@ class Term:
         self.env = env
         stoq = Path(sys.executable).parent / "stoq"
         self.tmux("-f", str(conf), "new-session", "-d", "-x", "250", "-y", "50", f"exec {stoq} shell")
-        self.wait(lambda screen: self.prompts(screen) == 1)
+        try:
+            self.wait(lambda screen: self.prompts(screen) == 1)
+        except BaseException:
+            self.close()
+            raise
 
     def tmux(self, *args: str) -> str:
         return subprocess.run(["tmux", "-S", self.sock, *args], env=self.env, capture_output=True, text=True,
@@ -61,6 +65,9 @@ class Term:
             if time.monotonic() > deadline:
                 pytest.fail("the shell did not answer; screen:\n" + "\n".join(screen[-40:]))
             time.sleep(0.05)
+
+    def exited(self) -> bool:
+        return self.tmux("display-message", "-p", "#{pane_dead} #{pane_dead_status}").strip() == "1 0"
 
     def type(self, text: str) -> None:
         self.tmux("send-keys", "-l", text)
@@ -154,7 +161,7 @@ def test_an_analyst_session(env: dict[str, str], tmp_path: Path) -> None:
         term.type("exit")
         term.line("exit")
         term.key("Enter")
-        term.wait(lambda screen: any("Pane is dead" in line for line in screen))
+        term.wait(lambda screen: term.exited())  # with exit code 0
     finally:
         term.close()
 
