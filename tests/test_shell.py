@@ -248,3 +248,13 @@ def test_without_a_terminal_lines_come_from_stdin(stoq_env: dict[str, str], tmp_
     assert proc.returncode == 1
     assert f"  imphash: {pefile.PE(data=PE.read_bytes()).get_imphash()}" in proc.stdout.decode().splitlines()
     assert proc.stderr.decode() == "error: unknown command 'nope'; `help` lists them\n"
+
+
+def test_a_bad_configuration_is_said_before_the_shell_starts(stoq_env: dict[str, str], tmp_path: Path) -> None:
+    stoq = str(Path(sys.executable).parent / "stoq")
+    proc = subprocess.run([stoq, "shell", "--workers", "yarra"], input=b"", capture_output=True, cwd=tmp_path,
+                          env=stoq_env, timeout=120)
+    assert (proc.returncode, proc.stderr) == (4, b"stoq: unknown plugin 'yarra' (see `stoq list`)\n")
+    proc = subprocess.run([stoq, "shell", "-o", "yara.timeout=soon"], input=b"", capture_output=True, cwd=tmp_path,
+                          env=stoq_env, timeout=120)
+    assert proc.returncode == 4 and proc.stderr.startswith(b"stoq: option yara.timeout='soon'"), proc.stderr

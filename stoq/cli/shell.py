@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-
 import typer
 
-from stoq.cli import app
-from stoq.cli.scan import ConfigOpt, DepthOpt, OptionOpt, WorkersOpt, settings_from
+from stoq.cli import ExitCode, app, fail
+from stoq.cli.options import command_line_settings
+from stoq.cli.scan import ConfigOpt, DepthOpt, OptionOpt, WorkersOpt
 
 
 @app.command()
@@ -14,9 +14,16 @@ def shell(workers: WorkersOpt = None, option: OptionOpt = None, max_depth: Depth
           config: ConfigOpt = None) -> None:
     """Interactive shell: read a file, run plugins on it one at a time, scan it, step into its children."""
     from stoq.shell.repl import run_shell
+    from stoq.shell.session import Session, ShellError
 
-    settings = settings_from(config, workers, option, max_depth, None)
-    raise typer.Exit(run_shell(settings))
+    settings = command_line_settings(config, {"workers": workers, "max_depth": max_depth}, option,
+                                     warn_unselected=False)  # `run PLUGIN` runs any plugin
+    session = Session(settings)
+    try:
+        session.engine  # a bad configuration (workers, rules, archive) is said now, exit code 4
+    except ShellError as exc:
+        raise fail(str(exc), ExitCode.CONFIG) from None
+    raise typer.Exit(run_shell(session))
 
 
 __all__ = ["shell"]

@@ -18,7 +18,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import ANSI
 from prompt_toolkit.history import FileHistory
 
-from stoq.config import APP, Settings
+from stoq.config import APP
 from stoq.shell import commands
 from stoq.shell.commands import Context
 from stoq.shell.render import Palette
@@ -74,11 +74,10 @@ def loop_lines(ctx: Context, lines: Iterable[str], out: TextIO) -> int:
     return int(failed)
 
 
-def run_shell(settings: Settings) -> int:
+def run_shell(session: Session) -> int:
     """The shell on this process's terminal; returns the exit code."""
     from stoq import __version__
 
-    session = Session(settings)
     out = sys.stdout
     palette = Palette.for_stream(out)
     ctx = Context(session, palette)
