@@ -258,3 +258,25 @@ def test_a_bad_configuration_is_said_before_the_shell_starts(stoq_env: dict[str,
     proc = subprocess.run([stoq, "shell", "-o", "yara.timeout=soon"], input=b"", capture_output=True, cwd=tmp_path,
                           env=stoq_env, timeout=120)
     assert proc.returncode == 4 and proc.stderr.startswith(b"stoq: option yara.timeout='soon'"), proc.stderr
+
+
+def test_the_prompt_names_the_payload_escaped(session: Session, tmp_path: Path) -> None:
+    from stoq.shell.repl import prompt_text
+
+    assert prompt_text(session) == "stoq> "
+    hostile = tmp_path / "a\x1b]0;x\x07\u202e.zip"
+    hostile.write_bytes(make_zip({"one": b"1", "two": b"2"}))
+    session.read(str(hostile))
+    assert prompt_text(session) == "stoq a\\x1b]0;x\\x07\\u202e.zip> "
+    session.run("decompress")
+    session.cd("1")
+    assert prompt_text(session) == "stoq a\\x1b]0;x\\x07\\u202e.zip/1> "
+    long = tmp_path / ("n" * 40)
+    long.write_bytes(b"x")
+    session.read(str(long))
+    assert prompt_text(session) == "stoq " + "n" * 29 + "...> "
+
+
+def test_history_command_lists_the_lines_typed(session: Session) -> None:
+    ctx = Context(session, history=["read x", "scan\x1b[2J"])
+    assert run(ctx, "history") == ["    1  read x", "    2  scan\\x1b[2J"]

@@ -186,7 +186,7 @@ def execute(ctx: Context, line: str) -> tuple[list[str], str | None]:
     name = ALIASES.get(words[0], words[0])
     command = COMMANDS.get(name)
     if command is None:
-        return [], unknown(words[0])
+        return [], safe(unknown(words[0]))
     args = words[1:]
     low, high = command.nargs
     if not low <= len(args) <= high:
