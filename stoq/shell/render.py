@@ -178,7 +178,9 @@ def _inline(value: Any) -> str:
 def hexdump(content: bytes, offset: int, length: int) -> list[str]:
     """``offset  16 bytes in hex  |ascii|`` lines; at most :data:`HEXDUMP_MAX` bytes. The ASCII column
     holds printable ASCII only (0x20-0x7e), every other byte as ``.``: nothing a terminal interprets."""
-    if offset >= len(content) and content:
+    if not content:
+        return ["(an empty payload)"]
+    if offset >= len(content):
         return [f"offset {offset:#x} is past the end ({len(content)} bytes)"]
     shown = min(length, HEXDUMP_MAX)
     chunk = content[offset:offset + shown]

@@ -220,13 +220,14 @@ class Session:
         """Makes the file at ``path`` the current payload (a new tree); refuses a file larger than
         the ``max_file_bytes`` setting."""
         limit = self.settings.max_file_bytes
+        where = os.path.expanduser(path)
         try:
-            content = read_input(os.path.expanduser(path), limit)
+            content = read_input(where, limit)
         except OSError as exc:
             raise ShellError(f"cannot read {path}: {exc.strerror or exc}") from None
         if content is None:
             raise ShellError(f"{path} is larger than max_file_bytes ({limit} bytes): not read")
-        node = Node(content, os.path.basename(path), self._facts(content), source=os.path.abspath(path))
+        node = Node(content, os.path.basename(path), self._facts(content), source=os.path.abspath(where))
         self.root = self.current = node
         return node
 
@@ -289,7 +290,7 @@ class Session:
         def fill(target: Node, record: dict[str, Any]) -> None:
             target.outputs.update(record["workers"])
             target.add_flags(record["flags"])
-            target.errors.extend(errors.get(record["payload_id"], []))
+            target.errors.extend(e for e in errors.get(record["payload_id"], []) if e not in target.errors)
             target.children = []
             for child in by_parent.get(record["payload_id"], []):
                 facts = {k: child[k] for k in ("size", "md5", "sha1", "sha256", "sha512", "mime")}
