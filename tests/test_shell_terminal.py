@@ -35,7 +35,7 @@ class Term:
         conf.write_text("set -g history-limit 100000\nset -g remain-on-exit on\n")
         self.env = env
         stoq = Path(sys.executable).parent / "stoq"
-        self.tmux("-f", str(conf), "new-session", "-d", "-x", "250", "-y", "50", f"exec {stoq} shell")
+        self.tmux("-f", str(conf), "new-session", "-d", "-x", "250", "-y", "50", f"{stoq} shell; echo shell-exited-$?")
         try:
             self.wait(lambda screen: self.prompts(screen) == 1)
         except BaseException:
@@ -63,11 +63,14 @@ class Term:
             if ready(screen):
                 return screen
             if time.monotonic() > deadline:
-                pytest.fail("the shell did not answer; screen:\n" + "\n".join(screen[-40:]))
+                state = self.tmux("display-message", "-p", "dead=#{pane_dead} pid=#{pane_pid}")
+                pytest.fail(f"the shell did not answer ({state.strip()}); screen:\n" + "\n".join(screen[-40:]))
             time.sleep(0.05)
 
-    def exited(self) -> bool:
-        return self.tmux("display-message", "-p", "#{pane_dead} #{pane_dead_status}").strip() == "1 0"
+    def exited(self, screen: list[str]) -> int | None:
+        """The shell's exit code, once it has ended (the pane's command prints it)."""
+        ended = [line for line in screen if line.startswith("shell-exited-")]
+        return int(ended[0].removeprefix("shell-exited-")) if ended else None
 
     def type(self, text: str) -> None:
         self.tmux("send-keys", "-l", text)
@@ -161,7 +164,7 @@ def test_an_analyst_session(env: dict[str, str], tmp_path: Path) -> None:
         term.type("exit")
         term.line("exit")
         term.key("Enter")
-        term.wait(lambda screen: term.exited())  # with exit code 0
+        assert term.exited(term.wait(lambda screen: term.exited(screen) is not None)) == 0
     finally:
         term.close()
 
