@@ -280,3 +280,34 @@ def test_the_prompt_names_the_payload_escaped(session: Session, tmp_path: Path) 
 def test_history_command_lists_the_lines_typed(session: Session) -> None:
     ctx = Context(session, history=["read x", "scan\x1b[2J"])
     assert run(ctx, "history") == ["    1  read x", "    2  scan\\x1b[2J"]
+
+
+def test_load_says_a_setup_failure_at_once(session: Session, tmp_path: Path) -> None:
+    ctx = Context(session)
+    out = run(ctx, "load yara")
+    assert out[0] == "yara is ready" and out[1].startswith("yara (worker, version ")
+    run(ctx, f"set yara.rules {tmp_path / 'missing.yar'}")
+    assert execute(ctx, "load yara") == ([], f"plugin 'yara' cannot start: setup failed: option "
+                                             f"yara.rules={tmp_path / 'missing.yar'}: No such file or directory")
+    run(ctx, f"read {PE}")
+    assert execute(ctx, "run yara")[1] == (f"yara failed (error): setup failed: option yara.rules="
+                                           f"{tmp_path / 'missing.yar'}: No such file or directory")
+
+
+def test_list_is_the_registry_by_category(session: Session) -> None:
+    from stoq.registry import Registry
+
+    entries = Registry.discover().entries
+    lines = run(Context(session), "list")
+    shown: dict[str, list[str]] = {}
+    category = ""
+    for line in lines:
+        if not line.startswith(" "):
+            category = line.rstrip(":")
+        else:
+            shown.setdefault(category, []).append(line.split()[0])
+    expected: dict[str, list[str]] = {}
+    for name, entry in entries.items():
+        expected.setdefault(entry.category, []).append(name)
+    assert {c: sorted(n) for c, n in expected.items()} == shown
+    assert list(shown)[:2] == ["worker", "carver"]

@@ -178,6 +178,9 @@ def test_an_analyst_session(env: dict[str, str], tmp_path: Path) -> None:
         assert shown[-2:] == ["exit", "history"]
         term.key("Up")  # the line editor recalls the last line typed
         term.line("history")
+        term.key("C-c")  # Ctrl-C at the prompt drops the line; the shell goes on
+        term.wait(lambda screen: PROMPT.match(screen[-1]) is not None and PROMPT.sub("", screen[-1]) == "")
+        assert term.run("cd ..") == ["error: no payload: `read PATH` first"]
     finally:
         term.close()
 
