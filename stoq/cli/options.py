@@ -11,11 +11,13 @@ from stoq.config import ConfigError, Settings, did_you_mean, load_settings, pars
 from stoq.registry import Registry, path_options
 
 
-def command_line_settings(config: Path | None, overrides: dict[str, Any], options: list[str] | None) -> Settings:
+def command_line_settings(config: Path | None, overrides: dict[str, Any], options: list[str] | None,
+                          warn_unselected: bool = True) -> Settings:
     """The settings of every layer; ``-o`` options for a plugin that is not installed refuse the command
     (exit code 2, with the closest name), those for an installed plugin that this command will not run
     are said once, as a warning. A relative path given to a path option is made absolute (see
-    :func:`stoq.config.load_settings`): in a cluster, the workers see the file the user meant."""
+    :func:`stoq.config.load_settings`): in a cluster, the workers see the file the user meant.
+    ``warn_unselected`` False: no warning for a plugin the command does not select."""
     registry = Registry.discover()
 
     def paths_of(plugin: str) -> frozenset[str]:
@@ -33,6 +35,8 @@ def command_line_settings(config: Path | None, overrides: dict[str, Any], option
         if entry is None:
             raise fail(f"{shown}: no plugin {plugin!r} is installed{did_you_mean(plugin, registry.entries)} "
                        "(see `stoq list`)", ExitCode.USAGE)
+        if not warn_unselected:  # `stoq shell`: any plugin may be run by hand
+            continue
         unused = unselected(entry.category, plugin, settings)
         if unused:
             say(f"warning: {shown}: {unused}; the option has no effect")
