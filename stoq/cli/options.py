@@ -42,11 +42,13 @@ def command_line_settings(config: Path | None, overrides: dict[str, Any], option
 def unselected(category: str, name: str, mimes: Any, settings: Settings) -> str | None:
     """Why a plugin will not run in a command with these settings, or None when it may: a worker runs
     when ``--workers`` names it (or its MIME types route payloads to it), a connector when
-    ``--connectors`` names it; carvers, extractors, decoders and readers run through dispatch."""
+    ``--connectors`` names it, an archiver when ``--archiver`` names it; carvers, extractors, decoders and readers run through dispatch."""
     if category == "worker" and name not in settings.workers and not mimes:
         return f"plugin {name!r} is not selected (--workers {name})"
     if category == "connector" and name not in settings.connectors:
         return f"connector {name!r} is not selected (--connectors {name})"
+    if category == "archiver" and name != settings.archiver:
+        return f"archiver {name!r} is not selected (--archiver {name})"
     return None
 
 
