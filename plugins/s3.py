@@ -63,7 +63,11 @@ class S3Archiver(ArchiverPlugin):
         except ArchiveError as exc:
             if not (_s3.missing(exc) and self.options.create_bucket):
                 raise
-            _s3.call(where, "cannot create the bucket", client.create_bucket, Bucket=where.bucket)
+            try:
+                _s3.call(where, "cannot create the bucket", client.create_bucket, Bucket=where.bucket)
+            except ArchiveError as race:  # another stoq process created it a moment before
+                if _s3.code_of(race.__cause__) != "BucketAlreadyOwnedByYou":
+                    raise
         self._client.drop()  # before workers fork: each opens its own
 
     def _head(self, sha256: str) -> dict[str, Any] | None:
