@@ -20,6 +20,16 @@ def shown(url: str) -> str:
     return _PASSWORD.sub(r"\1:***@", url)
 
 
+def need_pymongo() -> Any:
+    """pymongo, or an ArchiveError saying how to install it (the ``mongodb`` extra)."""
+    try:
+        import gridfs  # noqa: F401  (pymongo's; the gridfs archiver needs it)
+        import pymongo
+    except ImportError as exc:
+        raise ArchiveError("MongoDB needs pymongo: pip install 'stoq-analysis[mongodb]'") from exc
+    return pymongo
+
+
 class Client:
     """One ``MongoClient`` per process (pymongo's clients are not fork-safe), made on first use."""
 
@@ -30,7 +40,7 @@ class Client:
     def database(self, default: str) -> Any:
         """The database the URL names (``mongodb://host/db``), else ``default``."""
         if self._client is None or self._pid != os.getpid():
-            import pymongo
+            pymongo = need_pymongo()
 
             self._client = pymongo.MongoClient(self.url, serverSelectionTimeoutMS=self.timeout_ms,
                                                connectTimeoutMS=self.timeout_ms, appname="stoq")

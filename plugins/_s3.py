@@ -80,8 +80,11 @@ def make_client(endpoint_url: str, region: str, addressing_style: str, max_attem
                 connect_timeout: float, read_timeout: float, pool: int) -> Any:
     """A boto3 S3 client: credentials from boto3's usual chain (AWS_ACCESS_KEY_ID and
     AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role); retries in botocore's standard mode."""
-    import boto3
-    from botocore.config import Config
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as exc:
+        raise ArchiveError("archiver s3 needs boto3: pip install 'stoq-analysis[s3]'") from exc
 
     if addressing_style == "auto" and endpoint_url:
         addressing_style = "path"  # MinIO and most S3-compatible servers: no bucket.host names

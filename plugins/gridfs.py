@@ -44,9 +44,9 @@ class GridfsArchiver(ArchiverPlugin):
         if not str(self.location).startswith(("mongodb://", "mongodb+srv://")):
             raise ArchiveError("archiver gridfs needs the setting archive (STOQ_ARCHIVE) to be a mongodb:// URL, "
                                f"not {self.display!r}")
+        db = self._client.database(self.options.database)  # an ArchiveError without pymongo
         import gridfs
 
-        db = self._client.database(self.options.database)
         return gridfs.GridFSBucket(db, self.options.bucket, chunk_size_bytes=self.options.chunk_size), db[f"{self.options.bucket}.files"]
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -33,6 +33,7 @@ class MongodbConnector(ConnectorPlugin):
     def setup(self) -> None:
         if not self.options.url:
             raise ValueError("mongodb.url is not set (-o mongodb.url=mongodb://db:27017/stoq)")
+        _mongo.need_pymongo()
         self._client = _mongo.Client(self.options.url, self.options.timeout_ms)
         self._indexed = False
 

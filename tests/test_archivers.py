@@ -140,3 +140,14 @@ def test_open_configured_and_open_archive_build_the_named_archiver(tmp_path: Pat
         open_configured(Settings(archiver="nope"))
     with pytest.raises(ArchiveError, match="unknown archiver 'nope'"):
         open_archive("nope", tmp_path)
+
+
+@pytest.mark.parametrize("name, location, module, extra", [("s3", "s3://bucket", "boto3", "s3"),
+                                                           ("gridfs", "mongodb://127.0.0.1:1/x", "pymongo", "mongodb")])
+def test_an_archiver_whose_extra_is_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                                 location: str, module: str, extra: str) -> None:
+    for loaded in [m for m in sys.modules if m == module or m.startswith(module + ".") or m in ("gridfs", "botocore")]:
+        monkeypatch.delitem(sys.modules, loaded)
+    monkeypatch.setitem(sys.modules, module, None)  # import then raises ImportError, as without the package
+    with pytest.raises(ArchiveError, match=rf"pip install 'stoq-analysis\[{extra}\]'"):
+        open_archive(name, location).prepare()
