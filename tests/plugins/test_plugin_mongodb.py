@@ -94,3 +94,24 @@ def test_an_embedded_scan_sends_its_document(tmp_path: Path, server: MongoWireSe
     assert got.returncode == 0, got.stderr
     (doc,) = json.loads(got.stdout)
     assert server.store.dbs["cli"]["scans"].docs == {doc["scan_id"]: doc | {"_id": doc["scan_id"]}}
+
+
+def test_a_server_that_goes_away_and_comes_back_gets_each_scan_once(server: MongoWireServer) -> None:
+    """At-least-once delivery (a failed batch is delivered again) meets idempotent upserts: after an
+    outage and a redelivery of everything, each scan is stored exactly once."""
+    plugin = connector(f"{server.url}/outage", timeout_ms=2000)
+    docs = [{"scan_id": f"scan-{i}", "results": [{"sha256": f"{i:064x}"}], "payloads": 1} for i in range(6)]
+    assert deliver([plugin], docs[:3]) == []
+    port = int(server.url.rsplit(":", 1)[1])
+    server.stop()
+    failures = deliver([plugin], docs[3:])
+    assert len(failures) == 1 and failures[0].startswith("connector 'mongodb' failed on 3 document(s): ")
+    assert failures[0].split(": ")[1] in ("AutoReconnect", "ServerSelectionTimeoutError")  # pymongo's ConnectionFailures
+    back = MongoWireServer(port=port, store=server.store).start()  # the same data, as a restarted mongod has
+    try:
+        assert deliver([plugin], docs) == []  # the failed batch again, and the delivered ones once more
+        stored = back.store.dbs["outage"]["scans"].docs
+        assert sorted(stored) == [f"scan-{i}" for i in range(6)]
+        assert all(stored[d["scan_id"]] == d | {"_id": d["scan_id"]} for d in docs)
+    finally:
+        back.stop()
