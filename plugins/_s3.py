@@ -88,7 +88,7 @@ def make_client(endpoint_url: str, region: str, addressing_style: str, max_attem
 
     if addressing_style == "auto" and endpoint_url:
         addressing_style = "path"  # MinIO and most S3-compatible servers: no bucket.host names
-    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, connect_timeout=connect_timeout,
+    config = Config(retries={"total_max_attempts": max_attempts, "mode": "standard"}, connect_timeout=connect_timeout,
                     read_timeout=read_timeout, max_pool_connections=pool,
                     s3={"addressing_style": addressing_style},
                     request_checksum_calculation="when_required", response_checksum_validation="when_supported")

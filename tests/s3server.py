@@ -45,3 +45,60 @@ def raw_client(endpoint: str):  # type: ignore[no-untyped-def]
 
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                         config=Config(request_checksum_calculation="when_required", s3={"addressing_style": "path"}))
+
+
+@contextlib.contextmanager
+def flaky(endpoint: str, failures: int) -> Iterator[dict[str, int]]:
+    """An HTTP proxy in front of ``endpoint`` that answers its first ``failures`` requests with S3's
+    ``503 SlowDown`` and forwards the rest; yields its counts (``url``: use ``counts["port"]``)."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    target = urlsplit(endpoint)
+    counts = {"refused": 0, "forwarded": 0, "port": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _any(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                refuse = counts["refused"] < failures
+                counts["refused" if refuse else "forwarded"] += 1
+            if refuse:
+                error = b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(error)))
+                self.end_headers()
+                self.wfile.write(error)
+                return
+            upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+            answer = upstream.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for key, value in answer.getheaders():
+                if key.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            upstream.close()
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    counts["port"] = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield counts
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from helpers import CORPUS, validate
-from s3server import CREDENTIALS, raw_client, s3_server
+from s3server import CREDENTIALS, flaky, raw_client, s3_server
 from stoq.archive import open_archive
 from stoq.config import Settings
 from stoq.engine import Engine
@@ -130,6 +130,26 @@ def test_an_object_damaged_behind_the_archivers_back_is_a_named_error_and_put_re
     assert client.head_object(Bucket="damaged", Key=key, ChecksumMode="ENABLED")["ChecksumSHA256"] == b64sha(data)
 
 
+def test_throttling_is_retried_with_backoff_up_to_max_attempts(endpoint: str) -> None:
+    raw_client(endpoint).create_bucket(Bucket="throttled")
+    data = b"sent through a throttling proxy"
+    sha = hashlib.sha256(data).hexdigest()
+    with flaky(endpoint, failures=2) as counts:
+        made = open_archive("s3", "s3://throttled/p", {"endpoint_url": f"http://127.0.0.1:{counts['port']}",
+                                                       "max_attempts": 3})
+        made.put(sha, data)  # HEAD: 503, 503, then 404 from the server; then the PUT
+        assert counts == {"refused": 2, "forwarded": 2, "port": counts["port"]}
+    stored = raw_client(endpoint).get_object(Bucket="throttled", Key=f"p/{sha[:2]}/{sha}")["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == sha
+    with flaky(endpoint, failures=2) as counts:
+        once = open_archive("s3", "s3://throttled/p", {"endpoint_url": f"http://127.0.0.1:{counts['port']}",
+                                                       "max_attempts": 2})
+        with pytest.raises(ArchiveError, match=rf"cannot look up payload {sha} in the archive s3://throttled/p: "
+                                             r"An error occurred \(503\) when calling the HeadObject operation \(reached max retries: 1\)"):
+            once.exists(sha)
+        assert counts["refused"] == 2 and counts["forwarded"] == 0
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -139,7 +159,7 @@ def closed_port() -> int:
 def test_a_server_that_is_down_is_a_named_error_not_a_crash(tmp_path: Path, endpoint: str) -> None:
     down = f"http://127.0.0.1:{closed_port()}"
     made = open_archive("s3", "s3://nowhere", {"endpoint_url": down, "max_attempts": 2, "connect_timeout": 1})
-    with pytest.raises(ArchiveUnavailable, match=f"cannot open the bucket: cannot reach the archive s3://nowhere"):
+    with pytest.raises(ArchiveUnavailable, match="cannot open the bucket: cannot reach the archive s3://nowhere"):
         made.prepare()
     with pytest.raises(ArchiveUnavailable, match=f"cannot read payload {'a' * 64}: cannot reach the archive s3://nowhere"):
         made.get("a" * 64)
