@@ -1,6 +1,6 @@
 """A real cluster whose client and worker share payloads only through S3 (moto's standalone server,
 tests/s3server.py): the client archives the roots in the bucket, the worker reads them from there and
-archives the children there; no directory archive exists. The mongodb connector runs as its task after
+archives the children there; no directory archive exists. Each reaches S3 by its own endpoint. The mongodb connector runs as its task after
 the store (against tests/mongowire.py). Redis databases 4 and 5, PostgreSQL database stoq_cluster_s3."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from helpers import BENCH_RULES, CORPUS, pg_admin, validate
 from mongowire import MongoWireServer
-from s3server import CREDENTIALS, raw_client, s3_server
+from s3server import CREDENTIALS, flaky, raw_client, s3_server
 from sqlalchemy import text
 from test_cluster import cluster_env, fresh_database, jsonl, normal, start, tasks_run
 
@@ -34,8 +34,13 @@ def test_client_and_worker_share_payloads_only_through_s3(tmp_path: Path, testpl
         try:
             args = ["--workers", "yara", "-o", f"yara.rules={BENCH_RULES}", "--format", "jsonl"]
             files = [str(CORPUS / name) for name in ("test.zip", "test.exe", "test.gz")]
-            got = c.stoq("submit", *files, *args, "--connectors", "mongodb", timeout=180)
+            with flaky(endpoint, failures=0) as via:  # the client's own way to the server: a counting proxy
+                got = c.stoq("submit", *files, *args, "--connectors", "mongodb", timeout=180,
+                             STOQ_S3__ENDPOINT_URL=f"http://127.0.0.1:{via['port']}")
             assert got.returncode == 0, got.stderr
+            # The client's requests only: HEAD of the bucket, then HEAD and PUT of each root. The workers
+            # use their own endpoint, not the one in the submission's profile.
+            assert via["forwarded"] == 1 + 2 * len(files)
             embedded = c.stoq("scan", *files, *args, "--no-store", STOQ_BROKER_URL="", STOQ_ARCHIVER="pack",
                               STOQ_ARCHIVE=str(tmp_path / "local"))
             remote, local = jsonl(got.stdout), jsonl(embedded.stdout)
