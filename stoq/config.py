@@ -26,7 +26,7 @@ import logging
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Literal, Mapping
+from typing import Any, Callable, Collection, Iterable, Mapping
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -69,8 +69,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     database_url: str = Field("", description="SQLAlchemy URL of the result store (default: SQLite in the user data dir).")
-    archive: str = Field("", description="Directory of the content-addressed payload archive (default: in the user data dir).")
-    archiver: Literal["pack", "directory", "none", "postgres"] = Field("pack", description="Archive layout: pack files (fast), a file per payload, none, or postgres (a PostgreSQL table, for a cluster without a shared filesystem; archive is then the PostgreSQL URL).")
+    archive: str = Field("", description="Where the payload archive is: a directory for pack and directory (default: in the user data dir), else the archiver's URL (postgresql://..., s3://bucket/prefix, mongodb://host/db).")
+    archiver: str = Field("pack", pattern=r"^[a-z0-9_-]{1,64}$", description="Archiver plugin that stores payloads: pack (pack files, fast), directory (a file per payload), none, postgres (a PostgreSQL table), s3 (an S3 bucket, the cluster default), gridfs (MongoDB GridFS), or any installed archiver (stoq list).")
     workers: list[str] = Field(default_factory=default_workers,
                                description="The worker set: workers run on every payload (or, for a worker that "
                                            "declares MIME types, on those); 'none' for no worker.")
@@ -104,8 +104,10 @@ class Settings(BaseModel):
         return self.database_url or f"sqlite:///{data_dir() / 'stoq.db'}"
 
     def resolved_archive(self) -> Path | str:
-        """The archive's directory, or for ``archiver = "postgres"`` its URL (a str, unchanged)."""
-        if self.archiver == "postgres":
+        """The archive's directory for the core's directory archivers (pack, directory, none), with
+        its default; for any other archiver its URL (a str, unchanged). ``stoq.archive.open_configured``
+        asks the archiver itself."""
+        if self.archiver not in ("pack", "directory", "none"):
             return self.archive
         return Path(self.archive) if self.archive else data_dir() / "archive"
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import magic
 import yara
 
-from stoq.archive import ArchiveError, open_archive, put_where, read_from
+from stoq.archive import ArchiveError, open_configured, put_where, read_from
 from stoq.config import ConfigError, Settings
 from stoq.dispatch import Dispatcher, Planned, bundled_dispatch_rules
 from stoq.limits import Budget, Limits
@@ -169,12 +169,12 @@ class Engine:
         rules = settings.dispatch_rules or str(bundled_dispatch_rules())
         self.dispatcher = Dispatcher(self.plugin_classes, settings.workers, rules)
         self.limits = Limits.of(settings)
-        self.archive = open_archive(settings.archiver, settings.resolved_archive())
+        self.archive = open_configured(settings, self.registry)
         try:
             self.archive.prepare()  # before any worker forks: they then only open it
         except (OSError, ArchiveError, sqlite3.Error) as exc:
-            where = getattr(self.archive, "display", settings.resolved_archive())  # no password in messages
-            raise ConfigError(f"cannot use the archive {where}: {exc}") from exc
+            # display: no password in messages
+            raise ConfigError(f"cannot use the archive {self.archive.display}: {exc}") from exc
         self._instances: dict[str, ScanPlugin] = {}
         self._setup_errors: dict[str, str] = {}
         self._missing_tools: set[str] = set()  # plugins whose setup raised ToolMissing

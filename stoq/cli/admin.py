@@ -13,7 +13,7 @@ import typer
 from stoq.cli import ExitCode, StoqTyper, app, fail
 from stoq.cli.output import Format, Writer, safe
 from stoq.config import ConfigError, did_you_mean, load_settings
-from stoq.plugin import Plugin
+from stoq.plugin import SCAN_CATEGORIES, Plugin
 
 db_app = StoqTyper(help="Result store administration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -104,7 +104,8 @@ def detail(row: dict[str, Any]) -> str:
         shown = "none" if default is None else ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
         lines.append(f"    {option}  {info['type']}, default {shown or '(empty)'}")
         lines.append(f"        {safe(info['description'] or '')}")
-    lines.append(f"    time_limit  number, default the timeout setting (every plugin: seconds it may spend on one payload)")
+    if row["category"] in SCAN_CATEGORIES:  # the framework's limit on a plugin run; connectors and archivers have none
+        lines.append(f"    time_limit  number, default the timeout setting (every plugin: seconds it may spend on one payload)")
     return "\n".join(lines) + "\n"
 
 

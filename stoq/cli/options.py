@@ -46,12 +46,15 @@ def command_line_settings(config: Path | None, overrides: dict[str, Any], option
 def unselected(category: str, name: str, settings: Settings) -> str | None:
     """Why a plugin will not run in a command with these settings, or None when it may: a worker runs
     when it is in the worker set (``--workers``, else the ``workers`` setting and its default), a
-    connector when ``--connectors`` names it; carvers, extractors, decoders and readers run through
-    dispatch. (A dispatch rule of the user's may still name an unselected worker: not warned of.)"""
+    connector when ``--connectors`` names it, an archiver when ``--archiver`` names it; carvers,
+    extractors, decoders and readers run through dispatch. (A dispatch rule of the user's may still name
+    an unselected worker: not warned of.)"""
     if category == "worker" and name not in settings.workers:
         return f"plugin {name!r} is not selected (--workers {name})"
     if category == "connector" and name not in settings.connectors:
         return f"connector {name!r} is not selected (--connectors {name})"
+    if category == "archiver" and name != settings.archiver:
+        return f"archiver {name!r} is not selected (--archiver {name})"
     return None
 
 

@@ -84,7 +84,12 @@ def engine_for(r: redis.Redis, profile_id: str) -> Engine:
     settings); a few are kept per process, since building one compiles YARA rules."""
     eng = _ENGINES.get(profile_id)
     if eng is None:
-        settings = worker_settings().model_copy(update=st.get_profile(r, profile_id))
+        own = worker_settings()
+        profile = st.get_profile(r, profile_id)
+        # The archive is this worker's (its address may differ from the client's: minio:9000 in compose,
+        # localhost:9000 outside): its archiver's options are never the submission's.
+        profile["plugins"] = dict(profile.get("plugins", {})) | {own.archiver: own.plugins.get(own.archiver, {})}
+        settings = own.model_copy(update=profile)
         eng = _ENGINES[profile_id] = Engine(settings)
         while len(_ENGINES) > 4:
             _ENGINES.popitem(last=False)[1].close()
