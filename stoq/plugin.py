@@ -21,6 +21,8 @@ class Hello(WorkerPlugin):
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Literal, NamedTuple
 
@@ -76,6 +78,22 @@ class Tool(NamedTuple):
 
     def missing(self) -> ToolMissing:
         return ToolMissing(self.command, self.package)
+
+
+_CALL = threading.local()
+
+
+def time_left() -> float | None:
+    """Seconds left of the framework's time limit on the plugin call running in this thread (None
+    outside one): a plugin whose library has a timeout of its own sets it below this, so that the
+    library stops first and the plugin can say so (the framework cannot stop native code in time)."""
+    deadline = getattr(_CALL, "deadline", None)
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def set_call_deadline(deadline: float | None) -> None:
+    """Called by the framework around each plugin call (``time.monotonic()`` seconds, or None after)."""
+    _CALL.deadline = deadline
 
 
 class Extra(NamedTuple):
