@@ -12,6 +12,9 @@ import magic
 import pytest
 import yara
 
+from helpers import validate
+from stoq.config import load_settings
+from stoq.engine import Engine
 from stoq.plugin import set_call_deadline
 from stoq_plugins._yararules import RuleError
 from stoq_plugins.yara import YaraPlugin
@@ -240,3 +243,22 @@ def test_yara_timeout_fires_below_the_plugin_time_limit(tmp_path: Path, make_pay
     finally:
         set_call_deadline(None)
     assert (result.data, result.flags) == ({"matches": [], "timeout": 1}, ["limit:yara-time"])
+
+
+def test_engine_gives_yara_less_than_the_plugin_time_limit(tmp_path: Path) -> None:
+    """Through the framework's call (as both modes make it): with ``time_limit`` 4 s, YARA gets 1 s and
+    stops first, so the run is a result with ``limit:yara-time``, not the framework's ``timeout`` error."""
+    slow = tmp_path / "slow.yar"
+    slow.write_text("rule slow { condition: for all i in (0..filesize) : "
+                    "(for all j in (0..filesize) : (uint8(i) == uint8(j) or true)) }")
+    env = {"STOQ_ARCHIVE": str(tmp_path / "archive"), "STOQ_DISPATCH_RULES": "none"}
+    engine = Engine(load_settings(env=env, overrides={"workers": "yara"}, plugin_options={
+        "yara": {"rules": str(slow), "timeout": "600", "time_limit": "4"}}))
+    try:
+        doc = engine.scan(b"\x00" * 200_000, "zeros.bin", {})
+    finally:
+        engine.close()
+    validate(doc)
+    (root,) = doc["results"]
+    assert (doc["errors"], root["flags"], root["workers"]["yara"]) == (
+        [], ["limit:yara-time"], {"matches": [], "timeout": 1})
