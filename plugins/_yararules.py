@@ -114,7 +114,10 @@ class RuleSet:
             return
         self.checked = now
         current = {p: _stamp(p) for p in self._watched()}
-        if current == self.stamps or current == self._failed:
+        if current == self.stamps:  # unchanged, or changed back to what was compiled
+            self.stale = self._failed = None
+            return
+        if current == self._failed:  # the same broken files as last time: not compiled again
             return
         try:
             self.rules, self.stamps = compile_rules(self.path, self.externals)

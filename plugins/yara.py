@@ -52,20 +52,21 @@ class YaraPlugin(WorkerPlugin):
 
     def __init__(self, options: PluginOptions | None = None) -> None:
         super().__init__(options)
-        self._sets: dict[Path, RuleSet] = {}
+        self._sets: dict[tuple[Path, tuple[tuple[str, Any], ...]], RuleSet] = {}
 
     def setup(self) -> None:
         self._rules(self.options)
 
     def _rules(self, options: Options) -> RuleSet:
         """The compiled rules of ``options.rules`` (compiled on first use, then rechecked on disk)."""
-        ruleset = self._sets.get(options.rules)
+        key = (options.rules, tuple(sorted(options.externals.items())))
+        ruleset = self._sets.get(key)
         if ruleset is None:
             taken = sorted(set(options.externals) & set(BUILTIN_EXTERNALS))
             if taken:
                 raise RuleError(f"externals {', '.join(taken)} are built in: they cannot be redeclared")
             defaults = dict.fromkeys(BUILTIN_EXTERNALS, "") | dict(options.externals)
-            ruleset = self._sets[options.rules] = RuleSet(options.rules, defaults)
+            ruleset = self._sets[key] = RuleSet(options.rules, defaults)
         else:
             ruleset.refresh(options.recheck)
         return ruleset
