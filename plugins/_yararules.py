@@ -49,13 +49,14 @@ class RuleError(ValueError):
     include outside the rules tree, a directory without rule files."""
 
 
-def externals_for(filename: str | None, mime: str) -> dict[str, str]:
-    """The built-in externals of one payload: LOKI's ``filename`` (base name), ``filepath`` (the name
-    as the framework knows it, with the member path inside its container), ``extension`` (lower case,
-    with its dot, as LOKI gives it), ``filetype`` (LOKI's short upper-case type, "" when unknown),
-    ``owner`` (never known: ""), and ``mime``."""
-    path = filename or ""
-    base = PureWindowsPath(PurePosixPath(path).name).name if path else ""
+def externals_for(filename: str | None, mime: str, source_path: str | None = None) -> dict[str, str]:
+    """The built-in externals of one payload: LOKI's ``filename`` (base name), ``filepath`` (the root's
+    source path; else the name as the framework knows it, for a member its path inside its container),
+    ``extension`` (lower case, with its dot, as LOKI gives it), ``filetype`` (LOKI's short upper-case
+    type, "" when unknown), ``owner`` (never known: ""), and ``mime``."""
+    path = source_path or filename or ""
+    name = filename or path
+    base = PureWindowsPath(PurePosixPath(name).name).name if name else ""
     suffix = os.path.splitext(base)[1].lower()
     return {"filename": base, "filepath": path, "extension": suffix,
             "filetype": FILETYPES.get(mime, ""), "owner": "", "mime": mime}

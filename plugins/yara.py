@@ -84,7 +84,7 @@ class YaraPlugin(WorkerPlugin):
         timeout = options.timeout if left is None else max(1, min(options.timeout, int(left) - MARGIN))
         try:
             found = ruleset.rules.match(data=payload.content, timeout=timeout, warnings_callback=warned,
-                                        externals=externals_for(payload.filename, payload.mime))
+                                        externals=externals_for(payload.filename, payload.mime, payload.source_path))
         except yara.TimeoutError:
             return Result(data={"matches": [], "timeout": timeout}, flags=[*flags, "limit:yara-time"])
         cap, capped = options.max_strings, False

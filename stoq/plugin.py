@@ -121,6 +121,9 @@ class Payload:
     #: Bytes the scan may still extract (what is left of its ``max_bytes``), None where unknown. An
     #: extractor stops decompressing there: every byte it produces counts, kept or not.
     bytes_left: int | None = None
+    #: Where the root file came from (its source ``path``: the file named to ``stoq scan`` or ``stoq
+    #: submit``), on the root payload only; None for extracted payloads and sources without a path.
+    source_path: str | None = None
 
     @property
     def size(self) -> int:

@@ -17,7 +17,8 @@ def test_yara_worker_recompiles_changed_rules(tmp_path: Path, testplugins_site: 
     rules = tmp_path / "rules"
     (rules / "sub").mkdir(parents=True)
     (rules / "sub" / "words.yar").write_text('rule first_word { strings: $a = "Lorem" condition: $a }\n')
-    (rules / "other.yara").write_text('rule by_name { condition: filename == "test.txt" and extension == ".txt" }\n')
+    (rules / "other.yara").write_text('rule by_name { condition: filename == "test.txt" and extension == ".txt" }\n'
+                                      'rule by_path { condition: filepath endswith "/corpus/test.txt" }\n')
     args = ["--workers", "yara", "-o", f"yara.rules={rules}", "-o", "yara.recheck=0", "--format", "json"]
 
     def matched(workers) -> list[tuple[str, str]]:
@@ -29,7 +30,7 @@ def test_yara_worker_recompiles_changed_rules(tmp_path: Path, testplugins_site: 
 
     (tmp_path / "work").mkdir()
     with dedicated_queue(tmp_path / "work", testplugins_site, DB, "yara") as workers:
-        assert matched(workers) == [("other.yara", "by_name"), ("sub/words.yar", "first_word")]
+        assert matched(workers) == [("other.yara", "by_name"), ("other.yara", "by_path"), ("sub/words.yar", "first_word")]
         (rules / "sub" / "words.yar").write_text('rule second_word { strings: $a = "dolor" condition: $a }\n')
-        assert matched(workers) == [("other.yara", "by_name"), ("sub/words.yar", "second_word")]
+        assert matched(workers) == [("other.yara", "by_name"), ("other.yara", "by_path"), ("sub/words.yar", "second_word")]
         assert tasks_run(workers[1]) == ["stoq.worker.yara", "stoq.worker.yara"]

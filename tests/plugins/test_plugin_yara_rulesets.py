@@ -4,6 +4,7 @@ yara-python itself gives when it compiles the same files with the externals expe
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import yara
 from helpers import validate
 from stoq.config import load_settings
 from stoq.engine import Engine
-from stoq.plugin import set_call_deadline
+from stoq.plugin import Payload, set_call_deadline
 from stoq_plugins._yararules import RuleError
 from stoq_plugins.yara import YaraPlugin
 
@@ -147,6 +148,24 @@ def test_member_paths_give_filepath_and_no_name_gives_empty_externals(tmp_path: 
     assert {"thor_path_any", "thor_ext_exe", "thor_name_exe"}.isdisjoint(unnamed) and "thor_type_exe" in unnamed
 
 
+def test_root_filepath_is_its_source_path(tmp_path: Path, corpus: Path) -> None:
+    root = write_tree(tmp_path / "rules")
+    (root / "thor" / "thor_source.yar").write_text('rule thor_source { condition: filepath == "/srv/in/dropped/test.exe" '
+                                                   'and filename == "test.exe" }\n')
+    plugin = YaraPlugin(YaraPlugin.Options(rules=root, externals=CUSTOM))
+    plugin.setup()
+    data = (corpus / "test.exe").read_bytes()
+    mime = MIME.from_buffer(data)
+    payload = Payload(data, "p", "test.exe", mime, hashlib.sha256(data).hexdigest(), 0,
+                      source_path="/srv/in/dropped/test.exe")
+    compiled = yara.compile(filepaths={str(p.relative_to(root)): str(p) for p in root.rglob("*.yar")},
+                            externals=dict.fromkeys(BUILTIN, "") | CUSTOM)
+    expected = reference(compiled, data, expected_externals("test.exe", mime, "/srv/in/dropped/test.exe") | CUSTOM)
+    result = plugin.scan(payload, plugin.options)
+    assert {(m["namespace"], m["rule"]) for m in result.data["matches"]} == expected
+    assert {"thor_source", "thor_path_dir", "thor_name_exe"} <= {rule for _, rule in expected}
+
+
 def test_rules_recompiled_when_a_file_changes(tmp_path: Path, make_payload) -> None:
     root = tmp_path / "rules"
     (root / "sub").mkdir(parents=True)
@@ -250,15 +269,18 @@ def test_engine_gives_yara_less_than_the_plugin_time_limit(tmp_path: Path) -> No
     """Through the framework's call (as both modes make it): with ``time_limit`` 4 s, YARA gets 1 s and
     stops first, so the run is a result with ``limit:yara-time``, not the framework's ``timeout`` error."""
     slow = tmp_path / "slow.yar"
-    slow.write_text("rule slow { condition: for all i in (0..filesize) : "
+    slow.write_text("rule slow { condition: filepath == \"/in/zeros.bin\" and for all i in (0..filesize) : "
                     "(for all j in (0..filesize) : (uint8(i) == uint8(j) or true)) }")
     env = {"STOQ_ARCHIVE": str(tmp_path / "archive"), "STOQ_DISPATCH_RULES": "none"}
     engine = Engine(load_settings(env=env, overrides={"workers": "yara"}, plugin_options={
         "yara": {"rules": str(slow), "timeout": "600", "time_limit": "4"}}))
     try:
-        doc = engine.scan(b"\x00" * 200_000, "zeros.bin", {})
+        doc = engine.scan(b"\x00" * 200_000, "zeros.bin", {"path": "/in/zeros.bin"})
+        other = engine.scan(b"\x00" * 200_000, "zeros.bin", {"path": "/elsewhere/zeros.bin"})
     finally:
         engine.close()
+    # The root's source path is its filepath: another path ends the condition at once.
+    assert other["results"][0]["workers"]["yara"] == {"matches": []} and other["results"][0]["flags"] == []
     validate(doc)
     (root,) = doc["results"]
     assert (doc["errors"], root["flags"], root["workers"]["yara"]) == (
