@@ -2,7 +2,7 @@
 # not run on the project's machines; the same topology runs without Docker (see docs/architecture.md).
 FROM python:3.11-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libmagic1 file p7zip-full libarchive-tools unar gnupg \
+ && apt-get install -y --no-install-recommends libmagic1 file p7zip-full libarchive-tools unar gnupg libimage-exiftool-perl \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/stoq
 COPY pyproject.toml README.md celeryconfig.py manage.py ./

@@ -24,6 +24,8 @@ class IocextractPlugin(WorkerPlugin):
 
     name = "iocextract"
     version = "1.0"
+    #: Original stoQ's ``iocregex`` reader role: the text that pdftext and email extract is routed here.
+    children_of = {"pdftext": ("text/",), "email": ("text/",)}
 
     class Options(PluginOptions):
         max_size: int = Field(1024 * 1024, ge=0, description="Most bytes read from the start of the payload.")

@@ -327,13 +327,14 @@ class Engine:
         can_extract = item.depth < self.limits.max_depth and not exhausted
         if quarantined is not None:
             errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules skipped: {quarantined}"))
-            plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
+            plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False, origin=item.extracted_by)
         else:
             try:
-                plan, cut = self.dispatcher.plan(content, record.mime, can_extract)
+                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, origin=item.extracted_by)
             except yara.Error as exc:
                 errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules failed: {exc}"))
-                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
+                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False,
+                                                 origin=item.extracted_by)
         if cut:
             record.flags.append("limit:bytes" if exhausted else "limit:depth")
         count, size = wave
