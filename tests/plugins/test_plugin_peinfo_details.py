@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import random
 import re
 import struct
@@ -104,6 +105,18 @@ def test_pdb_path_guid_and_age_as_objdump_and_pefile(plugin: PeinfoPlugin, corpu
     pe = pefile.PE(data=data)
     assert [d["type"] for d in out["debug"]] == [pefile.DEBUG_TYPE[d.struct.Type] for d in pe.DIRECTORY_ENTRY_DEBUG]
     assert codeview["pdb"]["symbol_id"] == pe.DIRECTORY_ENTRY_DEBUG[0].entry.Signature_String
+
+
+@pytest.mark.tools("exiftool")
+def test_version_info_as_exiftool(plugin: PeinfoPlugin, corpus: Path, make_payload) -> None:
+    """ExifTool reads the version resource with its own parser: the same values (its tag names are the
+    keys without spaces, ``OriginalFilename`` spelt ``OriginalFileName``)."""
+    out = scan(plugin, make_payload, (corpus / "test.exe").read_bytes()).data["version_info"]
+    tags = json.loads(subprocess.run(["exiftool", "-j", "-G1", str(corpus / "test.exe")], capture_output=True,
+                                     check=True).stdout)[0]
+    exe = {k.split(":", 1)[1].lower(): v for k, v in tags.items() if k.startswith("EXE:")}
+    assert {k: exe[k.replace(" ", "").lower()] for k in out["strings"]} == out["strings"]
+    assert (out["file_version"], out["product_version"]) == (exe["fileversionnumber"], exe["productversionnumber"])
 
 
 def build_tls_exe(callbacks: list[int], base: int = 0x400000) -> bytes:
