@@ -206,6 +206,10 @@ class Engine:
             self._instances[name] = plugin
         return plugin
 
+    def setup_error(self, name: str) -> str | None:
+        """Why plugin ``name`` could not be set up (after ``instance`` returned None), else None."""
+        return self._setup_errors.get(name)
+
     def worker_started(self) -> None:
         """Tells every set-up plugin that it now runs in a new worker process."""
         for plugin in self._instances.values():
@@ -327,14 +331,13 @@ class Engine:
         can_extract = item.depth < self.limits.max_depth and not exhausted
         if quarantined is not None:
             errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules skipped: {quarantined}"))
-            plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False, origin=item.extracted_by)
+            plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
         else:
             try:
-                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, origin=item.extracted_by)
+                plan, cut = self.dispatcher.plan(content, record.mime, can_extract)
             except yara.Error as exc:
                 errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules failed: {exc}"))
-                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False,
-                                                 origin=item.extracted_by)
+                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
         if cut:
             record.flags.append("limit:bytes" if exhausted else "limit:depth")
         count, size = wave
@@ -417,12 +420,14 @@ class Engine:
 
     def scan(self, content: bytes, filename: str | None, source: dict[str, Any], *,
              skip: SkipMap | None = None, activity: Activity = Activity(), scan_id: str | None = None,
-             archived: str | None = None) -> dict[str, Any]:
+             archived: str | None = None, keep: Callable[[PayloadRecord, bytes], None] | None = None
+             ) -> dict[str, Any]:
         """Scans one root payload and everything extracted from it; returns the scan document.
 
         ``archived``: the sha256 under which the caller has already put ``content`` in a pack and
         read it back with ``PackArchive.read_record`` (the embedded pool's worker does): it is then
-        neither hashed again nor stored again."""
+        neither hashed again nor stored again. ``keep``: called with each payload's record and bytes
+        as it is analysed (``stoq shell`` keeps the bytes of the tree it lets the analyst walk)."""
         scan_id = scan_id or new_id()
         date = now_iso()
         budget = Budget(self.limits)
@@ -435,6 +440,8 @@ class Engine:
             for item in wave:
                 analysis = self.analyze(item, budget, skip=skip, activity=activity, left=left, wave=shape)
                 results.append(analysis.record)
+                if keep is not None and item.content is not None:
+                    keep(analysis.record, item.content)
                 errors.extend(analysis.errors)
                 children.extend(analysis.children)
             wave = children

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Literal, Mapping, NamedTuple
+from typing import Any, ClassVar, Iterable, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -204,9 +204,6 @@ class ScanPlugin(Plugin):
     mimes: ClassVar[frozenset[str]] = frozenset()
     #: Largest payload the plugin is given, in bytes (None: no limit of its own).
     max_size: ClassVar[int | None] = None
-    #: Routing by origin: the children extracted by each named plugin whose MIME type starts with one of
-    #: its prefixes are routed to this plugin (``{"pdftext": ("text/",)}``: the text a reader extracts).
-    children_of: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     def accepts(self, payload: Payload) -> bool:
         return self.max_size is None or payload.size <= self.max_size

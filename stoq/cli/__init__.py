@@ -145,6 +145,7 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
 from stoq.cli import admin, doctor, plugin_new, scan  # noqa: E402  (registers the commands)
 
 __all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "doctor", "plugin_new", "scan"]
+from stoq.cli import shell as _shell  # noqa: E402,F401  (registers `stoq shell`)
 
 
 def _stdout_gone() -> bool:

@@ -19,7 +19,7 @@ from stoq.cli.stopping import (STOPPED, WHY, Interrupted, catch_signals, discard
 from stoq.config import ConfigError, Settings
 
 ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
-WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", metavar="NAMES", help="Plugins to run on every payload, comma-separated.")]
+WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", metavar="NAMES", help="The worker set, comma-separated (default: yara,peinfo,entropy,xorsearch,iocextract; 'none': no worker).")]
 OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="PLUGIN.OPTION=VALUE", help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
 DepthOpt = Annotated[Optional[int], typer.Option("--max-depth", min=0, help="Deepest extracted level (root is 0). Default 8.")]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=0, help="Worker processes (default: one per core).")]
