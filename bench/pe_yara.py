@@ -57,7 +57,7 @@ def median_of_one(fn: Callable[[], object]) -> float:
 def before(data: bytes) -> None:
     """What peinfo 1.0 computed."""
     pe = pefile.PE(data=data)
-    _pe.header(pe), _pe.sections(pe), pe.get_imphash(), _pe.imports(pe, 2000), _pe.exports(pe, 2000)
+    _pe.header(pe), _pe.sections(pe, 256), pe.get_imphash(), _pe.imports(pe, 2000), _pe.exports(pe, 2000)
     _pe.overlay(pe, len(data)), len(pe.get_warnings())
 
 

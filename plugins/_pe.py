@@ -44,8 +44,8 @@ def header(pe: pefile.PE) -> dict[str, Any]:
     }
 
 
-def sections(pe: pefile.PE) -> list[dict[str, Any]]:
-    """One entry per section header, with the entropy and MD5 of its raw data."""
+def sections(pe: pefile.PE, cap: int) -> tuple[list[dict[str, Any]], bool]:
+    """One entry per section header, with the entropy and MD5 of its raw data; True if ``cap`` cut them."""
     return [{
         "name": text(section.Name.rstrip(b"\x00")),
         "virtual_address": section.VirtualAddress,
@@ -53,7 +53,7 @@ def sections(pe: pefile.PE) -> list[dict[str, Any]]:
         "raw_size": section.SizeOfRawData,
         "entropy": section.get_entropy(),
         "md5": section.get_hash_md5(),
-    } for section in pe.sections]
+    } for section in pe.sections[:cap]], len(pe.sections) > cap
 
 
 def imports(pe: pefile.PE, cap: int) -> tuple[dict[str, list[str]], bool]:
@@ -287,7 +287,7 @@ def describe(pe: pefile.PE, size: int, caps: Caps) -> tuple[dict[str, Any], list
 
     data = {
         **(part("header", "", lambda: (header(pe),)) or {}),
-        "sections": part("sections", "", lambda: (sections(pe),), []),
+        "sections": part("sections", "limit:pe-sections", lambda: sections(pe, caps.items), []),
         "imphash": part("imphash", "", lambda: (pe.get_imphash(),)),
         "imports": part("imports", "limit:pe-imports", lambda: imports(pe, caps.imports), {}),
         "exports": part("exports", "limit:pe-exports", lambda: exports(pe, caps.exports), []),

@@ -29,8 +29,8 @@ class PeinfoPlugin(WorkerPlugin):
         max_exports: int = Field(2000, ge=0, description="Most exported symbols listed.")
         max_resources: int = Field(1000, ge=0, description="Most resources listed.")
         max_resource_bytes: int = Field(64 << 20, ge=0, description="Most resource bytes hashed, all together.")
-        max_items: int = Field(256, ge=0, description="Most version strings, debug entries, Rich header "
-                               "entries, TLS callbacks and certificates listed (each).")
+        max_items: int = Field(256, ge=0, description="Most sections, version strings, debug entries, Rich "
+                               "header entries, TLS callbacks and certificates listed (each).")
         max_warnings: int = Field(50, ge=0, description="Most warnings listed.")
 
     def accepts(self, payload: Payload) -> bool:

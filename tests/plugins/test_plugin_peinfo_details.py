@@ -255,6 +255,14 @@ def test_bogus_resource_offsets(plugin: PeinfoPlugin, corpus: Path, make_payload
     assert "pe:malformed" in result.flags
 
 
+def test_sections_cap(plugin: PeinfoPlugin, corpus: Path, make_payload) -> None:
+    data = (corpus / "test_xor.exe").read_bytes()
+    names = [s.Name.rstrip(b"\x00").decode() for s in pefile.PE(data=data).sections]
+    result = scan(plugin, make_payload, data, max_items=2)
+    assert len(names) > 2 and [s["name"] for s in result.data["sections"]] == names[:2]
+    assert "limit:pe-sections" in result.flags
+
+
 def test_warnings_cap(plugin: PeinfoPlugin, corpus: Path, make_payload) -> None:
     data = (corpus / "test.exe").read_bytes()
     result = scan(plugin, make_payload, data, max_warnings=1)
