@@ -59,6 +59,7 @@ class Pending:
     known_size: int = 0
     at: list[Any] | None = None  # where the archive holds it, when it can say (``archive.put_where``)
     known: bool = False  # ``content`` was read from the pack record of ``sha256``: not hashed again
+    source_path: str | None = None  # the root's source path (``Payload.source_path``); None for children
 
     @property
     def size(self) -> int:
@@ -74,11 +75,12 @@ class Started:
     plan: list[Planned]
     content: bytes
     bytes_left: int | None = None  # of the scan's max_bytes, when the plan was made
+    source_path: str | None = None
 
     def payload(self, planned: Planned) -> Payload:
         r = self.record
         return Payload(self.content, r.payload_id, r.filename, r.mime, r.sha256, r.depth, r.meta, planned.rules,
-                       self.bytes_left)
+                       self.bytes_left, self.source_path)
 
 
 @dataclass(slots=True)
@@ -340,7 +342,7 @@ class Engine:
             record.flags.append("limit:bytes" if exhausted else "limit:depth")
         count, size = wave
         part = max(left // max(count, 1), left * len(content) // size if size > 0 else 0)
-        return Started(record, errors, plan, content, part)
+        return Started(record, errors, plan, content, part, item.source_path)
 
     def absorb(self, record: PayloadRecord, name: str, planned: Planned, data: Any, flags: list[str],
                children: list[Pending], budget: Budget, extracted_bytes: int | None = None) -> list[Pending]:
@@ -393,7 +395,7 @@ class Engine:
         content, _ = read_from(self.archive, ref["sha256"], ref.get("at"))
         payload = Payload(content, ref["payload_id"], ref.get("filename"), ref["mime"], ref["sha256"],
                           ref.get("depth", 0), ref.get("meta") or {}, tuple(ref.get("rules", ())),
-                          ref.get("bytes_left"))
+                          ref.get("bytes_left"), ref.get("source_path"))
         answer: dict[str, Any] = {"payload_id": ref["payload_id"]}
         planned = Planned(name, dict(ref.get("overrides") or {}), tuple(ref.get("rules", ())), ref.get("save", True))
         outcome = self.run_one(name, payload, planned, activity)
@@ -429,7 +431,8 @@ class Engine:
         scan_id = scan_id or new_id()
         date = now_iso()
         budget = Budget(self.limits)
-        wave = [Pending(content, filename, sha256=archived, known=archived is not None)]
+        wave = [Pending(content, filename, sha256=archived, known=archived is not None,
+                        source_path=source.get("path") if isinstance(source.get("path"), str) else None)]
         results: list[PayloadRecord] = []
         errors: list[ScanErrorEntry] = []
         while wave:  # breadth first, one generation (the cluster's wave) at a time

@@ -21,6 +21,8 @@ class Hello(WorkerPlugin):
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Literal, NamedTuple
 
@@ -78,6 +80,22 @@ class Tool(NamedTuple):
         return ToolMissing(self.command, self.package)
 
 
+_CALL = threading.local()
+
+
+def time_left() -> float | None:
+    """Seconds left of the framework's time limit on the plugin call running in this thread (None
+    outside one): a plugin whose library has a timeout of its own sets it below this, so that the
+    library stops first and the plugin can say so (the framework cannot stop native code in time)."""
+    deadline = getattr(_CALL, "deadline", None)
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def set_call_deadline(deadline: float | None) -> None:
+    """Called by the framework around each plugin call (``time.monotonic()`` seconds, or None after)."""
+    _CALL.deadline = deadline
+
+
 class Extra(NamedTuple):
     """An optional Python package a plugin uses when it is installed: the module it imports, what to
     install (``pip install 'stoq-analysis[oletools]'``), and what the plugin cannot do without it."""
@@ -103,6 +121,9 @@ class Payload:
     #: Bytes the scan may still extract (what is left of its ``max_bytes``), None where unknown. An
     #: extractor stops decompressing there: every byte it produces counts, kept or not.
     bytes_left: int | None = None
+    #: Where the root file came from (its source ``path``: the file named to ``stoq scan`` or ``stoq
+    #: submit``), on the root payload only; None for extracted payloads and sources without a path.
+    source_path: str | None = None
 
     @property
     def size(self) -> int:

@@ -30,6 +30,7 @@ TOOL_PACKAGES = {
     "mmd": "mtools", "mcopy": "mtools", "file": "file", "ssdeep": "ssdeep", "tlsh": "tlsh-tools",
     "exiftool": "libimage-exiftool-perl", "clamd": "clamav-daemon",
     "tmux": "tmux", "hexdump": "bsdextrautils",  # the shell's terminal test, and its hexdump's reference
+    "objdump": "binutils",
 }
 
 

@@ -84,6 +84,8 @@ def type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin in (list, tuple, set, frozenset) and args:
         return f"list of {type_name(args[0])}"
+    if origin is dict and len(args) == 2:
+        return f"NAME=VALUE pairs ({type_name(args[1])})"
     if origin is typing.Literal:
         return "one of " + ", ".join(map(str, args))
     if args:  # a union

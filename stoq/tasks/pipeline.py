@@ -139,7 +139,8 @@ def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]], wa
                 parts.setdefault((scan.profile, p.name), []).append({
                     "payload_id": rec.payload_id, "sha256": rec.sha256, "filename": rec.filename, "mime": rec.mime,
                     "depth": rec.depth, "meta": rec.meta, "overrides": p.overrides, "rules": list(p.rules),
-                    "save": p.save, "at": item.at, "bytes_left": started.bytes_left})
+                    "save": p.save, "at": item.at, "bytes_left": started.bytes_left,
+                    "source_path": started.source_path})
         eng.archive.flush()
     return parts
 
@@ -349,8 +350,9 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
             continue
         scan = ScanState(root["scan_id"], root["date"], root["source"], profile_id, notify, eng.limits,
                          Budget(eng.limits))
+        path = (root.get("source") or {}).get("path")
         waves.append((scan, [Pending(None, root["filename"], sha256=root["sha256"], known_size=root["size"],
-                                     at=root.get("at"))]))
+                                     at=root.get("at"), source_path=path if isinstance(path, str) else None)]))
     careful = careful_for(r, task_id, redelivered)
     try:
         with r.pipeline() as pipe:
