@@ -114,16 +114,34 @@ app = StoqTyper(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    invoke_without_command=True,  # `stoq --version` runs no command
 )
 
 
 @app.callback()
-def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr.")) -> None:
+def _root(ctx: typer.Context,
+          verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr."),
+          version: bool = typer.Option(False, "--version", help="Print the versions of stoq, its key libraries and the programs found, and exit."),
+          version_format: str = typer.Option("text", "--format", "-f", metavar="text|json", help="With --version: text or json.")) -> None:
+    if version or ctx.invoked_subcommand is None:
+        _version_or_help(ctx, version, version_format)
     level = logging.WARNING - 10 * min(verbose, 2)
     handler = logging.StreamHandler()  # stderr
     handler.setFormatter(SafeFormatter("stoq: %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
     logging.captureWarnings(True)  # Python warnings too: through the same escaping formatter
+
+
+def _version_or_help(ctx: typer.Context, version: bool, fmt: str) -> None:
+    """``stoq --version`` (stoq.cli.version), or a usage error when no command is given (exit code 2)."""
+    if not version:
+        ctx.fail("Missing command.")
+    if fmt not in ("text", "json"):
+        raise fail(f"--format must be text or json, not {fmt!r}", ExitCode.USAGE)
+    from stoq.cli.version import show
+
+    show(fmt)
+    raise typer.Exit(0)
 
 
 def say(message: str) -> None:
@@ -143,6 +161,7 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
 
 
 from stoq.cli import admin, doctor, plugin_new, scan  # noqa: E402  (registers the commands)
+from stoq.cli import completion  # noqa: E402,F401  (stoq completion)
 
 __all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "doctor", "plugin_new", "scan"]
 
