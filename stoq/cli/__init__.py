@@ -11,6 +11,7 @@ Exit codes (``ExitCode``):
 | 4    | configuration error (unknown plugin, bad option, rules that do not compile) |
 | 5    | result store error (database unreachable or not migrated)                |
 | 6    | not found (``stoq results`` with an unknown id)                          |
+| 7    | ``stoq install``/``uninstall``: pip failed, or the package brings no stoq plugin |
 | 130  | interrupted (SIGINT, Ctrl-C); what was written is stored                 |
 | 141  | the output was closed early (a broken pipe: ``| head``); what was written is stored |
 | 143  | terminated (SIGTERM); what was written is stored                         |
@@ -41,6 +42,7 @@ class ExitCode(IntEnum):
     CONFIG = 4
     STORE = 5
     NOT_FOUND = 6
+    INSTALL = 7  # stoq install / uninstall: pip failed, or the package brings no stoq plugin
     INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
     OUTPUT_CLOSED = 141  # 128 + SIGPIPE
     TERMINATED = 143  # 128 + SIGTERM
@@ -162,6 +164,7 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
 
 from stoq.cli import admin, doctor, plugin_new, scan  # noqa: E402  (registers the commands)
 from stoq.cli import completion  # noqa: E402,F401  (stoq completion)
+from stoq.cli import install  # noqa: E402,F401  (stoq install, stoq uninstall)
 
 __all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "doctor", "plugin_new", "scan"]
 

@@ -38,6 +38,21 @@ def list_plugins(names: Annotated[Optional[list[str]], typer.Argument(metavar="[
     for name in names or ():
         if name not in registry.entries:
             raise fail(f"no plugin {name!r} is installed{did_you_mean(name, registry.entries)}", ExitCode.NOT_FOUND)
+    rows = plugin_rows(registry, names)
+    if format is ListFormat.json:
+        typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
+    elif names:
+        for row in rows:
+            typer.echo(detail(row))
+    else:
+        for line in summary_lines(rows):
+            typer.echo(line)
+    if any(r["error"] for r in rows):
+        raise typer.Exit(int(ExitCode.CONFIG))
+
+
+def plugin_rows(registry: Any, names: Any = None) -> list[dict[str, Any]]:
+    """``stoq list``'s rows (every plugin, or those in ``names``), by category then name."""
     rows: list[dict[str, Any]] = []
     for entry in registry.entries.values():
         if names and entry.name not in names:
@@ -56,23 +71,22 @@ def list_plugins(names: Annotated[Optional[list[str]], typer.Argument(metavar="[
         })
     order = {c: i for i, c in enumerate(CATEGORY_ORDER)}
     rows.sort(key=lambda r: (order.get(r["category"], 99), r["name"]))
-    if format is ListFormat.json:
-        typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
-    elif names:
-        for row in rows:
-            typer.echo(detail(row))
-    else:
-        category = None
-        for row in rows:
-            if row["category"] != category:
-                category = row["category"]
-                typer.echo(f"{category if category != '?' else 'failed to load'}:")
-            if row["error"]:
-                typer.echo(f"  {row['name']:<14} ERROR  {safe(row['error'])}")
-            else:
-                typer.echo(f"  {row['name']:<14} {safe(row['version']):<8} {safe(row['description'])}")
-    if any(r["error"] for r in rows):
-        raise typer.Exit(int(ExitCode.CONFIG))
+    return rows
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """``stoq list``'s text: a heading per category, a line per plugin (its load error if it has one)."""
+    lines = []
+    category = None
+    for row in rows:
+        if row["category"] != category:
+            category = row["category"]
+            lines.append(f"{category if category != '?' else 'failed to load'}:")
+        if row["error"]:
+            lines.append(f"  {row['name']:<14} ERROR  {safe(row['error'])}")
+        else:
+            lines.append(f"  {row['name']:<14} {safe(row['version']):<8} {safe(row['description'])}")
+    return lines
 
 
 def type_name(annotation: Any) -> str:
