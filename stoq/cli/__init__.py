@@ -165,6 +165,7 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
 from stoq.cli import admin, doctor, plugin_new, scan  # noqa: E402  (registers the commands)
 from stoq.cli import completion  # noqa: E402,F401  (stoq completion)
 from stoq.cli import install  # noqa: E402,F401  (stoq install, stoq uninstall)
+from stoq.cli import workers  # noqa: E402,F401  (stoq workers)
 
 __all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "doctor", "plugin_new", "scan"]
 
