@@ -127,23 +127,52 @@ AMBIGUOUS_SHOWN = 10
 
 
 @app.command()
-def results(key: Annotated[str, typer.Argument(metavar="KEY", help="A scan id or a sha256 (every scan of that file), or any unambiguous beginning of one (the table's sha256:ee373616eed8f5b7).")],
+def results(key: Annotated[Optional[str], typer.Argument(metavar="[KEY]", help="A scan id or a sha256 (every scan of that file), or any unambiguous beginning of one (the table's sha256:ee373616eed8f5b7). Without KEY: search with the options below.")] = None,
             format: Annotated[Format, typer.Option("--format", "-f")] = Format.json,
             template: Annotated[Optional[Path], typer.Option("--template", exists=True, dir_okay=False)] = None,
-            config: Annotated[Optional[Path], typer.Option("--config", "-c")] = None) -> None:
-    """Print stored scan documents."""
+            config: Annotated[Optional[Path], typer.Option("--config", "-c")] = None,
+            limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="At most this many scans (search: default 20, newest first).")] = None,
+            since: Annotated[Optional[str], typer.Option("--since", metavar="WHEN", help="Scanned at or after: ISO 8601 (2026-12-01, 2026-12-01T08:00Z) or a duration back from now (7d, 12h, 30m).")] = None,
+            until: Annotated[Optional[str], typer.Option("--until", metavar="WHEN", help="Scanned before (as --since).")] = None,
+            filename: Annotated[Optional[str], typer.Option("--filename", metavar="PATTERN", help="A payload's filename matches this pattern (* and ?, any case).")] = None,
+            mime: Annotated[Optional[str], typer.Option("--mime", metavar="PATTERN", help="A payload's MIME type matches (application/zip, 'application/*').")] = None,
+            flag: Annotated[Optional[str], typer.Option("--flag", help="A payload carries this flag (limit:depth).")] = None,
+            plugin: Annotated[Optional[str], typer.Option("--plugin", help="A plugin returned output for a payload.")] = None,
+            yara: Annotated[Optional[str], typer.Option("--yara", metavar="RULE", help="This YARA rule matched a payload.")] = None,
+            ids: Annotated[bool, typer.Option("--ids", help="Print only the scan ids, one a line.")] = False) -> None:
+    """Print stored scan documents: by id or sha256, or those a search finds (--since, --mime, --yara...)."""
+    from stoq.search import Query, parse_when, search
     from stoq.store import NotMigrated, Store, StoreError
 
-    key = key.strip()
-    if key.lower().startswith("sha256:"):  # pasted from the table
-        key = key[len("sha256:"):]
+    searching = any(v is not None for v in (since, until, filename, mime, flag, plugin, yara))
+    if key is not None and searching:
+        raise fail("give a KEY or search options (--since, --filename, --mime, --flag, --plugin, --yara), not both",
+                   ExitCode.USAGE)
+    if key is None and not searching and limit is None:
+        raise fail("give a KEY (a scan id or a sha256), or search options (see stoq results --help)", ExitCode.USAGE)
+    try:
+        query = Query(filename=filename, mime=mime, flag=flag, plugin=plugin, yara=yara,
+                      since=parse_when(since) if since is not None else None,
+                      until=parse_when(until) if until is not None else None,
+                      limit=limit if limit is not None else 20)
+    except ValueError as exc:
+        raise fail(f"--since/--until: {exc}", ExitCode.USAGE) from None
+    if key is not None:
+        key = key.strip()
+        if key.lower().startswith("sha256:"):  # pasted from the table
+            key = key[len("sha256:"):]
     try:
         settings = load_settings(config)
         store = Store.open(settings.resolved_database_url())
         try:
-            docs = store.find(key)
-            if not docs and key:
-                docs = by_prefix(store, key)
+            if key is None:
+                found = search(store, query)
+                docs = [d for d in map(store.get, found) if d is not None] if not ids else [{"scan_id": i} for i in found]
+            else:
+                docs = store.find(key)
+                if not docs and key:
+                    docs = by_prefix(store, key)
+                docs = docs[:limit] if limit is not None else docs
         finally:
             store.close()
     except ConfigError as exc:
@@ -151,7 +180,12 @@ def results(key: Annotated[str, typer.Argument(metavar="KEY", help="A scan id or
     except (NotMigrated, StoreError) as exc:
         raise fail(str(exc), ExitCode.STORE) from None
     if not docs:
-        raise fail(f"no stored scan matches {key}", ExitCode.NOT_FOUND)
+        raise fail(f"no stored scan matches {key}" if key is not None else "no stored scan matches the search",
+                   ExitCode.NOT_FOUND)
+    if ids:
+        for doc in docs:
+            typer.echo(doc["scan_id"])
+        return
     writer = Writer(format, template)
     for doc in docs:
         writer.write(doc)
