@@ -24,7 +24,7 @@ import os
 import select
 import sys
 from enum import IntEnum
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -121,11 +121,11 @@ app = StoqTyper(
 
 
 @app.callback()
-def _root(ctx: typer.Context,
-          verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr."),
-          version: bool = typer.Option(False, "--version", help="Print the versions of stoq, its key libraries and the programs found, and exit."),
-          version_format: str = typer.Option("text", "--format", "-f", metavar="text|json", help="With --version: text or json.")) -> None:
-    if version or ctx.invoked_subcommand is None:
+def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr."),
+          version: Annotated[bool, typer.Option("--version", help="Print the versions of stoq, its key libraries and the programs found, and exit.")] = False,
+          version_format: Annotated[str, typer.Option("--format", "-f", metavar="text|json", help="With --version: text or json.")] = "text",
+          ctx: typer.Context = None) -> None:  # type: ignore[assignment]  # typer passes it; None when called directly
+    if ctx is not None and (version or ctx.invoked_subcommand is None):
         _version_or_help(ctx, version, version_format)
     level = logging.WARNING - 10 * min(verbose, 2)
     handler = logging.StreamHandler()  # stderr
