@@ -82,8 +82,8 @@ def text_lines(found: dict[str, Any]) -> list[str]:
             lines.append(f"  LOAD ERROR {plugin}: {safe(error)}")
         lines.append("  plugins: " + ", ".join(f"{p} {v}" for p, v in w["plugins"].items()))
         lines.append("  queues: " + ", ".join(w["queues"]))
-    for queue in found["unserved_queues"]:
-        lines.append(f"no worker consumes the queue {queue}: its plugin's tasks wait")
+    if found["unserved_queues"]:
+        lines.append(f"NO WORKER CONSUMES {', '.join(found['unserved_queues'])} (their plugins' tasks wait)")
     lines.append(f"{len(found['workers'])} worker(s); " + ("they agree" if found["agree"] else "they differ (above)"))
     return lines
 
