@@ -3,7 +3,8 @@ plugin's output or a YARA rule, within a time range; what ``stoq results`` runs 
 
 One SQL query per search, the same on SQLite and PostgreSQL but for the JSON columns (``flags``, a
 plugin's ``result``): SQLite reads their text with ``json_each``, PostgreSQL compares JSONB with
-``@>``. The payload conditions hold for **one** payload of the scan (``--mime application/zip
+``@>``. ``--where PLUGIN.KEY=VALUE`` compares a scalar of a plugin's output
+(``json_type``/``json_extract`` on SQLite, ``#>`` on PostgreSQL). The payload conditions hold for **one** payload of the scan (``--mime application/zip
 --flag X``: a zip that carries X), the time range for the scan. Newest scans first.
 
 Indexes: the time range reads ``ix_scans_scanned_at``; the payload conditions are checked per scan
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -49,6 +51,62 @@ def like_pattern(glob: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
+#: ``--where PLUGIN.KEY[.KEY...]=VALUE``: names made of these characters only (they go into a JSON path).
+WHERE = re.compile(r"^([a-z0-9_-]{1,64})((?:\.[A-Za-z0-9_-]+)+)=(.*)$", re.S)
+
+
+@dataclass(frozen=True)
+class Where:
+    """A scalar in a plugin's output: ``plugin``'s result at ``path`` (keys, outermost first) equals
+    ``value`` (a JSON scalar: text, number, true, false or null)."""
+
+    plugin: str
+    path: tuple[str, ...]
+    value: Any
+
+
+def parse_where(given: str) -> Where:
+    """``peinfo.machine=IMAGE_FILE_MACHINE_AMD64``, ``filetype.extension_mismatch=true``,
+    ``filetype.magika.label=pebin``, ``entropy.blocks_total=1``: VALUE is read as JSON when it is a
+    JSON scalar (``true``, ``12``, ``null``, ``"12"``), else as text. ValueError otherwise."""
+    match = WHERE.match(given)
+    if not match:
+        raise ValueError(f"{given!r} is not PLUGIN.KEY=VALUE (keys: letters, digits, '_' and '-'; "
+                         "nested keys joined with '.')")
+    plugin, path, raw = match[1], tuple(match[2][1:].split(".")), match[3]
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = raw
+    if isinstance(value, (dict, list)):
+        value = raw  # only scalars are compared
+    return Where(plugin, path, value)
+
+
+def _where_sql(where: Where, n: int, sqlite: bool, params: dict[str, Any]) -> str:
+    """The condition on a plugin_results row ``r`` for one :class:`Where` (parameters ``w<n>_*``)."""
+    params[f"w{n}_plugin"] = where.plugin
+    if sqlite:
+        params[f"w{n}_path"] = "$" + "".join(f'."{key}"' for key in where.path)
+        value, path = where.value, f":w{n}_path"
+        if value is None:
+            test = f"json_type(r.result, {path}) = 'null'"
+        elif isinstance(value, bool):
+            test = f"json_type(r.result, {path}) = '{'true' if value else 'false'}'"
+        elif isinstance(value, (int, float)):
+            params[f"w{n}_value"] = value
+            test = f"json_type(r.result, {path}) IN ('integer', 'real') AND json_extract(r.result, {path}) = :w{n}_value"
+        else:
+            params[f"w{n}_value"] = value
+            test = f"json_type(r.result, {path}) = 'text' AND json_extract(r.result, {path}) = :w{n}_value"
+    else:
+        params[f"w{n}_path"] = "{" + ",".join(where.path) + "}"
+        params[f"w{n}_value"] = orjson.dumps(where.value).decode()
+        test = f"r.result #> CAST(:w{n}_path AS text[]) = CAST(:w{n}_value AS jsonb)"
+    return (f"EXISTS (SELECT 1 FROM plugin_results r WHERE r.scan_id = e.scan_id AND r.payload_id = e.payload_id "
+            f"AND r.plugin = :w{n}_plugin AND {test})")
+
+
 @dataclass
 class Query:
     """What to look for; None is "any"."""
@@ -58,12 +116,13 @@ class Query:
     flag: str | None = None  #: a flag the payload carries, exactly
     plugin: str | None = None  #: a plugin that returned output for the payload
     yara: str | None = None  #: a YARA rule that matched the payload
+    where: tuple[Where, ...] = ()  #: scalars in plugins' output
     since: datetime | None = None  #: scanned at or after
     until: datetime | None = None  #: scanned before
     limit: int = 20
 
     def payload_filters(self) -> bool:
-        return any(v is not None for v in (self.filename, self.mime, self.flag, self.plugin, self.yara))
+        return bool(self.where) or any(v is not None for v in (self.filename, self.mime, self.flag, self.plugin, self.yara))
 
 
 def search_sql(query: Query, sqlite: bool) -> tuple[str, dict[str, Any]]:
@@ -98,6 +157,8 @@ def search_sql(query: Query, sqlite: bool) -> tuple[str, dict[str, Any]]:
         conds.append("EXISTS (SELECT 1 FROM plugin_results r WHERE r.scan_id = e.scan_id "
                      f"AND r.payload_id = e.payload_id AND r.plugin = 'yara' AND {matched})")
         params["yara"] = query.yara
+    for n, where in enumerate(query.where):
+        conds.append(_where_sql(where, n, sqlite, params))
     if conds:
         join = " JOIN payloads p ON p.sha256 = e.sha256" if query.mime is not None else ""
         scan_conds.append(f"EXISTS (SELECT 1 FROM scan_payloads e{join} WHERE e.scan_id = s.scan_id AND "

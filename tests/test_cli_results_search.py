@@ -62,7 +62,7 @@ def fill(work: Path, database_url: str) -> Filled:
         (work / "readme-copy.txt").write_bytes(z.read("readme.txt"))
     runs = [
         [str(CORPUS / "test.zip"), str(SAMPLES / "invoice.zip"), str(CORPUS / "test.exe"), str(CORPUS / "test.gz"),
-         "--workers", "yara", "-o", f"yara.rules={rules}"],
+         "--workers", "yara,peinfo,entropy", "-o", f"yara.rules={rules}"],
         [str(CORPUS / "test.tar"), "--max-depth", "0"],
         [str(CORPUS / "test.empty"), str(work / "readme-copy.txt"), str(SAMPLES / "invoice.zip"), "--workers", "basicworker"],
     ]
@@ -88,6 +88,35 @@ def yara_rules(p: Doc) -> set[str]:
     return {m["rule"] for m in p["workers"].get("yara", {}).get("matches", [])}
 
 
+def scalar_at(p: Doc, plugin: str, path: tuple[str, ...]) -> tuple[bool, Any]:
+    """Whether the payload's output of ``plugin`` has a scalar at ``path``, and that scalar."""
+    value: Any = p["workers"].get(plugin)
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return False, None
+        value = value[key]
+    return not isinstance(value, (dict, list)), value
+
+
+def same_scalar(a: Any, b: Any) -> bool:
+    """JSON equality of scalars: true is not 1, 1 is 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def where(plugin: str, path: tuple[str, ...], value: Any) -> Callable[[Doc], bool]:
+    def keep(d: Doc) -> bool:
+        for p in payloads(d):
+            found, got = scalar_at(p, plugin, path)
+            if found and same_scalar(got, value):
+                return True
+        return False
+    return keep
+
+
 def ids(filled: Filled, *args: str) -> list[str]:
     proc = filled.stoq("results", *args, "--ids", "--limit", "100")
     assert proc.returncode in (0, 6), proc.stderr
@@ -110,10 +139,24 @@ def test_each_filter_finds_exactly_the_scans_whose_documents_match(store: Filled
         (["--plugin", "yara", "--mime", "text/plain"],
          lambda d: any("yara" in p["workers"] and p["mime"] == "text/plain" for p in payloads(d))),
     ]
+    cases += [
+        (["--where", "peinfo.is_exe=true"], where("peinfo", ("is_exe",), True)),
+        (["--where", "peinfo.machine=IMAGE_FILE_MACHINE_AMD64"], where("peinfo", ("machine",), "IMAGE_FILE_MACHINE_AMD64")),
+        (["--where", "peinfo.overlay=null"], where("peinfo", ("overlay",), None)),
+        (["--where", "entropy.blocks_total=1"], where("entropy", ("blocks_total",), 1)),
+        (["--where", "entropy.blocks_total=1.0"], where("entropy", ("blocks_total",), 1)),
+        (["--where", "entropy.blocks_total=1", "--mime", "text/plain"],
+         lambda d: any(p["mime"] == "text/plain" and same_scalar(scalar_at(p, "entropy", ("blocks_total",))[1], 1)
+                       for p in payloads(d))),
+        (["--where", "entropy.highest.offset=0"], where("entropy", ("highest", "offset"), 0)),
+    ]
     for args, keep in cases:
         expected = store.newest_first(keep)
         assert expected, args  # the corpus scans hold an answer to every question
         assert ids(store, *args) == expected, args
+    # true is no number, a number no text: nothing has is_exe equal to 1 or "true", or a machine "1"
+    for args in (["--where", "peinfo.is_exe=1"], ["--where", 'peinfo.is_exe="true"'], ["--where", "peinfo.machine=1"]):
+        assert ids(store, *args) == [], args
     # a zip on which demo_encoded_powershell matched: none (it matched a member, not the zip)
     proc = store.stoq("results", "--mime", "application/zip", "--yara", "demo_encoded_powershell")
     assert (proc.returncode, proc.stdout) == (6, b"")
@@ -145,7 +188,9 @@ def test_usage_errors(store: Filled) -> None:
     for args, message in (
             (["results"], "stoq: give a KEY (a scan id or a sha256), or search options (see stoq results --help)"),
             (["results", store.docs[0]["scan_id"], "--mime", "text/plain"],
-             "stoq: give a KEY or search options (--since, --filename, --mime, --flag, --plugin, --yara), not both"),
+             "stoq: give a KEY or search options (--since, --filename, --mime, --flag, --plugin, --yara, --where), not both"),
+            (["results", "--where", "peinfo"],
+             "stoq: --where: 'peinfo' is not PLUGIN.KEY=VALUE (keys: letters, digits, '_' and '-'; nested keys joined with '.')"),
             (["results", "--since", "yesterday"],
              "stoq: --since/--until: 'yesterday' is neither an ISO 8601 date or time nor a duration such as 7d, 12h or 30m")):
         proc = store.stoq(*args)

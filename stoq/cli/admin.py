@@ -139,19 +139,24 @@ def results(key: Annotated[Optional[str], typer.Argument(metavar="[KEY]", help="
             flag: Annotated[Optional[str], typer.Option("--flag", help="A payload carries this flag (limit:depth).")] = None,
             plugin: Annotated[Optional[str], typer.Option("--plugin", help="A plugin returned output for a payload.")] = None,
             yara: Annotated[Optional[str], typer.Option("--yara", metavar="RULE", help="This YARA rule matched a payload.")] = None,
+            where: Annotated[Optional[list[str]], typer.Option("--where", metavar="PLUGIN.KEY=VALUE", help="A scalar in a plugin's output equals VALUE (peinfo.is_dll=true, filetype.magika.label=pebin); repeatable.")] = None,
             ids: Annotated[bool, typer.Option("--ids", help="Print only the scan ids, one a line.")] = False) -> None:
     """Print stored scan documents: by id or sha256, or those a search finds (--since, --mime, --yara...)."""
-    from stoq.search import Query, parse_when, search
+    from stoq.search import Query, parse_when, parse_where, search
     from stoq.store import NotMigrated, Store, StoreError
 
-    searching = any(v is not None for v in (since, until, filename, mime, flag, plugin, yara))
+    searching = bool(where) or any(v is not None for v in (since, until, filename, mime, flag, plugin, yara))
     if key is not None and searching:
-        raise fail("give a KEY or search options (--since, --filename, --mime, --flag, --plugin, --yara), not both",
+        raise fail("give a KEY or search options (--since, --filename, --mime, --flag, --plugin, --yara, --where), not both",
                    ExitCode.USAGE)
     if key is None and not searching and limit is None:
         raise fail("give a KEY (a scan id or a sha256), or search options (see stoq results --help)", ExitCode.USAGE)
     try:
-        query = Query(filename=filename, mime=mime, flag=flag, plugin=plugin, yara=yara,
+        conditions = tuple(parse_where(w) for w in where or ())
+    except ValueError as exc:
+        raise fail(f"--where: {exc}", ExitCode.USAGE) from None
+    try:
+        query = Query(filename=filename, mime=mime, flag=flag, plugin=plugin, yara=yara, where=conditions,
                       since=parse_when(since) if since is not None else None,
                       until=parse_when(until) if until is not None else None,
                       limit=limit if limit is not None else 20)
