@@ -41,6 +41,15 @@ def test_bash_completes_commands_and_plugin_names(run_stoq: Run, stoq_env: dict[
     assert complete(script, ["stoq", "submit", "--connectors", "js"], stoq_env) == ["jsonl"]
     # a connector is no worker, a worker no connector
     assert complete(script, ["stoq", "scan", "--workers", "js"], stoq_env) == []
+    # -o: the plugin, then its options as `stoq list PLUGIN` lists them, time_limit last
+    from stoq.registry import Registry
+
+    yara = Registry.discover().entries["yara"].cls
+    assert yara is not None
+    assert complete(script, ["stoq", "scan", "-o", "yar"], stoq_env) == ["yara."]
+    assert complete(script, ["stoq", "submit", "-o", "yara."], stoq_env) == [
+        f"yara.{name}=" for name in [*yara.Options.model_fields, "time_limit"]]
+    assert complete(script, ["stoq", "list", "pe"], stoq_env) == ["pe", "peinfo"]
 
 
 def test_zsh_and_fish_scripts_call_stoq_back(run_stoq: Run) -> None:

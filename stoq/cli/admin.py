@@ -21,6 +21,12 @@ app.add_typer(db_app, name="db")
 CATEGORY_ORDER = ("worker", "carver", "extractor", "decoder", "reader", "connector", "archiver", "source")
 
 
+def _complete_any(incomplete: str) -> list[str]:
+    from stoq.cli.completion import complete_any_plugin
+
+    return complete_any_plugin(incomplete)
+
+
 class ListFormat(str, Enum):
     """Output formats of ``stoq list``."""
 
@@ -29,7 +35,7 @@ class ListFormat(str, Enum):
 
 
 @app.command("list")
-def list_plugins(names: Annotated[Optional[list[str]], typer.Argument(metavar="[PLUGIN]...", help="Show these plugins in full: description and every option, with its type and default.")] = None,
+def list_plugins(names: Annotated[Optional[list[str]], typer.Argument(metavar="[PLUGIN]...", autocompletion=lambda incomplete: _complete_any(incomplete), help="Show these plugins in full: description and every option, with its type and default.")] = None,
                  format: Annotated[ListFormat, typer.Option("--format", "-f", help="text or json.")] = ListFormat.text) -> None:
     """List installed plugins by category, with version and description (and load errors)."""
     from stoq.registry import Registry

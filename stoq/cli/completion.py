@@ -63,6 +63,29 @@ def complete_connectors(incomplete: str) -> list[str]:
     return complete_list(incomplete, plugin_names(frozenset({"connector"})))
 
 
+def complete_any_plugin(incomplete: str) -> list[str]:
+    """``stoq list PLUGIN``: every installed plugin."""
+    return [name for name in plugin_names() if name.startswith(incomplete)]
+
+
+def complete_plugin_option(incomplete: str) -> list[str]:
+    """``-o PLUGIN.OPTION=VALUE``: ``PLUGIN.`` first, then ``PLUGIN.OPTION=`` from the plugin's
+    typed options (and ``time_limit``, which every plugin takes)."""
+    from stoq.registry import Registry
+
+    if "=" in incomplete:
+        return []
+    plugin, dot, option = incomplete.partition(".")
+    entries = Registry.discover().entries
+    if not dot:
+        return [f"{name}." for name in sorted(entries) if name.startswith(plugin) and entries[name].cls is not None]
+    entry = entries.get(plugin)
+    if entry is None or entry.cls is None:
+        return []
+    options = [*entry.cls.Options.model_fields, "time_limit"]
+    return [f"{plugin}.{name}=" for name in dict.fromkeys(options) if name.startswith(option)]
+
+
 @app.command()
 def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")]) -> None:
     """Print the shell completion script for bash, zsh or fish (see docs/cli.md to install it)."""
