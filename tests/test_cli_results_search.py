@@ -12,7 +12,7 @@ import sys
 import zipfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -73,11 +73,21 @@ def fill(work: Path, database_url: str) -> Filled:
     return filled
 
 
+#: One filled store per database for the session: test_queries.py reads the same scans.
+_FILLED: dict[str, Filled] = {}
+
+
+def filled_store(dialect: str, tmp_path_factory: pytest.TempPathFactory) -> Filled:
+    if dialect not in _FILLED:
+        work = tmp_path_factory.mktemp("search")
+        url = f"sqlite:///{work / 'stoq.db'}" if dialect == "sqlite" else pg_url("stoq_results_search")
+        _FILLED[dialect] = fill(work, url)
+    return _FILLED[dialect]
+
+
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
-    work = tmp_path_factory.mktemp("search")
-    url = f"sqlite:///{work / 'stoq.db'}" if request.param == "sqlite" else pg_url("stoq_results_search")
-    yield fill(work, url)
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Filled:
+    return filled_store(request.param, tmp_path_factory)
 
 
 def payloads(doc: Doc) -> list[Doc]:

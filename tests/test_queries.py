@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from helpers import ROOT
-from test_cli_results_search import Filled, fill, pg_url, yara_rules
+from test_cli_results_search import Filled, filled_store, yara_rules
 
 PAGE = (ROOT / "docs" / "queries.md").read_text()
 QUERIES = dict(re.findall(r"<!-- query: ([a-z-]+) -->\n```sql\n(.*?)```", PAGE, re.S))
@@ -20,10 +20,8 @@ QUERIES = dict(re.findall(r"<!-- query: ([a-z-]+) -->\n```sql\n(.*?)```", PAGE, 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Filled, Any]]:
-    work = tmp_path_factory.mktemp("queries")
-    url = f"sqlite:///{work / 'stoq.db'}" if request.param == "sqlite" else pg_url("stoq_queries")
-    store = fill(work, url)
-    engine = create_engine(url if request.param == "sqlite" else url.replace("postgresql://", "postgresql+psycopg2://"))
+    store = filled_store(request.param, tmp_path_factory)  # the scans test_cli_results_search.py searches
+    engine = create_engine(store.env["STOQ_DATABASE_URL"])
     try:
         yield request.param, store, engine
     finally:
