@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from importlib.metadata import version
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -65,3 +66,19 @@ def test_no_command_prints_the_help_and_a_bad_format_is_refused(run_stoq: Run) -
     proc = run_stoq("--version", "--format", "yaml")
     assert (proc.returncode, proc.stdout) == (2, b"")
     assert proc.stderr.decode() == "stoq: --format must be text or json, not 'yaml'\n"
+
+
+def test_a_missing_program_is_named_with_its_package(run_stoq: Run, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"  # links to every program the plugins run but 7z
+    bin_dir.mkdir()
+    declared = {t.command for e in Registry.discover().entries.values() if e.cls for t in e.cls.tools}
+    for command in declared - {"7z"}:
+        found = shutil.which(command, path=tool_path())
+        if found:
+            (bin_dir / command).symlink_to(found)
+    proc = run_stoq("--version", env={"STOQ_TOOL_PATH": str(bin_dir)})
+    assert proc.returncode == 0, proc.stderr
+    assert "  7z: MISSING (Debian: apt-get install p7zip-full)" in proc.stdout.decode().splitlines()
+    proc = run_stoq("--version", "-f", "json", env={"STOQ_TOOL_PATH": str(bin_dir)})
+    (row,) = [t for t in json.loads(proc.stdout)["tools"] if t["command"] == "7z"]
+    assert row == {"command": "7z", "package": "p7zip-full", "path": None, "version": None, "plugins": ["decompress"]}
