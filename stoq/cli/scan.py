@@ -16,13 +16,14 @@ from stoq.cli.inputs import collect
 from stoq.cli.output import Format, TemplateFailure, Writer
 from stoq.cli.stopping import (STOPPED, WHY, Interrupted, catch_signals, discard_stdout, ignore_signals,
                                restore_signals)
+from stoq.cli.completion import complete_connectors, complete_plugin_option, complete_scan_plugins
 from stoq.config import ConfigError, Settings
 
-ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
+ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", autocompletion=complete_connectors, help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
 ArchiverOpt = Annotated[Optional[str], typer.Option("--archiver", metavar="NAME", help="Archiver plugin that stores payloads (pack, directory, none, postgres, s3, gridfs...; setting archiver).")]
 ArchiveOpt = Annotated[Optional[str], typer.Option("--archive", metavar="WHERE", help="Where the archiver stores them: a directory, or its URL (s3://bucket/prefix, postgresql://..., mongodb://...; setting archive).")]
-WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", metavar="NAMES", help="The worker set, comma-separated (default: yara,peinfo,entropy,xorsearch,iocextract; 'none': no worker).")]
-OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="PLUGIN.OPTION=VALUE", help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
+WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", metavar="NAMES", autocompletion=complete_scan_plugins, help="The worker set, comma-separated (default: yara,peinfo,exif,entropy,xorsearch,iocextract; 'none': no worker).")]
+OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="PLUGIN.OPTION=VALUE", autocompletion=complete_plugin_option, help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
 DepthOpt = Annotated[Optional[int], typer.Option("--max-depth", min=0, help="Deepest extracted level (root is 0). Default 8.")]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=0, help="Worker processes (default: one per core).")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
