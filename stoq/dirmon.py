@@ -434,8 +434,13 @@ class Dirmon:
             entry = latest.get(path)
             if entry is not None and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns):
                 continue  # submitted before as it is now
-            if path not in self.tracker.files:
+            watched = self.tracker.files.get(path)
+            if watched is None:
                 self.tracker.see(SEEN, path, now)
+            elif watched.needs_close and not watched.ready:
+                # Its close-write may be among the events lost: from now on its size and mtime decide
+                # (a later write marks it again; docs/sources/dirmon.md, "limits").
+                watched.needs_close, watched.since = False, now
 
     def _handle(self, paths: list[str]) -> None:
         """Hashes ready files, records them ``pending``, submits them."""
