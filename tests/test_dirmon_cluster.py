@@ -1,0 +1,62 @@
+"""``stoq dirmon`` against a real cluster: a ``celery -A stoq worker``, Redis (databases 4 and 5) and
+PostgreSQL (database ``stoq_dirmon``; run under the services lock). The ledger lives in the cluster's
+store; the workers store the documents."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from test_cluster import BIN, Cluster, running_cluster
+from test_dirmon import sha, wait_for, write_files
+
+DB = "stoq_dirmon"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, testplugins_site: Path) -> Iterator[Cluster]:
+    yield from running_cluster(tmp_path_factory.mktemp("dirmon-cluster"), testplugins_site, (4, 5), DB)
+
+
+def query(cluster: Cluster, sql: str) -> list[tuple[object, ...]]:
+    engine = create_engine(cluster.env["STOQ_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://"))
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def test_dirmon_submits_to_the_cluster_once_per_file(cluster: Cluster, tmp_path: Path) -> None:
+    watched, done = tmp_path / "in", tmp_path / "done"
+    expected = set(write_files(watched, 10, "early").values())  # there before it starts
+    log = tmp_path / "dirmon.log"
+    proc = subprocess.Popen([str(BIN / "stoq"), "dirmon", str(watched), "--meta", "source=dropbox",
+                             "--move-to", str(done), "--report-every", "0.5"], env=cluster.env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"), start_new_session=True)
+    try:
+        wait_for(lambda: b"dirmon: watching" in log.read_bytes() or proc.poll() is not None, "dirmon to start", 60)
+        assert b"(inotify, cluster)" in log.read_bytes(), log.read_text()
+        expected |= set(write_files(watched / "sub", 40, "late").values())
+        (watched / "late.bin").write_bytes(b"x" * 100)
+        expected.add(sha(b"x" * 100))
+
+        def moved() -> bool:
+            return sum(len(files) for _, _, files in os.walk(done)) == 51
+        wait_for(moved, "51 files moved once stored")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, log.read_text()
+    counts = dict(query(cluster, "SELECT root_sha256, count(*) FROM scans GROUP BY root_sha256"))
+    assert set(counts) == expected and set(counts.values()) == {1}
+    assert query(cluster, "SELECT state, count(*) FROM dirmon_ledger GROUP BY state") == [("stored", 51)]
+    assert query(cluster, "SELECT DISTINCT source->'meta'->>'source' FROM scans") == [("dropbox",)]
+    assert not [f for _, _, f in os.walk(watched) if f]
