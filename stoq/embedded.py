@@ -105,6 +105,7 @@ class _Job:
     ref: tuple[str, str, int, int] | None = None  # (sha256, pack, offset, length) once the parent archived it
     scan_id: str | None = None  # chosen by the source (dirmon's ledger), else a new one
     meta: dict[str, str] | None = None  # the submission's metadata: source["meta"]
+    shown: str | None = None  # source.path when not the path read (stoq.submission.Root)
 
 
 _FRAME = struct.Struct("<cQI")  # kind (D: document, E: error), job index, length
@@ -117,12 +118,12 @@ def unreadable(path: str | Path, exc: OSError | ArchiveError) -> str:
 
 def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity,
               ref: tuple[str, str, int, int] | None = None, scan_id: str | None = None,
-              meta: dict[str, str] | None = None) -> tuple[bytes, bytes]:
+              meta: dict[str, str] | None = None, shown: str | None = None) -> tuple[bytes, bytes]:
     """(kind, body) for one file: its document, or why it could not be scanned. ``ref``: where the
     parent archived the file (then read from the pack, not from ``path``); ``scan_id`` and ``meta``:
     the source's (``stoq.submission.Root``)."""
     archived = None
-    source = source_of(path, meta)
+    source = source_of(shown or path, meta)
     try:
         activity.enter("read", "")
         if ref is not None:
@@ -138,7 +139,7 @@ def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity,
     finally:
         activity.leave()
     try:
-        doc = engine.scan(content, os.path.basename(path), source, skip=skip, activity=activity,
+        doc = engine.scan(content, os.path.basename(shown or path), source, skip=skip, activity=activity,
                           archived=archived, scan_id=scan_id)
         return b"D", dumps(doc)
     except Exception as exc:  # a fault of stoq itself, not of a plugin: report it, keep serving
@@ -159,7 +160,8 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
     activity = SlotActivity(slot)
     out: list[bytes] = []
     size = 0
-    queued: deque[tuple[int, str, SkipMap, tuple[str, str, int, int] | None, str | None, dict[str, str] | None]] = deque()
+    queued: deque[tuple[int, str, SkipMap, tuple[str, str, int, int] | None, str | None, dict[str, str] | None,
+                        str | None]] = deque()
     try:
         while not stop.value:
             if not queued:
@@ -171,9 +173,9 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
                     return
                 queued.extend(message)
                 continue
-            index, path, skip, ref, scan_id, meta = queued.popleft()
+            index, path, skip, ref, scan_id, meta, shown = queued.popleft()
             slot.job = index
-            kind, body = _scan_one(engine, path, skip, activity, ref, scan_id, meta)
+            kind, body = _scan_one(engine, path, skip, activity, ref, scan_id, meta, shown)
             out += (_FRAME.pack(kind, index, len(body)), body)
             size += len(body)
             if len(out) >= 2 * BATCH or size >= BATCH_BYTES or stop.value or not (queued or conn.poll()):
@@ -217,7 +219,7 @@ class _Worker:
     def give(self, jobs: list[_Job]) -> None:
         """Sends jobs to the worker, in one message."""
         self.jobs.extend(jobs)
-        self.conn.send([(job.index, str(job.path), job.skip, job.ref, job.scan_id, job.meta) for job in jobs])
+        self.conn.send([(job.index, str(job.path), job.skip, job.ref, job.scan_id, job.meta, job.shown) for job in jobs])
 
     def take_current(self) -> _Job:
         """Removes and returns the job the worker was on (its slot says which), else the oldest."""
@@ -292,7 +294,7 @@ class EmbeddedPool:
         (the parent may start threads then); ``before_fork`` before a dead worker is replaced. A
         ``Root`` brings its scan id and metadata (``stoq.submission``)."""
         todo: deque[_Job] = deque(_Job(i, p) if isinstance(p, Path) else _Job(i, p.path, scan_id=p.scan_id,
-                                                                                meta=p.meta or None)
+                                                                                meta=p.meta or None, shown=p.shown)
                                   for i, p in enumerate(paths))
         total = len(todo)
         self._stop = RawValue(ctypes.c_int, 0)  # shared with the workers, set when the run stops early

@@ -77,6 +77,9 @@ class Root:
     path: Path
     scan_id: str | None = None
     meta: dict[str, str] = field(default_factory=dict)
+    #: What the document names as ``source.path`` and the root's filename is taken from, when the
+    #: file read is a stand-in (a queue message's inline content, spooled): default ``path``.
+    shown: str | None = None
 
 
 def roots_of(items: Iterable[Path | Root], meta: Mapping[str, str] | None = None) -> list[Root]:

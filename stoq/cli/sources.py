@@ -94,3 +94,64 @@ def dirmon(
         watcher.stop()
         submitter.close()
         store.close()
+
+
+@app.command()
+def intake(
+    url: Annotated[str, typer.Option("--from", metavar="URL", help="amqp://... (a RabbitMQ queue) or redis://... (a Redis stream).")],
+    name: Annotated[str, typer.Option("--queue", metavar="NAME", help="The queue or stream to consume.")] = "stoq-intake",
+    dead_letters: Annotated[Optional[str], typer.Option("--dead-letter", metavar="NAME", help="Where bad messages go, with the reason (default: NAME.dlq).")] = None,
+    paths_under: Annotated[Optional[list[Path]], typer.Option("--paths-under", metavar="DIR", help="Directories whose files a message may name by path (repeatable; without it, path messages are refused).")] = None,
+    max_inline: Annotated[int, typer.Option("--max-inline", min=0, max=16 << 20, help="Largest inline content, bytes decoded.")] = 1 << 20,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=1024, help="Messages per submission.")] = 64,
+    consumer: Annotated[Optional[str], typer.Option("--consumer", help="Redis: this consumer's name in the group stoq-intake (default: the host name); keep it across restarts.")] = None,
+    drain: Annotated[bool, typer.Option("--drain", help="Stop once nothing is waiting (else run until SIGINT or SIGTERM).")] = False,
+    workers: WorkersOpt = None, option: OptionOpt = None, max_depth: DepthOpt = None, jobs: JobsOpt = None,
+    config: ConfigOpt = None, connectors: ConnectorsOpt = None, meta: MetaOpt = None,
+    report_every: Annotated[float, typer.Option("--report-every", min=0.1, help="Seconds between progress lines on stderr.")] = 10.0,
+) -> None:
+    """Consume submission messages (docs/intake-message.schema.json) from a RabbitMQ queue or a Redis
+    stream; bad ones go to a dead-letter queue or stream with the reason."""
+    import socket
+    import tempfile
+
+    from stoq.config import ConfigError
+    from stoq.dirmon import ClusterSubmitter, EmbeddedSubmitter
+    from stoq import intake as ik
+
+    given, _ = selection(meta, None, None, None, None, None)
+    settings = settings_from(config, workers, option, max_depth, jobs, connectors)
+    store = None if settings.broker_url else open_store(settings.resolved_database_url())
+    submitters: dict[str, Any] = {}
+
+    def submit(chosen: Any, roots: list[Any]) -> tuple[list[str], dict[str, str]]:
+        key = chosen.model_dump_json()
+        if key not in submitters:
+            if len(submitters) >= 8:  # a few profiles at once: the oldest goes
+                submitters.pop(next(iter(submitters))).close()
+            submitters[key] = ClusterSubmitter(chosen) if chosen.broker_url else EmbeddedSubmitter(chosen, store)
+        result: tuple[list[str], dict[str, str]] = submitters[key].submit(roots)
+        return result
+    try:
+        transport = ik.open_transport(url, name, dead_letters or f"{name}.dlq", batch, consumer or socket.gethostname())
+    except ConfigError as exc:
+        raise fail(str(exc), ExitCode.USAGE) from None
+    except Exception as exc:
+        raise fail(f"cannot reach {url.split('@')[-1]}: {type(exc).__name__}: {exc}", ExitCode.CONFIG) from None
+    spool = Path(tempfile.mkdtemp(prefix="stoq-intake-"))
+    worker = ik.Intake(settings, list(paths_under or []), max_inline, given, submit, spool)
+    stop = _stop_on_signals()
+    say(f"intake: consuming {transport.origin} ({'cluster' if settings.broker_url else 'embedded'})")
+    try:
+        ik.run(transport, worker, batch, stop, drain, say, report_every)
+    except Exception as exc:
+        if type(exc).__name__ in ("NotMigrated", "StoreError"):
+            raise fail(str(exc), ExitCode.STORE) from None
+        raise
+    finally:
+        worker.close()
+        transport.close()
+        for submitter in submitters.values():
+            submitter.close()
+        if store is not None:
+            store.close()

@@ -11,6 +11,7 @@ the store connector fills after the database commit.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import sys
 import time
@@ -97,7 +98,8 @@ class ClusterClient:
                 yield Submitted(path, scan_id)
                 continue
             batch.append((path, {"scan_id": scan_id, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                                 "filename": text(path.name), "source": source_of(text(str(path)), root_in.meta),
+                                 "filename": text(os.path.basename(root_in.shown or path)),
+                                 "source": source_of(text(root_in.shown or str(path)), root_in.meta),
                                  "date": now_iso()}, data))
             held += len(data)
             if len(batch) >= batch_size(left + len(batch), self.settings.batch_max) or held >= HOLD_BYTES:
