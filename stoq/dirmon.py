@@ -450,7 +450,7 @@ class Dirmon:
                 continue
             try:
                 st = os.stat(path, follow_symlinks=False)
-                if self.filters.active and not self.filters.keep(path, st):
+                if self.filters.active and not self.filters.keep(path, st, os.path.relpath(path, self._root_of(path))):
                     self.counts.filtered += 1
                     continue
                 sha256, st = sha256_of(path)

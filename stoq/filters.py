@@ -1,8 +1,9 @@
 """File filters of the sources (original stoQ's ``filedir`` options): ``--include``/``--exclude``
 globs, ``--min-size``, ``--max-size``, ``--newer-than``.
 
-A glob without ``/`` is matched against the file's name (``*.exe``); one with ``/`` against its whole
-path (``*/tmp/*``), as :func:`fnmatch.fnmatchcase` matches (``*`` crosses ``/``). A file must match
+A glob without ``/`` is matched against the file's name (``*.exe``); one with ``/`` against its path
+relative to the directory given or watched (``sub/*``, ``*/tmp/*``; a file named on the command line:
+its name), as :func:`fnmatch.fnmatchcase` matches (case matters; ``*`` crosses ``/``). A file must match
 one ``--include`` when any is given, and no ``--exclude``. Sizes take a suffix ``k``, ``m``, ``g``
 (KiB, MiB, GiB); both bounds are inclusive. ``--newer-than`` is a duration back from now (``90s``,
 ``30m``, ``2h``, ``3d``, ``1w``) or an ISO date or date and time (UTC when it names no zone): a file
@@ -76,13 +77,15 @@ class FileFilter:
     def needs_stat(self) -> bool:
         return (self.min_size, self.max_size, self.newer_than) != (None,) * 3
 
-    def why_not(self, path: str, st: os.stat_result | None = None) -> str | None:
+    def why_not(self, path: str, st: os.stat_result | None = None, rel: str | None = None) -> str | None:
         """The option that leaves ``path`` out (``--exclude``...), or None when it passes. ``st``: its
-        ``stat`` when the caller has it (needed for the size and date filters)."""
+        ``stat`` when the caller has it (needed for the size and date filters); ``rel``: its path
+        relative to the directory it was found in (default: its name)."""
         name = os.path.basename(path)
+        relative = name if rel is None else rel
 
         def matches(pattern: str) -> bool:
-            return fnmatch.fnmatchcase(path if "/" in pattern else name, pattern)
+            return fnmatch.fnmatchcase(relative if "/" in pattern else name, pattern)
         if self.include and not any(matches(p) for p in self.include):
             return "--include"
         if any(matches(p) for p in self.exclude):
@@ -98,9 +101,9 @@ class FileFilter:
                 return "--newer-than"
         return None
 
-    def keep(self, path: str, st: os.stat_result | None = None) -> bool:
+    def keep(self, path: str, st: os.stat_result | None = None, rel: str | None = None) -> bool:
         """Whether ``path`` passes; a file left out is counted under the option that left it out."""
-        why = self.why_not(path, st)
+        why = self.why_not(path, st, rel)
         if why is None:
             return True
         self.left_out[why] += 1

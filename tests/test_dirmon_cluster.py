@@ -4,6 +4,7 @@ store; the workers store the documents."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -60,3 +61,12 @@ def test_dirmon_submits_to_the_cluster_once_per_file(cluster: Cluster, tmp_path:
     assert query(cluster, "SELECT state, count(*) FROM dirmon_ledger GROUP BY state") == [("stored", 51)]
     assert query(cluster, "SELECT DISTINCT source->'meta'->>'source' FROM scans") == [("dropbox",)]
     assert not [f for _, _, f in os.walk(watched) if f]
+
+
+def test_submit_meta_reaches_the_stored_document(cluster: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "m.txt").write_bytes(b"with meta\n")
+    got = cluster.stoq("submit", str(tmp_path / "m.txt"), "--meta", "tlp=RED", "--meta", "case=9")
+    assert got.returncode == 0, got.stderr
+    (doc,) = [json.loads(line) for line in got.stdout.splitlines()]
+    assert doc["source"] == {"path": str(tmp_path / "m.txt"), "meta": {"tlp": "red", "case": "9"}}
+    assert json.loads(cluster.stoq("results", doc["scan_id"]).stdout)["source"] == doc["source"]

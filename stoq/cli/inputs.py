@@ -74,8 +74,9 @@ def _walk(top: Path, recursive: bool, files: list[Path], problems: list[str],
                 if entry.is_symlink():
                     continue  # documented: links inside directories are not followed
                 if entry.is_file(follow_symlinks=False):
-                    if not active or filters.keep(entry.path,  # type: ignore[union-attr]
-                                                  entry.stat(follow_symlinks=False) if filters.needs_stat else None):  # type: ignore[union-attr]
+                    if not active or filters.keep(  # type: ignore[union-attr]
+                            entry.path, entry.stat(follow_symlinks=False) if filters.needs_stat else None,  # type: ignore[union-attr]
+                            os.path.relpath(entry.path, top)):
                         files.append(Path(entry.path))
                 elif entry.is_dir(follow_symlinks=False):
                     subdirs.append(Path(entry.path))
