@@ -69,4 +69,4 @@ def test_submit_meta_reaches_the_stored_document(cluster: Cluster, tmp_path: Pat
     assert got.returncode == 0, got.stderr
     (doc,) = [json.loads(line) for line in got.stdout.splitlines()]
     assert doc["source"] == {"path": str(tmp_path / "m.txt"), "meta": {"tlp": "red", "case": "9"}}
-    assert json.loads(cluster.stoq("results", doc["scan_id"]).stdout)["source"] == doc["source"]
+    assert json.loads(cluster.stoq("results", doc["scan_id"], "--format", "jsonl").stdout)["source"] == doc["source"]
