@@ -13,7 +13,7 @@ import yara
 
 from helpers import ROOT
 from stoq.dispatch import bundled_dispatch_rules
-from stoq.plugin import ConnectorPlugin, ScanPlugin
+from stoq.plugin import ConnectorPlugin, ScanPlugin, SourcePlugin
 from stoq.registry import NAME, Registry
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -41,6 +41,9 @@ def test_each_bundled_plugin_is_declared_tested_and_short(name: str) -> None:
         assert issubclass(cls, ConnectorPlugin)
         with pytest.raises(ValueError, match=f"{name}.path is not set"):
             cls().setup()
+    elif cls.category == "source":  # driven by its command (stoq dirmon)
+        assert issubclass(cls, SourcePlugin)
+        cls().setup()
     else:
         assert issubclass(cls, ScanPlugin)
         cls().setup()  # the defaults work out of the box

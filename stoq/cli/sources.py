@@ -42,20 +42,21 @@ def dirmon(
     config: ConfigOpt = None, connectors: ConnectorsOpt = None, meta: MetaOpt = None,
     include: IncludeOpt = None, exclude: ExcludeOpt = None, min_size: MinSizeOpt = None,
     max_size: MaxSizeOpt = None, newer_than: NewerOpt = None,
-    polling: Annotated[bool, typer.Option("--polling", help="Poll the directories (network filesystems) instead of inotify.")] = False,
-    poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.1, help="Polling: seconds between two looks.")] = 2.0,
-    settle: Annotated[float, typer.Option("--settle", min=0.0, help="Seconds a file's size and mtime must stay unchanged where no close-write says it is complete (polling; files found by a scan).")] = 2.0,
-    batch: Annotated[int, typer.Option("--batch", min=1, max=4096, help="Files per submission.")] = 256,
-    rescan_every: Annotated[float, typer.Option("--rescan-every", min=0.0, help="Seconds between scans of the whole tree (0: only at start and when events were lost).")] = 600.0,
+    polling: Annotated[Optional[bool], typer.Option("--polling/--inotify", help="Poll the directories (network filesystems) instead of inotify (default: option dirmon.polling, off).", show_default=False)] = None,
+    poll_interval: Annotated[Optional[float], typer.Option("--poll-interval", min=0.1, help="Polling: seconds between two looks (default: dirmon.poll_interval, 2).")] = None,
+    settle: Annotated[Optional[float], typer.Option("--settle", min=0.0, help="Seconds a file's size and mtime must stay unchanged where no close-write says it is complete (polling; files found by a scan; default: dirmon.settle, 2).")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, max=4096, help="Files per submission (default: dirmon.batch, 256).")] = None,
+    rescan_every: Annotated[Optional[float], typer.Option("--rescan-every", min=0.0, help="Seconds between scans of the whole tree, 0: only at start and when events were lost (default: dirmon.rescan_every, 600).")] = None,
     move_to: Annotated[Optional[Path], typer.Option("--move-to", metavar="DIR", help="Move each file here once its document is stored.")] = None,
     delete: Annotated[bool, typer.Option("--delete", help="Delete each file once its document is stored.")] = False,
     report_every: Annotated[float, typer.Option("--report-every", min=0.1, help="Seconds between progress lines on stderr.")] = 10.0,
 ) -> None:
     """Watch directories and submit each new or replaced file once, when completely written (cluster
     when STOQ_BROKER_URL is set, embedded otherwise). Runs until SIGINT or SIGTERM."""
-    from stoq.dirmon import ClusterSubmitter, Dirmon, DirmonOptions, EmbeddedSubmitter, Watcher
+    from stoq.dirmon import ClusterSubmitter, EmbeddedSubmitter
     from stoq.config import ConfigError
     from stoq.ledger import Ledger
+    from stoq.registry import Registry, make_options
 
     given, filters = selection(meta, include, exclude, min_size, max_size, newer_than)
     if move_to is not None and delete:
@@ -68,6 +69,14 @@ def dirmon(
         if any(move_to == d.absolute() or d.absolute() in move_to.parents for d in dirs):
             raise fail(f"--move-to {move_to} is inside a watched directory", ExitCode.USAGE)
     settings = settings_from(config, workers, option, max_depth, jobs, connectors)
+    given_options = {k: v for k, v in {"polling": polling, "poll_interval": poll_interval, "settle": settle,
+                                         "batch": batch, "rescan_every": rescan_every}.items() if v is not None}
+    try:  # the source plugin, found like any plugin; its options: stoq.toml < STOQ_DIRMON__* < -o < the flags
+        cls = Registry.discover().get("dirmon")
+        source = cls(make_options(cls, {**settings.plugins.get("dirmon", {}), **given_options}))
+    except ConfigError as exc:
+        raise fail(str(exc), ExitCode.CONFIG) from None
+    settings.plugins.pop("dirmon", None)  # the source's, not a scan plugin's
     store = open_store(settings.resolved_database_url())
     try:
         submitter: Any = ClusterSubmitter(settings) if settings.broker_url else EmbeddedSubmitter(settings, store)
@@ -75,15 +84,14 @@ def dirmon(
         raise fail(str(exc), ExitCode.CONFIG) from None
     except Exception as exc:  # the broker, Redis or the archive cannot be reached
         raise fail(f"cannot reach the cluster: {type(exc).__name__}: {exc}", ExitCode.CONFIG) from None
-    options = DirmonOptions(polling=polling, poll_interval=poll_interval, settle=settle, batch=batch,
-                            rescan_every=rescan_every, move_to=move_to, delete=delete, report_every=report_every)
     stop = _stop_on_signals()
     dirs = [d.absolute() for d in dirs]
-    watcher = Watcher(dirs, options)
+    watcher, monitor = source.monitor(dirs, Ledger(store.engine), submitter, given, filters, say, move_to, delete,
+                                      report_every)
     watcher.start()  # before the first scan of the tree: nothing written meanwhile is missed
     mode = "cluster" if settings.broker_url else "embedded"
-    say(f"dirmon: watching {', '.join(str(d) for d in dirs)} ({'polling' if polling else 'inotify'}, {mode})")
-    monitor = Dirmon(dirs, options, Ledger(store.engine), submitter, given, filters, say)
+    say(f"dirmon: watching {', '.join(str(d) for d in dirs)} "
+        f"({'polling' if source.options.polling else 'inotify'}, {mode})")
     try:
         monitor.run(stop, watcher)
     except Exception as exc:
