@@ -110,8 +110,8 @@ def intake(
     name: Annotated[str, typer.Option("--queue", metavar="NAME", help="The queue or stream to consume.")] = "stoq-intake",
     dead_letters: Annotated[Optional[str], typer.Option("--dead-letter", metavar="NAME", help="Where bad messages go, with the reason (default: NAME.dlq).")] = None,
     paths_under: Annotated[Optional[list[Path]], typer.Option("--paths-under", metavar="DIR", help="Directories whose files a message may name by path (repeatable; without it, path messages are refused).")] = None,
-    max_inline: Annotated[int, typer.Option("--max-inline", min=0, max=16 << 20, help="Largest inline content, bytes decoded.")] = 1 << 20,
-    batch: Annotated[int, typer.Option("--batch", min=1, max=1024, help="Messages per submission.")] = 64,
+    max_inline: Annotated[Optional[int], typer.Option("--max-inline", min=0, max=16 << 20, help="Largest inline content, bytes decoded (default: option intake.max_inline, 1 MiB).")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, max=1024, help="Messages per submission (default: intake.batch, 64).")] = None,
     consumer: Annotated[Optional[str], typer.Option("--consumer", help="Redis: this consumer's name in the group stoq-intake (default: the host name); keep it across restarts.")] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Stop once nothing is waiting (else run until SIGINT or SIGTERM).")] = False,
     workers: WorkersOpt = None, option: OptionOpt = None, max_depth: DepthOpt = None, jobs: JobsOpt = None,
@@ -126,9 +126,18 @@ def intake(
     from stoq.config import ConfigError
     from stoq.dirmon import ClusterSubmitter, EmbeddedSubmitter
     from stoq import intake as ik
+    from stoq.registry import Registry, make_options
 
     given, _ = selection(meta, None, None, None, None, None)
     settings = settings_from(config, workers, option, max_depth, jobs, connectors)
+    flags = {k: v for k, v in {"batch": batch, "max_inline": max_inline}.items() if v is not None}
+    try:  # the source plugin, found like any plugin; its options: stoq.toml < STOQ_INTAKE__* < -o < the flags
+        cls = Registry.discover().get("intake")
+        source = cls(make_options(cls, {**settings.plugins.get("intake", {}), **flags}))
+    except ConfigError as exc:
+        raise fail(str(exc), ExitCode.CONFIG) from None
+    settings.plugins.pop("intake", None)  # the source's, not a scan plugin's
+    batch = source.options.batch
     store = None if settings.broker_url else open_store(settings.resolved_database_url())
     submitters: dict[str, Any] = {}
 
@@ -147,7 +156,7 @@ def intake(
     except Exception as exc:
         raise fail(f"cannot reach {url.split('@')[-1]}: {type(exc).__name__}: {exc}", ExitCode.CONFIG) from None
     spool = Path(tempfile.mkdtemp(prefix="stoq-intake-"))
-    worker = ik.Intake(settings, list(paths_under or []), max_inline, given, submit, spool)
+    worker = source.intake(settings, list(paths_under or []), given, submit, spool)
     stop = _stop_on_signals()
     say(f"intake: consuming {transport.origin} ({'cluster' if settings.broker_url else 'embedded'})")
     try:
