@@ -116,16 +116,16 @@ def test_a_burst_of_10000_files_gives_10000_documents(dirmon: Callable[..., Moni
 def test_a_file_written_slowly_is_submitted_once_whole(dirmon: Callable[..., Monitor], tmp_path: Path) -> None:
     watched = tmp_path / "in"
     watched.mkdir()
-    m = dirmon(str(watched), "--settle", "0.5")
+    m = dirmon(str(watched), "--settle", "0.3")
     pieces = [os.urandom(1000) for _ in range(5)]
     with open(watched / "slow.bin", "wb") as handle:
         for piece in pieces:
             handle.write(piece)
             handle.flush()
-            time.sleep(1.0)  # longer than --settle: only the close says it is complete
+            time.sleep(0.8)  # longer than --settle: only the close says it is complete
     whole = sha(b"".join(pieces))
     wait_for(lambda: whole in stored(m.db), "the whole file's document")
-    time.sleep(2)  # anything else it would submit would be stored by now
+    time.sleep(1)  # anything else it would submit would be stored by now
     assert m.stop() == 0
     assert stored(m.db) == {whole: 1}
 
