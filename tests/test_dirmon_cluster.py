@@ -70,3 +70,30 @@ def test_submit_meta_reaches_the_stored_document(cluster: Cluster, tmp_path: Pat
     (doc,) = [json.loads(line) for line in got.stdout.splitlines()]
     assert doc["source"] == {"path": str(tmp_path / "m.txt"), "meta": {"tlp": "red", "case": "9"}}
     assert json.loads(cluster.stoq("results", doc["scan_id"], "--format", "jsonl").stdout)["source"] == doc["source"]
+
+
+def test_the_topology_script_starts_dirmon_when_asked(cluster: Cluster, tmp_path: Path) -> None:
+    """scripts/stoq-cluster with STOQ_DIRMON_DIRS starts dirmon beside its workers (here one worker on a
+    queue nobody uses: the module's worker scans), lists it in `status`, stops it with `stop`."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "stoq-cluster"
+    env = cluster.env | {"STOQ_CLUSTER_GROUPS": "stoq-test-unused", "STOQ_CLUSTER_DIR": str(tmp_path / "run"),
+                         "STOQ_BIN": str(BIN), "STOQ_CLUSTER_USER": "root" if os.geteuid() == 0 else "nobody",
+                         "STOQ_DIRMON_DIRS": str(watched), "STOQ_DIRMON_ARGS": "--meta via=script --report-every 0.5"}
+    started = subprocess.run([str(script), "start"], env=env, capture_output=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    log = tmp_path / "run" / "dirmon.log"
+    try:
+        wait_for(lambda: log.exists() and b"dirmon: watching" in log.read_bytes(), "dirmon to start", 60)
+        expected = set(write_files(watched, 3, "s").values())
+
+        def stored() -> set[object]:
+            return {r[0] for r in query(cluster, "SELECT root_sha256 FROM scans WHERE source->'meta'->>'via' = 'script'")}
+        wait_for(lambda: stored() == expected, "3 documents")
+        status = subprocess.run([str(script), "status"], env=env, capture_output=True, timeout=60)
+        assert b"dirmon running" in status.stdout
+    finally:
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=60)
+    wait_for(lambda: b"(stopping)" in log.read_bytes(), "dirmon to stop", 60)
+    assert not (tmp_path / "run" / "dirmon.pid").exists()
