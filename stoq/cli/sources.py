@@ -97,6 +97,9 @@ def dirmon(
     except Exception as exc:
         if type(exc).__name__ in ("NotMigrated", "StoreError"):
             raise fail(str(exc), ExitCode.STORE) from None
+        if type(exc).__name__ in ("OperationalError", "ConnectionError") and settings.broker_url:
+            # the broker or Redis went away: what was recorded pending is sent again at the next start
+            raise fail(f"lost the cluster: {type(exc).__name__}: {exc}", ExitCode.CONFIG) from None
         raise
     finally:
         watcher.stop()
