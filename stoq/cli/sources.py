@@ -95,9 +95,10 @@ def dirmon(
     try:
         monitor.run(stop, watcher)
     except Exception as exc:
-        if type(exc).__name__ in ("NotMigrated", "StoreError"):
-            raise fail(str(exc), ExitCode.STORE) from None
-        if type(exc).__name__ in ("OperationalError", "ConnectionError") and settings.broker_url:
+        module = type(exc).__module__
+        if type(exc).__name__ in ("NotMigrated", "StoreError") or module.startswith("sqlalchemy"):
+            raise fail(f"result store: {type(exc).__name__}: {exc}", ExitCode.STORE) from None
+        if module.startswith(("kombu", "redis", "amqp")):
             # the broker or Redis went away: what was recorded pending is sent again at the next start
             raise fail(f"lost the cluster: {type(exc).__name__}: {exc}", ExitCode.CONFIG) from None
         raise
