@@ -447,9 +447,9 @@ class Engine:
             wave = children
         return document(scan_id, date, source, results, errors)
 
-    def scan_oversized(self, path: Path, source: dict[str, Any]) -> dict[str, Any]:
+    def scan_oversized(self, path: Path, source: dict[str, Any], scan_id: str | None = None) -> dict[str, Any]:
         """The document of an input larger than ``max_file_bytes`` (see ``oversized_record``)."""
-        return document(new_id(), now_iso(), source, [oversized_record(path, self._mime)], [])
+        return document(scan_id or new_id(), now_iso(), source, [oversized_record(path, self._mime)], [])
 
     def close(self) -> None:
         """Flushes and releases what the engine holds (the archive's pack and index)."""

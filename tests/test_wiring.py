@@ -13,7 +13,7 @@ import yara
 
 from helpers import ROOT
 from stoq.dispatch import bundled_dispatch_rules
-from stoq.plugin import ArchiveError, ArchiverPlugin, ConnectorPlugin, ScanPlugin
+from stoq.plugin import ArchiveError, ArchiverPlugin, ConnectorPlugin, ScanPlugin, SourcePlugin
 from stoq.registry import NAME, Registry
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -57,6 +57,9 @@ def test_each_bundled_plugin_is_declared_tested_and_short(name: str) -> None:
         assert issubclass(cls, ArchiverPlugin)
         with pytest.raises(ArchiveError, match=f"archiver {name} needs the setting archive"):
             cls().prepare()
+    elif cls.category == "source":  # driven by its command (stoq dirmon)
+        assert issubclass(cls, SourcePlugin)
+        cls().setup()
     else:
         assert issubclass(cls, ScanPlugin)
         cls().setup()  # the defaults work out of the box
