@@ -279,8 +279,10 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
                             if finished[0]["errors"]:
                                 code = max(code, ExitCode.PLUGIN_ERRORS)
                             writer.write(*finished)
-                            writer.out.flush()  # scans finish at the cluster's pace: show each at once
+                            # Counted as printed once written: an interrupt during the flush below
+                            # still leaves it in the buffer that the exit flushes.
                             done.add(finished[0]["scan_id"])
+                            writer.out.flush()  # scans finish at the cluster's pace: show each at once
                     writer.close()
                 else:  # --no-wait: the verdicts, then the accepted ids (one per line, or a JSON array)
                     for scan_id, why in client.verdicts(verdicts or "", set(sent_ids)):
