@@ -183,6 +183,8 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             writer.close()
         except Interrupted as exc:
             stopped = STOPPED[signal.Signals(exc.signum)]
+            if written is not None:
+                done.add(written)
         except BrokenPipeError:
             stopped = ExitCode.OUTPUT_CLOSED
         finally:
@@ -236,6 +238,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
     notify = new_notify_key() if wait else None
     verdicts = None if wait else new_verdicts_key()
     sent_ids: list[str] = []
+    written: str | None = None  # a document written and not yet flushed
     paths: dict[str, Path] = {}
     done: set[str] = set()  # printed or refused
     handled = 0  # files sent or found unreadable
@@ -279,10 +282,12 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
                             if finished[0]["errors"]:
                                 code = max(code, ExitCode.PLUGIN_ERRORS)
                             writer.write(*finished)
-                            # Counted as printed once written: an interrupt during the flush below
-                            # still leaves it in the buffer that the exit flushes.
-                            done.add(finished[0]["scan_id"])
+                            # Written, not yet flushed: an interrupt before the flush ends still leaves it in
+                            # the buffer that the exit flushes (printed); a closed output does not.
+                            written = finished[0]["scan_id"]
                             writer.out.flush()  # scans finish at the cluster's pace: show each at once
+                            done.add(written)
+                            written = None
                     writer.close()
                 else:  # --no-wait: the verdicts, then the accepted ids (one per line, or a JSON array)
                     for scan_id, why in client.verdicts(verdicts or "", set(sent_ids)):
@@ -298,6 +303,8 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
                 done.update(accepted)
         except Interrupted as exc:
             stopped = STOPPED[signal.Signals(exc.signum)]
+            if written is not None:
+                done.add(written)
         except BrokenPipeError:
             stopped = ExitCode.OUTPUT_CLOSED
         finally:
