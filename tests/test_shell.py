@@ -159,13 +159,13 @@ def test_mistakes_and_plugin_errors_are_one_line(session: Session, tmp_path: Pat
     assert execute(ctx, "hexdump") == ([], "no payload: `read PATH` first")
     assert execute(ctx, 'read "unclosed') == ([], "cannot parse the line: No closing quotation")
     assert execute(ctx, "read /nonexistent/x") == ([], "cannot read /nonexistent/x: No such file or directory")
-    broken = tmp_path / "broken.exe"
-    broken.write_bytes(b"MZ" + b"\x00" * 30)  # passes peinfo's accepts(), then pefile raises
+    broken = tmp_path / "broken.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00" + b"\xff" * 40)  # a gzip header, then no valid deflate block
     run(ctx, f"read {broken}")
-    out, error = execute(ctx, "run peinfo")
+    out, error = execute(ctx, "run decompress")
     assert out == [] and error is not None
-    assert error.startswith("peinfo failed (error): PEFormatError: ") and "\n" not in error
-    assert session.node().errors[0]["plugin"] == "peinfo"
+    assert error.startswith("decompress failed (error): error: Error -3 while decompressing data") and "\n" not in error
+    assert session.node().errors[0]["plugin"] == "decompress"
     assert execute(ctx, "run jsonl")[1] == ("'jsonl' is a connector: only worker, carver, extractor, decoder, "
                                             "reader plugins run on a payload")
     assert execute(ctx, "exit") == ([], None) and ctx.done
