@@ -115,7 +115,7 @@ AMBIGUOUS_SHOWN = 10
 @app.command()
 def results(key: Annotated[str, typer.Argument(metavar="KEY", help="A scan id or a sha256 (every scan of that file), or any unambiguous beginning of one (the table's sha256:ee373616eed8f5b7).")],
             format: Annotated[Format, typer.Option("--format", "-f")] = Format.json,
-            template: Annotated[Optional[Path], typer.Option("--template", exists=True, dir_okay=False)] = None,
+            template: Annotated[Optional[str], typer.Option("--template", metavar="FILE|builtin:NAME", help="A Jinja2 template (sandboxed), or builtin:payloads, builtin:csv, builtin:markdown.")] = None,
             config: Annotated[Optional[Path], typer.Option("--config", "-c")] = None) -> None:
     """Print stored scan documents."""
     from stoq.store import NotMigrated, Store, StoreError

@@ -24,7 +24,7 @@ OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metava
 DepthOpt = Annotated[Optional[int], typer.Option("--max-depth", min=0, help="Deepest extracted level (root is 0). Default 8.")]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=0, help="Worker processes (default: one per core).")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
-TemplateOpt = Annotated[Optional[Path], typer.Option("--template", exists=True, dir_okay=False, help="Render each document with this Jinja2 template.")]
+TemplateOpt = Annotated[Optional[str], typer.Option("--template", metavar="FILE|builtin:NAME", help="Render each document with this Jinja2 template (sandboxed), or a bundled one: builtin:payloads, builtin:csv, builtin:markdown.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into directories.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="stoq.toml to use.")]
 StoreOpt = Annotated[bool, typer.Option("--store/--no-store", help="Save documents in the result store.")]
@@ -312,7 +312,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
 
 
 def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None, max_depth: int | None,
-          jobs: int | None, fmt: Format, template: Path | None, config: Path | None, store: bool,
+          jobs: int | None, fmt: Format, template: str | None, config: Path | None, store: bool,
           show_progress: bool | None, submit: bool, wait: bool = True, connectors: str | None = None) -> None:
     saved = catch_signals()  # for the whole command: an interrupt anywhere is an exit code, never a traceback
     try:
@@ -326,7 +326,7 @@ def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list
 
 
 def _scan_files(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None,
-                max_depth: int | None, jobs: int | None, fmt: Format, template: Path | None, config: Path | None,
+                max_depth: int | None, jobs: int | None, fmt: Format, template: str | None, config: Path | None,
                 store: bool, show_progress: bool | None, submit: bool, wait: bool, connectors: str | None) -> None:
     settings = settings_from(config, workers, options, max_depth, jobs, connectors)
     files, problems = collect(paths, recursive)
