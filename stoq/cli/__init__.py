@@ -143,6 +143,7 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
 
 
 from stoq.cli import admin, doctor, plugin_new, scan  # noqa: E402  (registers the commands)
+from stoq.cli import connectors_cmd  # noqa: E402,F401  (stoq connectors ...)
 
 __all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "doctor", "plugin_new", "scan"]
 

@@ -120,12 +120,14 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             loader = StoreLoader(settings.resolved_database_url())
         except Exception as exc:  # NotMigrated, StoreError: said before anything is scanned
             raise fail(str(exc), ExitCode.STORE) from None
-    from stoq.connectors import deliver, open_connectors
+    from stoq.cli.deliveries import Deliveries
+    from stoq.connectors import open_connectors
 
     try:
         connectors = open_connectors(settings, engine.registry)
     except ConfigError as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
+    deliveries = Deliveries(connectors, loader.url if loader is not None else None, settings, say)
     code = ExitCode.OK
     keep = loader is not None or bool(connectors)
     batch: list[dict[str, Any]] = []  # written (or being written), not yet handed to the store
@@ -137,10 +139,7 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
         if loader is not None:
             loader.save(docs)  # idempotent: a batch interrupted here and saved again changes nothing
             handed += len(docs)
-        failures = deliver(connectors, docs)
-        for failure in failures:
-            say(str(failure))
-        return ExitCode.STORE if failures else ExitCode.OK
+        return ExitCode.OK if deliveries.deliver(docs) else ExitCode.STORE
     hooks = {"started": loader.start, "before_fork": loader.join} if loader else {}
     pool = EmbeddedPool(engine, settings.resolved_jobs())
     stream = pool.run(files, **hooks)
@@ -181,6 +180,8 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             code = max(code, flush(batch))
         if loader is not None:
             loader.finish()
+        if connectors and not deliveries.finish():
+            code = max(code, ExitCode.STORE)
     except Exception as exc:
         if type(exc).__name__ in ("NotMigrated", "StoreError"):
             raise fail(str(exc), ExitCode.STORE) from None
