@@ -52,7 +52,7 @@ class AmqpPublisher:
 
 
 class RedisStreamPublisher:
-    """``XADD stream MAXLEN ~ n * scan_id ID document JSON`` per document, one pipeline per batch."""
+    """``XADD stream MAXLEN n * scan_id ID document JSON`` per document, one pipeline per batch."""
 
     def __init__(self, url: str, stream: str, maxlen: int, timeout: float) -> None:
         import redis
@@ -64,7 +64,7 @@ class RedisStreamPublisher:
         with self.client.pipeline(transaction=False) as pipe:
             for doc in docs:
                 pipe.xadd(self.stream, {"scan_id": doc["scan_id"], "document": orjson.dumps(doc)},
-                          maxlen=self.maxlen, approximate=True)
+                          maxlen=self.maxlen, approximate=False)
             pipe.execute()
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ class QueueConnector(ConnectorPlugin):
     ``save`` returns once RabbitMQ has taken each), ``message_id`` and the header ``scan_id`` set to
     the scan id (a consumer dedups a redelivery with it); ``queue``, when set, is declared durable and
     bound so that nothing is dropped while no consumer runs. ``redis://`` URL: ``XADD`` to a stream,
-    fields ``scan_id`` and ``document``, trimmed to about ``maxlen`` entries.
+    fields ``scan_id`` and ``document``, trimmed to the newest ``maxlen`` entries.
     """
 
     name = "queue"
@@ -32,7 +32,7 @@ class QueueConnector(ConnectorPlugin):
         routing_key: str = Field("stoq.result", description="AMQP: the routing key of every message.")
         queue: str | None = Field("stoq.results", description="AMQP: a durable queue declared and bound to the exchange (empty: none).")
         stream: str = Field("stoq:results", description="Redis: the stream key.")
-        maxlen: int = Field(100_000, ge=1, description="Redis: the stream is trimmed to about this many entries (MAXLEN ~).")
+        maxlen: int = Field(100_000, ge=1, description="Redis: the stream keeps the newest this many entries (MAXLEN).")
         timeout: float = Field(10.0, gt=0, description="Seconds to connect and to wait for each confirmation.")
 
     def setup(self) -> None:
