@@ -42,9 +42,10 @@ class EmailerConnector(ConnectorPlugin):
         timeout: float = Field(30.0, gt=0, description="Seconds to connect and per command.")
 
     def setup(self) -> None:
-        if not self.options.sender or not self.options.to:
-            raise ValueError("emailer.sender and emailer.to are required (-o emailer.sender=stoq@example.org "
-                             "-o emailer.to=soc@example.org)")
+        if not self.options.sender:
+            raise ValueError("emailer.sender is not set (-o emailer.sender=stoq@example.org)")
+        if not self.options.to:
+            raise ValueError("emailer.to is not set (-o emailer.to=soc@example.org,ir@example.org)")
         from stoq.templates import environment
 
         self.body = compile_template(self.options.template)

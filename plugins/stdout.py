@@ -13,9 +13,9 @@ from stoq.plugin import ConnectorOptions, ConnectorPlugin
 
 class StdoutConnector(ConnectorPlugin):
     """Writes every finished document, one compact JSON line each, to file descriptor 1: for a
-    pipeline (``celery -A stoq worker ... | jq``, a container's log collector).
+    pipeline (a worker's output read by ``jq`` or a container's log collector).
 
-    Written with ``os.write`` to the descriptor itself, below Python's ``sys.stdout`` (which a Celery
+    Written with ``os.write`` to the descriptor itself, below Python's ``sys.stdout`` (which a cluster
     worker redirects into its log), after flushing ``sys.stdout`` so that a line the CLI was writing
     is finished first. Nothing but documents goes there: logs are on stderr.
     """
