@@ -19,11 +19,17 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c")]
 OnlyOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", help="Only these connectors, comma-separated (default: every one with rows).")]
 
 
-def _open(config: Path | None) -> tuple[Any, Any]:
+def _open(config: Path | None, names: list[str] | None = None, options: list[str] | None = None) -> tuple[Any, Any]:
+    from stoq.cli.options import command_line_settings
+    from stoq.config import parse_plugin_options
     from stoq.store import NotMigrated, Store, StoreError
 
     try:
-        settings = load_settings(config)
+        if options:  # -o for the connectors named, or for those the options name
+            chosen = names if names is not None else sorted(parse_plugin_options(options))
+            settings = command_line_settings(config, {"connectors": ",".join(chosen)}, options)
+        else:
+            settings = load_settings(config)
         return settings, Store.open(settings.resolved_database_url())
     except ConfigError as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
@@ -45,14 +51,16 @@ def status(config: ConfigOpt = None) -> None:
 @connectors_app.command("catch-up")
 def catch_up(config: ConfigOpt = None, connectors: OnlyOpt = None,
              now: Annotated[bool, typer.Option("--now", help="Retry every pending row at once, not only those whose backoff is over.")] = False,
-             limit: Annotated[int, typer.Option("--limit", min=1, help="Rows per round.")] = 500) -> None:
+             limit: Annotated[int, typer.Option("--limit", min=1, help="Rows per round.")] = 500,
+             option: Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="PLUGIN.OPTION=VALUE", help="A connector option (repeatable), e.g. a secret the outbox does not keep: -o queue.url=amqp://...")] = None) -> None:
     """Deliver the documents the connectors could not take (rows due in the outbox), until none is
-    left or a round delivers nothing; print the counts as one JSON object. Exit code 5 if some are still
-    pending."""
+    left or a round fails; print the counts as one JSON object. Each connector is rebuilt from the
+    options stored with its rows over this command's configuration (stoq.toml, STOQ_*, -o), which
+    supplies the secret ones. Exit code 5 if some are still pending."""
     from stoq.outbox import Outbox, catch_up as run
 
-    settings, store = _open(config)
     names = [n.strip() for n in connectors.split(",") if n.strip()] if connectors else None
+    settings, store = _open(config, names, option)
     totals: dict[str, dict[str, int]] = {"delivered": {}, "withheld": {}, "missing": {}, "failed": {}}
     with store:
         due_by = float("inf") if now else None

@@ -73,3 +73,30 @@ def test_redis_stream_entries_and_maxlen() -> None:
 def test_a_url_of_another_kind_cannot_start() -> None:
     with pytest.raises(ValueError, match="amqp:// or redis://"):
         connector(url="http://example.invalid/")
+
+
+def test_an_unreachable_broker_is_caught_up_with_the_url_given_again(run_stoq: Any) -> None:
+    """The URL is a secret option: the outbox does not keep it, `stoq connectors catch-up -o queue.url=...`
+    supplies it; each scan is then published once to the real RabbitMQ."""
+    from helpers import CORPUS
+
+    name = f"stoq-test-{uuid.uuid4().hex[:8]}"
+    away = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    proc = run_stoq("scan", str(CORPUS / "test.txt"), str(CORPUS / "test.zip"), "--connectors", "queue",
+                    "-o", f"queue.url={away}", "-o", f"queue.exchange={name}", "-o", f"queue.queue={name}",
+                    "-o", "queue.timeout=1")
+    assert proc.returncode == 5, proc.stderr
+    ids = sorted(json.loads(line)["scan_id"] for line in proc.stdout.splitlines())
+    status = [json.loads(line) for line in run_stoq("connectors", "status").stdout.splitlines()]
+    assert sorted(r["scan_id"] for r in status) == ids and "Connection refused" in status[0]["last_error"]
+    proc = run_stoq("connectors", "catch-up", "--now", "-o", f"queue.url={AMQP}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["delivered"] == {"queue": 2}
+    with Connection(AMQP) as conn:
+        queue = Queue(name, Exchange(name, type="fanout", durable=True), routing_key="stoq.result", durable=True)(conn.default_channel)
+        got = []
+        while (message := queue.get(no_ack=True)) is not None:
+            got.append(message.headers["scan_id"])
+        queue.delete()
+        Exchange(name)(conn.default_channel).delete()
+    assert sorted(got) == ids
