@@ -72,8 +72,8 @@ class Delivery:
     def message(self) -> str | None:
         if self.error is None:
             return None
-        return (f"connector {self.connector.name!r} failed on {len(self.failed)} of "
-                f"{len(self.failed) + len(self.sent)} document(s): {self.error}")
+        of = f" of {len(self.failed) + len(self.sent)}" if self.sent else ""
+        return f"connector {self.connector.name!r} failed on {len(self.failed)}{of} document(s): {self.error}"
 
 
 def open_connectors(settings: Settings, registry: Registry | None = None) -> list[ConnectorPlugin]:
