@@ -10,6 +10,6 @@ COPY stoq ./stoq
 COPY plugins ./plugins
 # Workers and clients run as `stoq` (uid 10001), never as root: a worker parses hostile files, and
 # Celery warns against root workers. /data (the archive volume) belongs to it.
-RUN pip install --no-cache-dir '.[flower,elasticsearch,fluentd]' && useradd --create-home --uid 10001 stoq && mkdir -p /data && chown stoq /data
+RUN pip install --no-cache-dir '.[flower,elasticsearch,opensearch,fluentd]' && useradd --create-home --uid 10001 stoq && mkdir -p /data && chown stoq /data
 USER stoq
 ENTRYPOINT ["stoq"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 KEYWORD = {"type": "keyword"}
-FLAT = {"type": "flattened"}
+FLAT = {"type": "flattened"}  # OpenSearch's name for it: flat_object (index_templates swaps it)
 NAME = {"type": "keyword", "fields": {"text": {"type": "text"}}}  # exact and full-text
 
 #: A payload of the schema's ``$defs.payload``.
@@ -39,14 +39,57 @@ SCAN_PROPERTIES: dict[str, Any] = {
 }
 
 
-def index_templates(prefix: str) -> dict[str, dict[str, Any]]:
-    """name -> the body of a composable index template (``PUT _index_template/<name>``)."""
+def index_templates(prefix: str, engine: str = "elasticsearch") -> dict[str, dict[str, Any]]:
+    """name -> the body of a composable index template (``PUT _index_template/<name>``); for OpenSearch,
+    ``flattened`` becomes ``flat_object``."""
     payload_doc = PAYLOAD_PROPERTIES | {"scan_id": KEYWORD, "date": {"type": "date"}, "source": FLAT,
                                         "errors": {"properties": ERROR_PROPERTIES}}
+    flat = {"type": "flat_object"} if engine == "opensearch" else FLAT
+
+    def typed(props: dict[str, Any]) -> dict[str, Any]:
+        return {k: flat if v is FLAT else v for k, v in props.items()}
+
     return {f"{prefix}-{kind}": {"index_patterns": [f"{prefix}-{kind}*"], "priority": 200,
-                                 "template": {"mappings": {"dynamic": False, "properties": props}},
+                                 "template": {"mappings": {"dynamic": False, "properties": typed(props)}},
                                  "_meta": {"created_by": "stoq", "schema": "scan-document 1.x"}}
             for kind, props in (("scans", SCAN_PROPERTIES), ("payloads", payload_doc))}
+
+
+class SearchClient:
+    """The official client of Elasticsearch (``elasticsearch`` 9) or of OpenSearch (``opensearch-py``),
+    behind the two calls the connector makes. The clients' own retries are off: the framework retries."""
+
+    def __init__(self, engine: str, url: str, timeout: float, ca_certs: str | None, api_key: str | None,
+                 username: str | None, password: str | None) -> None:
+        self.engine = engine
+        auth = (username, password or "") if username else None
+        if engine == "opensearch":
+            from opensearchpy import OpenSearch
+
+            if api_key:
+                raise ValueError("elasticsearch.api_key is an Elasticsearch option: use username and password with OpenSearch")
+            self.client: Any = OpenSearch(hosts=[url], http_auth=auth, timeout=timeout, max_retries=0,
+                                          retry_on_timeout=False, ca_certs=ca_certs)
+        else:
+            from elasticsearch import Elasticsearch
+
+            extra: dict[str, Any] = {"api_key": api_key} if api_key else {"basic_auth": auth} if auth else {}
+            self.client = Elasticsearch(url, request_timeout=timeout, max_retries=0, retry_on_timeout=False,
+                                        ca_certs=ca_certs, **extra)
+
+    def put_template(self, name: str, body: dict[str, Any]) -> None:
+        if self.engine == "opensearch":
+            self.client.indices.put_index_template(name=name, body=body)
+        else:
+            self.client.indices.put_index_template(name=name, **body)
+
+    def bulk(self, operations: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.engine == "opensearch":
+            return dict(self.client.bulk(body=operations))
+        return dict(self.client.bulk(operations=operations).body)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def bulk_operations(docs: list[dict[str, Any]], prefix: str) -> tuple[list[dict[str, Any]], list[str]]:

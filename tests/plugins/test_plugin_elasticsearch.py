@@ -148,3 +148,21 @@ def test_tlp_red_documents_never_reach_a_connector_configured_lower(es: FakeElas
     (out,) = deliver_each([connector(es.url, max_tlp="amber")], docs)
     assert out.sent == ["none", "clear", "white", "amber"] and out.withheld == ["strict", "red", "odd"]
     assert sorted(k.split("/")[1] for k in es.indexed if k.startswith("stoq-scans/")) == ["amber", "clear", "none", "white"]
+
+
+def test_opensearch_engine_same_requests_with_flat_object(es: FakeElasticsearch) -> None:
+    """engine=opensearch: opensearch-py sends the same templates (flattened fields as OpenSearch's
+    flat_object) and the same bulk lines; refused items are read the same way."""
+    docs = [document("a"), document("b", payloads=3)]
+    plugin = connector(es.url, engine="opensearch")
+    plugin.save(docs)
+    assert [(m, p.split("?")[0]) for m, p, _ in es.requests] == [
+        ("PUT", "/_index_template/stoq-scans"), ("PUT", "/_index_template/stoq-payloads"), ("POST", "/_bulk")]
+    assert [json.loads(line) for line in es.requests[2][2].splitlines()] == expected_lines(docs[0]) + expected_lines(docs[1])
+    scans, payloads = (json.loads(body)["template"]["mappings"]["properties"] for _, _, body in es.requests[:2])
+    assert scans["source"] == payloads["workers"] == payloads["meta"] == {"type": "flat_object"}
+    es.fail = {"a:a-p0": 429}
+    with pytest.raises(PartialDelivery) as caught:
+        plugin.save(docs)
+    assert caught.value.failed == ["a"]
+
