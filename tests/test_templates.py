@@ -41,6 +41,8 @@ def test_the_cli_template_is_sandboxed(run_stoq: Callable[..., Any], tmp_path: P
     assert b"access to attribute '__class__' of 'dict' object is unsafe" in proc.stderr
     proc = run_stoq("scan", str(CORPUS / "test.txt"), "--no-store", "--template", "builtin:nope")
     assert proc.returncode == 4 and b"no bundled template 'nope' (bundled: csv, email, markdown, payloads)" in proc.stderr
+    proc = run_stoq("scan", str(CORPUS / "test.txt"), "--no-store", "--template", str(tmp_path / "missing.j2"))
+    assert proc.returncode == 4 and b"missing.j2: [Errno 2] No such file or directory" in proc.stderr
 
 
 def test_html_templates_are_autoescaped(tmp_path: Path) -> None:
