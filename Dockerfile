@@ -2,7 +2,7 @@
 # not run on the project's machines; the same topology runs without Docker (see docs/architecture.md).
 FROM python:3.11-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libmagic1 file p7zip-full libarchive-tools unar gnupg \
+ && apt-get install -y --no-install-recommends libmagic1 file p7zip-full libarchive-tools unar gnupg libimage-exiftool-perl \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/stoq
 COPY pyproject.toml README.md celeryconfig.py manage.py ./
@@ -10,6 +10,6 @@ COPY stoq ./stoq
 COPY plugins ./plugins
 # Workers and clients run as `stoq` (uid 10001), never as root: a worker parses hostile files, and
 # Celery warns against root workers. /data (the archive volume) belongs to it.
-RUN pip install --no-cache-dir '.[flower,elasticsearch,opensearch,fluentd]' && useradd --create-home --uid 10001 stoq && mkdir -p /data && chown stoq /data
+RUN pip install --no-cache-dir '.[flower,s3,mongodb,elasticsearch,opensearch,fluentd]' && useradd --create-home --uid 10001 stoq && mkdir -p /data && chown stoq /data
 USER stoq
 ENTRYPOINT ["stoq"]

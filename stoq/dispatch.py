@@ -1,8 +1,13 @@
 """Which plugins run on a payload.
 
 Three sources, merged in this order (a plugin runs at most once per payload):
-1. the ``workers`` list (``--workers``), on every payload, root and children;
-2. MIME routing: a scan plugin's ``mimes`` names the types routed to it without being asked;
+1. the ``workers`` list (the worker set: ``--workers``, else the ``workers`` setting, whose default is
+   ``stoq.config.DEFAULT_WORKERS``): a worker in it runs on every payload, root and children, unless it
+   declares ``mimes``: it is then routed (2.), run on payloads of those types only;
+2. MIME routing: a carver's, extractor's, decoder's or reader's ``mimes`` names the types routed to it
+   without being asked; a worker's ``mimes`` route it only when it is in the worker set (a worker the
+   user did not select never runs through MIME routing). A ``mimes`` entry ``type/*`` matches every
+   subtype (``text/*``);
 3. YARA dispatch rules (stoQ's convention): a matching rule's meta ``plugin = "carver:pe"`` (or a
    comma list of ``category:name`` / ``name``) sends the payload to those plugins; ``save = "False"``
    means what that plugin extracts is not written to the archive; every other meta key that names an
@@ -75,11 +80,19 @@ class Dispatcher:
         for name in workers:
             if name not in plugins:
                 raise ConfigError(f"unknown worker plugin {name!r} (see `stoq list`)")
-        self.workers = list(workers)
+        #: Workers run on every payload: the selected ones that declare no ``mimes``.
+        self.workers = [name for name in workers if not plugins[name].mimes]
         self.by_mime: dict[str, list[str]] = {}
-        for name, cls in plugins.items():
-            for mime in cls.mimes:
-                self.by_mime.setdefault(mime, []).append(name)
+        self.by_prefix: dict[str, list[str]] = {}  # "text/" -> plugins whose mimes hold "text/*"
+        routed = [name for name in workers if plugins[name].mimes]  # the worker set's order first
+        routed += [name for name, cls in plugins.items() if cls.category != "worker" and cls.mimes]
+        for name in routed:
+            for mime in plugins[name].mimes:
+                if mime.endswith("/*"):
+                    self.by_prefix.setdefault(mime[:-1], []).append(name)
+                else:
+                    self.by_mime.setdefault(mime, []).append(name)
+        self._routes: dict[str, tuple[str, ...]] = {}
         self.rules: yara.Rules | None = None
         self.rule_targets: dict[str, _RuleTarget] = {}
         self.rules_only_extract = True
@@ -111,6 +124,17 @@ class Dispatcher:
             if names:
                 self.rule_targets[rule.identifier] = _RuleTarget(rule.identifier, tuple(names), meta, save)
 
+    def routes(self, mime: str) -> tuple[str, ...]:
+        """The plugins MIME routing sends a payload of type ``mime`` to (exact types, then ``type/*``)."""
+        found = self._routes.get(mime)
+        if found is None:
+            names = list(self.by_mime.get(mime, ()))
+            for prefix, more in self.by_prefix.items():
+                if mime.startswith(prefix):
+                    names += more
+            found = self._routes[mime] = tuple(dict.fromkeys(names))
+        return found
+
     def plan(self, content: bytes, mime: str, can_extract: bool, *, rules: bool = True) -> tuple[list[Planned], bool]:
         """The plugins to run, and whether child-producing plugins were left out at the depth limit.
 
@@ -126,7 +150,7 @@ class Dispatcher:
 
     def _plan(self, content: bytes, mime: str, can_extract: bool, use_rules: bool) -> tuple[list[Planned], bool]:
         planned: dict[str, Planned] = {name: Planned(name) for name in self.workers}
-        for name in self.by_mime.get(mime, ()):
+        for name in self.routes(mime):
             planned.setdefault(name, Planned(name))
         if use_rules:
             assert self.rules is not None

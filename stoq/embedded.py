@@ -44,7 +44,7 @@ from multiprocessing.sharedctypes import RawValue
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator
 
-from stoq.archive import HOLD_BYTES, ArchiveError, PackArchive, read_input
+from stoq.archive import HOLD_BYTES, Archive, ArchiveError, read_input
 from stoq.engine import Activity, Engine, SkipMap, describe
 from stoq.lifetime import die_with_parent, parent_alive, prepare
 from stoq.runner import HARD_GRACE, describe_exception
@@ -121,7 +121,7 @@ def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity,
         activity.enter("read", "")
         if ref is not None:
             archived = ref[0]
-            content = engine.archive.read_record(ref[1:], archived)  # type: ignore[union-attr]  # only a PackArchive gets refs
+            content = engine.archive.read_record(ref[1:], archived)  # only a locating archive gives refs
         else:
             read = read_input(path, engine.settings.max_file_bytes)
             if read is None:
@@ -394,7 +394,7 @@ class EmbeddedPool:
         or one the archive refuses, is left to the worker, which hashes the former in chunks and
         records the latter's archive error in its document."""
         archive = self.engine.archive
-        if not isinstance(archive, PackArchive):
+        if not archive.locates:
             return jobs
         ready: list[_Job] = []
         read: list[tuple[_Job, str, bytes]] = []
@@ -422,7 +422,7 @@ class EmbeddedPool:
         return ready
 
     @staticmethod
-    def _archive(archive: PackArchive, read: list[tuple[_Job, str, bytes]]) -> None:
+    def _archive(archive: Archive, read: list[tuple[_Job, str, bytes]]) -> None:
         """Appends read roots to the parent's pack and notes their places in their jobs. If the
         archive fails, the jobs keep no place: each worker then reads its file, tries to archive it
         itself, and records what fails in its document."""

@@ -16,11 +16,14 @@ from stoq.cli.inputs import collect
 from stoq.cli.output import Format, TemplateFailure, Writer
 from stoq.cli.stopping import (STOPPED, WHY, Interrupted, catch_signals, discard_stdout, ignore_signals,
                                restore_signals)
+from stoq.cli.completion import complete_connectors, complete_plugin_option, complete_scan_plugins
 from stoq.config import ConfigError, Settings
 
-ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
-WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", metavar="NAMES", help="Plugins to run on every payload, comma-separated.")]
-OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="PLUGIN.OPTION=VALUE", help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
+ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", autocompletion=complete_connectors, help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
+ArchiverOpt = Annotated[Optional[str], typer.Option("--archiver", metavar="NAME", help="Archiver plugin that stores payloads (pack, directory, none, postgres, s3, gridfs...; setting archiver).")]
+ArchiveOpt = Annotated[Optional[str], typer.Option("--archive", metavar="WHERE", help="Where the archiver stores them: a directory, or its URL (s3://bucket/prefix, postgresql://..., mongodb://...; setting archive).")]
+WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", metavar="NAMES", autocompletion=complete_scan_plugins, help="The worker set, comma-separated (default: yara,peinfo,exif,entropy,xorsearch,iocextract; 'none': no worker).")]
+OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="PLUGIN.OPTION=VALUE", autocompletion=complete_plugin_option, help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
 DepthOpt = Annotated[Optional[int], typer.Option("--max-depth", min=0, help="Deepest extracted level (root is 0). Default 8.")]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=0, help="Worker processes (default: one per core).")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
@@ -34,11 +37,12 @@ PathsArg = Annotated[list[Path], typer.Argument(metavar="PATH", help="Files or d
 
 
 def settings_from(config: Path | None, workers: str | None, options: list[str] | None, max_depth: int | None,
-                  jobs: int | None, connectors: str | None = None) -> Settings:
+                  jobs: int | None, connectors: str | None = None, archiver: str | None = None,
+                  archive: str | None = None) -> Settings:
     from stoq.cli.options import command_line_settings
 
     return command_line_settings(config, {"workers": workers, "max_depth": max_depth, "jobs": jobs,
-                                          "connectors": connectors}, options)
+                                          "connectors": connectors, "archiver": archiver, "archive": archive}, options)
 
 
 class Progress:
@@ -314,11 +318,12 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
 
 def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None, max_depth: int | None,
           jobs: int | None, fmt: Format, template: str | None, config: Path | None, store: bool,
-          show_progress: bool | None, submit: bool, wait: bool = True, connectors: str | None = None) -> None:
+          show_progress: bool | None, submit: bool, wait: bool = True, connectors: str | None = None,
+          archiver: str | None = None, archive: str | None = None) -> None:
     saved = catch_signals()  # for the whole command: an interrupt anywhere is an exit code, never a traceback
     try:
         _scan_files(paths, recursive, workers, options, max_depth, jobs, fmt, template, config, store, show_progress,
-                    submit, wait, connectors)
+                    submit, wait, connectors, archiver, archive)
     except Interrupted as exc:
         code = STOPPED[signal.Signals(exc.signum)]
         raise fail(f"{WHY[code]} before the scan began", code) from None
@@ -328,8 +333,9 @@ def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list
 
 def _scan_files(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None,
                 max_depth: int | None, jobs: int | None, fmt: Format, template: str | None, config: Path | None,
-                store: bool, show_progress: bool | None, submit: bool, wait: bool, connectors: str | None) -> None:
-    settings = settings_from(config, workers, options, max_depth, jobs, connectors)
+                store: bool, show_progress: bool | None, submit: bool, wait: bool, connectors: str | None,
+                archiver: str | None = None, archive: str | None = None) -> None:
+    settings = settings_from(config, workers, options, max_depth, jobs, connectors, archiver, archive)
     files, problems = collect(paths, recursive)
     for problem in problems:
         say(problem)
@@ -353,10 +359,11 @@ def _scan_files(paths: list[Path], recursive: bool, workers: str | None, options
 def scan(paths: PathsArg, recursive: RecursiveOpt = False, workers: WorkersOpt = None, option: OptionOpt = None,
          max_depth: DepthOpt = None, jobs: JobsOpt = None, format: FormatOpt = Format.jsonl,
          template: TemplateOpt = None, config: ConfigOpt = None, store: StoreOpt = True,
-         show_progress: ProgressOpt = None, connectors: ConnectorsOpt = None) -> None:
+         show_progress: ProgressOpt = None, connectors: ConnectorsOpt = None, archiver: ArchiverOpt = None,
+         archive: ArchiveOpt = None) -> None:
     """Scan files here, in this machine's processes: no broker, no database server."""
     _scan(paths, recursive, workers, option, max_depth, jobs, format, template, config, store, show_progress, False,
-          connectors=connectors)
+          connectors=connectors, archiver=archiver, archive=archive)
 
 
 @app.command()
@@ -365,8 +372,8 @@ def submit(paths: PathsArg, recursive: RecursiveOpt = False, workers: WorkersOpt
            template: TemplateOpt = None, config: ConfigOpt = None, store: StoreOpt = True,
            show_progress: ProgressOpt = None,
            wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Cluster: wait for the documents and print them (default), or print the scan ids at once.")] = True,
-           connectors: ConnectorsOpt = None) -> None:
+           connectors: ConnectorsOpt = None, archiver: ArchiverOpt = None, archive: ArchiveOpt = None) -> None:
     """Submit files to the cluster (STOQ_BROKER_URL); without a broker, scan them embedded."""
     _scan(paths, recursive, workers, option, max_depth, jobs, format, template, config, store, show_progress, True,
-          wait, connectors)
+          wait, connectors, archiver, archive)
 

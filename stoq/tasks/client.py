@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import magic
 import orjson
 
-from stoq.archive import HOLD_BYTES, ArchiveError, open_archive, put_many_where, read_input
+from stoq.archive import HOLD_BYTES, ArchiveError, open_configured, put_many_where, read_input
 from stoq.config import Settings
 from stoq.engine import oversized_record
 from stoq.limits import Budget, Limits
@@ -57,7 +57,7 @@ class ClusterClient:
         self.r.ping()
         with app.connection_for_write() as conn:  # fail now, not in the middle of a directory
             conn.ensure_connection(max_retries=1, timeout=5)
-        self.archive = open_archive(settings.archiver, settings.resolved_archive())
+        self.archive = open_configured(settings)
         self.archive.prepare()
         self.profile = st.put_profile(self.r, st.profile_of(settings))
         self._magic: magic.Magic | None = None  # only an oversized input is typed here
