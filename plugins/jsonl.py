@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import orjson
 from pydantic import Field
 
-from stoq.plugin import ConnectorPlugin, PluginOptions
+from stoq.plugin import ConnectorOptions, ConnectorPlugin
 
 
 class JsonlConnector(ConnectorPlugin):
@@ -25,7 +25,7 @@ class JsonlConnector(ConnectorPlugin):
     name = "jsonl"
     version = "1.0"
 
-    class Options(PluginOptions):
+    class Options(ConnectorOptions):
         """Where the documents go."""
 
         path: Path | None = Field(None, description="File to append to (required; created with mode 0600).")

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 from pydantic import Field
 
-from stoq.plugin import ConnectorPlugin, Extra, PluginOptions
+from stoq.plugin import ConnectorOptions, ConnectorPlugin, Extra
 from stoq_plugins import _mongo
 
 
@@ -22,10 +22,10 @@ class MongodbConnector(ConnectorPlugin):
     version = "1.0"
     extras = (Extra("pymongo", "stoq-analysis[mongodb]", "the mongodb connector cannot start"),)
 
-    class Options(PluginOptions):
+    class Options(ConnectorOptions):
         """Where the documents go."""
 
-        url: str = Field("", description="MongoDB URL, mongodb://[user:password@]host[:port][/database] (required).")
+        url: str = Field("", description="MongoDB URL, mongodb://[user:password@]host[:port][/database] (required).", json_schema_extra={"secret": True})
         database: str = Field("stoq", description="Database when the URL names none.")
         collection: str = Field("scans", description="Collection of the scan documents.")
         timeout_ms: int = Field(10_000, ge=100, description="Milliseconds to find the server (and to connect) before a batch fails.")

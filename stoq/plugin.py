@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 Category = Literal["worker", "carver", "extractor", "decoder", "reader", "connector", "archiver", "source"]
 
@@ -243,13 +243,44 @@ class ReaderPlugin(ScanPlugin):
     category: ClassVar[Category] = "reader"
 
 
+#: Traffic Light Protocol labels, least to most restricted (``white`` is TLP 1.0's name of ``clear``).
+TLP_LEVELS: tuple[str, ...] = ("clear", "green", "amber", "amber+strict", "red")
+TlpLabel = Literal["clear", "white", "green", "amber", "amber+strict", "red"]
+
+
+class ConnectorOptions(PluginOptions):
+    """Options every connector has (a connector's ``Options`` subclasses this)."""
+
+    max_tlp: TlpLabel = Field("red", description="The most restricted TLP label this connector may receive "
+                              "(source.meta.tlp; a document without one counts as clear, an unknown label as red). "
+                              "Documents above it are withheld. Default red: every document.")
+
+
+class PartialDelivery(Exception):
+    """Raised by a connector's ``save`` when some documents were delivered and others were not: ``failed``
+    holds the scan ids not delivered (only those are retried)."""
+
+    def __init__(self, message: str, failed: Iterable[str]) -> None:
+        super().__init__(message)
+        self.failed = list(failed)
+
+
 class ConnectorPlugin(Plugin):
-    """Sends finished scan documents somewhere (a database, a file, a queue)."""
+    """Sends finished scan documents somewhere (a database, a file, a queue).
+
+    ``save`` delivers a batch or raises: any exception means "none of these was delivered" (the batch
+    is retried whole, so a backend should be idempotent by scan id where it can), ``PartialDelivery``
+    names the ones that were not. The framework retries with backoff, keeps undelivered documents in
+    the store's outbox and filters by TLP (``stoq.connectors``); a connector only delivers."""
 
     category: ClassVar[Category] = "connector"
+    Options: ClassVar[type[PluginOptions]] = ConnectorOptions
 
     def save(self, documents: Iterable[dict[str, Any]]) -> None:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Releases connections (optional)."""
 
 
 class ArchiveError(Exception):

@@ -11,7 +11,9 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    Float,
     ForeignKeyConstraint,
+    Index,
     Integer,
     MetaData,
     String,
@@ -168,6 +170,25 @@ class DirmonLedgerRow(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ConnectorOutbox(Base):
+    """A document a connector has not delivered yet (``stoq.outbox``): one row per connector per scan."""
+
+    __tablename__ = "connector_outbox"
+    __table_args__ = (Index("ix_connector_outbox_state_next_try", "state", "next_try"),)
+
+    connector: Mapped[str] = mapped_column(String(255), primary_key=True)
+    scan_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: ``pending`` (to deliver), ``delivered``, or ``missing`` (the scan is not in the store).
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    #: When to try next (Unix time); NULL once delivered.
+    next_try: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    #: The connector's options (JSON text), so that a catch-up rebuilds the same connector.
+    options: Mapped[str] = mapped_column(Text)
+    updated: Mapped[float] = mapped_column(Float)
 
 
 SCANS = Scan.__table__

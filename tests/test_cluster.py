@@ -682,3 +682,39 @@ def test_bytes_decompressed_and_dropped_count_against_the_scan_in_the_cluster(cl
     inner = remote["results"][9:]
     assert [r["workers"]["decompress"]["decompressed"] for r in inner] == expected_inner(nested, max_bytes)
     assert all("limit:bytes" in r["flags"] for r in inner)
+
+
+def test_connectors_retry_with_backoff_while_their_backend_is_away(cluster: Cluster, tmp_path: Path) -> None:
+    """`--connectors jsonl,file,elasticsearch` with the Elasticsearch server (tests/fake_services.py) down
+    when the scans finish: jsonl and file deliver at once; the elasticsearch task fails, is retried with
+    backoff (1 s, 2 s, 4 s...), and once the server is started delivers every scan; deliveries counted."""
+    from fake_services import FakeElasticsearch
+
+    es = FakeElasticsearch()  # nobody listening on its port yet
+    sink, out = tmp_path / "sink.jsonl", tmp_path / "files"
+    files = [CORPUS / "test.txt", CORPUS / "test.zip", CORPUS / "test.html", CORPUS / "test.json"]
+    got = cluster.stoq("submit", *map(str, files), "--connectors", "jsonl,file,elasticsearch", "-o", f"jsonl.path={sink}",
+                       "-o", f"file.directory={out}", "-o", f"elasticsearch.url={es.url}", "-o", "elasticsearch.timeout=2",
+                       "--format", "jsonl", timeout=120)
+    assert got.returncode == 0, got.stderr
+    docs = {d["scan_id"]: d for d in jsonl(got.stdout).values()}
+    deadline = time.monotonic() + 60
+    while not (sink.exists() and sink.read_bytes().count(b"\n") == len(files) and len(list(out.rglob("*.json"))) == len(files)
+               and re.search(r"stoq\.connector\.elasticsearch\[[0-9a-f-]+\] retry: Retry in", cluster.log.read_text())):
+        assert time.monotonic() < deadline, "jsonl/file never wrote, or elasticsearch never retried"
+        time.sleep(0.2)
+    assert {d["scan_id"]: d for d in jsonl(sink.read_bytes()).values()} == docs
+    assert sorted(p.stem for p in out.rglob("*.json")) == sorted(docs)
+    es.start()
+    try:
+        deadline = time.monotonic() + 60
+        while {k.split("/", 1)[1] for k in es.writes if k.startswith("stoq-scans/")} != set(docs):
+            assert time.monotonic() < deadline, f"delivered {es.writes}"
+            time.sleep(0.2)
+        time.sleep(1)  # a late duplicate would arrive now
+        scans = [k.split("/", 1)[1] for k in es.writes if k.startswith("stoq-scans/")]
+        assert sorted(scans) == sorted(docs)  # every scan at least once; no duplicate in this run
+        for scan_id, doc in docs.items():
+            assert es.indexed[f"stoq-scans/{scan_id}"] == doc
+    finally:
+        es.stop()

@@ -138,7 +138,7 @@ AMBIGUOUS_SHOWN = 10
 @app.command()
 def results(key: Annotated[Optional[str], typer.Argument(metavar="[KEY]", help="A scan id or a sha256 (every scan of that file), or any unambiguous beginning of one (the table's sha256:ee373616eed8f5b7). Without KEY: search with the options below.")] = None,
             format: Annotated[Format, typer.Option("--format", "-f")] = Format.json,
-            template: Annotated[Optional[Path], typer.Option("--template", exists=True, dir_okay=False)] = None,
+            template: Annotated[Optional[str], typer.Option("--template", metavar="FILE|builtin:NAME", help="A Jinja2 template (sandboxed), or builtin:payloads, builtin:csv, builtin:markdown.")] = None,
             config: Annotated[Optional[Path], typer.Option("--config", "-c")] = None,
             limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="At most this many scans (search: default 20, newest first).")] = None,
             since: Annotated[Optional[str], typer.Option("--since", metavar="WHEN", help="Scanned at or after: ISO 8601 (2026-12-01, 2026-12-01T08:00Z) or a duration back from now (7d, 12h, 30m).")] = None,

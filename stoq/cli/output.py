@@ -9,6 +9,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from stoq.templates import TemplateFailure, compile_template, render
 from stoq.terminal import safe
 
 __all__ = ["Format", "TemplateFailure", "Writer", "safe", "table"]
@@ -22,36 +23,23 @@ class Format(str, Enum):
     table = "table"
 
 
-class TemplateFailure(Exception):
-    """A ``--template`` that does not compile or fails on a document."""
-
-
 class Writer:
     """Writes documents one at a time; ``close`` finishes the output (the closing ``]`` of json)."""
 
-    def __init__(self, fmt: Format, template: Path | None = None, out: BinaryIO | None = None) -> None:
+    def __init__(self, fmt: Format, template: str | Path | None = None, out: BinaryIO | None = None) -> None:
         self.fmt = fmt
         self.out = out if out is not None else sys.stdout.buffer
         self.count = 0
         self.template = None
-        if template is not None:
-            import jinja2
-
-            env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-            env.filters["terminal"] = safe  # {{ p.filename | terminal }}: escaped as the table escapes it
-            try:
-                self.template = env.from_string(template.read_text())
-            except (OSError, UnicodeDecodeError, jinja2.TemplateError) as exc:
-                raise TemplateFailure(f"template {template}: {exc}") from exc
+        if template is not None:  # a file or builtin:NAME, compiled in a sandbox (stoq.templates)
+            self.template = compile_template(template)
 
     def write(self, doc: dict[str, Any], raw: bytes | None = None) -> None:
         """Writes one document; ``raw`` is its compact JSON if already serialised."""
-        if self.template is not None:
-            import jinja2
-
+        if self.template is not None:  # ``index``: 0 for the first document (a CSV header, say)
             try:
-                self.out.write(self.template.render(doc=doc).encode())
-            except jinja2.TemplateError as exc:
+                self.out.write(render(self.template, doc=doc, index=self.count).encode())
+            except TemplateFailure as exc:
                 raise TemplateFailure(f"template failed on scan {doc.get('scan_id')}: {exc}") from exc
         elif self.fmt is Format.jsonl:
             self.out.write((raw if raw is not None else orjson.dumps(doc)) + b"\n")

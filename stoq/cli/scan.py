@@ -28,7 +28,7 @@ OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metava
 DepthOpt = Annotated[Optional[int], typer.Option("--max-depth", min=0, help="Deepest extracted level (root is 0). Default 8.")]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=0, help="Worker processes (default: one per core).")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
-TemplateOpt = Annotated[Optional[Path], typer.Option("--template", exists=True, dir_okay=False, help="Render each document with this Jinja2 template.")]
+TemplateOpt = Annotated[Optional[str], typer.Option("--template", metavar="FILE|builtin:NAME", help="Render each document with this Jinja2 template (sandboxed), or a bundled one: builtin:payloads, builtin:csv, builtin:markdown.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into directories.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="stoq.toml to use.")]
 StoreOpt = Annotated[bool, typer.Option("--store/--no-store", help="Save documents in the result store.")]
@@ -131,12 +131,14 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             loader = StoreLoader(settings.resolved_database_url())
         except Exception as exc:  # NotMigrated, StoreError: said before anything is scanned
             raise fail(str(exc), ExitCode.STORE) from None
-    from stoq.connectors import deliver, open_connectors
+    from stoq.cli.deliveries import Deliveries
+    from stoq.connectors import open_connectors
 
     try:
         connectors = open_connectors(settings, engine.registry)
     except ConfigError as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
+    deliveries = Deliveries(connectors, loader.url if loader is not None else None, settings, say)
     code = ExitCode.OK
     keep = loader is not None or bool(connectors)
     batch: list[dict[str, Any]] = []  # written (or being written), not yet handed to the store
@@ -148,10 +150,7 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
         if loader is not None:
             loader.save(docs)  # idempotent: a batch interrupted here and saved again changes nothing
             handed += len(docs)
-        failures = deliver(connectors, docs)
-        for failure in failures:
-            say(str(failure))
-        return ExitCode.STORE if failures else ExitCode.OK
+        return ExitCode.OK if deliveries.deliver(docs) else ExitCode.STORE
     hooks = {"started": loader.start, "before_fork": loader.join} if loader else {}
     pool = EmbeddedPool(engine, settings.resolved_jobs())
     from stoq.submission import roots_of
@@ -196,6 +195,8 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             code = max(code, flush(batch))
         if loader is not None:
             loader.finish()
+        if connectors and not deliveries.finish():
+            code = max(code, ExitCode.STORE)
     except Exception as exc:
         if type(exc).__name__ in ("NotMigrated", "StoreError"):
             raise fail(str(exc), ExitCode.STORE) from None
@@ -345,7 +346,7 @@ def selection(meta: list[str] | None, include: list[str] | None, exclude: list[s
 
 
 def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None, max_depth: int | None,
-          jobs: int | None, fmt: Format, template: Path | None, config: Path | None, store: bool,
+          jobs: int | None, fmt: Format, template: str | None, config: Path | None, store: bool,
           show_progress: bool | None, submit: bool, wait: bool = True, connectors: str | None = None,
           meta: dict[str, str] | None = None, filters: FileFilter | None = None,
           archiver: str | None = None, archive: str | None = None) -> None:
@@ -361,7 +362,7 @@ def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list
 
 
 def _scan_files(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None,
-                max_depth: int | None, jobs: int | None, fmt: Format, template: Path | None, config: Path | None,
+                max_depth: int | None, jobs: int | None, fmt: Format, template: str | None, config: Path | None,
                 store: bool, show_progress: bool | None, submit: bool, wait: bool, connectors: str | None,
                 meta: dict[str, str], filters: FileFilter, archiver: str | None = None,
                 archive: str | None = None) -> None:

@@ -99,25 +99,40 @@ class ConnectorFailed(Exception):
     """A connector plugin failed on a batch of documents (the task retries it)."""
 
 
+#: The connector task's retries: countdown ``2 ** retries`` seconds (at most ``CONNECTOR_BACKOFF_MAX``),
+#: then the documents still undelivered go to the store's outbox, which the workers' catch-up drains.
+CONNECTOR_MAX_RETRIES = 10
+CONNECTOR_BACKOFF_MAX = 300
+
+
 def register_connector(app: Celery, name: str) -> str:
     """The task ``stoq.connector.<name>`` on queue ``<name>``: reads finished documents from the result
     store by scan id and gives them to the connector plugin configured by the submission's profile.
-    Delivery is at least once: a retried batch may reach the sink twice."""
+    Delivery is at least once: a failed batch is retried with exponential backoff (only the documents
+    not delivered, when the connector says which), and after ``CONNECTOR_MAX_RETRIES`` the rest is kept
+    in the store's outbox (``stoq.outbox``) for the workers' catch-up."""
     task = f"stoq.connector.{name}"
 
-    def run(profile_id: str, scan_ids: list[str]) -> None:
-        from stoq.connectors import deliver
+    def run(self: Any, profile_id: str, scan_ids: list[str]) -> None:
+        from stoq.connectors import deliver_each, stored_options
+        from stoq.outbox import Outbox
         from stoq.tasks.connect import result_store
 
         connector = pipeline.connector_for(pipeline.redis_client(app), profile_id, name)
         docs = [doc for doc in map(result_store().get, scan_ids) if doc is not None]
-        failures = deliver([connector], docs)
-        if failures:
-            raise ConnectorFailed(failures[0])
+        (out,) = deliver_each([connector], docs)
+        if not out.failed:
+            return
+        if self.request.retries >= CONNECTOR_MAX_RETRIES:
+            Outbox(result_store()).defer(name, stored_options(connector), out.failed, out.error or "failed")
+            log.error("%s; %d document(s) kept in the store's outbox", out.message(), len(out.failed))
+            return
+        countdown = min(2 ** self.request.retries, CONNECTOR_BACKOFF_MAX)
+        raise self.retry(args=(profile_id, out.failed), exc=ConnectorFailed(out.message()), countdown=countdown)
 
     run.__doc__ = f"Gives finished documents to the {name!r} connector."
-    app.task(name=task, queue=name, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-             autoretry_for=(ConnectorFailed,), retry_backoff=True, retry_backoff_max=300, max_retries=10)(run)
+    app.task(name=task, queue=name, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+             max_retries=None)(run)
     return task
 
 

@@ -38,6 +38,12 @@ def store(scan_ids: list[str]) -> None:
     pipeline.store(app, scan_ids)
 
 
+@app.task(name="stoq.connectors.catch_up", queue=pipeline.COLLECT_QUEUE, ignore_result=True)
+def connectors_catch_up() -> None:
+    """Delivers the documents of the store's connector outbox that are due (``stoq.outbox``)."""
+    pipeline.catch_up_connectors()
+
+
 class Sweeper(bootsteps.StartStopStep):
     """Every worker closes overdue scans every few seconds (``stoq.tasks.sweeper.sweep``)."""
 
@@ -52,6 +58,7 @@ class Sweeper(bootsteps.StartStopStep):
     def run(self) -> None:
         try:
             sweeper.sweep(app)
+            sweeper.maybe_catch_up(app)
         except Exception:  # a broker or Redis hiccup: the next round tries again
             pipeline.log.exception("sweeper round failed")
 

@@ -442,3 +442,16 @@ def store(app: Celery, scan_ids: list[str]) -> None:
         forget_stored(pipe, scans, docs)
         pipe.execute()
     send_connectors(app, r, scans)
+
+
+def catch_up_connectors() -> None:
+    """The workers' catch-up of the connector outbox (``stoq.outbox.catch_up``), with this worker's
+    settings (they hold the connectors' secret options)."""
+    from stoq.outbox import catch_up
+    from stoq.tasks.connect import result_store
+
+    result = catch_up(result_store(), worker_settings())
+    for name, n in result.delivered.items():
+        log.warning("connector %r: %d document(s) delivered from the outbox", name, n)
+    for message in result.errors:
+        log.error("%s; still kept in the outbox", message)

@@ -15,12 +15,25 @@ import redis
 from celery import Celery
 
 from stoq.tasks import state as st
+from stoq.tasks.config import COLLECT_QUEUE
 from stoq.tasks.pipeline import absorb_wave, commit, redis_client, send_store, worker_settings
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two rounds of a worker's sweeper.
 SWEEP_EVERY = 5.0
+#: Seconds between two catch-ups of the connector outbox (one worker of the cluster sends it).
+CATCH_UP_EVERY = 30
+CATCH_UP_KEY = "stoq:outbox:catch-up"
+
+
+def maybe_catch_up(app: Celery) -> bool:
+    """Sends ``stoq.connectors.catch_up`` at most once per ``CATCH_UP_EVERY`` seconds for the whole
+    cluster (a Redis key taken with SET NX EX by the first worker whose sweeper gets there)."""
+    if redis_client(app).set(CATCH_UP_KEY, b"1", nx=True, ex=CATCH_UP_EVERY):
+        app.send_task("stoq.connectors.catch_up", queue=COLLECT_QUEUE)
+        return True
+    return False
 
 
 def sweep(app: Celery, now: float | None = None) -> list[str]:
