@@ -39,7 +39,7 @@ def test_each_bundled_plugin_is_declared_tested_and_short(name: str) -> None:
         assert field.description, f"{name}.{option} has no description"
     if cls.category == "connector":  # a sink needs to be told where: its setup says so
         assert issubclass(cls, ConnectorPlugin)
-        with pytest.raises(ValueError, match=f"{name}.path is not set"):
+        with pytest.raises(ValueError, match=f"{name}\\.(path|channel) is not set"):
             cls().setup()
     else:
         assert issubclass(cls, ScanPlugin)
