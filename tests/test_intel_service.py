@@ -77,3 +77,33 @@ def test_a_file_seen_twice_by_two_processes_costs_one_request(backend: str, tmp_
         run(fake, backend, tmp_path, "", 0, ["same"])
         assert run(fake, backend, tmp_path, "", 0, ["same"], ["same"]) == [[[]], [[]]]
     assert fake.requests() == [("GET", f"/api/v3/files/{sha}")]
+
+
+@pytest.mark.parametrize("status", [200, 401])
+def test_the_key_from_the_environment_never_reaches_output_logs_or_store(tmp_path: Path, status: int) -> None:
+    """`stoq -vv scan` (embedded, SQLite store) with STOQ_VTMIS__API_KEY: the key reaches the fake
+    service's header, and nothing else: not stdout, not stderr's logs, not the stored document."""
+    key = "vt-env-key-5e3b1c9d"
+    sample = tmp_path / "sample.txt"
+    sample.write_bytes(b"contact http://bad.example.com/gate.php now\n")
+    sha = hashlib.sha256(sample.read_bytes()).hexdigest()
+    answer = {"data": {"type": "file", "id": sha, "attributes": {"reputation": 2}}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")}
+    env.update(STOQ_VTMIS__API_KEY=key, XDG_DATA_HOME=str(tmp_path / "data"), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               HOME=str(tmp_path))
+    with FakeService({("GET", f"/api/v3/files/{sha}"): reply(status, answer if status == 200 else {})}) as fake:
+        got = subprocess.run([str(Path(sys.executable).parent / "stoq"), "-vv", "scan", str(sample), "--workers",
+                              "vtmis", "-o", f"vtmis.url={fake.url}", "--format", "json"],
+                             env=env, capture_output=True, timeout=120)
+    assert got.returncode == 0, got.stderr
+    (doc,) = json.loads(got.stdout)
+    vt = doc["results"][0]["workers"]["vtmis"]
+    if status == 200:
+        assert vt["file"] == {"found": True, "id": sha, "reputation": 2} and len(vt["indicators"]) == 2
+    else:
+        assert vt == {"error": "intel:unauthorised"} and "intel:unauthorised" in doc["results"][0]["flags"]
+    assert {s.headers["x-apikey"] for s in fake.seen} == {key}
+    assert key.encode() not in got.stdout + got.stderr
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file())
+    assert b"intel:unauthorised" in stored if status == 401 else b"reputation" in stored  # the document is stored ...
+    assert key.encode() not in stored  # ... without the key
