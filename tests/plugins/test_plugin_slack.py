@@ -112,3 +112,64 @@ def test_the_token_is_not_sent_to_another_host() -> None:
 
     with pytest.raises(ValueError, match="unexpected host"):
         download("http://files.example.org/x", TOKEN, "https://slack.com/api/", 10)
+
+
+def test_the_bot_over_socket_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """slack_sdk's SocketModeClient against a fake Slack: apps.connections.open (with the app token) gives
+    the URL of a local websocket server, which sends the hello and an events_api envelope of a shared
+    file; the bot acknowledges the envelope, scans the file and replies in the thread."""
+    import threading
+
+    from slack_sdk.socket_mode import SocketModeClient
+    from websockets.sync.server import serve
+
+    content = b"shared over socket mode\n"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    acks: list[dict[str, Any]] = []
+    event = {"type": "message", "subtype": "file_share", "channel": "C9", "ts": "1700000001.000200",
+             "files": [{"id": "F9"}]}
+
+    def socket(conn: Any) -> None:
+        conn.send(json.dumps({"type": "hello", "num_connections": 1, "debug_info": {"host": "fake"}}))
+        conn.send(json.dumps({"envelope_id": "env-1", "type": "events_api", "accepts_response_payload": False,
+                              "payload": {"type": "event_callback", "event": event}}))
+        while not acks:
+            message = json.loads(conn.recv(timeout=30))
+            if "envelope_id" in message:
+                acks.append(message)
+        try:
+            conn.recv(timeout=10)  # stay open until the client leaves
+        except Exception:
+            pass
+
+    with serve(socket, "127.0.0.1", 0) as ws_server:
+        threading.Thread(target=ws_server.serve_forever, daemon=True).start()
+        ws_url = f"ws://127.0.0.1:{ws_server.socket.getsockname()[1]}/link"
+        routes = {("POST", "/api/apps.connections.open"): reply(200, {"ok": True, "url": ws_url}),
+                  ("POST", "/api/files.info"): lambda seen: reply(200, {"ok": True, "file": {
+                      "id": "F9", "name": "s.txt", "size": len(content),
+                      "url_private_download": f"{fake.url}/files-pri/T1-F9/download/s.txt"}}),
+                  ("GET", "/files-pri/T1-F9/download/s.txt"): lambda seen: (200, content, {}),
+                  ("POST", "/api/chat.postMessage"): OK}
+        with FakeService(routes) as fake:
+            web = slack_sdk.WebClient(token=TOKEN, base_url=fake.url + "/api/")
+            engine = Engine(load_settings(env={"STOQ_ARCHIVER": "none", "STOQ_WORKERS": "hash"}))
+            docs: list[dict[str, Any]] = []
+            bot = Bot(web, lambda data, name: docs.append(engine.scan(data, name, {"kind": "slack"})) or docs[-1])
+            client = SocketModeClient(app_token="xapp-test-app-token", web_client=web)
+            client.socket_mode_request_listeners.append(bot.on_request)
+            client.connect()
+            try:
+                for _ in range(300):
+                    if any(s.path == "/api/chat.postMessage" for s in fake.seen):
+                        break
+                    threading.Event().wait(0.1)
+            finally:
+                client.close()
+    assert acks == [{"envelope_id": "env-1"}]
+    opened = fake.seen[0]
+    assert (opened.path, opened.headers["authorization"]) == ("/api/apps.connections.open", "Bearer xapp-test-app-token")
+    (doc,) = docs
+    assert doc["results"][0]["sha256"] == hashlib.sha256(content).hexdigest()
+    (reply_post,) = [json.loads(s.body) for s in fake.seen if s.path == "/api/chat.postMessage"]
+    assert reply_post == {"channel": "C9", "thread_ts": "1700000001.000200", "text": summary(doc)}
