@@ -22,6 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -52,8 +53,8 @@ class ServiceOptions(PluginOptions):
                                                           "up to it; a Retry-After beyond it: give up).")
     rate: str = Field("4/minute", description="Most requests per period for all processes together "
                                               "(N/second|minute|hour|day, or N/Ks; empty: no limit).")
-    max_rate_wait: float = Field(30.0, ge=0, description="Longest wait for the rate limit before giving up "
-                                                         "(flag intel:rate-limited).")
+    max_rate_wait: float = Field(30.0, ge=0, description="Longest wait for the rate limit in one payload's "
+                                                         "scan, all requests together (then intel:rate-limited).")
     cache_ttl: float = Field(86400.0, ge=0, description="Seconds an answer is reused (0: no cache).")
     redis_url: str = Field("", description="Redis shared by the cluster for the rate limit and the cache (empty: "
                                            "STOQ_RESULT_BACKEND if it is redis://, else SQLite under the user's "
@@ -155,7 +156,7 @@ class Backend:
         """Takes one request of the window (0.0) or says how many seconds to wait for one."""
         if self.redis is not None:
             return int(self._script(keys=[key], args=[limit, int(window * 1000), uuid.uuid4().hex])) / 1000
-        with self._db() as db:
+        with closing(self._db()) as db:
             db.execute("BEGIN IMMEDIATE")  # one process at a time counts and adds
             now = time.time()
             db.execute("DELETE FROM hits WHERE key = ? AND at <= ?", (key, now - window))
@@ -171,7 +172,7 @@ class Backend:
         if self.redis is not None:
             raw = self.redis.get(key)
         else:
-            with self._db() as db:
+            with closing(self._db()) as db:
                 row = db.execute("SELECT value FROM cache WHERE key = ? AND until > ?", (key, time.time())).fetchone()
             raw = row[0] if row else None
         return None if raw is None else json.loads(raw)
@@ -181,7 +182,7 @@ class Backend:
         if self.redis is not None:
             self.redis.set(key, raw, px=max(1, int(ttl * 1000)))
             return
-        with self._db() as db:
+        with closing(self._db()) as db:
             db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)", (key, raw, time.time() + ttl))
 
 
@@ -202,7 +203,8 @@ class Service:
     options: ServiceOptions
     auth: Callable[[str], dict[str, str]]
     backend: Backend = field(init=False)
-    sent: int = 0
+    #: Until when (``time.monotonic()``) the current payload's requests may wait for the rate limit.
+    rate_deadline: float = 0.0
 
     def __post_init__(self) -> None:
         cache = Path(platformdirs.user_cache_dir("stoq", appauthor=False)) / "intel.sqlite"
@@ -218,9 +220,8 @@ class Service:
     def _wait_for_rate(self) -> None:
         if self.rate is None:
             return
-        deadline = time.monotonic() + self.options.max_rate_wait
         while (wait := self.backend.take(f"stoq:intel:rate:{self.plugin}", *self.rate)) > 0:
-            if time.monotonic() + wait > deadline:
+            if time.monotonic() + wait > self.rate_deadline:
                 raise RateLimited(f"{self.plugin}: rate {self.options.rate} used up for {wait:.0f} s more")
             time.sleep(wait)
 
@@ -232,7 +233,6 @@ class Service:
         all_headers = {"Accept": "application/json", "User-Agent": "stoq"} | (headers or {}) | self.auth(self.key())
         for attempt in range(self.options.retries + 1):
             self._wait_for_rate()
-            self.sent += 1
             request = urllib.request.Request(url, data=body, headers=all_headers, method=method)
             try:
                 with urllib.request.urlopen(request, timeout=self.options.timeout) as response:
@@ -271,10 +271,12 @@ class Service:
 
 
 def service_for(plugin: Any, options: ServiceOptions, auth: Callable[[str], dict[str, str]]) -> Service:
-    """The plugin's ``Service`` for these options (one per distinct options, kept on the plugin)."""
+    """The plugin's ``Service`` for these options (one per distinct options, kept on the plugin), its
+    rate-limit waits bounded by ``max_rate_wait`` from now: call it once per payload."""
     services = plugin.__dict__.setdefault("_services", {})
     if options not in services:
         services[options] = Service(plugin.name, plugin.version, options, auth)
+    services[options].rate_deadline = time.monotonic() + options.max_rate_wait
     return services[options]
 
 

@@ -173,3 +173,11 @@ def test_the_bot_over_socket_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert doc["results"][0]["sha256"] == hashlib.sha256(content).hexdigest()
     (reply_post,) = [json.loads(s.body) for s in fake.seen if s.path == "/api/chat.postMessage"]
     assert reply_post == {"channel": "C9", "thread_ts": "1700000001.000200", "text": summary(doc)}
+
+
+def test_without_the_extra_the_connector_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "slack_sdk", None)  # as if not installed: its import fails
+    with pytest.raises(ValueError, match=r"pip install 'stoq-analysis\[slack\]'"):
+        SlackConnector(SlackConnector.Options(channel="C1")).setup()
