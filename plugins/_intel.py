@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from stoq.plugin import Payload, PluginOptions
 from stoq_plugins._ioc import extract
@@ -61,6 +61,12 @@ class ServiceOptions(PluginOptions):
                                            "cache directory, shared by the processes of one machine).")
     max_indicators: int = Field(10, ge=0, description="Most indicators from a text payload looked up (limit:intel-iocs).")
     max_text: int = Field(1024 * 1024, ge=0, description="Most bytes of a text payload searched for indicators.")
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)  # refused with the configuration, before any payload
+        return value
 
 
 class ServiceError(Exception):

@@ -162,5 +162,7 @@ def test_rates_and_retry_after_parse() -> None:
     assert parse_rate("1000/day") == (1000, 86400.0) and parse_rate("") is None
     with pytest.raises(ValueError):
         parse_rate("4 per minute")
+    with pytest.raises(ValueError, match="is not N/second"):
+        VtmisPlugin.Options(rate="4/fortnight")
     assert retry_wait("7", 1.0) == 7.0 and retry_wait(None, 2.0) == 2.0
     assert retry_wait("Wed, 21 Oct 2015 07:28:00 GMT", 5.0) == 0.0  # a date in the past: no wait
