@@ -183,6 +183,13 @@ class Backend:
             raw = row[0] if row else None
         return None if raw is None else json.loads(raw)
 
+    def delete(self, key: str) -> None:
+        if self.redis is not None:
+            self.redis.delete(key)
+            return
+        with closing(self._db()) as db:
+            db.execute("DELETE FROM cache WHERE key = ?", (key,))
+
     def put(self, key: str, value: Any, ttl: float) -> None:
         raw = json.dumps(value)
         if self.redis is not None:
@@ -265,9 +272,16 @@ class Service:
             time.sleep(wait)
         raise AssertionError("unreachable")
 
+    def cache_key(self, kind: str, indicator: str) -> str:
+        return f"stoq:intel:cache:{self.plugin}:{self.version}:{kind}:{indicator}"
+
+    def forget(self, kind: str, indicator: str) -> None:
+        """Drops a cached answer that is no longer true (a file "unknown" until we uploaded it)."""
+        self.backend.delete(self.cache_key(kind, indicator))
+
     def lookup(self, kind: str, indicator: str, fetch: Callable[[], Answer]) -> Answer:
         """``fetch()``'s answer for (kind, indicator), from the cache when it holds one."""
-        key = f"stoq:intel:cache:{self.plugin}:{self.version}:{kind}:{indicator}"
+        key = self.cache_key(kind, indicator)
         if self.options.cache_ttl > 0 and (hit := self.backend.get(key)) is not None:
             return Answer(hit["status"], hit["data"])
         answer = fetch()

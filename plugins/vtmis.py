@@ -80,6 +80,7 @@ class VtmisPlugin(WorkerPlugin):
                         flags.append("limit:vtmis-upload-size")
                     else:
                         data["uploaded"] = self._upload(service, payload)
+                        service.forget("file", payload.sha256)  # known now: the next scan asks again
         except ServiceError as exc:
             return Result(data=data | {"error": exc.flag}, flags=flags + [exc.flag])
         found, cut = indicators(payload, options, tuple(COLLECTIONS))

@@ -10,7 +10,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
 @dataclass
@@ -85,13 +85,6 @@ class FakeService:
         return [(s.method, s.path) for s in self.seen]
 
 
-def serving(routes: dict[tuple[str, str], Any], delay: float = 0.0) -> Iterator[FakeService]:
-    with FakeService(routes, delay) as fake:
-        yield fake
-
-
 def reply(status: int, data: Any = None, **headers: str) -> Reply:
     return (status, {} if data is None else data, {k.replace("_", "-"): v for k, v in headers.items()})
 
-
-Route = Callable[[Seen], Reply]

@@ -60,9 +60,12 @@ def test_an_unknown_file_is_a_normal_answer_and_is_uploaded_only_when_asked(make
     with FakeService({("POST", "/api/v3/files"): reply(200, analysis)}) as fake:
         assert scan(fake, payload).data == {"file": {"found": False}}
         assert fake.requests() == [("GET", f"/api/v3/files/{payload.sha256}")]
-        result = scan(fake, payload, upload=True, cache_ttl=0)
+        result = scan(fake, payload, upload=True)  # the cached "unknown", then the upload
+        scan(fake, payload)  # the cached answer was dropped at the upload: asked again
     assert result.data == {"file": {"found": False}, "uploaded": analysis["data"]["id"]} and result.flags == []
-    post = fake.seen[-1]
+    get = ("GET", f"/api/v3/files/{payload.sha256}")
+    assert fake.requests() == [get, ("POST", "/api/v3/files"), get]
+    post = fake.seen[1]
     assert (post.method, post.path, post.headers["x-apikey"]) == ("POST", "/api/v3/files", KEY)
     boundary = post.headers["content-type"].removeprefix("multipart/form-data; boundary=")
     assert post.body == (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{payload.sha256}\""
