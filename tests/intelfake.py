@@ -87,4 +87,3 @@ class FakeService:
 
 def reply(status: int, data: Any = None, **headers: str) -> Reply:
     return (status, {} if data is None else data, {k.replace("_", "-"): v for k, v in headers.items()})
-
