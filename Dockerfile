@@ -9,7 +9,8 @@ COPY pyproject.toml README.md celeryconfig.py manage.py ./
 COPY stoq ./stoq
 COPY plugins ./plugins
 # Workers and clients run as `stoq` (uid 10001), never as root: a worker parses hostile files, and
-# Celery warns against root workers. /data (the archive volume) belongs to it.
-RUN pip install --no-cache-dir '.[flower]' && useradd --create-home --uid 10001 stoq && mkdir -p /data && chown stoq /data
+# Celery warns against root workers. /data (the archive volume) belongs to it, and dirmon's volumes (/incoming, /incoming-done).
+RUN pip install --no-cache-dir '.[flower,s3,mongodb]' && useradd --create-home --uid 10001 stoq && mkdir -p /data /incoming /incoming-done \
+    && chown stoq /data /incoming /incoming-done
 USER stoq
 ENTRYPOINT ["stoq"]

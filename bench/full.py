@@ -12,6 +12,11 @@ has its own sha256). Each round runs, in turn, the bare loop and `stoq scan` at 
 report gives medians of root files per second and ``stoq/bare`` at each job count. Throughput counts
 root files only: what stoq extracts from them is work the bare loop does not do, and is the point.
 
+``--defaults`` (issue 14): `stoq scan` with the default worker set (no ``--workers``: yara, peinfo, entropy,
+xorsearch, iocextract routed to text) and the default dispatch, the yara worker given the bare loop's
+rules; each round also runs the issue-12 command (``--workers yara,peinfo``) as ``yp``, so that the
+default set's own cost shows in the same rounds. ``--corpus-only``: the corpus without the made archives.
+
 ``--large``: instead, the scaling benchmark: larger files (each corpus file followed by the next ones,
 in name order and cyclically, until it holds at least 96 KiB: mean 177 KiB), `--max-depth 0` at --jobs 1 and 2, and
 stoq's speed-up from 1 to 2 jobs against the bare pool's (bench/run.py's method on other files).
@@ -199,25 +204,28 @@ def bare(files: Path, jobs: int) -> tuple[float, float]:
                                                     - before.children_user - before.children_system)
 
 
-def stoq_command(files: Path, jobs: int, extra: list[str]) -> list[str]:
-    return [str(BIN / "stoq"), "scan", str(files), "--recursive", "--jobs", str(jobs), "--workers", "yara,peinfo",
+def stoq_command(files: Path, jobs: int, extra: list[str], workers: str | None = "yara,peinfo") -> list[str]:
+    """``workers`` None: no ``--workers``, the default worker set."""
+    chosen = ["--workers", workers] if workers is not None else []
+    return [str(BIN / "stoq"), "scan", str(files), "--recursive", "--jobs", str(jobs), *chosen,
             "-o", f"yara.rules={RULES}", "--format", "jsonl", "--no-progress", *extra]
 
 
 def stoq(files: Path, jobs: int, count: int, extra: list[str], stats: dict[str, int] | None = None,
-         code: Path | None = None) -> tuple[float, float]:
+         code: Path | None = None, workers: str | None = "yara,peinfo") -> tuple[float, float]:
     """Root files per second of `stoq scan` (fresh archive and store each run), and its CPU seconds;
     ``stats`` gets the payloads and flags of the documents; ``code``: another checkout to run."""
     work = Path(tempfile.mkdtemp(prefix="stoq-bench-"))
     env = dict(os.environ, STOQ_ARCHIVE=str(work / "archive"), STOQ_DATABASE_URL=f"sqlite:///{work / 'stoq.db'}",
                XDG_DATA_HOME=str(work / "data"))
+    env.pop("STOQDEV_DEFAULT_WORKERS", None)  # the built-in default worker set, as a user gets it
     if code is not None:
         env["PYTHONPATH"] = str(code)
     try:
         with open(work / "out.jsonl", "wb") as out:
             before = os.times()
             start = time.perf_counter()
-            proc = subprocess.run(stoq_command(files, jobs, extra), env=env, stdout=out, stderr=subprocess.PIPE)
+            proc = subprocess.run(stoq_command(files, jobs, extra, workers), env=env, stdout=out, stderr=subprocess.PIPE)
             elapsed = time.perf_counter() - start
             after = os.times()
         if proc.returncode not in (0, 1):
@@ -247,6 +255,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--jobs", default="1,2", help="comma-separated job counts")
     parser.add_argument("--large", action="store_true", help="the scaling benchmark on larger files instead")
+    parser.add_argument("--defaults", action="store_true",
+                        help="stoq with the default worker set (no --workers); 'yp' is --workers yara,peinfo")
+    parser.add_argument("--corpus-only", action="store_true", help="the corpus alone, no made archives")
     parser.add_argument("--keep", type=Path, help="also copy the source files (before unique copies) here")
     parser.add_argument("--compare", type=Path,
                         help="also run this other checkout (a directory holding stoq/ and stoq_plugins/, put first "
@@ -263,7 +274,8 @@ def main() -> None:
         for name in os.listdir(CORPUS):
             if (CORPUS / name).is_file() and name not in SKIP:
                 shutil.copy(CORPUS / name, source / name)
-        made, skipped = make_archives(source)
+        if not args.corpus_only:
+            made, skipped = make_archives(source)
         extra = []
     if args.keep:
         shutil.copytree(source, args.keep, dirs_exist_ok=True)
@@ -272,22 +284,25 @@ def main() -> None:
     runs: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     stats: dict[str, int] = {}
+    sides = ("bare", "stoq") + (("base",) if args.compare else ()) + (("yp",) if args.defaults else ())
     for r in range(args.rounds):
         for j in jobs:
-            for side in ("bare", "stoq", "base") if args.compare else ("bare", "stoq"):
+            for side in sides:
                 if side == "bare":
                     speed, seconds = bare(files, j)
                 else:
+                    workers = None if args.defaults and side == "stoq" else "yara,peinfo"
                     speed, seconds = stoq(files, j, count, extra, stats if r == 0 and j == jobs[0] and side == "stoq"
-                                          else None, args.compare if side == "base" else None)
+                                          else None, args.compare if side == "base" else None, workers)
                 runs.setdefault(f"{side}{j}", []).append(speed)
                 cpu.setdefault(f"{side}{j}", []).append(seconds)
         print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.1f}/s" for k, v in runs.items()), file=sys.stderr)
     med = {k: statistics.median(v) for k, v in runs.items()}
     report: dict[str, object] = {
-        "benchmark": "large files, --max-depth 0" if args.large else "full dispatch",
+        "benchmark": "large files, --max-depth 0" if args.large else (
+            "default worker set, full dispatch" if args.defaults else "full dispatch"),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "stoq_command": shlex.join(stoq_command(Path("FILES"), jobs[0], extra)),
+        "stoq_command": shlex.join(stoq_command(Path("FILES"), jobs[0], extra, None if args.defaults else "yara,peinfo")),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]},
         "files": count, "mean_size": round(size / count), "copies": args.copies, "rounds": args.rounds,
@@ -303,6 +318,9 @@ def main() -> None:
         "all_runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
         "first_run_counts": dict(sorted(stats.items())),
     }
+    if args.defaults:
+        report["yp_over_bare"] = {str(j): round(med[f"yp{j}"] / med[f"bare{j}"], 3) for j in jobs}
+        report["default_set_over_yp"] = {str(j): round(med[f"stoq{j}"] / med[f"yp{j}"], 3) for j in jobs}
     if args.compare:
         report["base_over_bare"] = {str(j): round(med[f"base{j}"] / med[f"bare{j}"], 3) for j in jobs}
         report["base_cpu_ratio"] = {str(j): round(statistics.median(cpu[f"bare{j}"])

@@ -92,10 +92,16 @@ def find_executables(data: U8, plain: bool, limit: int) -> list[Hit]:
     taken a window at a time, so that hostile data made of ``MZ`` pairs costs no more memory than any."""
     mz = np.frombuffer(b"MZ", dtype=np.uint8)
     found: list[Hit] = []
+    if len(data) < 0x40 + 4:  # no room for a DOS header and its PE signature
+        return found
+    raw = data.tobytes()
     for method in METHODS:
         for bits in (range(1, 8) if method == "rol" else (None,)):
             kept: list[Hit] = []
+            rol_mz = encode(mz, "rol", bits).tobytes() if bits is not None else b""
             for first in range(0, max(len(data) - 1, 0), WINDOW):
+                if bits is not None and raw.find(rol_mz, first, first + WINDOW + 1) < 0:
+                    continue  # no candidate in this window: bytes.find is cheaper than numpy's passes
                 window = data[first:first + WINDOW + 1]
                 if bits is None:  # all keys at once: the difference of M and Z, then each start's key
                     starts = np.flatnonzero(differences(window, method) == differences(mz, method)[0])
@@ -117,6 +123,8 @@ def _verified(data: U8, method: str, starts: npt.NDArray[np.intp], keys: U8, bit
     """The candidates among ``starts`` whose decoded ``e_lfanew`` leads to a decoded ``PE\\0\\0``
     (``keys``: each candidate's key; ``bits``: ROL's, the same for all)."""
     n = len(data)
+    if not len(starts):
+        return []
     fits = starts + 0x40 <= n
     starts, keys = starts[fits], keys[fits]
     lfanew = np.zeros(len(starts), dtype=np.int64)

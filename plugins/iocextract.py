@@ -24,8 +24,12 @@ class IocextractPlugin(WorkerPlugin):
 
     name = "iocextract"
     version = "1.0"
-    #: Original stoQ's ``iocregex`` reader role: the text that pdftext and email extract is routed here.
-    children_of = {"pdftext": ("text/",), "email": ("text/",)}
+    #: Routed to text when in the worker set (the default's): text files, the text children of
+    #: ``pdftext``, ``email`` and the archives, e-mail headers, scripts and markup. Not run on binaries,
+    #: where ioc-finder costs the most and finds the least (docs/performance.md).
+    mimes = frozenset({"text/*", "message/rfc822", "application/json", "application/javascript",
+                       "application/x-javascript", "application/xml", "application/xhtml+xml",
+                       "application/x-sh", "application/x-shellscript"})
 
     class Options(PluginOptions):
         max_size: int = Field(1024 * 1024, ge=0, description="Most bytes read from the start of the payload.")

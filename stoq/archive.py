@@ -1,11 +1,16 @@
 """Content-addressed payload archive: bytes stored and fetched by sha256.
 
-Two layouts: ``PackArchive`` (the embedded default: appends to pack files, fast on any local disk)
-and ``DirectoryArchive`` (one file per payload: simple to inspect, works over NFS). The directory archive lays a payload at ``ROOT/ab/cd/abcd...`` (sha256 in hex). Writes go to a
+Every archive is an archiver plugin (``stoq.plugin.ArchiverPlugin``) found through the ``stoq.plugins``
+entry points, chosen by the setting ``archiver`` (:func:`open_configured`). The bundled ones live in
+the core because the engine's fast paths rely on the pack: ``PackArchive`` (``pack``, the default:
+appends to pack files, fast on any local disk), ``DirectoryArchive`` (``directory``: one file per
+payload, simple to inspect, works over NFS), ``NoArchive`` (``none``) and ``PostgresArchive``
+(``postgres``, ``stoq/archive_pg.py``, imported only when used: a cluster without a shared
+filesystem); ``s3`` and ``gridfs`` are plugins (``plugins/s3.py``, ``plugins/gridfs.py``). The
+directory archive lays a payload at ``ROOT/ab/cd/abcd...`` (sha256 in hex). Writes go to a
 temporary file in the same directory and are renamed into place, so a reader never sees a partial
 payload and two processes writing the same payload do not conflict. An archive is shared by the
-embedded worker processes and, over a shared filesystem, by the workers of a cluster. A cluster
-without a shared filesystem uses ``PostgresArchive`` (``stoq/archive_pg.py``, imported only when used).
+embedded worker processes and, over a shared filesystem, by the workers of a cluster.
 """
 
 from __future__ import annotations
@@ -21,22 +26,28 @@ import time
 from contextlib import suppress
 import tempfile
 from pathlib import Path
-from typing import Any, TYPE_CHECKING, TypeAlias
+from typing import Any, Mapping, TYPE_CHECKING, TypeAlias
 
 from stoq.model import SHA256
+from stoq.plugin import ArchiveError, ArchiverPlugin, PluginOptions
 
 if TYPE_CHECKING:
-    from stoq.archive_pg import PostgresArchive
+    from stoq.config import Settings
+    from stoq.registry import Registry
+
+__all__ = ["ArchiveError", "Archive", "DirectoryArchive", "PackArchive", "NoArchive", "open_archive",
+           "open_configured", "put_where", "put_many_where", "read_from", "read_input", "HOLD_BYTES"]
 
 
-class ArchiveError(Exception):
-    """A payload could not be stored or is not in the archive."""
+class DirectoryArchive(ArchiverPlugin):
+    """Stores each payload as a file of a local (or NFS) directory, at ROOT/ab/cd/<sha256>."""
 
+    name = "directory"
+    version = "1.0"
+    directory = True
 
-class DirectoryArchive:
-    """Payload store in a local (or NFS) directory, keyed by sha256."""
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], options: PluginOptions | None = None) -> None:
+        super().__init__(root, options)
         self.root = Path(root)
 
     def prepare(self) -> None:
@@ -97,8 +108,8 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-class PackArchive:
-    """Payloads appended to pack files, found through a SQLite index: the embedded default.
+class PackArchive(ArchiverPlugin):
+    """Appends payloads to pack files found through a SQLite index: the default, fastest on a local disk.
 
     On this project's reference machine (ext4 in a VM) creating one file per payload costs ~1 ms of
     kernel time, more than hashing, typing and matching a typical payload together; appending to an
@@ -127,7 +138,13 @@ class PackArchive:
     READERS = 64
     COMPARE_CHUNK = 1 << 20  # bytes of a stored record compared with a new payload at a time
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    name = "pack"
+    version = "1.0"
+    directory = True
+    locates = True
+
+    def __init__(self, root: str | os.PathLike[str], options: PluginOptions | None = None) -> None:
+        super().__init__(root, options)
         self.root = Path(root)
         self._gen = -1
 
@@ -350,8 +367,12 @@ class PackArchive:
             self._readers.clear()
 
 
-class NoArchive:
+class NoArchive(ArchiverPlugin):
     """Keeps nothing (``archiver = "none"``): for quick triage where payloads need not be kept."""
+
+    name = "none"
+    version = "1.0"
+    directory = True  # the setting archive is not read; a directory default keeps it a path
 
     def exists(self, sha256: str) -> bool:
         return False
@@ -375,7 +396,9 @@ class NoArchive:
         return None
 
 
-Archive: TypeAlias = "DirectoryArchive | PackArchive | NoArchive | PostgresArchive"
+#: Any archive (the type every caller holds): an archiver plugin.
+Archive: TypeAlias = ArchiverPlugin
+#: The archivers bundled with stoq's core, by name (the rest come from entry points only).
 ARCHIVERS = ("pack", "directory", "none", "postgres")
 
 
@@ -402,8 +425,8 @@ def put_where(archive: Archive, sha256: str, content: bytes) -> list[Any] | None
     """Stores a payload; returns where it lies when the archive can say (a pack: ``[pack, offset,
     length]``, as JSON carries it), else None. A reference that carries the place spares every
     reader its index look-up (``read_from``)."""
-    if isinstance(archive, PackArchive):
-        return list(archive.put_located(sha256, content))
+    if archive.locates:
+        return list(archive.put_located(sha256, content))  # type: ignore[arg-type]
     archive.put(sha256, content)
     return None
 
@@ -411,9 +434,10 @@ def put_where(archive: Archive, sha256: str, content: bytes) -> list[Any] | None
 def put_many_where(archive: Archive, items: list[tuple[str, bytes]]) -> list[list[Any] | None]:
     """:func:`put_where` for several payloads (``(sha256, content)``): one index query for all of
     them in a pack."""
-    if isinstance(archive, PackArchive):
-        return [list(where) for where in archive.put_many_located(items)]
-    return [put_where(archive, sha256, content) for sha256, content in items]
+    if archive.locates:
+        return [list(where) for where in archive.put_many_located(items)]  # type: ignore[arg-type]
+    archive.put_many_located(items)  # an archiver may batch the puts
+    return [None] * len(items)
 
 
 def read_from(archive: Archive, sha256: str, at: list[Any] | None) -> tuple[bytes, bool]:
@@ -421,26 +445,63 @@ def read_from(archive: Archive, sha256: str, at: list[Any] | None) -> tuple[byte
     reference carries one (no index look-up, and before the index row is even written; the record's
     header is checked, the bytes are known: see ``PackArchive``), else by sha256, unverified: the
     caller hashes them."""
-    if at is not None and isinstance(archive, PackArchive):
+    if at is not None and archive.locates:
         pack, offset, length = at
         return archive.read_record((str(pack), int(offset), int(length)), sha256), True
     return archive.get(sha256, verify=False), False
 
 
-def open_archive(kind: str, root: str | os.PathLike[str]) -> Archive:
-    """The archive of a kind: ``pack`` (embedded default), ``directory`` (a file per payload), ``none``,
-    or ``postgres`` (``root`` is then a PostgreSQL URL, a str passed on unchanged)."""
-    if kind == "postgres":
-        if not isinstance(root, str):  # a Path would have turned "postgresql://h/db" into "postgresql:/h/db"
-            raise ArchiveError(f"archiver postgres needs a PostgreSQL URL as a str, not {type(root).__name__}")
-        from stoq.archive_pg import PostgresArchive
+def archiver_class(name: str, registry: "Registry | None" = None) -> type[ArchiverPlugin]:
+    """The archiver plugin of that name, through the entry points (``registry``, or a new discovery;
+    the core's own archivers without one, so a client that has not discovered plugins pays nothing)."""
+    from stoq.config import ConfigError
 
-        return PostgresArchive(root)
-    if kind == "pack":
-        return PackArchive(root)
-    if kind == "directory":
-        return DirectoryArchive(root)
-    if kind == "none":
-        return NoArchive()
-    raise ArchiveError(f"unknown archiver {kind!r} (one of {', '.join(ARCHIVERS)})")
+    if registry is None and name in ARCHIVERS:
+        if name == "postgres":
+            from stoq.archive_pg import PostgresArchive
 
+            return PostgresArchive
+        return {"pack": PackArchive, "directory": DirectoryArchive, "none": NoArchive}[name]
+    if registry is None:
+        from stoq.registry import Registry
+
+        registry = Registry.discover()
+    entry = registry.entries.get(name)
+    if entry is None:
+        known = sorted(e.name for e in registry.entries.values() if e.category == "archiver")
+        raise ConfigError(f"unknown archiver {name!r} (installed: {', '.join(known)}; see `stoq list`)")
+    cls = registry.get(name)
+    if not issubclass(cls, ArchiverPlugin):
+        raise ConfigError(f"plugin {name!r} is a {cls.category}, not an archiver")
+    return cls
+
+
+def open_archive(kind: str, root: str | os.PathLike[str], options: Mapping[str, Any] | None = None,
+                 registry: "Registry | None" = None) -> Archive:
+    """The archiver ``kind`` on the location ``root`` (a directory for ``pack`` and ``directory``; a
+    PostgreSQL URL, a str passed on unchanged, for ``postgres``; an ``s3://`` or ``mongodb://`` URL for
+    ``s3`` and ``gridfs``), with its options (text values are coerced, as from ``-o``)."""
+    from stoq.config import ConfigError
+    from stoq.registry import make_options
+
+    try:
+        cls = archiver_class(kind, registry)
+    except ConfigError as exc:
+        raise ArchiveError(str(exc)) from exc
+    if not cls.directory and not isinstance(root, str):  # a Path would turn "postgresql://h/db" into "postgresql:/h/db"
+        raise ArchiveError(f"archiver {kind} needs a URL as a str, not {type(root).__name__}")
+    made = make_options(cls, options or {}) if options else None
+    return cls(Path(root) if cls.directory else root, made)
+
+
+def open_configured(settings: "Settings", registry: "Registry | None" = None) -> Archive:
+    """The archive the settings name: ``archiver`` on ``archive``, with ``[plugins.<archiver>]``
+    options. A ConfigError names an unknown archiver or a bad option."""
+    from stoq.config import data_dir
+    from stoq.registry import make_options
+
+    cls = archiver_class(settings.archiver, registry)
+    options = make_options(cls, settings.plugins.get(settings.archiver, {}))
+    if cls.directory:
+        return cls(Path(settings.archive) if settings.archive else data_dir() / "archive", options)
+    return cls(settings.archive, options)

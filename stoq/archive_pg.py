@@ -26,8 +26,8 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from stoq.archive import ArchiveError
 from stoq.model import SHA256
+from stoq.plugin import ArchiveError, ArchiverPlugin, PluginOptions
 
 TABLE = "stoq_archive"
 _INCOMING = "stoq_archive_incoming"
@@ -38,8 +38,8 @@ _SCHEME = re.compile(r"^(postgresql|postgres)(\+\w+)?://", re.IGNORECASE)
 _PASSWORD = re.compile(r"(://[^/@:]*):[^/@]*@")
 
 
-class PostgresArchive:
-    """Payloads stored as rows of a PostgreSQL table, keyed by sha256.
+class PostgresArchive(ArchiverPlugin):
+    """Stores payloads as rows of a PostgreSQL table: for a cluster whose machines share no filesystem.
 
     ``url`` is a SQLAlchemy or libpq URL (``postgresql+psycopg2://user@host:5432/db``; the driver
     part is dropped). Each process opens its own connection, lazily: a forked child never uses (nor
@@ -58,7 +58,11 @@ class PostgresArchive:
     MAX_BYTES = (1 << 30) - 4096
     CONNECT_TIMEOUT = 10
 
-    def __init__(self, url: str) -> None:
+    name = "postgres"
+    version = "1.0"
+
+    def __init__(self, url: str, options: PluginOptions | None = None) -> None:
+        super().__init__(url, options)
         self.url = url
         self.display = _PASSWORD.sub(r"\1:***@", url)
         self._pid = -1

@@ -26,12 +26,33 @@ import logging
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Literal, Mapping
+from typing import Any, Callable, Collection, Iterable, Mapping
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 APP = "stoq"
+
+#: The worker set used when neither ``--workers``, ``STOQ_WORKERS`` nor ``stoq.toml`` names one (stoQ v3's
+#: ``always_dispatch``): workers that are cheap on every payload, or routed to the payloads they fit
+#: (``peinfo`` declines what is not ``MZ``; ``exif`` what is not an image, a document, media or an
+#: executable; ``iocextract`` declares the text types). Why these and what
+#: each costs: docs/plugins.md (the default worker set) and docs/performance.md.
+DEFAULT_WORKERS: tuple[str, ...] = ("yara", "peinfo", "exif", "entropy", "xorsearch", "iocextract")
+#: The value of ``workers`` (``--workers none``, ``STOQ_WORKERS=none``) that selects no worker at all.
+NO_WORKERS = "none"
+
+
+def default_workers() -> list[str]:
+    """The built-in default of ``workers``: ``DEFAULT_WORKERS``, unless the development variable
+    ``STOQDEV_DEFAULT_WORKERS`` (the test suite sets it to ``none``, so that each test names the workers
+    it runs; see DEVELOPERS.md) replaces it. It is the lowest layer: stoq.toml, STOQ_WORKERS and
+    ``--workers`` still override it."""
+    dev = os.environ.get("STOQDEV_DEFAULT_WORKERS", "")
+    if not dev:
+        return list(DEFAULT_WORKERS)
+    names = split_list(dev)
+    return [] if [n.lower() for n in names] == [NO_WORKERS] else names
 
 
 class ConfigError(Exception):
@@ -48,9 +69,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     database_url: str = Field("", description="SQLAlchemy URL of the result store (default: SQLite in the user data dir).")
-    archive: str = Field("", description="Directory of the content-addressed payload archive (default: in the user data dir).")
-    archiver: Literal["pack", "directory", "none", "postgres"] = Field("pack", description="Archive layout: pack files (fast), a file per payload, none, or postgres (a PostgreSQL table, for a cluster without a shared filesystem; archive is then the PostgreSQL URL).")
-    workers: list[str] = Field(default_factory=list, description="Plugins run on every payload.")
+    archive: str = Field("", description="Where the payload archive is: a directory for pack and directory (default: in the user data dir), else the archiver's URL (postgresql://..., s3://bucket/prefix, mongodb://host/db).")
+    archiver: str = Field("pack", pattern=r"^[a-z0-9_-]{1,64}$", description="Archiver plugin that stores payloads: pack (pack files, fast), directory (a file per payload), none, postgres (a PostgreSQL table), s3 (an S3 bucket, the cluster default), gridfs (MongoDB GridFS), or any installed archiver (stoq list).")
+    workers: list[str] = Field(default_factory=default_workers,
+                               description="The worker set: workers run on every payload (or, for a worker that "
+                                           "declares MIME types, on those); 'none' for no worker.")
     connectors: list[str] = Field(default_factory=list, description="Connector plugins that receive every finished document, besides the result store.")
     dispatch_rules: str = Field("", description="YARA dispatch rule file (default: the bundled rules; 'none' disables).")
     max_depth: int = Field(8, ge=0, description="Deepest level of extracted children (root is 0).")
@@ -72,14 +95,19 @@ class Settings(BaseModel):
     @field_validator("workers", "connectors", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
-        return split_list(value)
+        value = split_list(value)
+        if isinstance(value, list) and [str(v).lower() for v in value] == [NO_WORKERS]:
+            return []  # --workers none: no worker (and --connectors none: no connector)
+        return value
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{data_dir() / 'stoq.db'}"
 
     def resolved_archive(self) -> Path | str:
-        """The archive's directory, or for ``archiver = "postgres"`` its URL (a str, unchanged)."""
-        if self.archiver == "postgres":
+        """The archive's directory for the core's directory archivers (pack, directory, none), with
+        its default; for any other archiver its URL (a str, unchanged). ``stoq.archive.open_configured``
+        asks the archiver itself."""
+        if self.archiver not in ("pack", "directory", "none"):
             return self.archive
         return Path(self.archive) if self.archive else data_dir() / "archive"
 

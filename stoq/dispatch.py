@@ -1,10 +1,13 @@
 """Which plugins run on a payload.
 
 Three sources, merged in this order (a plugin runs at most once per payload):
-1. the ``workers`` list (``--workers``), on every payload, root and children;
-2. MIME routing: a scan plugin's ``mimes`` names the types routed to it without being asked; and
-   routing by origin: its ``children_of`` (``{"pdftext": ("text/",)}``) names plugins whose children of
-   those MIME types (prefixes) are routed to it (the text a reader extracts goes on to ``iocextract``);
+1. the ``workers`` list (the worker set: ``--workers``, else the ``workers`` setting, whose default is
+   ``stoq.config.DEFAULT_WORKERS``): a worker in it runs on every payload, root and children, unless it
+   declares ``mimes``: it is then routed (2.), run on payloads of those types only;
+2. MIME routing: a carver's, extractor's, decoder's or reader's ``mimes`` names the types routed to it
+   without being asked; a worker's ``mimes`` route it only when it is in the worker set (a worker the
+   user did not select never runs through MIME routing). A ``mimes`` entry ``type/*`` matches every
+   subtype (``text/*``);
 3. YARA dispatch rules (stoQ's convention): a matching rule's meta ``plugin = "carver:pe"`` (or a
    comma list of ``category:name`` / ``name``) sends the payload to those plugins; ``save = "False"``
    means what that plugin extracts is not written to the archive; every other meta key that names an
@@ -77,18 +80,23 @@ class Dispatcher:
         for name in workers:
             if name not in plugins:
                 raise ConfigError(f"unknown worker plugin {name!r} (see `stoq list`)")
-        self.workers = list(workers)
+        #: Workers run on every payload: the selected ones that declare no ``mimes``.
+        self.workers = [name for name in workers if not plugins[name].mimes]
         self.by_mime: dict[str, list[str]] = {}
-        self.by_origin: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
-        for name, cls in plugins.items():
-            for mime in cls.mimes:
-                self.by_mime.setdefault(mime, []).append(name)
-            for origin, prefixes in cls.children_of.items():
-                self.by_origin.setdefault(origin, []).append((name, tuple(prefixes)))
+        self.by_prefix: dict[str, list[str]] = {}  # "text/" -> plugins whose mimes hold "text/*"
+        routed = [name for name in workers if plugins[name].mimes]  # the worker set's order first
+        routed += [name for name, cls in plugins.items() if cls.category != "worker" and cls.mimes]
+        for name in routed:
+            for mime in plugins[name].mimes:
+                if mime.endswith("/*"):
+                    self.by_prefix.setdefault(mime[:-1], []).append(name)
+                else:
+                    self.by_mime.setdefault(mime, []).append(name)
+        self._routes: dict[str, tuple[str, ...]] = {}
         self.rules: yara.Rules | None = None
         self.rule_targets: dict[str, _RuleTarget] = {}
         self.rules_only_extract = True
-        self._static: dict[tuple[str, bool, str | None], tuple[list[Planned], bool]] = {}
+        self._static: dict[tuple[str, bool], tuple[list[Planned], bool]] = {}
         if rules_path and rules_path.lower() != "none":
             self._load_rules(rules_path)
 
@@ -116,30 +124,34 @@ class Dispatcher:
             if names:
                 self.rule_targets[rule.identifier] = _RuleTarget(rule.identifier, tuple(names), meta, save)
 
-    def plan(self, content: bytes, mime: str, can_extract: bool, *, rules: bool = True,
-             origin: str | None = None) -> tuple[list[Planned], bool]:
+    def routes(self, mime: str) -> tuple[str, ...]:
+        """The plugins MIME routing sends a payload of type ``mime`` to (exact types, then ``type/*``)."""
+        found = self._routes.get(mime)
+        if found is None:
+            names = list(self.by_mime.get(mime, ()))
+            for prefix, more in self.by_prefix.items():
+                if mime.startswith(prefix):
+                    names += more
+            found = self._routes[mime] = tuple(dict.fromkeys(names))
+        return found
+
+    def plan(self, content: bytes, mime: str, can_extract: bool, *, rules: bool = True) -> tuple[list[Planned], bool]:
         """The plugins to run, and whether child-producing plugins were left out at the depth limit.
-        ``origin`` names the plugin that extracted the payload (None for a root).
 
         Raises ``yara.Error`` when the dispatch rules fail on this payload; the caller records the
         error and plans again with ``rules=False`` (the workers list and MIME routing)."""
         use_rules = rules and bool(self.rule_targets) and (can_extract or not self.rules_only_extract)
         if not use_rules:  # the plan depends on the MIME type alone: build it once per type
-            key = (mime, can_extract, origin if origin in self.by_origin else None)
-            cached = self._static.get(key)
+            cached = self._static.get((mime, can_extract))
             if cached is None:
-                cached = self._static[key] = self._plan(content, mime, can_extract, False, key[2])
+                cached = self._static[(mime, can_extract)] = self._plan(content, mime, can_extract, False)
             return cached[0][:], cached[1]
-        return self._plan(content, mime, can_extract, True, origin)
+        return self._plan(content, mime, can_extract, True)
 
-    def _plan(self, content: bytes, mime: str, can_extract: bool, use_rules: bool,
-              origin: str | None = None) -> tuple[list[Planned], bool]:
+    def _plan(self, content: bytes, mime: str, can_extract: bool, use_rules: bool) -> tuple[list[Planned], bool]:
         planned: dict[str, Planned] = {name: Planned(name) for name in self.workers}
-        for name in self.by_mime.get(mime, ()):
+        for name in self.routes(mime):
             planned.setdefault(name, Planned(name))
-        for name, prefixes in self.by_origin.get(origin or "", ()):
-            if mime.startswith(prefixes):
-                planned.setdefault(name, Planned(name))
         if use_rules:
             assert self.rules is not None
             for match in self.rules.match(data=content, timeout=self.RULE_TIMEOUT):

@@ -44,11 +44,12 @@ from multiprocessing.sharedctypes import RawValue
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator
 
-from stoq.archive import HOLD_BYTES, ArchiveError, PackArchive, read_input
+from stoq.archive import HOLD_BYTES, Archive, ArchiveError, read_input
 from stoq.engine import Activity, Engine, SkipMap, describe
 from stoq.lifetime import die_with_parent, parent_alive, prepare
 from stoq.runner import HARD_GRACE, describe_exception
 from stoq.model import PayloadRecord, ScanErrorEntry, document, dumps, new_id, now_iso
+from stoq.submission import Root, source_of
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class _Job:
     skip: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     attempts: int = 0
     ref: tuple[str, str, int, int] | None = None  # (sha256, pack, offset, length) once the parent archived it
+    scan_id: str | None = None  # chosen by the source (dirmon's ledger), else a new one
+    meta: dict[str, str] | None = None  # the submission's metadata: source["meta"]
+    shown: str | None = None  # source.path when not the path read (stoq.submission.Root)
 
 
 _FRAME = struct.Struct("<cQI")  # kind (D: document, E: error), job index, length
@@ -113,27 +117,30 @@ def unreadable(path: str | Path, exc: OSError | ArchiveError) -> str:
 
 
 def _scan_one(engine: Engine, path: str, skip: SkipMap, activity: SlotActivity,
-              ref: tuple[str, str, int, int] | None = None) -> tuple[bytes, bytes]:
+              ref: tuple[str, str, int, int] | None = None, scan_id: str | None = None,
+              meta: dict[str, str] | None = None, shown: str | None = None) -> tuple[bytes, bytes]:
     """(kind, body) for one file: its document, or why it could not be scanned. ``ref``: where the
-    parent archived the file (then read from the pack, not from ``path``)."""
+    parent archived the file (then read from the pack, not from ``path``); ``scan_id`` and ``meta``:
+    the source's (``stoq.submission.Root``)."""
     archived = None
+    source = source_of(shown or path, meta)
     try:
         activity.enter("read", "")
         if ref is not None:
             archived = ref[0]
-            content = engine.archive.read_record(ref[1:], archived)  # type: ignore[union-attr]  # only a PackArchive gets refs
+            content = engine.archive.read_record(ref[1:], archived)  # only a locating archive gives refs
         else:
             read = read_input(path, engine.settings.max_file_bytes)
             if read is None:
-                return b"D", dumps(engine.scan_oversized(Path(path), {"path": path}))
+                return b"D", dumps(engine.scan_oversized(Path(path), source, scan_id))
             content = read
     except (OSError, ArchiveError) as exc:
         return b"E", unreadable(path, exc).encode("utf-8", "backslashreplace")
     finally:
         activity.leave()
     try:
-        doc = engine.scan(content, os.path.basename(path), {"path": path}, skip=skip, activity=activity,
-                          archived=archived)
+        doc = engine.scan(content, os.path.basename(shown or path), source, skip=skip, activity=activity,
+                          archived=archived, scan_id=scan_id)
         return b"D", dumps(doc)
     except Exception as exc:  # a fault of stoq itself, not of a plugin: report it, keep serving
         return b"E", f"{path}: scan failed: {describe_exception(exc)}".encode("utf-8", "backslashreplace")
@@ -153,7 +160,8 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
     activity = SlotActivity(slot)
     out: list[bytes] = []
     size = 0
-    queued: deque[tuple[int, str, SkipMap, tuple[str, str, int, int] | None]] = deque()
+    queued: deque[tuple[int, str, SkipMap, tuple[str, str, int, int] | None, str | None, dict[str, str] | None,
+                        str | None]] = deque()
     try:
         while not stop.value:
             if not queued:
@@ -165,9 +173,9 @@ def _serve(conn: multiprocessing.connection.Connection, engine: Engine, slot: _S
                     return
                 queued.extend(message)
                 continue
-            index, path, skip, ref = queued.popleft()
+            index, path, skip, ref, scan_id, meta, shown = queued.popleft()
             slot.job = index
-            kind, body = _scan_one(engine, path, skip, activity, ref)
+            kind, body = _scan_one(engine, path, skip, activity, ref, scan_id, meta, shown)
             out += (_FRAME.pack(kind, index, len(body)), body)
             size += len(body)
             if len(out) >= 2 * BATCH or size >= BATCH_BYTES or stop.value or not (queued or conn.poll()):
@@ -211,7 +219,7 @@ class _Worker:
     def give(self, jobs: list[_Job]) -> None:
         """Sends jobs to the worker, in one message."""
         self.jobs.extend(jobs)
-        self.conn.send([(job.index, str(job.path), job.skip, job.ref) for job in jobs])
+        self.conn.send([(job.index, str(job.path), job.skip, job.ref, job.scan_id, job.meta, job.shown) for job in jobs])
 
     def take_current(self) -> _Job:
         """Removes and returns the job the worker was on (its slot says which), else the oldest."""
@@ -245,7 +253,8 @@ class _Worker:
             self.process.join()
 
 
-def failed_document(path: Path, kind: str, message: str) -> bytes:
+def failed_document(path: Path, kind: str, message: str, scan_id: str | None = None,
+                    meta: dict[str, str] | None = None) -> bytes:
     """The document of a file whose scan kept killing its worker (see the module docstring)."""
     try:
         content = path.read_bytes()
@@ -256,7 +265,7 @@ def failed_document(path: Path, kind: str, message: str) -> bytes:
     record = PayloadRecord(payload_id=payload_id, parent_id=None, depth=0, filename=path.name, extracted_by=None,
                            meta={}, flags=["crash:gave-up"], **facts)
     error = ScanErrorEntry(payload_id, "stoq", kind, message)
-    return dumps(document(new_id(), now_iso(), {"path": str(path)}, [record], [error]))
+    return dumps(document(scan_id or new_id(), now_iso(), source_of(str(path), meta), [record], [error]))
 
 
 def ready_fds(events: list[tuple[selectors.SelectorKey, int]]) -> set[Any]:
@@ -279,11 +288,14 @@ class EmbeddedPool:
         self._stop: Any = None
         self.leftover: list[ScannedFile] = []
 
-    def run(self, paths: Iterable[Path], *, started: Callable[[], None] | None = None,
+    def run(self, paths: Iterable[Path | Root], *, started: Callable[[], None] | None = None,
             before_fork: Callable[[], None] | None = None) -> Generator[ScannedFile, None, None]:
         """Yields one outcome per path, in order. ``started`` is called once the workers are forked
-        (the parent may start threads then); ``before_fork`` before a dead worker is replaced."""
-        todo: deque[_Job] = deque(_Job(i, p) for i, p in enumerate(paths))
+        (the parent may start threads then); ``before_fork`` before a dead worker is replaced. A
+        ``Root`` brings its scan id and metadata (``stoq.submission``)."""
+        todo: deque[_Job] = deque(_Job(i, p) if isinstance(p, Path) else _Job(i, p.path, scan_id=p.scan_id,
+                                                                                meta=p.meta or None, shown=p.shown)
+                                  for i, p in enumerate(paths))
         total = len(todo)
         self._stop = RawValue(ctypes.c_int, 0)  # shared with the workers, set when the run stops early
         self.leftover = []
@@ -394,7 +406,7 @@ class EmbeddedPool:
         or one the archive refuses, is left to the worker, which hashes the former in chunks and
         records the latter's archive error in its document."""
         archive = self.engine.archive
-        if not isinstance(archive, PackArchive):
+        if not archive.locates:
             return jobs
         ready: list[_Job] = []
         read: list[tuple[_Job, str, bytes]] = []
@@ -422,7 +434,7 @@ class EmbeddedPool:
         return ready
 
     @staticmethod
-    def _archive(archive: PackArchive, read: list[tuple[_Job, str, bytes]]) -> None:
+    def _archive(archive: Archive, read: list[tuple[_Job, str, bytes]]) -> None:
         """Appends read roots to the parent's pack and notes their places in their jobs. If the
         archive fails, the jobs keep no place: each worker then reads its file, tries to archive it
         itself, and records what fails in its document."""
@@ -470,12 +482,12 @@ class EmbeddedPool:
         job.attempts += 1
         key = (sha256, plugin)  # ("", name) when it died outside a plugin: one more plain attempt
         if job.attempts >= MAX_ATTEMPTS or key in job.skip:
-            return ScannedFile(job.path, failed_document(job.path, kind, message))
+            return ScannedFile(job.path, failed_document(job.path, kind, message, job.scan_id, job.meta))
         job.skip[key] = (kind, message)
         return None
 
 
-def scan_files(engine: Engine, paths: list[Path], jobs: int, **hooks: Callable[[], None] | None) -> Iterator[ScannedFile]:
+def scan_files(engine: Engine, paths: list[Path | Root], jobs: int, **hooks: Callable[[], None] | None) -> Iterator[ScannedFile]:
     """Scans ``paths`` with ``jobs`` worker processes (see ``EmbeddedPool.run`` for the hooks)."""
     return EmbeddedPool(engine, jobs).run(paths, **hooks)
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import magic
 import yara
 
-from stoq.archive import ArchiveError, open_archive, put_where, read_from
+from stoq.archive import ArchiveError, open_configured, put_where, read_from
 from stoq.config import ConfigError, Settings
 from stoq.dispatch import Dispatcher, Planned, bundled_dispatch_rules
 from stoq.limits import Budget, Limits
@@ -59,6 +59,7 @@ class Pending:
     known_size: int = 0
     at: list[Any] | None = None  # where the archive holds it, when it can say (``archive.put_where``)
     known: bool = False  # ``content`` was read from the pack record of ``sha256``: not hashed again
+    source_path: str | None = None  # the root's source path (``Payload.source_path``); None for children
 
     @property
     def size(self) -> int:
@@ -74,11 +75,12 @@ class Started:
     plan: list[Planned]
     content: bytes
     bytes_left: int | None = None  # of the scan's max_bytes, when the plan was made
+    source_path: str | None = None
 
     def payload(self, planned: Planned) -> Payload:
         r = self.record
         return Payload(self.content, r.payload_id, r.filename, r.mime, r.sha256, r.depth, r.meta, planned.rules,
-                       self.bytes_left)
+                       self.bytes_left, self.source_path)
 
 
 @dataclass(slots=True)
@@ -169,12 +171,12 @@ class Engine:
         rules = settings.dispatch_rules or str(bundled_dispatch_rules())
         self.dispatcher = Dispatcher(self.plugin_classes, settings.workers, rules)
         self.limits = Limits.of(settings)
-        self.archive = open_archive(settings.archiver, settings.resolved_archive())
+        self.archive = open_configured(settings, self.registry)
         try:
             self.archive.prepare()  # before any worker forks: they then only open it
         except (OSError, ArchiveError, sqlite3.Error) as exc:
-            where = getattr(self.archive, "display", settings.resolved_archive())  # no password in messages
-            raise ConfigError(f"cannot use the archive {where}: {exc}") from exc
+            # display: no password in messages
+            raise ConfigError(f"cannot use the archive {self.archive.display}: {exc}") from exc
         self._instances: dict[str, ScanPlugin] = {}
         self._setup_errors: dict[str, str] = {}
         self._missing_tools: set[str] = set()  # plugins whose setup raised ToolMissing
@@ -203,6 +205,10 @@ class Engine:
                 return None
             self._instances[name] = plugin
         return plugin
+
+    def setup_error(self, name: str) -> str | None:
+        """Why plugin ``name`` could not be set up (after ``instance`` returned None), else None."""
+        return self._setup_errors.get(name)
 
     def worker_started(self) -> None:
         """Tells every set-up plugin that it now runs in a new worker process."""
@@ -325,19 +331,18 @@ class Engine:
         can_extract = item.depth < self.limits.max_depth and not exhausted
         if quarantined is not None:
             errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules skipped: {quarantined}"))
-            plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False, origin=item.extracted_by)
+            plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
         else:
             try:
-                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, origin=item.extracted_by)
+                plan, cut = self.dispatcher.plan(content, record.mime, can_extract)
             except yara.Error as exc:
                 errors.append(ScanErrorEntry(payload_id, "dispatch", "error", f"dispatch rules failed: {exc}"))
-                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False,
-                                                 origin=item.extracted_by)
+                plan, cut = self.dispatcher.plan(content, record.mime, can_extract, rules=False)
         if cut:
             record.flags.append("limit:bytes" if exhausted else "limit:depth")
         count, size = wave
         part = max(left // max(count, 1), left * len(content) // size if size > 0 else 0)
-        return Started(record, errors, plan, content, part)
+        return Started(record, errors, plan, content, part, item.source_path)
 
     def absorb(self, record: PayloadRecord, name: str, planned: Planned, data: Any, flags: list[str],
                children: list[Pending], budget: Budget, extracted_bytes: int | None = None) -> list[Pending]:
@@ -390,7 +395,7 @@ class Engine:
         content, _ = read_from(self.archive, ref["sha256"], ref.get("at"))
         payload = Payload(content, ref["payload_id"], ref.get("filename"), ref["mime"], ref["sha256"],
                           ref.get("depth", 0), ref.get("meta") or {}, tuple(ref.get("rules", ())),
-                          ref.get("bytes_left"))
+                          ref.get("bytes_left"), ref.get("source_path"))
         answer: dict[str, Any] = {"payload_id": ref["payload_id"]}
         planned = Planned(name, dict(ref.get("overrides") or {}), tuple(ref.get("rules", ())), ref.get("save", True))
         outcome = self.run_one(name, payload, planned, activity)
@@ -415,16 +420,19 @@ class Engine:
 
     def scan(self, content: bytes, filename: str | None, source: dict[str, Any], *,
              skip: SkipMap | None = None, activity: Activity = Activity(), scan_id: str | None = None,
-             archived: str | None = None) -> dict[str, Any]:
+             archived: str | None = None, keep: Callable[[PayloadRecord, bytes], None] | None = None
+             ) -> dict[str, Any]:
         """Scans one root payload and everything extracted from it; returns the scan document.
 
         ``archived``: the sha256 under which the caller has already put ``content`` in a pack and
         read it back with ``PackArchive.read_record`` (the embedded pool's worker does): it is then
-        neither hashed again nor stored again."""
+        neither hashed again nor stored again. ``keep``: called with each payload's record and bytes
+        as it is analysed (``stoq shell`` keeps the bytes of the tree it lets the analyst walk)."""
         scan_id = scan_id or new_id()
         date = now_iso()
         budget = Budget(self.limits)
-        wave = [Pending(content, filename, sha256=archived, known=archived is not None)]
+        wave = [Pending(content, filename, sha256=archived, known=archived is not None,
+                        source_path=source.get("path") if isinstance(source.get("path"), str) else None)]
         results: list[PayloadRecord] = []
         errors: list[ScanErrorEntry] = []
         while wave:  # breadth first, one generation (the cluster's wave) at a time
@@ -432,14 +440,16 @@ class Engine:
             for item in wave:
                 analysis = self.analyze(item, budget, skip=skip, activity=activity, left=left, wave=shape)
                 results.append(analysis.record)
+                if keep is not None and item.content is not None:
+                    keep(analysis.record, item.content)
                 errors.extend(analysis.errors)
                 children.extend(analysis.children)
             wave = children
         return document(scan_id, date, source, results, errors)
 
-    def scan_oversized(self, path: Path, source: dict[str, Any]) -> dict[str, Any]:
+    def scan_oversized(self, path: Path, source: dict[str, Any], scan_id: str | None = None) -> dict[str, Any]:
         """The document of an input larger than ``max_file_bytes`` (see ``oversized_record``)."""
-        return document(new_id(), now_iso(), source, [oversized_record(path, self._mime)], [])
+        return document(scan_id or new_id(), now_iso(), source, [oversized_record(path, self._mime)], [])
 
     def close(self) -> None:
         """Flushes and releases what the engine holds (the archive's pack and index)."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 #: A payload's name: its sha256 as 64 lower-case hex digits (``SHA256.fullmatch(text)``).
 SHA256 = re.compile(r"[0-9a-f]{64}")
 

@@ -21,8 +21,10 @@ class Hello(WorkerPlugin):
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Literal, Mapping, NamedTuple
+from typing import Any, ClassVar, Iterable, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -78,6 +80,22 @@ class Tool(NamedTuple):
         return ToolMissing(self.command, self.package)
 
 
+_CALL = threading.local()
+
+
+def time_left() -> float | None:
+    """Seconds left of the framework's time limit on the plugin call running in this thread (None
+    outside one): a plugin whose library has a timeout of its own sets it below this, so that the
+    library stops first and the plugin can say so (the framework cannot stop native code in time)."""
+    deadline = getattr(_CALL, "deadline", None)
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def set_call_deadline(deadline: float | None) -> None:
+    """Called by the framework around each plugin call (``time.monotonic()`` seconds, or None after)."""
+    _CALL.deadline = deadline
+
+
 class Extra(NamedTuple):
     """An optional Python package a plugin uses when it is installed: the module it imports, what to
     install (``pip install 'stoq-analysis[oletools]'``), and what the plugin cannot do without it."""
@@ -103,6 +121,9 @@ class Payload:
     #: Bytes the scan may still extract (what is left of its ``max_bytes``), None where unknown. An
     #: extractor stops decompressing there: every byte it produces counts, kept or not.
     bytes_left: int | None = None
+    #: Where the root file came from (its source ``path``: the file named to ``stoq scan`` or ``stoq
+    #: submit``), on the root payload only; None for extracted payloads and sources without a path.
+    source_path: str | None = None
 
     @property
     def size(self) -> int:
@@ -183,9 +204,6 @@ class ScanPlugin(Plugin):
     mimes: ClassVar[frozenset[str]] = frozenset()
     #: Largest payload the plugin is given, in bytes (None: no limit of its own).
     max_size: ClassVar[int | None] = None
-    #: Routing by origin: the children extracted by each named plugin whose MIME type starts with one of
-    #: its prefixes are routed to this plugin (``{"pdftext": ("text/",)}``: the text a reader extracts).
-    children_of: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     def accepts(self, payload: Payload) -> bool:
         return self.max_size is None or payload.size <= self.max_size
@@ -234,16 +252,85 @@ class ConnectorPlugin(Plugin):
         raise NotImplementedError
 
 
+class ArchiveError(Exception):
+    """A payload could not be stored or read, or is not in the archive (the archive's own words)."""
+
+
+class ArchiveDamaged(ArchiveError):
+    """The bytes an archive holds under a sha256 are not that payload's (a checksum does not match)."""
+
+
+class ArchiveUnavailable(ArchiveError):
+    """The archive's server cannot be reached (down, refused, timed out), after the archiver's retries."""
+
+
+#: Where a locating archiver put a payload: (container, offset, length); a pack: (pack file, offset, length).
+Location = tuple[str, int, int]
+
+
 class ArchiverPlugin(Plugin):
-    """Stores payload bytes by sha256 and gives them back."""
+    """Stores payload bytes by sha256 and gives them back: the payload archive (setting ``archiver``).
+
+    One archiver is open per process, built from the setting ``archive`` (``location``: a directory
+    when ``directory`` is set, else a URL the archiver parses, such as ``s3://bucket/prefix``) and its
+    options (``-o NAME.OPTION=...``, ``STOQ_NAME__OPTION``). The client of a cluster writes roots and
+    every worker reads them, so all must reach the same archive. Rules: keys are sha256 hex digests
+    (refuse anything else); ``put`` of a payload already stored is a no-op; ``get`` with ``verify``
+    hashes what it read and raises on a mismatch (the engine passes ``verify=False`` and hashes itself);
+    failures are :class:`ArchiveError` with a message naming the archive (no passwords), never a
+    crash; an instance made before a fork must not share a connection with its child (open them
+    lazily, per process). ``flush`` makes buffered puts durable; ``close`` flushes and releases.
+    """
 
     category: ClassVar[Category] = "archiver"
+    #: ``archive`` names a local directory (default: ``archive/`` in the user data directory); when
+    #: False it is a URL or other text, given to the archiver unchanged, with no default.
+    directory: ClassVar[bool] = False
+    #: Whether ``put_located`` hands out places that ``read_record`` reads without an index look-up
+    #: (the pack archive): the embedded pool's parent and the cluster's client then archive roots and
+    #: pass the places along.
+    locates: ClassVar[bool] = False
+
+    def __init__(self, location: str | os.PathLike[str] = "", options: PluginOptions | None = None) -> None:
+        super().__init__(options)
+        self.location = location
+        #: The location as messages show it (a subclass hides a password here).
+        self.display = str(location)
+
+    def prepare(self) -> None:
+        """Creates what the archive needs (a directory, a table) and checks it can be used: called
+        once before any worker process forks. A failure is a configuration error (exit code 4)."""
+
+    def exists(self, sha256: str) -> bool:
+        raise NotImplementedError
 
     def put(self, sha256: str, content: bytes) -> None:
         raise NotImplementedError
 
-    def get(self, sha256: str) -> bytes:
+    def get(self, sha256: str, verify: bool = True) -> bytes:
         raise NotImplementedError
+
+    def delete(self, sha256: str) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Makes buffered puts durable (nothing to do for an archiver that writes through)."""
+
+    def close(self) -> None:
+        """Flushes and releases this process's connections or handles."""
+
+    def put_located(self, sha256: str, content: bytes) -> Location | None:
+        """Stores a payload and returns its place, for an archiver that ``locates``; else None."""
+        self.put(sha256, content)
+        return None
+
+    def put_many_located(self, items: list[tuple[str, bytes]]) -> list[Location | None]:
+        """:meth:`put_located` for several ``(sha256, content)`` (an archiver may batch them)."""
+        return [self.put_located(sha256, content) for sha256, content in items]
+
+    def read_record(self, where: Location, sha256: str) -> bytes:
+        """The bytes at a place this archiver handed out for ``sha256`` (see ``locates``)."""
+        raise ArchiveError(f"archiver {self.name!r} hands out no places")
 
 
 class SourcePlugin(Plugin):

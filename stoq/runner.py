@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from stoq.model import ScanErrorEntry, json_safe, text
-from stoq.plugin import Extracted, Result, ToolMissing
+from stoq.plugin import Extracted, Result, ToolMissing, set_call_deadline
 
 
 #: Seconds a plugin may run past its time limit before the hard stage kills its process (the embedded
@@ -141,10 +141,12 @@ def run_plugin(plugin_name: str, call: Callable[[], Any], payload_id: str, timeo
     None when ``call`` returns ``DECLINED``."""
     start = time.perf_counter()
     token = WATCHDOG.begin(timeout)
+    set_call_deadline(time.monotonic() + timeout)
     try:
         try:
             value = call()
         finally:
+            set_call_deadline(None)
             WATCHDOG.end(token)
         if value is DECLINED:
             return None

@@ -150,11 +150,32 @@ class ScanErrorRow(Base):
     seq: Mapped[int] = mapped_column(Integer)
 
 
+class DirmonLedgerRow(Base):
+    """A file ``stoq dirmon`` submitted (``stoq.dirmon``): written ``pending`` before the submission,
+    ``submitted`` once published to the cluster, ``stored`` once its document is in the store,
+    ``failed`` (with the reason) when it could not be submitted. One row per (path, content)."""
+
+    __tablename__ = "dirmon_ledger"
+    __table_args__ = (UniqueConstraint("path", "sha256"), UniqueConstraint("scan_id"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    scan_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 SCANS = Scan.__table__
 PAYLOADS = Payload.__table__
 SCAN_PAYLOADS = ScanPayload.__table__
 PLUGIN_RESULTS = PluginResult.__table__
 SCAN_ERRORS = ScanErrorRow.__table__
+DIRMON_LEDGER = DirmonLedgerRow.__table__
 #: Every table the store owns, parents first (drop in reverse).
 TABLES = (SCANS, PAYLOADS, SCAN_PAYLOADS, PLUGIN_RESULTS, SCAN_ERRORS)
 # The rows written to them (columns, order, keys) are defined without SQLAlchemy in stoq.rows.

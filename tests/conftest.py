@@ -19,6 +19,9 @@ from stoq import model as stoq_model
 # the tests start (they inherit it), is checked against the contract where it is assembled.
 os.environ["STOQDEV_CHECK_DOCUMENTS"] = str(ROOT / "docs" / "scan-document.schema.json")
 stoq_model.CHECK_DOCUMENTS = os.environ["STOQDEV_CHECK_DOCUMENTS"]  # in case stoq.model was imported before
+# No default worker set in the tests (every stoq and celery process they start inherits this): each test
+# names the workers it runs; tests/test_defaults.py tests the default set itself.
+os.environ["STOQDEV_DEFAULT_WORKERS"] = "none"
 
 
 

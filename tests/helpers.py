@@ -29,6 +29,8 @@ TOOL_PACKAGES = {
     "genisoimage": "genisoimage", "mkudffs": "udftools", "qemu-img": "qemu-utils", "mkfs.fat": "dosfstools",
     "mmd": "mtools", "mcopy": "mtools", "file": "file", "ssdeep": "ssdeep", "tlsh": "tlsh-tools",
     "exiftool": "libimage-exiftool-perl", "clamd": "clamav-daemon",
+    "tmux": "tmux", "hexdump": "bsdextrautils",  # the shell's terminal test, and its hexdump's reference
+    "objdump": "binutils",
 }
 
 

@@ -339,7 +339,7 @@ def test_postgres_archive_missing_damaged_and_refused_payloads(pg_archive_url: s
 
 
 def test_postgres_archive_needs_a_url_string() -> None:
-    with pytest.raises(ArchiveError, match="needs a PostgreSQL URL as a str"):
+    with pytest.raises(ArchiveError, match="archiver postgres needs a URL as a str"):
         open_archive("postgres", Path("/srv/archive"))
     with pytest.raises(ArchiveError, match="needs the setting archive"):
         open_archive("postgres", "").prepare()

@@ -16,15 +16,21 @@ def test_list_plugin_shows_its_options(run_stoq: Run) -> None:
     proc = run_stoq("list", "yara")
     assert (proc.returncode, proc.stderr) == (0, b"")
     assert proc.stdout.decode().splitlines() == [
-        "yara (worker, version 1.0, from stoq-analysis)",
+        "yara (worker, version 1.1, from stoq-analysis)",
         "  Matches payloads against YARA rules and reports the rules, tags, meta and matched strings.",
         "  options (-o yara.OPTION=VALUE):",
         f"    rules  path, default {DEFAULT_RULES}",
-        "        YARA rule file to compile.",
+        "        YARA rule file, directory of rule files (*.yar, *.yara; one namespace per file), or index file of "
+        "includes.",
         "    timeout  integer, default 30",
-        "        YARA's own match time limit, in seconds.",
+        "        YARA's own match time limit, in seconds (lowered to stay under the plugin's time limit).",
         "    max_strings  integer, default 32",
         "        Most string matches reported per rule.",
+        "    recheck  number, default 10.0",
+        "        Seconds between checks of the rule files for changes (they are recompiled when changed).",
+        "    externals  NAME=VALUE pairs (integer or boolean or text), default {}",
+        "        More external variables the rules use, with their default values (NAME=VALUE,...: an integer, "
+        "true or false, else text).",
         "    time_limit  number, default the timeout setting (every plugin: seconds it may spend on one payload)",
         ""]
 

@@ -27,19 +27,30 @@ def test_a_missing_rule_file_is_named_with_its_option(run_stoq: Run, sample: Pat
         "stoq: plugin 'yara' cannot start: setup failed: option yara.rules=/nonexistent/rules.yar: No such file or directory"], b"")
 
 
-def test_a_directory_given_as_rule_file(run_stoq: Run, sample: Path, tmp_path: Path) -> None:
-    proc = run_stoq("scan", str(sample), "--no-store", "-w", "yara", "-o", f"yara.rules={tmp_path}")
+def test_a_rule_directory_that_does_not_compile_names_file_and_line(run_stoq: Run, sample: Path, tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    (rules / "apt").mkdir(parents=True)
+    (rules / "good.yar").write_text("rule good { condition: true }\n")
+    (rules / "apt" / "broken.yara").write_text("rule broken {\n  condition:\n    true and\n}\n")
+    proc = run_stoq("scan", str(sample), "--no-store", "-w", "yara", "-o", f"yara.rules={rules}")
+    assert (proc.returncode, stderr_lines(proc), proc.stdout) == (4, [
+        f"stoq: plugin 'yara' cannot start: setup failed: RuleError: {rules.resolve() / 'apt' / 'broken.yara'} "
+        "line 4: syntax error, unexpected '}'"], b"")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_stoq("scan", str(sample), "--no-store", "-w", "yara", "-o", f"yara.rules={empty}")
     assert (proc.returncode, stderr_lines(proc)) == (4, [
-        f"stoq: plugin 'yara' cannot start: setup failed: option yara.rules={tmp_path}: Is a directory"])
+        f"stoq: plugin 'yara' cannot start: setup failed: RuleError: {empty}: no rule files (*.yar, *.yara) "
+        "in this directory"])
 
 
 def test_an_unknown_option_names_the_valid_ones(run_stoq: Run, sample: Path) -> None:
     proc = run_stoq("scan", str(sample), "--no-store", "-w", "yara", "-o", "yara.nosuch=1")
     assert (proc.returncode, stderr_lines(proc)) == (4, [
-        "stoq: plugin 'yara' has no option 'nosuch'; valid: max_strings, rules, timeout"])
+        "stoq: plugin 'yara' has no option 'nosuch'; valid: externals, max_strings, recheck, rules, timeout"])
     proc = run_stoq("scan", str(sample), "--no-store", "-w", "yara", "-o", "yara.rule=x.yar")
     assert (proc.returncode, stderr_lines(proc)) == (4, [
-        "stoq: plugin 'yara' has no option 'rule' (did you mean 'rules'?); valid: max_strings, rules, timeout"])
+        "stoq: plugin 'yara' has no option 'rule' (did you mean 'rules'?); valid: externals, max_strings, recheck, rules, timeout"])
 
 
 def test_a_bad_value_names_the_option_and_the_value(run_stoq: Run, sample: Path) -> None:

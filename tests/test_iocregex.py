@@ -1,6 +1,6 @@
 """Original stoQ's ``iocregex`` reader role: the text children of ``pdftext`` and ``email`` are routed to
-``iocextract`` by the default dispatch (routing by origin, ``ScanPlugin.children_of``), with no
-``--workers``. Expected IOCs are ioc-finder's own ``find_iocs`` on the text that pdfminer.six and the
+``iocextract`` when it is in the worker set (it is in the default set): its ``mimes`` route it to
+every text payload, these children included, and to nothing else. Expected IOCs are ioc-finder's own ``find_iocs`` on the text that pdfminer.six and the
 standard library's e-mail parser give, independently of the plugins."""
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from ioc_finder import find_iocs
 from pdfminer.high_level import extract_text
 
 from helpers import CORPUS, validate
-from stoq.dispatch import Dispatcher
-from stoq.registry import Registry
 
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
 TYPES = ("urls", "domains", "ipv4s", "ipv6s", "email_addresses", "md5s", "sha1s", "sha256s", "cves")
@@ -32,7 +30,7 @@ def expected(text: str) -> dict[str, list[str]]:
 
 
 def scan(run_stoq: Run, path: Path) -> dict[str, Any]:
-    proc = run_stoq("scan", str(path), "--format", "json", "--no-store")
+    proc = run_stoq("scan", str(path), "--format", "json", "--no-store", "--workers", "iocextract")
     assert proc.returncode == 0, proc.stderr.decode()
     (doc,) = json.loads(proc.stdout)
     validate(doc)
@@ -82,14 +80,3 @@ def test_defanged_iocs_in_a_generated_email(run_stoq: Run, tmp_path: Path) -> No
     assert want["urls"] == ["http://files.example.com/dl/x.exe"] and want["ipv4s"] == ["198.51.100.7"]
     assert want["cves"] == ["CVE-2021-44228"] and want["md5s"] == ["44d88612fea8a8f36de82e1278abb02f"]
     assert want["email_addresses"] == ["admin@files.example.com"]
-
-
-def test_routing_by_origin_is_planned_per_origin_and_type() -> None:
-    plugins = {cls.name: cls for cls in Registry.discover().scan_plugins()}
-    dispatcher = Dispatcher(plugins, [], None)
-
-    def planned(mime: str, origin: str | None) -> list[str]:
-        return [p.name for p in dispatcher.plan(b"text", mime, True, origin=origin)[0]]
-    assert "iocextract" in planned("text/plain", "pdftext") and "iocextract" in planned("text/html", "email")
-    assert "iocextract" not in planned("image/jpeg", "email")
-    assert "iocextract" not in planned("text/plain", None) and "iocextract" not in planned("text/plain", "decompress")

@@ -163,6 +163,16 @@ def test_doctor_names_a_missing_rule_file(run_stoq: Run, tmp_path: Path) -> None
     assert yara["setup_error"].startswith("setup failed: ")
 
 
+def test_doctor_takes_a_rule_directory(run_stoq: Run, tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    (rules / "sub").mkdir(parents=True)
+    (rules / "sub" / "a.yar").write_text('rule a { condition: filename == "x" }\n')
+    proc = run_stoq("doctor", "-o", f"yara.rules={rules}", "--format", "json")
+    yara = {p["name"]: p for p in json.loads(proc.stdout)["plugins"]}["yara"]
+    assert (yara["ready"], yara["setup_error"]) == (True, None)
+    assert yara["files"] == [{"option": "rules", "path": str(rules), "exists": True}]
+
+
 def test_setup_names_the_packages_where_it_cannot_install_them(tmp_path: Path) -> None:
     """``.ci/install-tools`` (run by ``make setup``) on a system without dpkg/apt-get: one line naming
     every package, and the set-up goes on (exit 0); with --strict (CI) it fails."""

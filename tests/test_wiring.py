@@ -13,11 +13,15 @@ import yara
 
 from helpers import ROOT
 from stoq.dispatch import bundled_dispatch_rules
-from stoq.plugin import ConnectorPlugin, ScanPlugin
+from stoq.plugin import ArchiveError, ArchiverPlugin, ConnectorPlugin, ScanPlugin, SourcePlugin
 from stoq.registry import NAME, Registry
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-BUNDLED = PYPROJECT["project"]["entry-points"]["stoq.plugins"]
+ENTRY_POINTS = PYPROJECT["project"]["entry-points"]["stoq.plugins"]
+#: The core's own archivers (stoq/archive.py, stoq/archive_pg.py: the engine's fast paths rely on the pack),
+#: declared as entry points like any plugin and tested by tests/test_archive.py.
+CORE = {name: target for name, target in ENTRY_POINTS.items() if target.startswith("stoq.")}
+BUNDLED = {name: target for name, target in ENTRY_POINTS.items() if name not in CORE}
 REGISTRY = Registry.discover()
 
 
@@ -25,6 +29,14 @@ def test_bundled_entry_points_are_exactly_the_plugin_modules() -> None:
     modules = {p.stem for p in (ROOT / "plugins").glob("*.py") if not p.name.startswith("_")}
     modules |= {p.parent.name for p in (ROOT / "plugins").glob("*/__init__.py")}  # a plugin with helpers of its own
     assert {target.split(":")[0].removeprefix("stoq_plugins.") for target in BUNDLED.values()} == modules
+
+
+def test_the_cores_archivers_are_archiver_plugins() -> None:
+    assert sorted(CORE) == ["directory", "none", "pack", "postgres"]
+    for name in CORE:
+        entry = REGISTRY.entries[name]
+        assert entry.error is None and entry.cls is not None and issubclass(entry.cls, ArchiverPlugin)
+        assert entry.cls.name == name and entry.cls.__doc__ and entry.cls.summary()
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLED))
@@ -39,8 +51,15 @@ def test_each_bundled_plugin_is_declared_tested_and_short(name: str) -> None:
         assert field.description, f"{name}.{option} has no description"
     if cls.category == "connector":  # a sink needs to be told where: its setup says so
         assert issubclass(cls, ConnectorPlugin)
-        with pytest.raises(ValueError, match=f"{name}\\.(path|channel) is not set"):
+        with pytest.raises(ValueError, match=rf"{name}\.\w+ is not set"):
             cls().setup()
+    elif cls.category == "archiver":  # told where by the setting archive; made without any I/O
+        assert issubclass(cls, ArchiverPlugin)
+        with pytest.raises(ArchiveError, match=f"archiver {name} needs the setting archive"):
+            cls().prepare()
+    elif cls.category == "source":  # driven by its command (stoq dirmon)
+        assert issubclass(cls, SourcePlugin)
+        cls().setup()
     else:
         assert issubclass(cls, ScanPlugin)
         cls().setup()  # the defaults work out of the box

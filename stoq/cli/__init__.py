@@ -11,6 +11,7 @@ Exit codes (``ExitCode``):
 | 4    | configuration error (unknown plugin, bad option, rules that do not compile) |
 | 5    | result store error (database unreachable or not migrated)                |
 | 6    | not found (``stoq results`` with an unknown id)                          |
+| 7    | ``stoq install``/``uninstall``: pip failed, or the package brings no stoq plugin |
 | 130  | interrupted (SIGINT, Ctrl-C); what was written is stored                 |
 | 141  | the output was closed early (a broken pipe: ``| head``); what was written is stored |
 | 143  | terminated (SIGTERM); what was written is stored                         |
@@ -23,7 +24,7 @@ import os
 import select
 import sys
 from enum import IntEnum
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -41,6 +42,7 @@ class ExitCode(IntEnum):
     CONFIG = 4
     STORE = 5
     NOT_FOUND = 6
+    INSTALL = 7  # stoq install / uninstall: pip failed, or the package brings no stoq plugin
     INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
     OUTPUT_CLOSED = 141  # 128 + SIGPIPE
     TERMINATED = 143  # 128 + SIGTERM
@@ -114,16 +116,34 @@ app = StoqTyper(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    invoke_without_command=True,  # `stoq --version` runs no command
 )
 
 
 @app.callback()
-def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr.")) -> None:
+def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr."),
+          version: Annotated[bool, typer.Option("--version", help="Print the versions of stoq, its key libraries and the programs found, and exit.")] = False,
+          version_format: Annotated[str, typer.Option("--format", "-f", metavar="text|json", help="With --version: text or json.")] = "text",
+          ctx: typer.Context = None) -> None:  # type: ignore[assignment]  # typer passes it; None when called directly
+    if ctx is not None and (version or ctx.invoked_subcommand is None):
+        _version_or_help(ctx, version, version_format)
     level = logging.WARNING - 10 * min(verbose, 2)
     handler = logging.StreamHandler()  # stderr
     handler.setFormatter(SafeFormatter("stoq: %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
     logging.captureWarnings(True)  # Python warnings too: through the same escaping formatter
+
+
+def _version_or_help(ctx: typer.Context, version: bool, fmt: str) -> None:
+    """``stoq --version`` (stoq.cli.version), or a usage error when no command is given (exit code 2)."""
+    if not version:
+        ctx.fail("Missing command.")
+    if fmt not in ("text", "json"):
+        raise fail(f"--format must be text or json, not {fmt!r}", ExitCode.USAGE)
+    from stoq.cli.version import show
+
+    show(fmt)
+    raise typer.Exit(0)
 
 
 def say(message: str) -> None:
@@ -143,8 +163,13 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
 
 
 from stoq.cli import admin, doctor, plugin_new, scan  # noqa: E402  (registers the commands)
+from stoq.cli import completion  # noqa: E402,F401  (stoq completion)
+from stoq.cli import install  # noqa: E402,F401  (stoq install, stoq uninstall)
+from stoq.cli import workers  # noqa: E402,F401  (stoq workers)
+from stoq.cli import sources  # noqa: E402  (stoq dirmon, stoq intake)
 
 __all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "doctor", "plugin_new", "scan"]
+from stoq.cli import shell as _shell  # noqa: E402,F401  (registers `stoq shell`)
 
 
 def _stdout_gone() -> bool:

@@ -75,7 +75,7 @@ def examine(cls: type[Plugin], values: dict[str, Any]) -> dict[str, Any]:
         for name in cls.files:
             path = str(getattr(options, name, "") or "")
             if path:
-                files.append({"option": name, "path": path, "exists": os.path.isfile(path)})
+                files.append({"option": name, "path": path, "exists": os.path.exists(path)})  # yara: a directory
         if cls.category in SCAN_CATEGORIES:
             cls(options).setup()
     except ToolMissing:

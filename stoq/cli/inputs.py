@@ -8,6 +8,8 @@ import os
 import stat
 from pathlib import Path
 
+from stoq.filters import FileFilter
+
 KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
          (stat.S_ISBLK, "a block device"))
 
@@ -28,11 +30,12 @@ def reason(path: str | Path, exc: OSError) -> str:
     return text[:1].lower() + text[1:]
 
 
-def collect(paths: list[Path], recursive: bool) -> tuple[list[Path], list[str]]:
+def collect(paths: list[Path], recursive: bool, filters: FileFilter | None = None) -> tuple[list[Path], list[str]]:
     """Regular files named or found under the given paths (sorted walk; symlinks inside directories are
     not followed), and the problems met: every input that is not scanned and is not a symbolic link
     inside a directory is named, with the reason (missing, unreadable, not a regular file, a
-    subdirectory without ``--recursive``). Nothing is opened here, so a FIFO cannot block the scan."""
+    subdirectory without ``--recursive``). Nothing is opened here, so a FIFO cannot block the scan.
+    ``filters`` (``stoq.filters``) leave files out, named or found; it counts them, they are no problem."""
     files: list[Path] = []
     problems: list[str] = []
     for path in paths:
@@ -42,17 +45,20 @@ def collect(paths: list[Path], recursive: bool) -> tuple[list[Path], list[str]]:
             problems.append(f"{path}: {reason(path, exc)}")
             continue
         if stat.S_ISREG(mode):
-            files.append(path.absolute())
+            if filters is None or not filters.active or filters.keep(str(path.absolute())):
+                files.append(path.absolute())
         elif stat.S_ISDIR(mode):
-            _walk(path.absolute(), recursive, files, problems)
+            _walk(path.absolute(), recursive, files, problems, filters)
         else:
             problems.append(f"{path}: not a regular file or directory ({kind_of(mode)}): not scanned")
     return files, problems
 
 
-def _walk(top: Path, recursive: bool, files: list[Path], problems: list[str]) -> None:
+def _walk(top: Path, recursive: bool, files: list[Path], problems: list[str],
+          filters: FileFilter | None = None) -> None:
     """The files under ``top`` in the documented order: a directory's regular files (sorted by name),
     then each subdirectory's (sorted), depth first."""
+    active = filters is not None and filters.active
     stack = [top]
     while stack:
         here = stack.pop()
@@ -68,7 +74,10 @@ def _walk(top: Path, recursive: bool, files: list[Path], problems: list[str]) ->
                 if entry.is_symlink():
                     continue  # documented: links inside directories are not followed
                 if entry.is_file(follow_symlinks=False):
-                    files.append(Path(entry.path))
+                    if not active or filters.keep(  # type: ignore[union-attr]
+                            entry.path, entry.stat(follow_symlinks=False) if filters.needs_stat else None,  # type: ignore[union-attr]
+                            os.path.relpath(entry.path, top)):
+                        files.append(Path(entry.path))
                 elif entry.is_dir(follow_symlinks=False):
                     subdirs.append(Path(entry.path))
                 else:

@@ -16,11 +16,15 @@ from stoq.cli.inputs import collect
 from stoq.cli.output import Format, TemplateFailure, Writer
 from stoq.cli.stopping import (STOPPED, WHY, Interrupted, catch_signals, discard_stdout, ignore_signals,
                                restore_signals)
+from stoq.cli.completion import complete_connectors, complete_plugin_option, complete_scan_plugins
 from stoq.config import ConfigError, Settings
+from stoq.filters import FileFilter
 
-ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
-WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", metavar="NAMES", help="Plugins to run on every payload, comma-separated.")]
-OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="PLUGIN.OPTION=VALUE", help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
+ConnectorsOpt = Annotated[Optional[str], typer.Option("--connectors", metavar="NAMES", autocompletion=complete_connectors, help="Connector plugins that also receive every document (e.g. jsonl), comma-separated.")]
+ArchiverOpt = Annotated[Optional[str], typer.Option("--archiver", metavar="NAME", help="Archiver plugin that stores payloads (pack, directory, none, postgres, s3, gridfs...; setting archiver).")]
+ArchiveOpt = Annotated[Optional[str], typer.Option("--archive", metavar="WHERE", help="Where the archiver stores them: a directory, or its URL (s3://bucket/prefix, postgresql://..., mongodb://...; setting archive).")]
+WorkersOpt = Annotated[Optional[str], typer.Option("--workers", "-w", metavar="NAMES", autocompletion=complete_scan_plugins, help="The worker set, comma-separated (default: yara,peinfo,exif,entropy,xorsearch,iocextract; 'none': no worker).")]
+OptionOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="PLUGIN.OPTION=VALUE", autocompletion=complete_plugin_option, help="Plugin option PLUGIN.OPTION=VALUE (repeatable).")]
 DepthOpt = Annotated[Optional[int], typer.Option("--max-depth", min=0, help="Deepest extracted level (root is 0). Default 8.")]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=0, help="Worker processes (default: one per core).")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
@@ -29,16 +33,23 @@ RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend i
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="stoq.toml to use.")]
 StoreOpt = Annotated[bool, typer.Option("--store/--no-store", help="Save documents in the result store.")]
 ProgressOpt = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal and there are several files).")]
+MetaOpt = Annotated[Optional[list[str]], typer.Option("--meta", metavar="KEY=VALUE", help="Submission metadata kept in each document's source.meta (repeatable; e.g. tlp=amber, case=42).")]
+IncludeOpt = Annotated[Optional[list[str]], typer.Option("--include", metavar="GLOB", help="Only files matching a glob (a name, or a path when it holds '/'; repeatable).")]
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", metavar="GLOB", help="Leave out files matching a glob (repeatable).")]
+MinSizeOpt = Annotated[Optional[str], typer.Option("--min-size", metavar="SIZE", help="Leave out files smaller than this (bytes, or 10k, 5m, 1g).")]
+MaxSizeOpt = Annotated[Optional[str], typer.Option("--max-size", metavar="SIZE", help="Leave out files larger than this (bytes, or 10k, 5m, 1g).")]
+NewerOpt = Annotated[Optional[str], typer.Option("--newer-than", metavar="WHEN", help="Only files modified since: a duration back (30m, 2h, 3d) or an ISO date.")]
 # readable=False: an unreadable input is reported with the others (exit code 3), never a usage error.
 PathsArg = Annotated[list[Path], typer.Argument(metavar="PATH", help="Files or directories to scan.", readable=False)]
 
 
 def settings_from(config: Path | None, workers: str | None, options: list[str] | None, max_depth: int | None,
-                  jobs: int | None, connectors: str | None = None) -> Settings:
+                  jobs: int | None, connectors: str | None = None, archiver: str | None = None,
+                  archive: str | None = None) -> Settings:
     from stoq.cli.options import command_line_settings
 
     return command_line_settings(config, {"workers": workers, "max_depth": max_depth, "jobs": jobs,
-                                          "connectors": connectors}, options)
+                                          "connectors": connectors, "archiver": archiver, "archive": archive}, options)
 
 
 class Progress:
@@ -100,7 +111,7 @@ def store_place(url: str) -> str:
 
 
 def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_enabled: bool,
-                 show_progress: bool | None) -> ExitCode:
+                 show_progress: bool | None, meta: dict[str, str] | None = None) -> ExitCode:
     """Scans ``files`` in-process (``settings.jobs`` workers), writes and stores every document.
 
     A scan stopped early, by SIGINT, SIGTERM or its output closed (a broken pipe), stops its workers
@@ -143,7 +154,9 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
         return ExitCode.STORE if failures else ExitCode.OK
     hooks = {"started": loader.start, "before_fork": loader.join} if loader else {}
     pool = EmbeddedPool(engine, settings.resolved_jobs())
-    stream = pool.run(files, **hooks)
+    from stoq.submission import roots_of
+
+    stream = pool.run(roots_of(files, meta) if meta else files, **hooks)
     stopped: ExitCode | None = None
     written = 0
     closed = False
@@ -205,7 +218,7 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
 
 
 def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: bool,
-                show_progress: bool | None) -> ExitCode:
+                show_progress: bool | None, meta: dict[str, str] | None = None) -> ExitCode:
     """Submits ``files`` to the cluster; waits for and writes their documents (or, with ``--no-wait``,
     waits until the cluster has accepted or refused each scan and prints the accepted scans' ids, one
     per line). Stopped early (SIGINT, SIGTERM, a closed output), it names on stderr the scans sent
@@ -236,7 +249,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
     try:
         try:  # SIGINT and SIGTERM raise Interrupted (``_scan``)
             with Progress(len(files), show_progress, "sending") as bar:
-                for sent in client.submit(files, notify, verdicts):
+                for sent in client.submit(files, notify, verdicts, meta=meta):
                     handled += 1
                     bar.step()
                     if sent.scan_id is None:
@@ -266,8 +279,10 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
                             if finished[0]["errors"]:
                                 code = max(code, ExitCode.PLUGIN_ERRORS)
                             writer.write(*finished)
-                            writer.out.flush()  # scans finish at the cluster's pace: show each at once
+                            # Counted as printed once written: an interrupt during the flush below
+                            # still leaves it in the buffer that the exit flushes.
                             done.add(finished[0]["scan_id"])
+                            writer.out.flush()  # scans finish at the cluster's pace: show each at once
                     writer.close()
                 else:  # --no-wait: the verdicts, then the accepted ids (one per line, or a JSON array)
                     for scan_id, why in client.verdicts(verdicts or "", set(sent_ids)):
@@ -311,13 +326,26 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
     return stopped
 
 
+def selection(meta: list[str] | None, include: list[str] | None, exclude: list[str] | None, min_size: str | None,
+              max_size: str | None, newer_than: str | None) -> tuple[dict[str, str], FileFilter]:
+    """``--meta`` and the file filters, checked (a bad one: exit code 2, usage)."""
+    from stoq.submission import MetaError, parse_meta
+
+    try:
+        return parse_meta(meta or []), FileFilter.of(include, exclude, min_size, max_size, newer_than)
+    except (MetaError, ValueError) as exc:
+        raise fail(str(exc), ExitCode.USAGE) from None
+
+
 def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None, max_depth: int | None,
           jobs: int | None, fmt: Format, template: Path | None, config: Path | None, store: bool,
-          show_progress: bool | None, submit: bool, wait: bool = True, connectors: str | None = None) -> None:
+          show_progress: bool | None, submit: bool, wait: bool = True, connectors: str | None = None,
+          meta: dict[str, str] | None = None, filters: FileFilter | None = None,
+          archiver: str | None = None, archive: str | None = None) -> None:
     saved = catch_signals()  # for the whole command: an interrupt anywhere is an exit code, never a traceback
     try:
         _scan_files(paths, recursive, workers, options, max_depth, jobs, fmt, template, config, store, show_progress,
-                    submit, wait, connectors)
+                    submit, wait, connectors, meta or {}, filters or FileFilter(), archiver, archive)
     except Interrupted as exc:
         code = STOPPED[signal.Signals(exc.signum)]
         raise fail(f"{WHY[code]} before the scan began", code) from None
@@ -327,11 +355,16 @@ def _scan(paths: list[Path], recursive: bool, workers: str | None, options: list
 
 def _scan_files(paths: list[Path], recursive: bool, workers: str | None, options: list[str] | None,
                 max_depth: int | None, jobs: int | None, fmt: Format, template: Path | None, config: Path | None,
-                store: bool, show_progress: bool | None, submit: bool, wait: bool, connectors: str | None) -> None:
-    settings = settings_from(config, workers, options, max_depth, jobs, connectors)
-    files, problems = collect(paths, recursive)
+                store: bool, show_progress: bool | None, submit: bool, wait: bool, connectors: str | None,
+                meta: dict[str, str], filters: FileFilter, archiver: str | None = None,
+                archive: str | None = None) -> None:
+    settings = settings_from(config, workers, options, max_depth, jobs, connectors, archiver, archive)
+    files, problems = collect(paths, recursive, filters)
     for problem in problems:
         say(problem)
+    left_out = filters.summary()
+    if left_out:
+        say(left_out)
     if submit and not settings.broker_url:
         typer.echo("stoq: no STOQ_BROKER_URL set: running embedded (local worker processes)", err=True)
     try:
@@ -340,9 +373,9 @@ def _scan_files(paths: list[Path], recursive: bool, workers: str | None, options
         raise fail(str(exc), ExitCode.CONFIG) from None
     try:
         if submit and settings.broker_url:
-            code = run_cluster(settings, files, writer, wait, show_progress)
+            code = run_cluster(settings, files, writer, wait, show_progress, meta)
         else:
-            code = run_embedded(settings, files, writer, store, show_progress)
+            code = run_embedded(settings, files, writer, store, show_progress, meta)
     except TemplateFailure as exc:
         raise fail(str(exc), ExitCode.CONFIG) from None
     raise typer.Exit(int(max(code, ExitCode.INPUT if problems else ExitCode.OK)))
@@ -352,10 +385,14 @@ def _scan_files(paths: list[Path], recursive: bool, workers: str | None, options
 def scan(paths: PathsArg, recursive: RecursiveOpt = False, workers: WorkersOpt = None, option: OptionOpt = None,
          max_depth: DepthOpt = None, jobs: JobsOpt = None, format: FormatOpt = Format.jsonl,
          template: TemplateOpt = None, config: ConfigOpt = None, store: StoreOpt = True,
-         show_progress: ProgressOpt = None, connectors: ConnectorsOpt = None) -> None:
+         show_progress: ProgressOpt = None, connectors: ConnectorsOpt = None, meta: MetaOpt = None,
+         include: IncludeOpt = None, exclude: ExcludeOpt = None, min_size: MinSizeOpt = None,
+         max_size: MaxSizeOpt = None, newer_than: NewerOpt = None, archiver: ArchiverOpt = None,
+         archive: ArchiveOpt = None) -> None:
     """Scan files here, in this machine's processes: no broker, no database server."""
+    given, filters = selection(meta, include, exclude, min_size, max_size, newer_than)
     _scan(paths, recursive, workers, option, max_depth, jobs, format, template, config, store, show_progress, False,
-          connectors=connectors)
+          connectors=connectors, meta=given, filters=filters, archiver=archiver, archive=archive)
 
 
 @app.command()
@@ -364,8 +401,11 @@ def submit(paths: PathsArg, recursive: RecursiveOpt = False, workers: WorkersOpt
            template: TemplateOpt = None, config: ConfigOpt = None, store: StoreOpt = True,
            show_progress: ProgressOpt = None,
            wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Cluster: wait for the documents and print them (default), or print the scan ids at once.")] = True,
-           connectors: ConnectorsOpt = None) -> None:
+           connectors: ConnectorsOpt = None, meta: MetaOpt = None, include: IncludeOpt = None,
+           exclude: ExcludeOpt = None, min_size: MinSizeOpt = None, max_size: MaxSizeOpt = None,
+           newer_than: NewerOpt = None, archiver: ArchiverOpt = None, archive: ArchiveOpt = None) -> None:
     """Submit files to the cluster (STOQ_BROKER_URL); without a broker, scan them embedded."""
+    given, filters = selection(meta, include, exclude, min_size, max_size, newer_than)
     _scan(paths, recursive, workers, option, max_depth, jobs, format, template, config, store, show_progress, True,
-          wait, connectors)
+          wait, connectors, given, filters, archiver, archive)
 

@@ -9,7 +9,7 @@ payload from the shared archive, and runs the plugin through the same engine cod
 written to the archive and answered as references.
 
 A reference is ``{"payload_id", "sha256", "filename", "mime", "depth", "meta", "overrides", "rules",
-"save", "bytes_left"}``; the answer, per reference, is ``{"payload_id", "skipped"|"result"|"error",
+"save", "bytes_left", "source_path"}``; the answer, per reference, is ``{"payload_id", "skipped"|"result"|"error",
 "flags", "children", "extracted_bytes" (when the plugin says)}``. The answers go to the wave's hash
 (``state.put_answer``), not to Celery's result backend; the task that completes the wave sends
 ``stoq.collect``.

@@ -11,6 +11,7 @@ the store connector fills after the database commit.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import sys
 import time
@@ -20,11 +21,12 @@ from typing import Any, Iterator
 import magic
 import orjson
 
-from stoq.archive import HOLD_BYTES, ArchiveError, open_archive, put_many_where, read_input
+from stoq.archive import HOLD_BYTES, ArchiveError, open_configured, put_many_where, read_input
 from stoq.config import Settings
 from stoq.engine import oversized_record
 from stoq.limits import Budget, Limits
 from stoq.model import new_id, now_iso, text
+from stoq.submission import Root, roots_of, source_of
 from stoq.tasks import state as st
 from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE, make_app
 
@@ -57,26 +59,29 @@ class ClusterClient:
         self.r.ping()
         with app.connection_for_write() as conn:  # fail now, not in the middle of a directory
             conn.ensure_connection(max_retries=1, timeout=5)
-        self.archive = open_archive(settings.archiver, settings.resolved_archive())
+        self.archive = open_configured(settings)
         self.archive.prepare()
         self.profile = st.put_profile(self.r, st.profile_of(settings))
         self._magic: magic.Magic | None = None  # only an oversized input is typed here
         self._verdicts: str | None = None
 
-    def submit(self, files: list[Path], notify: str | None, verdicts: str | None = None) -> Iterator[Submitted]:
+    def submit(self, files: list[Path] | list[Root], notify: str | None, verdicts: str | None = None,
+               meta: dict[str, str] | None = None) -> Iterator[Submitted]:
         """Archives and publishes every file; yields each one's scan id (or error) as it is sent, in
         input order. Files are read one by one and archived a batch at a time (one index query for
         the batch); a batch is also cut once it holds ``HOLD_BYTES`` of file data. ``notify``: where
         the documents go (``documents``); ``verdicts``: where the publishers say they accepted or
         refused each scan (``verdicts``). A name that is not valid UTF-8 is sent under the text rule
-        (``stoq.model.text``), as ``stoq scan`` records it."""
+        (``stoq.model.text``), as ``stoq scan`` records it. ``meta``: the submission's metadata
+        (``source["meta"]``); a ``Root`` brings its own, and its scan id."""
         self._verdicts = verdicts
         batch: list[tuple[Path, dict[str, Any], bytes]] = []  # read, not yet archived
         held = 0
         left = len(files)
-        for path in files:
+        for root_in in roots_of(files, meta):
+            path = root_in.path
             left -= 1
-            scan_id = new_id()
+            scan_id = root_in.scan_id or new_id()
             try:
                 data = read_input(path, self.settings.max_file_bytes)
             except OSError as exc:
@@ -86,14 +91,15 @@ class ClusterClient:
                 yield from self._send(batch, notify)  # the files before it go first: input order
                 batch, held = [], 0
                 try:
-                    self._oversized(path, scan_id, notify)
+                    self._oversized(path, scan_id, notify, root_in.meta)
                 except OSError as exc:
                     yield Submitted(path, None, f"{path}: {exc.strerror or exc}")
                     continue
                 yield Submitted(path, scan_id)
                 continue
             batch.append((path, {"scan_id": scan_id, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                                 "filename": text(path.name), "source": {"path": text(str(path))},
+                                 "filename": text(os.path.basename(root_in.shown or path)),
+                                 "source": source_of(text(root_in.shown or str(path)), root_in.meta),
                                  "date": now_iso()}, data))
             held += len(data)
             if len(batch) >= batch_size(left + len(batch), self.settings.batch_max) or held >= HOLD_BYTES:
@@ -125,13 +131,13 @@ class ClusterClient:
                                                       [f"{root['scan_id']} {root['filename']}" for root in roots]),
                            kwargsrepr="")
 
-    def _oversized(self, path: Path, scan_id: str, notify: str | None) -> None:
+    def _oversized(self, path: Path, scan_id: str, notify: str | None, meta: dict[str, str] | None = None) -> None:
         """An input over ``max_file_bytes`` is only hashed and typed, here; the store connector saves it."""
         limits = Limits.of(self.settings)
         if self._magic is None:
             self._magic = magic.Magic(mime=True)
         record = oversized_record(path, self._magic.from_buffer)
-        scan = st.ScanState(scan_id, now_iso(), {"path": text(str(path))}, self.profile, notify, limits, Budget(limits),
+        scan = st.ScanState(scan_id, now_iso(), source_of(text(str(path)), meta), self.profile, notify, limits, Budget(limits),
                             results=[record.as_dict()], done=True)
         self.r.set(st.scan_key(scan_id), scan.to_json(), ex=st.TTL)
         self.app.send_task("stoq.connector.store", args=([scan_id],), queue=COLLECT_QUEUE)

@@ -84,7 +84,12 @@ def engine_for(r: redis.Redis, profile_id: str) -> Engine:
     settings); a few are kept per process, since building one compiles YARA rules."""
     eng = _ENGINES.get(profile_id)
     if eng is None:
-        settings = worker_settings().model_copy(update=st.get_profile(r, profile_id))
+        own = worker_settings()
+        profile = st.get_profile(r, profile_id)
+        # The archive is this worker's (its address may differ from the client's: minio:9000 in compose,
+        # localhost:9000 outside): its archiver's options are never the submission's.
+        profile["plugins"] = dict(profile.get("plugins", {})) | {own.archiver: own.plugins.get(own.archiver, {})}
+        settings = own.model_copy(update=profile)
         eng = _ENGINES[profile_id] = Engine(settings)
         while len(_ENGINES) > 4:
             _ENGINES.popitem(last=False)[1].close()
@@ -134,7 +139,8 @@ def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]], wa
                 parts.setdefault((scan.profile, p.name), []).append({
                     "payload_id": rec.payload_id, "sha256": rec.sha256, "filename": rec.filename, "mime": rec.mime,
                     "depth": rec.depth, "meta": rec.meta, "overrides": p.overrides, "rules": list(p.rules),
-                    "save": p.save, "at": item.at, "bytes_left": started.bytes_left})
+                    "save": p.save, "at": item.at, "bytes_left": started.bytes_left,
+                    "source_path": started.source_path})
         eng.archive.flush()
     return parts
 
@@ -344,8 +350,9 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
             continue
         scan = ScanState(root["scan_id"], root["date"], root["source"], profile_id, notify, eng.limits,
                          Budget(eng.limits))
+        path = (root.get("source") or {}).get("path")
         waves.append((scan, [Pending(None, root["filename"], sha256=root["sha256"], known_size=root["size"],
-                                     at=root.get("at"))]))
+                                     at=root.get("at"), source_path=path if isinstance(path, str) else None)]))
     careful = careful_for(r, task_id, redelivered)
     try:
         with r.pipeline() as pipe:

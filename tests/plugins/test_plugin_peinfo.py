@@ -81,8 +81,8 @@ def test_corpus_pe_matches_pefile(plugin: PeinfoPlugin, corpus: Path, make_paylo
     assert out["exports"] == []
     start = pe.get_overlay_data_start_offset()
     assert out["overlay"] == (None if start is None else {"offset": start, "size": len(data) - start})
-    assert out["warnings"] == len(pe.get_warnings())
-    assert result.flags == []
+    assert out["warnings"] == pe.get_warnings() and out["warning_count"] == len(pe.get_warnings())
+    assert result.flags == (["pe:malformed"] if pe.get_warnings() else [])
     assert clean(out) == out  # already plain JSON
 
 
@@ -117,11 +117,11 @@ def test_built_dll_exports_and_overlay(plugin: PeinfoPlugin, make_payload) -> No
     assert out["overlay"] == {"offset": pe.get_overlay_data_start_offset(), "size": 80}
     assert out["overlay"]["offset"] == len(data) - 80
     assert [s["name"] for s in out["sections"]] == [".edata"]
-    assert result.flags == []
+    assert result.flags == ["pe:malformed"] and out["warnings"] == pe.get_warnings()  # mostly zero bytes
 
     capped = plugin.scan(make_payload(data), PeinfoPlugin.Options(max_exports=2))
     assert [e["name"] for e in capped.data["exports"]] == ["Alpha", "Beta"]
-    assert capped.flags == ["limit:pe-exports"]
+    assert capped.flags == ["limit:pe-exports", "pe:malformed"]
 
 
 def test_accepts_only_mz(plugin: PeinfoPlugin, make_payload) -> None:
@@ -130,9 +130,9 @@ def test_accepts_only_mz(plugin: PeinfoPlugin, make_payload) -> None:
     assert plugin.accepts(make_payload(b"MZ"))
 
 
-def test_malformed_pe_raises(plugin: PeinfoPlugin, make_payload) -> None:
-    with pytest.raises(pefile.PEFormatError):
-        plugin.scan(make_payload(b"MZ" + b"\x00" * 100), plugin.options)
-    with pytest.raises(pefile.PEFormatError):
-        plugin.scan(make_payload(b"MZ" + b"\x00" * 58 + struct.pack("<I", 0x40) + b"NOPE" + b"\x00" * 300),
-                    plugin.options)
+def test_not_a_pe_gives_the_parse_error_and_a_flag(plugin: PeinfoPlugin, make_payload) -> None:
+    for data in (b"MZ" + b"\x00" * 100, b"MZ" + b"\x00" * 58 + struct.pack("<I", 0x40) + b"NOPE" + b"\x00" * 300):
+        with pytest.raises(pefile.PEFormatError) as raised:
+            pefile.PE(data=data)
+        result = plugin.scan(make_payload(data), plugin.options)
+        assert (result.data, result.flags) == ({"parse_error": str(raised.value)}, ["pe:malformed"])
