@@ -281,6 +281,7 @@ class Service:
 
     def lookup(self, kind: str, indicator: str, fetch: Callable[[], Answer]) -> Answer:
         """``fetch()``'s answer for (kind, indicator), from the cache when it holds one."""
+        self.key()  # no key: intel:no-key before anything is touched (cache, rate limit, network)
         key = self.cache_key(kind, indicator)
         if self.options.cache_ttl > 0 and (hit := self.backend.get(key)) is not None:
             return Answer(hit["status"], hit["data"])

@@ -61,7 +61,7 @@ class DropfolderPlugin(WorkerPlugin):
     ``reports/<sha256>.json`` is attached to the output (scan the file again once the sandbox is done,
     or let a directory source submit the reports folder). Output ``{"dropped": bool, "path", "report"}``,
     or ``None`` for a payload the filters skipped. Flags: ``limit:dropfolder-report-size``,
-    ``dropfolder:bad-report``. Nothing leaves the machine but the file written.
+    ``dropfolder:bad-report``, ``dropfolder:no-folder`` (``folder`` not set: nothing written). Nothing leaves the machine but the file written.
     """
 
     name = "dropfolder"
@@ -77,8 +77,8 @@ class DropfolderPlugin(WorkerPlugin):
         reports: Path | None = Field(None, description="Folder of the sandbox's reports, <sha256>.json.")
 
     def scan(self, payload: Payload, options: Options) -> Result:
-        if options.folder is None:
-            raise ValueError("dropfolder.folder is not set (-o dropfolder.folder=/srv/sandbox/in)")
+        if options.folder is None:  # not configured: nothing written, and said so
+            return Result(data=None, flags=["dropfolder:no-folder"])
         wanted = ((not options.mimes or payload.mime.startswith(tuple(options.mimes)))
                   and (not options.rules or any(rule in options.rules for rule in payload.dispatch_rules))
                   and payload.size <= options.max_bytes)

@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import pytest
-
 from stoq.plugin import Payload
 from stoq_plugins.dropfolder import DropfolderPlugin
 
@@ -52,6 +50,6 @@ def test_the_sandbox_report_is_attached(tmp_path: Path, make_payload: Callable[.
     assert DropfolderPlugin().scan(payload, opts).flags == ["dropfolder:bad-report"]
 
 
-def test_no_folder_is_an_error(make_payload: Callable[..., Payload]) -> None:
-    with pytest.raises(ValueError, match="dropfolder.folder is not set"):
-        DropfolderPlugin().scan(make_payload(b"x"), DropfolderPlugin.Options())
+def test_no_folder_is_a_flag(make_payload: Callable[..., Payload]) -> None:
+    result = DropfolderPlugin().scan(make_payload(b"x"), DropfolderPlugin.Options())
+    assert result.data is None and result.flags == ["dropfolder:no-folder"]
