@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 from pydantic import Field, SecretStr
 
-from stoq.plugin import ConnectorPlugin, Extra, PluginOptions
+from stoq.plugin import ConnectorOptions, ConnectorPlugin, Extra
 from stoq_plugins._slack import summary, wanted
 
 
@@ -26,7 +26,7 @@ class SlackConnector(ConnectorPlugin):
     version = "1.0"
     extras = (Extra("slack_sdk", "pip install 'stoq-analysis[slack]'", "post to Slack"),)
 
-    class Options(PluginOptions):
+    class Options(ConnectorOptions):
         url: str = Field("https://slack.com/api/", description="Slack Web API's base URL.")
         api_key: SecretStr = Field(SecretStr(""), description="Bot token (xoxb-...); never logged or stored.")
         channel: str = Field("", description="Channel id or name to post to (required).")

@@ -35,7 +35,7 @@ def test_bash_completes_commands_and_plugin_names(run_stoq: Run, stoq_env: dict[
     script = proc.stdout.decode()
     assert "complete -o default -F _stoq_completion stoq" in script
     assert complete(script, ["stoq", "sc"], stoq_env) == ["scan"]
-    assert complete(script, ["stoq", "d"], stoq_env) == ["doctor", "db"]  # in the order of the help
+    assert complete(script, ["stoq", "d"], stoq_env) == ["doctor", "dirmon", "db"]  # in the order of the help
     assert complete(script, ["stoq", "scan", "--workers", "pei"], stoq_env) == ["peinfo"]
     assert complete(script, ["stoq", "scan", "-w", "yara,pe"], stoq_env) == ["yara,pe", "yara,peinfo"]
     assert complete(script, ["stoq", "submit", "--connectors", "js"], stoq_env) == ["jsonl"]

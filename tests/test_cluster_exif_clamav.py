@@ -64,8 +64,8 @@ def test_exif_clamav_and_reader_text_on_their_own_queues(tmp_path: Path, testplu
             assert root["workers"]["clamav"]["signatures"] == ["Test.Own.EICAR.UNOFFICIAL"]
             assert member["filename"] == "eicar.com" and member["flags"] == ["clamav:infected"]
             assert tasks_run(workers[1])[1:] == ["stoq.worker.clamav"] * 2
-            # iocextract on an e-mail's bodies, with no --workers: routing by origin
-            doc = submit_and_embed(workers, tmp_path, str(CORPUS / "test.eml"))
+            # iocextract in the worker set: its text mimes route it to the e-mail's bodies only
+            doc = submit_and_embed(workers, tmp_path, str(CORPUS / "test.eml"), "--workers", "iocextract")
             texts = [p for p in doc["results"] if p["extracted_by"] == "email" and p["mime"].startswith("text/")]
             assert len(texts) == 2 and all("iocextract" in p["workers"] for p in texts)
             assert tasks_run(workers[1])[3:] == ["stoq.worker.iocextract"]  # one task: both bodies are of one wave

@@ -16,6 +16,7 @@ import pytest
 
 from helpers import ROOT
 from stoq.cli.workers import compare
+from stoq.plugin import SCAN_CATEGORIES
 from stoq.registry import Registry
 from test_cluster import BIN, Cluster, cluster_env, start
 
@@ -65,7 +66,7 @@ def test_stoq_workers_shows_the_worker_that_lacks_a_plugin(two_workers: tuple[Cl
     assert wa["lacks"] == {} and wa["queues_without_plugin"] == [] and wa["differs"] == {}
     # a worker without -Q consumes stoq's own queues and every plugin's
     scan_plugins = {e.name for e in Registry.discover().entries.values()
-                    if e.cls is not None and e.distribution == "stoq-analysis" and e.category != "connector"}
+                    if e.cls is not None and e.distribution == "stoq-analysis" and e.category in SCAN_CATEGORIES}
     assert set(wa["queues"]) >= scan_plugins | {"boom", "stoq", "stoq-collect"}
     assert got["unserved_queues"] == [] and got["agree"] is False
 

@@ -182,8 +182,6 @@ def run_embedded(settings: Settings, files: list[Path], writer: Writer, store_en
             writer.close()
         except Interrupted as exc:
             stopped = STOPPED[signal.Signals(exc.signum)]
-            if written is not None:
-                done.add(written)
         except BrokenPipeError:
             stopped = ExitCode.OUTPUT_CLOSED
         finally:
