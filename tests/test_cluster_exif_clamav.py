@@ -68,7 +68,8 @@ def test_exif_clamav_and_reader_text_on_their_own_queues(tmp_path: Path, testplu
             doc = submit_and_embed(workers, tmp_path, str(CORPUS / "test.eml"), "--workers", "iocextract")
             texts = [p for p in doc["results"] if p["extracted_by"] == "email" and p["mime"].startswith("text/")]
             assert len(texts) == 2 and all("iocextract" in p["workers"] for p in texts)
-            assert tasks_run(workers[1])[3:] == ["stoq.worker.iocextract"]  # one task: both bodies are of one wave
+            # two tasks: the message itself (message/rfc822 is text to it), then its bodies, both of one wave
+            assert tasks_run(workers[1])[3:] == ["stoq.worker.iocextract"] * 2
             general = workers[0].log.read_text()
             assert "stoq.reader.email" in general
             assert not any(f"stoq.worker.{name}" in general for name in ("exif", "clamav", "iocextract"))
