@@ -87,6 +87,22 @@ class Segv(WorkerPlugin):
         return Result(data={"crashed": False})
 
 
+class Stubborn(WorkerPlugin):
+    """Ignores its soft time limit on payloads containing STUBBORN: catches even the BaseException the
+    soft limit raises and goes on looping, so only the hard limit (another process's kill) ends it."""
+
+    name = "stubborn"
+    version = "1"
+
+    def scan(self, payload: Payload, options: PluginOptions) -> Result:
+        while b"STUBBORN" in payload.content:
+            try:
+                time.sleep(0.05)
+            except BaseException:  # noqa: B036 - the point of this plugin
+                pass
+        return Result(data={"stubborn": False})
+
+
 class Nest(ExtractorPlugin):
     """Emits ``count`` children: the payload with ``#i`` appended (or the same bytes when ``same``)."""
 
