@@ -237,3 +237,29 @@ def children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry))
     return found
+
+
+def test_charges_and_verdicts_on_redis() -> None:
+    """The counting rule alone (no worker): outside kills forgiven once, fatal and timeout counted, a
+    hard-limit kill under a shorter limit not held against a longer one, copies share one record."""
+    from stoq.tasks import guard as gd
+
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/13")
+    a, b, c = (hashlib.sha256(x).hexdigest() for x in (b"unit-a", b"unit-b", b"unit-c"))
+    for sha in (a, b, c):
+        r.delete(gd.blame_key("p", sha))
+    gd.charge(r, "p", a, "outside")
+    gd.charge(r, "p", a, "outside")
+    gd.charge(r, "p", b, "fatal")
+    gd.charge(r, "p", c, "timeout", 1.0)
+    gd.charge(r, "p", c, "timeout", 1.0)
+    assert gd.verdicts(r, "p", [a, b, c, a], 2) == {c: ("timeout", f"p on this content: exceeded its 1 s limit in native "
+                                                       f"code; worker killed 2 times; quarantined (2 timeout)")}
+    assert gd.verdicts(r, "p", [c], 2, time_limit=30.0) == {}  # given longer, it runs again
+    gd.charge(r, "p", a, "outside")  # a third outside kill: 3 - 1 forgiven = 2
+    gd.charge(r, "p", b, "fatal")
+    got = gd.verdicts(r, "p", [a, b], 2)
+    assert got == {a: ("crash", "p on this content: the worker process died 2 times; quarantined (3 outside)"),
+                   b: ("crash", "p on this content: the worker process died 2 times; quarantined (2 fatal)")}
+    assert gd.verdicts(r, "other", [a, b], 2) == {}  # by plugin too
+    assert 0 < r.ttl(gd.blame_key("p", a)) <= gd.BLAME_TTL

@@ -68,7 +68,7 @@ def run_batch(app: Celery, plugin: str, task_id: str | None, again: bool, profil
     g = process_guard(r)
     g.timeout_for = eng.timeout_for
     limit = pipeline.worker_settings().quarantine_after
-    blamed = gd.verdicts(r, plugin, (ref["sha256"] for ref in refs), limit)
+    blamed = gd.verdicts(r, plugin, (ref["sha256"] for ref in refs), limit, eng.timeout_for(plugin))
     rerun = st.careful_for(r, task_id, again, st.Careful, limit)
     if rerun is None and not blamed:
         answers = [eng.run_on(plugin, ref, g) for ref in refs]

@@ -70,9 +70,11 @@ def charges(record: dict[str, int]) -> int:
     return record.get("fatal", 0) + record.get("timeout", 0) + max(0, record.get("outside", 0) - OUTSIDE_FREE)
 
 
-def verdicts(r: redis.Redis, plugin: str, sha256s: Iterable[str], limit: int) -> dict[str, tuple[str, str]]:
+def verdicts(r: redis.Redis, plugin: str, sha256s: Iterable[str], limit: int,
+             time_limit: float | None = None) -> dict[str, tuple[str, str]]:
     """sha256 -> (error kind, message) for each of ``sha256s`` quarantined for ``plugin``: one round
-    trip, whatever the batch's size."""
+    trip, whatever the batch's size. ``time_limit``: the plugin's soft limit in this run; hard-limit
+    kills under a shorter limit (another profile's) do not count against a run given longer."""
     wanted = sorted(set(sha256s))
     if not wanted:
         return {}
@@ -83,6 +85,8 @@ def verdicts(r: redis.Redis, plugin: str, sha256s: Iterable[str], limit: int) ->
     out: dict[str, tuple[str, str]] = {}
     for sha256, fields in zip(wanted, raw):
         record = {k.decode(): int(v) for k, v in fields.items() if k != b"limit"}
+        if time_limit is not None and b"limit" in fields and time_limit > float(fields[b"limit"]):
+            record.pop("timeout", None)
         n = charges(record)
         if n < limit:
             continue
