@@ -91,7 +91,7 @@ def verdicts(r: redis.Redis, plugin: str, sha256s: Iterable[str], limit: int,
         if n < limit:
             continue
         causes = ", ".join(f"{record[c]} {c}" for c in CAUSES if record.get(c))
-        if record.get("timeout", 0) >= record.get("fatal", 0):
+        if record.get("timeout", 0) and record["timeout"] >= record.get("fatal", 0):
             kind = "timeout"
             what = f"exceeded its {fields.get(b'limit', b'?').decode()} s limit in native code; worker killed"
         else:
