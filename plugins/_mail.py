@@ -81,7 +81,9 @@ def read_headers(message: Message, mail: Mail, max_header_bytes: int) -> None:
             value = value[:max_header_bytes]
         try:
             mail.headers[name] = clean(str(email.policy.default.header_fetch_parse(name, value)))
-        except (email.errors.HeaderParseError, ValueError, IndexError):  # the policy's parser gave up
+        # the policy's parser gave up; CPython's address parser raises AttributeError on some malformed
+        # lists (``To: :;e``, found by tests/fuzz/fuzz_email.py)
+        except (email.errors.HeaderParseError, ValueError, IndexError, AttributeError):
             mail.flag("corrupt:email-header")
             mail.headers[name] = clean(value)
     mail.headers["Received"] = received

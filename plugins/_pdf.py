@@ -5,6 +5,10 @@ pdfminer inflates a FlateDecode stream whole (``zlib.decompress``), and retries 
 time with no bound. Both are replaced, for the parse, by a decompressor that stops past ``max_stream_bytes``
 and raises ``StreamLimit``: the page that needed that stream is abandoned (flag ``limit:pdf-stream-bytes``)
 and the next pages are read.
+
+pdfminer lets Python's own exceptions out of a damaged page tree or page (a ``/MediaBox`` holding a
+keyword raises ``TypeError``, found by tests/fuzz/fuzz_pdf.py): those end the reading at that page, the
+text of the pages before it is kept, and the flag ``corrupt:pdf`` says so.
 """
 
 from __future__ import annotations
@@ -12,6 +16,10 @@ from __future__ import annotations
 import io
 import zlib
 from typing import Any
+
+
+#: What pdfminer raises, beyond its own errors, on a damaged structure it does not check.
+DAMAGE = (TypeError, KeyError, IndexError, AttributeError, AssertionError)
 
 
 class StreamLimit(Exception):
@@ -79,7 +87,15 @@ def extract(content: bytes, password: str, max_pages: int, max_chars: int, max_s
         resources = PDFResourceManager(caching=True)
         device = TextConverter(resources, output, codec="utf-8", laparams=LAParams())
         interpreter = PDFPageInterpreter(resources, device)
-        for page in PDFPage.get_pages(io.BytesIO(content), password=password, caching=True):
+        walk = PDFPage.get_pages(io.BytesIO(content), password=password, caching=True)
+        while True:
+            try:
+                page = next(walk, None)
+            except DAMAGE:
+                flags.append("corrupt:pdf")
+                break
+            if page is None:
+                break
             if pages >= max_pages:
                 flags.append("limit:pdf-pages")
                 break
@@ -89,6 +105,9 @@ def extract(content: bytes, password: str, max_pages: int, max_chars: int, max_s
             except StreamLimit:
                 if "limit:pdf-stream-bytes" not in flags:
                     flags.append("limit:pdf-stream-bytes")
+            except DAMAGE:
+                flags.append("corrupt:pdf")
+                break
             if output.tell() > max_chars:
                 break
         return {"text": output.getvalue(), "pages": pages, "flags": flags}

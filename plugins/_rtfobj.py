@@ -35,3 +35,11 @@ class RtfObjects(RtfObjParser):
                 self.flags.append("limit:rtf-object-size")
             return
         self.found.append((destination.start, binascii.unhexlify(hexdata[:len(hexdata) & ~1])))
+
+    def _bin(self, matchobject, param) -> None:
+        """``\\bin`` as oletools reads it, except as the file's very last token: there oletools' own reads
+        past the end (``ord(b"")``, a TypeError found by tests/fuzz/fuzz_rtf.py); no binary data follows."""
+        if self.index >= self.size:
+            self.bin(b"")
+            return
+        super()._bin(matchobject, param)

@@ -17,7 +17,10 @@ Supervision: each worker publishes what it is running (plugin, payload sha256, s
 small shared-memory slot. A worker that dies (a segfault in a native parser, the OOM killer) or that
 overruns its plugin's time limit by more than ``HARD_GRACE`` seconds (stuck in native code, where the
 soft limit cannot reach) is killed and replaced; its file is scanned again from the start, with that
-plugin on that payload skipped and recorded as a ``crash`` or ``timeout`` error. Each kill adds one
+plugin on that payload skipped and recorded as a ``crash`` or ``timeout`` error, in that file and in every
+later file with the same content (the skip is keyed by sha256 and plugin). A SIGKILL the supervisor did
+not send (the OOM killer, an operator) is not taken as the payload's fault at once: the file is scanned
+again as it was, and only a second such kill on the same run skips it (``OUTSIDE_FREE``). Each kill adds one
 skip, so a file makes progress. A worker that dies outside any plugin gets the file once more. After
 ``MAX_ATTEMPTS`` deaths, or a second death at the same place, the file gets a minimal document (hashed
 by the parent, flagged ``crash:gave-up``) with the last ``crash`` or ``timeout`` error.
@@ -54,6 +57,10 @@ from stoq.submission import Root, source_of
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+#: Outside kills (SIGKILL the supervisor did not send: the OOM killer, an operator) of one plugin run on
+#: one payload that are retried before they count as that payload's fault.
+OUTSIDE_FREE = 1
+OUTSIDE_KILL = "worker process killed from outside"
 PREFETCH = 64
 BATCH = 16  # results per message at most, while more work is queued
 BATCH_BYTES = 1 << 20
@@ -298,6 +305,8 @@ class EmbeddedPool:
                                   for i, p in enumerate(paths))
         total = len(todo)
         self._stop = RawValue(ctypes.c_int, 0)  # shared with the workers, set when the run stops early
+        self._blamed: dict[tuple[str, str], tuple[str, str]] = {}  # (sha256, plugin) -> error, every job's skip
+        self._outside: dict[tuple[str, str], int] = {}  # outside kills while that (sha256, plugin) ran
         self.leftover = []
         gc.freeze()  # what is loaded now is shared with the workers: keep the collector off those pages
         workers = [self._fork(i) for i in range(min(self.jobs, max(1, total)))]
@@ -316,6 +325,8 @@ class EmbeddedPool:
                         wanted = PREFETCH - len(worker.jobs)
                         burst = [todo.popleft() for _ in range(min(wanted, len(todo)))]
                         ready = self._admit(burst, done)
+                        for job in ready:  # content that killed a worker is skipped in every copy
+                            job.skip.update(self._blamed)
                         if ready:
                             worker.give(ready)
                 events = selector.select(timeout=CHECK_EVERY)
@@ -471,6 +482,8 @@ class EmbeddedPool:
             worker.process.join()
             code = worker.process.exitcode
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            if code == -signal.SIGKILL:  # never sent by this supervisor before it has decided (below)
+                return sha256, plugin, "crash", f"{OUTSIDE_KILL} ({how}) while running {plugin}"
             return sha256, plugin, "crash", f"worker process died ({how}) while running {plugin}"
         if running and time.monotonic() - running[2] > self.engine.timeout_for(plugin) + HARD_GRACE:
             limit = self.engine.timeout_for(plugin)
@@ -481,9 +494,15 @@ class EmbeddedPool:
         sha256, plugin, kind, message = problem
         job.attempts += 1
         key = (sha256, plugin)  # ("", name) when it died outside a plugin: one more plain attempt
+        if kind == "crash" and message.startswith(OUTSIDE_KILL) and sha256:
+            self._outside[key] = self._outside.get(key, 0) + 1
+            if self._outside[key] <= OUTSIDE_FREE and job.attempts < MAX_ATTEMPTS:
+                return None  # an outside kill (the OOM killer's): not the payload's doing until it recurs
         if job.attempts >= MAX_ATTEMPTS or key in job.skip:
             return ScannedFile(job.path, failed_document(job.path, kind, message, job.scan_id, job.meta))
         job.skip[key] = (kind, message)
+        if sha256:
+            self._blamed[key] = (kind, message)
         return None
 
 

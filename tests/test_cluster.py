@@ -272,7 +272,7 @@ def test_a_native_hang_is_killed_by_the_guard_and_quarantined(cluster: Cluster, 
     assert got.returncode == 1, got.stderr
     (doc,) = json.loads(got.stdout)
     (error,) = doc["errors"]
-    assert (error["plugin"], error["kind"]) == ("sleeper", "crash") and "quarantined" in error["message"]
+    assert (error["plugin"], error["kind"]) == ("sleeper", "timeout") and "quarantined" in error["message"]
     assert 12 <= elapsed < 120  # two attempts of 1 s + 5 s grace each, then the quarantine
 
 

@@ -14,11 +14,13 @@ A reference is ``{"payload_id", "sha256", "filename", "mime", "depth", "meta", "
 (``state.put_answer``), not to Celery's result backend; the task that completes the wave sends
 ``stoq.collect``.
 
-Isolation inside a batch: the first delivery runs the batch straight through. A redelivered batch
-(its worker died: a crash, or the guard's hard time limit) runs *carefully*: each payload's start and
-answer are recorded in Redis, answers already given are reused, and a payload that was started
-``quarantine_after - 1`` times in careful runs without answering (so it went down with its worker on
-every attempt) gets a ``crash`` error instead of another run.
+Isolation inside a batch: a payload whose run took its worker down is blamed by the worker's guard
+(``stoq.tasks.guard``: by content and plugin, and only when it was the one running); every delivery
+first asks which of its payloads are quarantined (one round trip) and answers those with the recorded
+``crash`` or ``timeout`` error instead of running them. The first delivery then runs the rest straight
+through. A redelivered batch (its worker died: a crash, an outside kill, the guard's hard time limit)
+runs *carefully*: each payload's answer is recorded in Redis as it is given, and answers a previous
+delivery recorded are reused.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from stoq.plugin import SCAN_CATEGORIES
 from stoq.registry import Registry
 from stoq.tasks import pipeline
 from stoq.tasks import state as st
+from stoq.tasks import guard as gd
 from stoq.tasks.guard import Guard, process_guard
 
 DEFAULT_QUEUE = pipeline.DEFAULT_QUEUE
@@ -62,35 +65,39 @@ def run_batch(app: Celery, plugin: str, task_id: str | None, again: bool, profil
         return
     refs = orjson.loads(raw)  # type: ignore[arg-type]
     eng = pipeline.engine_for(r, profile_id)
-    g = process_guard()
+    g = process_guard(r)
     g.timeout_for = eng.timeout_for
-    rerun = st.careful_for(r, task_id, again, st.Careful, pipeline.worker_settings().quarantine_after)
-    if rerun is None:
+    limit = pipeline.worker_settings().quarantine_after
+    blamed = gd.verdicts(r, plugin, (ref["sha256"] for ref in refs), limit, eng.timeout_for(plugin))
+    rerun = st.careful_for(r, task_id, again, st.Careful, limit)
+    if rerun is None and not blamed:
         answers = [eng.run_on(plugin, ref, g) for ref in refs]
     else:
-        answers = careful(rerun, eng, plugin, refs, g)
+        answers = careful(rerun, blamed, eng, plugin, refs, g)
     eng.archive.flush()  # the children's index rows, once per batch, before anyone reads the answers
     if st.put_answer(r, wave_id, part, parts, orjson.dumps(answers)):
         app.send_task("stoq.collect", args=(wave_id,), queue=COLLECT_QUEUE, argsrepr=f"(wave {wave_id})",
                       kwargsrepr="")
 
 
-def careful(rerun: st.Careful, eng: Any, plugin: str, refs: list[dict[str, Any]], g: Guard) -> list[dict[str, Any]]:
-    """A redelivered batch, one recorded payload at a time (see the module's docstring)."""
+def careful(rerun: st.Careful | None, blamed: dict[str, tuple[str, str]], eng: Any, plugin: str,
+            refs: list[dict[str, Any]], g: Guard) -> list[dict[str, Any]]:
+    """A batch with quarantined payloads, or a redelivered one (see the module's docstring)."""
     answers = []
     for ref in refs:
         pid = ref["payload_id"]
-        recorded = rerun.answer(pid)
+        recorded = rerun.answer(pid) if rerun is not None else None
         if recorded is not None:
             answers.append(orjson.loads(recorded))
             continue
-        quarantined = rerun.before(pid)
-        if quarantined is not None:
-            answers.append({"payload_id": pid, "error": {"payload_id": pid, "plugin": plugin, "kind": "crash",
-                                                         "message": quarantined}})
+        if ref["sha256"] in blamed:
+            kind, message = blamed[ref["sha256"]]
+            answers.append({"payload_id": pid, "error": {"payload_id": pid, "plugin": plugin, "kind": kind,
+                                                         "message": message}})
             continue
         answer = eng.run_on(plugin, ref, g)
-        rerun.after(pid, orjson.dumps(answer))
+        if rerun is not None:
+            rerun.after(pid, orjson.dumps(answer))
         answers.append(answer)
     return answers
 

@@ -119,7 +119,7 @@ def begin_waves(r: redis.Redis, waves: list[tuple[ScanState, list[Pending]]], wa
     """Begins each scan's next wave (token ``wave_id``, pending records); returns the plugin work:
     (profile, plugin) -> references, in wave order. Typing runs under the guard's hard time limit."""
     parts: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    guard = process_guard()
+    guard = process_guard(r)
     for scan, items in waves:
         eng = engine_for(r, scan.profile)
         guard.timeout_for = eng.timeout_for

@@ -248,3 +248,15 @@ def test_truncated_outlook_message_raises_or_is_flagged() -> None:
     plugin = EmailPlugin()
     with pytest.raises(OSError):  # olefile cannot open it
         plugin.scan(Payload(data[:1000], "t", None, "application/vnd.ms-outlook", "", 0), plugin.options)
+
+
+def test_an_address_list_the_standard_parser_trips_on_is_kept_as_sent() -> None:
+    """Found by fuzzing (tests/fuzz/fuzz_email.py): CPython's address parser raises AttributeError
+    ("'Group' object has no attribute 'local_part'") on ``To: :;e``; the plugin keeps the raw value
+    and flags the header, as for any header its parser gives up on."""
+    with pytest.raises(AttributeError):  # the standard library's own answer, so the test keeps its point
+        email.policy.default.header_fetch_parse("To", ":;e")
+    result = scan(b"From: a@example.org\r\nTo: :;e\r\nSubject: s\r\n\r\nbody\r\n")
+    assert result.data["headers"]["To"] == ":;e"
+    assert result.data["headers"]["From"] == "a@example.org"
+    assert "corrupt:email-header" in result.flags

@@ -133,3 +133,18 @@ def test_a_content_stream_inflating_to_512_mib_is_capped() -> None:
     starved = scan_in_a_process(bomb, max_stream_bytes=1 << 40, max_memory=256 * MiB)
     assert starved["flags"] == ["limit:pdf-memory"] and starved["text"] == []
     assert starved["parser_rss_kib"] < 512 * 1024
+
+
+def test_a_damaged_page_keeps_the_pages_before_it() -> None:
+    """Found by fuzzing (tests/fuzz/fuzz_pdf.py): a ``/MediaBox`` holding a keyword makes pdfminer
+    raise TypeError while it walks the page tree. The text of the pages before it is kept, flagged."""
+    good = pdf(["one", "two", "three"])
+    at = good.index(b"/MediaBox [0 0 612 792]", good.index(b"/MediaBox") + 1)  # the second page's
+    damaged = good[:at] + b"/MediaBox [0 0 612 foo]" + good[at + 23:]  # same length: the xref holds
+    with pytest.raises(TypeError):  # pdfminer's own answer
+        extract_text(io.BytesIO(damaged))
+    result = scan(damaged)
+    assert result.flags == ["corrupt:pdf"]
+    assert result.data["pages"] == 1
+    (child,) = result.children
+    assert child.content.decode() == extract_text(io.BytesIO(good), page_numbers=[0])

@@ -121,3 +121,17 @@ def test_hostile_documents_end_quickly(document: bytes) -> None:
 
 def test_non_rtf_is_declined(make_payload) -> None:
     assert not RtfPlugin().accepts(make_payload(b"%PDF-1.4"))
+
+
+def test_bin_as_the_last_token_is_no_data() -> None:
+    """Found by fuzzing (tests/fuzz/fuzz_rtf.py): oletools' tokenizer raises TypeError on a ``\\bin``
+    that ends the file. The object before it is still carved; the ``\\bin`` adds no data."""
+    content = b"{\\rtf1{\\object{\\*\\objdata 4142\\bin"
+    with pytest.raises(TypeError):  # oletools' own answer
+        RtfObjParser(content).parse()
+    result = scan(content)
+    assert result.data == {"objects": 1, "packages": 0}
+    (child,) = result.children
+    reference = RtfObjParser(content[:-len(b"\\bin")])  # oletools on the file without that last token
+    reference.parse()
+    assert child.content == b"AB" and child.meta["offset"] == reference.objects[0].start

@@ -83,8 +83,27 @@ class Segv(WorkerPlugin):
 
     def scan(self, payload: Payload, options: PluginOptions) -> Result:
         if b"SEGV" in payload.content:
+            if os.environ.get("TESTPLUGINS_SEGV_LOG"):  # a test counts the deaths: one line each
+                with open(os.environ["TESTPLUGINS_SEGV_LOG"], "a") as log:
+                    log.write(payload.sha256 + "\n")
             os.kill(os.getpid(), signal.SIGSEGV)
         return Result(data={"crashed": False})
+
+
+class Stubborn(WorkerPlugin):
+    """Ignores its soft time limit on payloads containing STUBBORN: catches even the BaseException the
+    soft limit raises and goes on looping, so only the hard limit (another process's kill) ends it."""
+
+    name = "stubborn"
+    version = "1"
+
+    def scan(self, payload: Payload, options: PluginOptions) -> Result:
+        while b"STUBBORN" in payload.content:
+            try:
+                time.sleep(0.05)
+            except BaseException:  # noqa: B036 - the point of this plugin
+                pass
+        return Result(data={"stubborn": False})
 
 
 class Nest(ExtractorPlugin):
