@@ -215,7 +215,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
     per line). Stopped early (SIGINT, SIGTERM, a closed output), it names on stderr the scans sent
     and not printed: the cluster goes on with them, and ``stoq results ID`` reads them later."""
     from kombu.exceptions import OperationalError
-    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
 
     from stoq.tasks.client import ClusterClient, new_notify_key, new_verdicts_key
 
@@ -291,7 +291,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
             stopped = ExitCode.OUTPUT_CLOSED
         finally:
             ignore_signals()
-    except (OperationalError, RedisConnectionError) as exc:  # the broker or Redis went away meanwhile
+    except (OperationalError, RedisError) as exc:  # the broker or Redis went away while sending
         raise fail(f"lost the cluster: {exc}", ExitCode.CONFIG) from None
     finally:
         client.close()
