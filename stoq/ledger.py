@@ -34,14 +34,15 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def record(store: Store, roots: list[dict[str, Any]], profile: dict[str, Any], notify: str | None) -> None:
+def record(store: Store, roots: list[dict[str, Any]], profile: dict[str, Any], notify: str | None,
+           verdicts: str | None = None) -> None:
     """Records a batch of submitted roots as pending, in one transaction (a root recorded already,
     by id, is left as it is)."""
     if not roots:
         return
     now = _now()
     rows = [{"scan_id": root["scan_id"], "root_sha256": root["sha256"], "filename": root.get("filename"),
-             "root": root, "profile": profile, "notify": notify, "submitted_at": now, "state": PENDING,
+             "root": root, "profile": profile, "notify": notify, "verdicts": verdicts, "submitted_at": now, "state": PENDING,
              "attempts": 1, "last_attempt_at": now, "finished_at": None, "error": None} for root in roots]
     try:
         with store.engine.execution_options(stoq_write=True).begin() as conn:
@@ -80,7 +81,7 @@ def due(store: Store, recover_after: float, limit: int = 200) -> list[dict[str, 
     """Pending scans whose last publish is older than ``recover_after`` seconds, oldest first."""
     cutoff = _now() - timedelta(seconds=recover_after)
     with store.engine.connect() as conn:
-        rows = conn.execute(select(L.c.scan_id, L.c.root, L.c.profile, L.c.notify, L.c.attempts, L.c.last_attempt_at)
+        rows = conn.execute(select(L.c.scan_id, L.c.root, L.c.profile, L.c.notify, L.c.verdicts, L.c.attempts, L.c.last_attempt_at)
                             .where(and_(L.c.state == PENDING, L.c.last_attempt_at < cutoff))
                             .order_by(L.c.last_attempt_at).limit(limit)).mappings().all()
     return [dict(row) for row in rows]

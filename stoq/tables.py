@@ -177,6 +177,8 @@ class ScanLedgerRow(Base):
     profile: Mapped[Any] = mapped_column(JSONValue)
     #: The waiting client's notification list, if any.
     notify: Mapped[str | None] = mapped_column(String(128))
+    #: The verdicts list of a client that does not wait (``--no-wait``), if any.
+    verdicts: Mapped[str | None] = mapped_column(String(128))
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     state: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer)

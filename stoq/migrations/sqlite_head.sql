@@ -77,6 +77,7 @@ CREATE TABLE scan_ledger (
 	root TEXT NOT NULL, 
 	profile TEXT NOT NULL, 
 	notify VARCHAR(128), 
+	verdicts VARCHAR(128), 
 	submitted_at DATETIME NOT NULL, 
 	state VARCHAR(16) NOT NULL, 
 	attempts INTEGER NOT NULL, 

@@ -122,7 +122,7 @@ class ClusterClient:
         for (_, root, _), at in zip(batch, places):
             root["at"] = at
         try:  # durable before it is acknowledged: a scan the ledger does not hold is not sent
-            ledger.record(self.store, [root for _, root, _ in batch], self.profile_doc, notify)
+            ledger.record(self.store, [root for _, root, _ in batch], self.profile_doc, notify, self._verdicts)
         except StoreError as exc:
             for path, _, _ in batch:
                 yield Submitted(path, None, f"{path}: cannot record it in the ledger: {exc}")

@@ -136,7 +136,7 @@ def recover(app: Celery) -> list[str]:
         r = redis_client(app)
         states = st.load_states(r, [row["scan_id"] for row in rows])
         ledger.touch(store, [row["scan_id"] for row, scan in zip(rows, states) if scan is not None])
-        again: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+        again: dict[tuple[str, str | None, str | None], list[dict[str, Any]]] = {}
         failed = []
         for row, scan in zip(rows, states):
             if scan is not None:
@@ -149,12 +149,13 @@ def recover(app: Celery) -> list[str]:
                 continue
             if ledger.claim(store, row):
                 profile_id = st.put_profile(r, row["profile"])
-                again.setdefault((profile_id, row["notify"]), []).append(row["root"] | {"attempt": row["attempts"] + 1})
+                again.setdefault((profile_id, row["notify"], row["verdicts"]), []).append(row["root"] | {"attempt": row["attempts"] + 1})
         sent = []
-        for (profile_id, notify), roots in again.items():
+        for (profile_id, notify, verdicts), roots in again.items():
             for at in range(0, len(roots), settings.batch_max):
                 chunk = roots[at:at + settings.batch_max]
                 app.send_task("stoq.publish", args=(profile_id, st.wrap(r, chunk), notify), queue=DEFAULT_QUEUE,
+                              kwargs={"verdicts": verdicts} if verdicts else None,
                               argsrepr=st.describe_batch(profile_id, "roots", [root["scan_id"] for root in chunk]),
                               kwargsrepr="")
                 sent += [root["scan_id"] for root in chunk]

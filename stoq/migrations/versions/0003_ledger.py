@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("root", JSON_VALUE, nullable=False),
         sa.Column("profile", JSON_VALUE, nullable=False),
         sa.Column("notify", sa.String(128), nullable=True),
+        sa.Column("verdicts", sa.String(128), nullable=True),
         sa.Column("submitted_at", TIMESTAMP, nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
