@@ -148,6 +148,8 @@ def test_a_worker_killed_holding_a_publish_loses_no_file(env: dict[str, str], tm
         assert len(ids) == len(files)
         wait_finished(env, len(files))
         assert_stored_once(env, ids, files)
+        attempts = query(env, "SELECT attempts, count(*) FROM scan_ledger GROUP BY attempts ORDER BY attempts")
+        print(f"[durability] kill -9 holding a publish: {len(files)} submitted, {len(ids)} stored; attempts {attempts}")
     finally:
         client.kill()
         if second is not None:
