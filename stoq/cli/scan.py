@@ -221,7 +221,9 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
 
     try:
         client = ClusterClient(settings)
-    except Exception as exc:  # the broker, Redis or the archive cannot be reached
+    except Exception as exc:  # the broker, Redis, the archive or the ledger's database cannot be reached
+        if type(exc).__name__ in ("NotMigrated", "StoreError"):
+            raise fail(f"cannot record the submission in the ledger: {exc}", ExitCode.STORE) from None
         raise fail(f"cannot reach the cluster: {type(exc).__name__}: {exc}", ExitCode.CONFIG) from None
     code = ExitCode.OK
     notify = new_notify_key() if wait else None
