@@ -36,8 +36,7 @@ def _now() -> datetime:
 
 def record(store: Store, roots: list[dict[str, Any]], profile: dict[str, Any], notify: str | None,
            verdicts: str | None = None) -> None:
-    """Records a batch of submitted roots as pending, in one transaction (a root recorded already,
-    by id, is left as it is)."""
+    """Records a batch of submitted roots (fresh scan ids) as pending, in one transaction."""
     if not roots:
         return
     now = _now()
@@ -46,10 +45,7 @@ def record(store: Store, roots: list[dict[str, Any]], profile: dict[str, Any], n
              "attempts": 1, "last_attempt_at": now, "finished_at": None, "error": None} for root in roots]
     try:
         with store.engine.execution_options(stoq_write=True).begin() as conn:
-            known = {r for (r,) in conn.execute(select(L.c.scan_id).where(L.c.scan_id.in_([x["scan_id"] for x in rows])))}
-            fresh = [row for row in rows if row["scan_id"] not in known]
-            if fresh:
-                conn.execute(insert(L), fresh)
+            conn.execute(insert(L), rows)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot record {len(rows)} submitted scan(s) in the ledger of {store.display}: {exc}") from exc
 
@@ -113,3 +109,11 @@ def fail(store: Store, scan_id: str, attempts: int, why: str) -> bool:
                                                  L.c.attempts == attempts))
                             .values(state=FAILED, error=why, finished_at=_now()))
     return done.rowcount == 1
+
+
+def refuse(store: Store, scan_ids: list[str], why: str) -> None:
+    """Scans the workers refused to run (their settings): failed at once, with why; never republished."""
+    if scan_ids:
+        with store.engine.execution_options(stoq_write=True).begin() as conn:
+            conn.execute(update(L).where(and_(L.c.scan_id.in_(scan_ids), L.c.state == PENDING))
+                         .values(state=FAILED, error=f"refused: {why}", finished_at=_now()))

@@ -418,6 +418,13 @@ def refuse(r: redis.Redis, roots: list[dict[str, Any]], clients: list[str | None
     run, and logs it with their ids."""
     log.error("refusing scan(s) %s of a submission: %s", ", ".join(root["scan_id"] for root in roots), message)
     entries = [st.dumps({"scan_id": root["scan_id"], "refused": message}) for root in roots]
+    try:  # the ledger says so too (``stoq results ID``), and does not publish them again
+        from stoq import ledger
+        from stoq.tasks.connect import result_store
+
+        ledger.refuse(result_store(), [root["scan_id"] for root in roots], message)
+    except Exception as exc:  # the database away: the ledger republishes them, and they are refused again
+        log.warning("cannot record the refusal in the ledger (%s: %s)", type(exc).__name__, exc)
     for key in clients:
         if key and entries:
             tell(r, key, entries)
