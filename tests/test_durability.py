@@ -4,6 +4,7 @@ ends with exactly one stored document, no duplicate rows, and no ``timeout`` the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import redis
 from sqlalchemy import create_engine, text
 
 from helpers import BENCH_RULES, validate
-from test_cluster import BIN, Cluster, cluster_env, fresh_database, start
+from test_cluster import BIN, cluster_env, fresh_database, start
 
 pytestmark = [pytest.mark.durability, pytest.mark.postgres]
 
@@ -71,7 +72,6 @@ def assert_stored_once(env: dict[str, str], ids: list[str], files: list[Path]) -
     """Each id has one document, of its file, with yara's answer and no error; no duplicate rows."""
     assert sorted(r[0] for r in query(env, "SELECT scan_id FROM scans")) == sorted(ids)
     roots = dict(query(env, "SELECT scan_id, root_sha256 FROM scans"))
-    import hashlib
     assert sorted(roots.values()) == sorted(hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
     assert query(env, "SELECT count(*), count(DISTINCT (scan_id, payload_id, plugin)) FROM plugin_results") == [
         (len(ids), len(ids))]
