@@ -90,6 +90,8 @@ class Settings(BaseModel):
     batch_max: int = Field(256, ge=1, le=1024, description="Cluster: most payload references in one task; batches grow to this with the backlog and shrink to one when idle.")
     sweep_after: float = Field(3600.0, gt=0, description="Cluster: seconds a scan's wave may wait for its answers before the sweeper closes the scan with error entries.")
     quarantine_after: int = Field(2, ge=2, description="Cluster: attempts of a payload whose plugin run kills its worker before it is quarantined.")
+    recover_after: float = Field(900.0, gt=0, description="Cluster: seconds a submitted scan may stay unfinished, with no state in Redis, before the sweeper publishes it again from the ledger.")
+    max_attempts: int = Field(3, ge=1, description="Cluster: publishes of a scan (the client's and the sweeper's) before the ledger gives it up as failed (lost).")
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Options per plugin.")
 
     @field_validator("workers", "connectors", mode="before")

@@ -316,6 +316,9 @@ class Store:
                 for sql, batch in zip(self._inserts, rows):
                     if batch:
                         conn.exec_driver_sql(sql, batch)
+                # The ledger (stoq.ledger) learns it in the same transaction: saved means finished.
+                at = _sqlite_time()
+                conn.exec_driver_sql(_LEDGER_FINISHED_SQLITE, [(at, row[0]) for row in rows[0]])
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot save {len(rows[0])} scan document(s) in {self.display}: {_reason(exc)}") from exc
 
@@ -338,6 +341,9 @@ class Store:
                     batch = sorted(batch, key=lambda row: row[:keylen])
                     parts.append(sql)
                     params.append(orjson.dumps([dict(zip(cols, row)) for row in batch]).decode())
+            # The ledger (stoq.ledger) learns it in the same transaction: saved means finished.
+            parts.append(_LEDGER_FINISHED_PG)
+            params.append(orjson.dumps([row[0] for row in rows[0]]).decode())
             # Autocommit, so that psycopg2 sends no BEGIN of its own: a query string of several
             # statements without BEGIN/COMMIT is one implicit transaction, all or nothing.
             dbapi.autocommit = True
@@ -458,6 +464,21 @@ def _pg_insert(table: str, cols: tuple[str, ...], dialect: Any) -> str:
     declared = ", ".join(f"{c} {'text' if types[c] == 'JSONB' else types[c]}" for c in cols)
     return (f"INSERT INTO {table} ({', '.join(cols)}) SELECT {values} FROM json_to_recordset(%s::json) "
             f"AS r({declared}) ON CONFLICT DO NOTHING;")
+
+
+#: A saved scan is finished in the ledger (``stoq.ledger``), whatever it said before (a late document
+#: of a scan the ledger gave up on is still the truth). A scan without a ledger row changes nothing.
+_LEDGER_FINISHED_SQLITE = ("UPDATE scan_ledger SET state = 'finished', finished_at = ?, error = NULL "
+                           "WHERE scan_id = ? AND state <> 'finished'")
+_LEDGER_FINISHED_PG = ("UPDATE scan_ledger SET state = 'finished', finished_at = now(), error = NULL "
+                       "WHERE scan_id IN (SELECT json_array_elements_text(%s::json)) AND state <> 'finished';")
+
+
+def _sqlite_time() -> str:
+    """Now, as SQLAlchemy's ``DateTime`` writes it in SQLite (UTC)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _identity(value: Any) -> Any:

@@ -200,3 +200,32 @@ DIRMON_LEDGER = DirmonLedgerRow.__table__
 #: Every table the store owns, parents first (drop in reverse).
 TABLES = (SCANS, PAYLOADS, SCAN_PAYLOADS, PLUGIN_RESULTS, SCAN_ERRORS)
 # The rows written to them (columns, order, keys) are defined without SQLAlchemy in stoq.rows.
+
+
+class ScanLedgerRow(Base):
+    """A submitted scan, recorded before it is published (``stoq.ledger``): what is needed to publish
+    it again, and where it stands (``pending``, ``finished``, ``failed``)."""
+
+    __tablename__ = "scan_ledger"
+    __table_args__ = (Index("ix_scan_ledger_state_last_attempt_at", "state", "last_attempt_at"),)
+
+    scan_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    root_sha256: Mapped[str] = mapped_column(String(64))
+    filename: Mapped[str | None] = mapped_column(Text)
+    #: The root reference as ``stoq.publish`` takes it (its archive place in ``at``).
+    root: Mapped[Any] = mapped_column(JSONValue)
+    #: The submission's profile (workers, plugin options, limits): republished without Redis.
+    profile: Mapped[Any] = mapped_column(JSONValue)
+    #: The waiting client's notification list, if any.
+    notify: Mapped[str | None] = mapped_column(String(128))
+    #: The verdicts list of a client that does not wait (``--no-wait``), if any.
+    verdicts: Mapped[str | None] = mapped_column(String(128))
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+SCAN_LEDGER = ScanLedgerRow.__table__

@@ -89,8 +89,9 @@ def test_a_refused_no_wait_submission_names_its_files_and_exits_4(cluster: Clust
         time.sleep(0.1)
     (line,) = [line for line in cluster.log.read_text().splitlines() if scan_id in line]
     assert "refusing scan(s)" in line
-    never = cluster.stoq("results", scan_id)
-    assert never.returncode == 6
+    never = cluster.stoq("results", scan_id)  # the ledger knows it: failed, refused, never republished
+    assert never.returncode == 9, never.stderr
+    assert json.loads(never.stdout)["error"].startswith("refused: ")
 
 
 def test_the_progress_bar_counts_each_file_once(cluster: Cluster, tmp_path: Path) -> None:

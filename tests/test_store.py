@@ -20,8 +20,8 @@ from stoq.jsonb import apply_hint, order_hint
 from stoq.model import PayloadRecord, ScanErrorEntry
 from stoq.store import HEAD_REVISION, NotMigrated, Store, StoreError, upgrade
 
-STOQ_TABLES = ("connector_outbox", "dirmon_ledger", "scan_errors", "plugin_results", "scan_payloads", "payloads", "scans",
-               "alembic_version")
+STOQ_TABLES = ("connector_outbox", "dirmon_ledger", "scan_ledger", "scan_errors", "plugin_results", "scan_payloads",
+               "payloads", "scans", "alembic_version")
 
 
 # ------------------------------------------------------------------------------------------ fixtures

@@ -43,6 +43,8 @@ class ExitCode(IntEnum):
     STORE = 5
     NOT_FOUND = 6
     INSTALL = 7  # stoq install / uninstall: pip failed, or the package brings no stoq plugin
+    PENDING = 8  # stoq results ID: submitted, not finished yet (the ledger says since when)
+    FAILED = 9  # stoq results ID: the ledger gave the scan up (lost after its attempts)
     INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
     OUTPUT_CLOSED = 141  # 128 + SIGPIPE
     TERMINATED = 143  # 128 + SIGTERM

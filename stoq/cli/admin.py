@@ -185,6 +185,9 @@ def results(key: Annotated[Optional[str], typer.Argument(metavar="[KEY]", help="
             else:
                 docs = store.find(key)
                 if not docs and key:
+                    pending = ledger_status(store, key)
+                    if pending is not None:
+                        return pending_answer(pending)
                     docs = by_prefix(store, key)
                 docs = docs[:limit] if limit is not None else docs
         finally:
@@ -204,6 +207,29 @@ def results(key: Annotated[Optional[str], typer.Argument(metavar="[KEY]", help="
     for doc in docs:
         writer.write(doc)
     writer.close()
+
+
+def ledger_status(store: Any, scan_id: str) -> dict[str, Any] | None:
+    """A submitted scan with no document yet, as the ledger (``stoq.ledger``) holds it."""
+    from stoq import ledger
+
+    row = ledger.status(store, scan_id)
+    return row if row is not None and row["state"] != ledger.FINISHED else None
+
+
+def pending_answer(row: dict[str, Any]) -> None:
+    """Prints where an unfinished scan stands (JSON on stdout, a sentence on stderr); exit code 8 while
+    it is pending, 9 if the ledger gave it up."""
+    from stoq import ledger
+
+    when = {k: row[k].isoformat() if row[k] is not None else None
+            for k in ("submitted_at", "last_attempt_at", "finished_at")}
+    typer.echo(orjson.dumps({"scan_id": row["scan_id"], "state": row["state"], "attempts": row["attempts"],
+                             "error": row["error"], "sha256": row["root_sha256"]} | when).decode())
+    if row["state"] == ledger.FAILED:
+        raise fail(f"scan {row['scan_id']} failed: {row['error']}", ExitCode.FAILED)
+    raise fail(f"scan {row['scan_id']} is pending since {when['submitted_at']} ({row['attempts']} publish(es), "
+               f"the last at {when['last_attempt_at']})", ExitCode.PENDING)
 
 
 def by_prefix(store: Any, prefix: str) -> list[dict[str, Any]]:

@@ -225,13 +225,15 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
     per line). Stopped early (SIGINT, SIGTERM, a closed output), it names on stderr the scans sent
     and not printed: the cluster goes on with them, and ``stoq results ID`` reads them later."""
     from kombu.exceptions import OperationalError
-    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
 
     from stoq.tasks.client import ClusterClient, new_notify_key, new_verdicts_key
 
     try:
         client = ClusterClient(settings)
-    except Exception as exc:  # the broker, Redis or the archive cannot be reached
+    except Exception as exc:  # the broker, Redis, the archive or the ledger's database cannot be reached
+        if type(exc).__name__ in ("NotMigrated", "StoreError"):
+            raise fail(f"cannot record the submission in the ledger: {exc}", ExitCode.STORE) from None
         raise fail(f"cannot reach the cluster: {type(exc).__name__}: {exc}", ExitCode.CONFIG) from None
     code = ExitCode.OK
     notify = new_notify_key() if wait else None
@@ -308,7 +310,7 @@ def run_cluster(settings: Settings, files: list[Path], writer: Writer, wait: boo
             stopped = ExitCode.OUTPUT_CLOSED
         finally:
             ignore_signals()
-    except (OperationalError, RedisConnectionError) as exc:  # the broker or Redis went away meanwhile
+    except (OperationalError, RedisError) as exc:  # the broker or Redis went away while sending
         raise fail(f"lost the cluster: {exc}", ExitCode.CONFIG) from None
     finally:
         client.close()

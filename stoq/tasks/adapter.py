@@ -157,7 +157,8 @@ def register_plugins(app: Celery, registry: Registry | None = None) -> dict[str,
         name = task_name(cls.category, cls.name)
 
         def run(self: Any, profile_id: str, wave_id: str, part: int, parts: int, _plugin: str = cls.name) -> None:
-            run_batch(app, _plugin, self.request.id, redelivered(self), profile_id, wave_id, part, parts)
+            pipeline.retrying(_plugin, run_batch, app, _plugin, self.request.id, redelivered(self), profile_id, wave_id,
+                              part, parts)
 
         run.__doc__ = cls.summary()
         app.task(name=name, queue=cls.name, bind=True, acks_late=True, reject_on_worker_lost=True,

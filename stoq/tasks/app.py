@@ -22,13 +22,14 @@ PLUGIN_TASKS = register_plugins(app)
 @app.task(name="stoq.publish", queue=pipeline.DEFAULT_QUEUE, ignore_result=True, bind=True)
 def publish(self: Any, profile_id: str, roots: Any, notify: str | None = None, verdicts: str | None = None) -> None:
     """Starts scans: hashes, types and dispatches each root, then fans out to the plugin queues."""
-    pipeline.publish(app, profile_id, roots, notify, self.request.id, redelivered(self), verdicts)
+    pipeline.retrying("publish", pipeline.publish, app, profile_id, roots, notify, self.request.id, redelivered(self),
+                      verdicts)
 
 
 @app.task(name="stoq.collect", queue=pipeline.COLLECT_QUEUE, ignore_result=True, bind=True)
 def collect(self: Any, wave_id: str) -> None:
     """A wave's join: applies the plugins' answers, sends the next wave, stores the finished scans."""
-    pipeline.collect(app, wave_id, self.request.id, redelivered(self))
+    pipeline.retrying("collect", pipeline.collect, app, wave_id, self.request.id, redelivered(self))
 
 
 @app.task(name="stoq.connector.store", queue=pipeline.COLLECT_QUEUE, ignore_result=True,
@@ -61,6 +62,13 @@ class Sweeper(bootsteps.StartStopStep):
             sweeper.maybe_catch_up(app)
         except Exception:  # a broker or Redis hiccup: the next round tries again
             pipeline.log.exception("sweeper round failed")
+        try:
+            sweeper.recover(app)
+        except Exception:  # the database, the broker or Redis away: the next round tries again
+            pipeline.log.exception("sweeper's recovery from the ledger failed")
+        from stoq.tasks import connect
+
+        connect.release()  # no database connection of the main process may cross a fork of the pool
 
     def stop(self, worker: Any) -> None:
         if self.tref is not None:

@@ -16,21 +16,26 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import magic
 import orjson
+import redis
 
+from stoq import ledger
 from stoq.archive import HOLD_BYTES, ArchiveError, open_configured, put_many_where, read_input
 from stoq.config import Settings
 from stoq.engine import oversized_record
 from stoq.limits import Budget, Limits
 from stoq.model import new_id, now_iso, text
 from stoq.submission import Root, roots_of, source_of
+from stoq.store import Store, StoreError
 from stoq.tasks import state as st
 from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE, make_app
 
 
+#: Seconds between two looks at the ledger of a client that lost Redis.
+LEDGER_POLL = 1.0
 #: Seconds without a finished scan before ``documents`` says on stderr what it is waiting for.
 QUIET_HINT = 60.0
 
@@ -61,7 +66,10 @@ class ClusterClient:
             conn.ensure_connection(max_retries=1, timeout=5)
         self.archive = open_configured(settings)
         self.archive.prepare()
-        self.profile = st.put_profile(self.r, st.profile_of(settings))
+        self.profile_doc = st.profile_of(settings)
+        self.profile = st.put_profile(self.r, self.profile_doc)
+        self.store = Store.open(settings.resolved_database_url())  # the ledger (stoq.ledger)
+        self._notify: str | None = None
         self._magic: magic.Magic | None = None  # only an oversized input is typed here
         self._verdicts: str | None = None
 
@@ -119,6 +127,12 @@ class ClusterClient:
             return
         for (_, root, _), at in zip(batch, places):
             root["at"] = at
+        try:  # durable before it is acknowledged: a scan the ledger does not hold is not sent
+            ledger.record(self.store, [root for _, root, _ in batch], self.profile_doc, notify, self._verdicts)
+        except StoreError as exc:
+            for path, _, _ in batch:
+                yield Submitted(path, None, f"{path}: cannot record it in the ledger: {exc}")
+            return
         self._publish([root for _, root, _ in batch], notify)
         for path, root, _ in batch:
             yield Submitted(path, root["scan_id"])
@@ -147,7 +161,7 @@ class ClusterClient:
         waiting = set(scan_ids)
         hint = (f"scan(s); is a worker serving the '{DEFAULT_QUEUE}' and '{COLLECT_QUEUE}' queues and every "
                 "plugin queue?")
-        for raw in self._entries(notify, waiting, hint):
+        for raw in self._entries(notify, waiting, hint, self._ledger_documents):
             doc = orjson.loads(raw)
             if doc["scan_id"] in waiting:  # a redelivered connector may notify twice
                 waiting.discard(doc["scan_id"])
@@ -158,7 +172,7 @@ class ClusterClient:
         scan once. For a client that does not wait for the documents (see ``submit``)."""
         waiting = set(scan_ids)
         hint = f"scan(s) to be accepted; is a worker serving the '{DEFAULT_QUEUE}' queue?"
-        for raw in self._entries(key, waiting, hint):
+        for raw in self._entries(key, waiting, hint, self._ledger_verdicts):
             entry = orjson.loads(raw)
             verdicts = [(i, None) for i in entry["accepted"]] if "accepted" in entry else [
                 (entry["scan_id"], entry["refused"])]
@@ -167,12 +181,20 @@ class ClusterClient:
                     waiting.discard(scan_id)
                     yield scan_id, refused
 
-    def _entries(self, key: str, waiting: set[str], hint: str) -> Iterator[bytes]:
+    def _entries(self, key: str, waiting: set[str], hint: str,
+                 fallback: Callable[[set[str]], Iterator[bytes]]) -> Iterator[bytes]:
         """The entries pushed to the list ``key`` while ``waiting`` (which the caller empties) is not
-        empty; says on stderr what it waits for after ``QUIET_HINT`` seconds without one."""
+        empty; says on stderr what it waits for after ``QUIET_HINT`` seconds without one. Should
+        Redis go away meanwhile, the rest comes from the ledger (``fallback``)."""
         last = time.monotonic()
         while waiting:
-            popped = self.r.blpop([key], timeout=1)
+            try:
+                popped = self.r.blpop([key], timeout=1)
+            except redis.RedisError as exc:  # Redis restarted, paused or gone: the ledger still knows
+                print(f"stoq: lost Redis ({type(exc).__name__}: {exc}); waiting on the ledger for "
+                      f"{len(waiting)} scan(s)", file=sys.stderr)
+                yield from fallback(waiting)
+                return
             if popped is None:
                 if time.monotonic() - last > QUIET_HINT:
                     print(f"stoq: still waiting for {len(waiting)} {hint}", file=sys.stderr)
@@ -184,7 +206,39 @@ class ClusterClient:
             yield from more
         self.r.delete(key)
 
+    def _ledger_documents(self, waiting: set[str]) -> Iterator[bytes]:
+        """The documents of ``waiting`` as the store saves them, polled from the ledger every
+        ``LEDGER_POLL`` seconds until each is finished or failed (the ledger settles every scan
+        after ``max_attempts`` publishes); a failed scan comes as a refusal with the ledger's why."""
+        quiet = time.monotonic()
+        while waiting:
+            try:
+                found = ledger.states(self.store, sorted(waiting))
+            except Exception as exc:  # the database is away too: keep trying, say so now and then
+                if time.monotonic() - quiet > QUIET_HINT:
+                    print(f"stoq: cannot read the ledger ({type(exc).__name__}); still waiting", file=sys.stderr)
+                    quiet = time.monotonic()
+                time.sleep(LEDGER_POLL)
+                continue
+            for scan_id, state in found.items():
+                if state == ledger.FINISHED:
+                    doc = self.store.get(scan_id)
+                    if doc is not None:
+                        yield orjson.dumps(doc)
+                elif state == ledger.FAILED:
+                    row = ledger.status(self.store, scan_id) or {}
+                    yield orjson.dumps({"scan_id": scan_id, "refused": row.get("error") or "failed"})
+            for scan_id in set(waiting) - set(found):  # never recorded: nothing will come
+                yield orjson.dumps({"scan_id": scan_id, "refused": "not in the ledger"})
+            if waiting:
+                time.sleep(LEDGER_POLL)
+
+    def _ledger_verdicts(self, waiting: set[str]) -> Iterator[bytes]:
+        """Without Redis, a recorded scan is as good as accepted: the ledger publishes it again."""
+        yield orjson.dumps({"accepted": sorted(waiting)})
+
     def close(self) -> None:
+        self.store.close()
         self.archive.close()
         self.app.close()
 

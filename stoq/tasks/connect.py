@@ -18,3 +18,9 @@ def result_store() -> Store:
     if _STORE is None or _STORE[0] != os.getpid():
         _STORE = (os.getpid(), Store.open(worker_settings().resolved_database_url()))
     return _STORE[1]
+
+
+def release() -> None:
+    """Closes this process's pooled database connections (they reopen on the next use)."""
+    if _STORE is not None and _STORE[0] == os.getpid():
+        _STORE[1].engine.dispose()

@@ -98,6 +98,42 @@ def engine_for(r: redis.Redis, profile_id: str) -> Engine:
     return eng
 
 
+# -- transient failures ---------------------------------------------------------------------------------
+
+#: Seconds slept before each new try of a task body that met a transient broker or database error.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 8.0)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a broker, Redis or database connection failure that may pass (a restart, a
+    pause, a failover), rather than a fault of the work itself."""
+    from kombu.exceptions import OperationalError as BrokerError
+    from sqlalchemy.exc import OperationalError as DatabaseError
+
+    seen: BaseException | None = exc
+    for _ in range(4):  # StoreError wraps the driver's error
+        if isinstance(seen, (redis.ConnectionError, redis.TimeoutError, BrokerError, DatabaseError, ConnectionError)):
+            return True
+        if type(seen).__name__ == "OperationalError":  # psycopg2's, without importing it here
+            return True
+        seen = seen.__cause__ if seen is not None else None
+    return False
+
+
+def retrying(what: str, body: Any, *args: Any, **kwargs: Any) -> Any:
+    """Runs a task body, again after each transient failure (``transient``), ``RETRY_DELAYS`` apart;
+    the last failure is raised (the ledger then publishes the scan again). Every body is safe to
+    run again: its writes are idempotent or guarded by wave tokens."""
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return body(*args, **kwargs)
+        except Exception as exc:
+            if delay is None or not transient(exc):
+                raise
+            log.warning("%s: %s: %s; trying again in %g s", what, type(exc).__name__, exc, delay)
+            time.sleep(delay)
+
+
 # -- the two halves of a wave ------------------------------------------------------------------------
 
 class Careful(st.Careful):
@@ -343,7 +379,9 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
     # Only a redelivery can find scans it started before (a first delivery skips the look-up; were a
     # duplicate not flagged, its scans would start again, the later wave token win, and the store
     # keep one document per scan id).
-    known = st.load_states(r, [root["scan_id"] for root in roots]) if redelivered else [None] * len(roots)
+    # A scan the ledger publishes again (``attempt``) may have been started meanwhile by a late first publish.
+    again = redelivered or any(root.get("attempt") for root in roots)
+    known = st.load_states(r, [root["scan_id"] for root in roots]) if again else [None] * len(roots)
     waves = []
     for root, existing in zip(roots, known):
         if existing is not None:
@@ -380,6 +418,13 @@ def refuse(r: redis.Redis, roots: list[dict[str, Any]], clients: list[str | None
     run, and logs it with their ids."""
     log.error("refusing scan(s) %s of a submission: %s", ", ".join(root["scan_id"] for root in roots), message)
     entries = [st.dumps({"scan_id": root["scan_id"], "refused": message}) for root in roots]
+    try:  # the ledger says so too (``stoq results ID``), and does not publish them again
+        from stoq import ledger
+        from stoq.tasks.connect import result_store
+
+        ledger.refuse(result_store(), [root["scan_id"] for root in roots], message)
+    except Exception as exc:  # the database away: the ledger republishes them, and they are refused again
+        log.warning("cannot record the refusal in the ledger (%s: %s)", type(exc).__name__, exc)
     for key in clients:
         if key and entries:
             tell(r, key, entries)

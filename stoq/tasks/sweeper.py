@@ -1,22 +1,30 @@
-"""The sweeper: every worker closes, every few seconds, the scans whose wave is overdue.
+"""The sweeper: every worker, every few seconds, closes the scans whose wave is overdue and publishes
+again, from the ledger, the scans that were lost.
 
 A wave left unanswered for ``sweep_after`` seconds (a lost message, a dead worker's task not yet
-redelivered, a queue nobody serves) is closed: each payload of the wave is kept, with a ``timeout``
-error per plugin that did not answer, the scan is stored, and the wave's hash is deleted. A finished scan still unstored that
-long (its collector could not save it) is sent to the store again.
+redelivered, a queue nobody serves) is closed as a collector would close it, with what did arrive:
+the answers of the parts that answered are kept, and each plugin whose part never answered gets a
+``timeout`` error on its payloads; the scans go on (their next wave) or are stored. A finished scan
+still unstored that long (its collector could not save it) is sent to the store again.
+
+A scan the ledger holds as pending for ``recover_after`` seconds with no state in Redis (Redis
+restarted empty, a publish lost with its worker) is published again (``stoq.ledger``); after
+``max_attempts`` publishes the ledger gives it up as failed (``lost``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
+import orjson
 import redis
 from celery import Celery
 
 from stoq.tasks import state as st
-from stoq.tasks.config import COLLECT_QUEUE
-from stoq.tasks.pipeline import absorb_wave, commit, redis_client, send_store, worker_settings
+from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE
+from stoq.tasks.pipeline import absorb_wave, commit, redis_client, send_store, settle, worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -35,51 +43,138 @@ def maybe_catch_up(app: Celery) -> bool:
         return True
     return False
 
-
 def sweep(app: Celery, now: float | None = None) -> list[str]:
-    """Closes scans whose wave is overdue: each payload of the wave is kept with a ``timeout`` error
-    per plugin that never answered. A finished scan still unstored that long (its collector could
-    not save it) is sent to the store again. Returns the closed and re-sent scan ids."""
+    """Closes scans whose wave is overdue (see the module's docstring); sends finished but unstored
+    ones to the store again. Returns the closed and re-sent scan ids."""
     r = redis_client(app)
     due: list[bytes] = r.zrangebyscore(st.ACTIVE, 0, now or time.time(), start=0, num=100)  # type: ignore[assignment]
     overdue = [s.decode() for s in due]
-    closed, unstored = [], []
-    for scan_id in overdue:
-        with r.pipeline() as pipe:
-            try:
-                pipe.watch(st.scan_key(scan_id))
-                (scan,) = st.load_states(pipe, [scan_id])
-                pipe.multi()
-                if scan is None:
-                    pipe.zrem(st.ACTIVE, scan_id)
-                    pipe.execute()
-                    continue
-                if scan.done:
-                    pipe.zadd(st.ACTIVE, {scan_id: time.time() + worker_settings().sweep_after})
-                    pipe.execute()
-                    unstored.append(scan_id)
-                    continue
-                message = (f"no answer within {worker_settings().sweep_after:g} s (a lost or unserved task); "
-                           "the scan was closed by the sweeper")
-                for entry in scan.pending:
-                    entry["errors"] += [{"payload_id": entry["record"]["payload_id"], "plugin": name,
-                                         "kind": "timeout", "message": message} for name, *_ in entry["plan"]]
-                    entry["plan"] = []
-                absorb_wave(r, scan, {})
-                scan.done = True
-                commit(pipe, [scan])
-                # The wave's references and answers go too: a plugin task still queued for it then
-                # finds nothing to do, and a late collector changes nothing. (The wave's other scans
-                # share this deadline: this round or the next closes them.)
-                pipe.delete(st.wave_key(scan.wave))
-                pipe.execute()
-                closed.append(scan_id)
-            except redis.WatchError:
-                continue  # answered meanwhile
-    send_store(app, closed + unstored)
+    closed: list[str] = []
+    unstored: list[str] = []
+    waves: dict[str, list[str]] = {}
+    for scan_id, scan in zip(overdue, st.load_states(r, overdue)):
+        if scan is None:
+            r.zrem(st.ACTIVE, scan_id)
+        elif scan.done:
+            r.zadd(st.ACTIVE, {scan_id: time.time() + worker_settings().sweep_after})
+            unstored.append(scan_id)
+        else:
+            waves.setdefault(scan.wave, []).append(scan_id)
+    for wave_id, scan_ids in waves.items():
+        closed += close_wave(app, r, wave_id, scan_ids)
+    send_store(app, unstored)
     if closed:
-        log.warning("sweeper closed %d overdue scan(s): %s", len(closed), ", ".join(closed))
+        log.warning("sweeper closed the overdue wave of %d scan(s): %s", len(closed), ", ".join(closed))
     if unstored:
         log.warning("sweeper sent %d finished but unstored scan(s) to the store: %s", len(unstored),
                     ", ".join(unstored))
     return closed + unstored
+
+
+def close_wave(app: Celery, r: redis.Redis, wave_id: str, overdue: list[str]) -> list[str]:
+    """Closes a wave with the answers that arrived: every scan still waiting on it (the overdue ones,
+    and the wave's others, which share its deadline) in one transaction; a plugin part that never
+    answered costs its payloads a ``timeout`` error for that plugin, nothing more."""
+    key = st.wave_key(wave_id)
+    fields: dict[bytes, bytes] = r.hgetall(key)  # type: ignore[assignment]
+    batch = orjson.loads(fields[b"batch"]) if b"batch" in fields else {"scans": [], "parts": []}
+    scan_ids = list(dict.fromkeys(overdue + [s for s, _ in batch["scans"]]))
+    message = (f"no answer within {worker_settings().sweep_after:g} s (a lost or unserved task); "
+               "the wave was closed by the sweeper")
+    with r.pipeline() as pipe:
+        try:
+            pipe.watch(key, *(st.scan_key(s) for s in scan_ids))
+            fields = pipe.hgetall(key)  # again, watched: an answer arriving now makes a WatchError
+            answers = wave_answers(fields, batch["parts"])
+            scans = [s for s in st.load_states(pipe, scan_ids) if s is not None and s.wave == wave_id and not s.done]
+            next_waves, finished = [], []
+            for scan in scans:
+                for entry in scan.pending:
+                    pid = entry["record"]["payload_id"]
+                    lost = [step for step in entry["plan"] if (pid, step[0]) not in answers]
+                    entry["errors"] += [{"payload_id": pid, "plugin": name, "kind": "timeout", "message": message}
+                                        for name, *_ in lost]
+                    entry["plan"] = [step for step in entry["plan"] if (pid, step[0]) in answers]
+                children = absorb_wave(r, scan, answers)
+                if children:
+                    next_waves.append((scan, children))
+                else:
+                    finished.append(scan)
+            # As a collector: the next waves are sent, the finished scans saved, the wave deleted (a
+            # plugin task still queued for it then finds nothing to do, a late collector changes nothing).
+            settle(app, r, next_waves, finished, pipe, settled=wave_id)
+        except redis.WatchError:
+            return []  # answered or collected meanwhile: the next round looks again
+    return [s.scan_id for s in scans]
+
+
+def wave_answers(fields: dict[bytes, bytes], parts: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(payload id, plugin) -> answer, for every part of a wave that answered."""
+    answers: dict[tuple[str, str], dict[str, Any]] = {}
+    for part, (_profile, plugin) in enumerate(parts):
+        raw = fields.get(st.answer_field(part).encode())
+        for answer in orjson.loads(raw) if raw is not None else ():
+            answers[(answer["payload_id"], plugin)] = answer
+    return answers
+
+
+# -- recovery from the ledger ----------------------------------------------------------------------------
+
+_LEDGER: Any = None
+
+
+def ledger_store() -> Any:
+    """The sweeper's own store (this process's main thread's timer; never the pool's): its connections
+    are closed after each round, so none is open when the pool forks."""
+    global _LEDGER
+    if _LEDGER is None:
+        from stoq.store import Store
+
+        _LEDGER = Store.open(worker_settings().resolved_database_url())
+    return _LEDGER
+
+
+def recover(app: Celery) -> list[str]:
+    """Publishes again the pending scans of the ledger that are overdue and not in progress; gives up
+    (``failed``) those published ``max_attempts`` times. Returns the republished scan ids."""
+    from stoq import ledger
+
+    settings = worker_settings()
+    store = ledger_store()
+    try:
+        rows = ledger.due(store, settings.recover_after)
+        if not rows:
+            return []
+        r = redis_client(app)
+        states = st.load_states(r, [row["scan_id"] for row in rows])
+        ledger.touch(store, [row["scan_id"] for row, scan in zip(rows, states) if scan is not None])
+        again: dict[tuple[str, str | None, str | None], list[dict[str, Any]]] = {}
+        failed = []
+        for row, scan in zip(rows, states):
+            if scan is not None:
+                continue  # in progress: the wave sweeper above answers for it
+            if row["attempts"] >= settings.max_attempts:
+                why = (f"lost: no document after {row['attempts']} publish(es), {settings.recover_after:g} s "
+                       "apart (the scan's state vanished each time: Redis or the broker lost it)")
+                if ledger.fail(store, row["scan_id"], row["attempts"], why):
+                    failed.append(row["scan_id"])
+                continue
+            if ledger.claim(store, row):
+                profile_id = st.put_profile(r, row["profile"])
+                again.setdefault((profile_id, row["notify"], row["verdicts"]), []).append(row["root"] | {"attempt": row["attempts"] + 1})
+        sent = []
+        for (profile_id, notify, verdicts), roots in again.items():
+            for at in range(0, len(roots), settings.batch_max):
+                chunk = roots[at:at + settings.batch_max]
+                app.send_task("stoq.publish", args=(profile_id, st.wrap(r, chunk), notify), queue=DEFAULT_QUEUE,
+                              kwargs={"verdicts": verdicts} if verdicts else None,
+                              argsrepr=st.describe_batch(profile_id, "roots", [root["scan_id"] for root in chunk]),
+                              kwargsrepr="")
+                sent += [root["scan_id"] for root in chunk]
+    finally:
+        store.engine.dispose()
+    if sent:
+        log.warning("sweeper published again %d lost scan(s) from the ledger: %s", len(sent), ", ".join(sent))
+    if failed:
+        log.error("the ledger gave up %d lost scan(s): %s", len(failed), ", ".join(failed))
+    return sent
