@@ -80,6 +80,10 @@ class OlePlugin(CarverPlugin):
             if capped:
                 ole.flag("limit:vba-modules")
             for module in modules:
+                if module["code"] is None:  # olevba found the module but could not decompress its code
+                    macros.append({"module": module["module"], "stream": module["stream"], "size": None})
+                    ole.flag("corrupt:vba")
+                    continue
                 macros.append({"module": module["module"], "stream": module["stream"],
                                "size": len(module["code"])})
                 children.append(Extracted(module["code"], filename=module["module"], meta={
