@@ -12,39 +12,22 @@ from __future__ import annotations
 
 import email
 import email.policy
-import hashlib
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
+from _timing import median, payload
 from stoq.plugin import Payload
 from stoq_plugins._pdf import extract
 from stoq_plugins.clamav import ClamavPlugin
 from stoq_plugins.exif import ExifPlugin
 from stoq_plugins.iocextract import IocextractPlugin
 
-RUNS = 5
 EXIF_FILES = ("test.jpg", "test.png", "test.pdf", "test.docx", "test.doc", "test.exe")
 CLAMAV_FILES = ("test.txt", "test.jpg", "test.pdf", "test.exe", "test.zip", "test.docx")
-
-
-def payload(content: bytes, name: str | None) -> Payload:
-    return Payload(content=content, payload_id="bench", filename=name, mime="application/octet-stream",
-                   sha256=hashlib.sha256(content).hexdigest(), depth=0)
-
-
-def median(fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def table(title: str, plugin: object, items: list[tuple[str, Payload]]) -> None:

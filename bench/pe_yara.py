@@ -15,7 +15,6 @@ Usage: bench/pe_yara.py [CORPUS] [RULES200]   (prints Markdown tables on stdout)
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 import sys
 import tempfile
@@ -25,27 +24,12 @@ from typing import Callable
 
 import pefile
 
-from stoq.plugin import Payload
+from _timing import RUNS, median, payload
 from stoq_plugins import _pe
 from stoq_plugins.peinfo import PeinfoPlugin
 from stoq_plugins.yara import YaraPlugin
 
-RUNS = 5
 REPEAT = 50  # calls per PE and run: one call of a 4 KiB PE is too short to time alone
-
-
-def payload(content: bytes, name: str | None, mime: str = "application/octet-stream") -> Payload:
-    return Payload(content=content, payload_id="bench", filename=name, mime=mime,
-                   sha256=hashlib.sha256(content).hexdigest(), depth=0)
-
-
-def median(fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def median_of_one(fn: Callable[[], object]) -> float:

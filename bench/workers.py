@@ -8,38 +8,18 @@ Usage: bench/workers.py [CORPUS]   (prints a Markdown table on stdout)
 
 from __future__ import annotations
 
-import hashlib
 import os
-import statistics
 import sys
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from stoq.plugin import Payload
+from _timing import median, payload
 from stoq_plugins.entropy import EntropyPlugin
 from stoq_plugins.filetype import FiletypePlugin
 from stoq_plugins.hash import HashPlugin
 from stoq_plugins.xorsearch import XorsearchPlugin
-
-RUNS = 5
-
-
-def payload(content: bytes, name: str | None) -> Payload:
-    return Payload(content=content, payload_id="bench", filename=name, mime="application/octet-stream",
-                   sha256=hashlib.sha256(content).hexdigest(), depth=0)
-
-
-def median(fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
