@@ -14,7 +14,8 @@ which of the two goes first, and the idle latency of both, alternately:
 
 Needs Redis (databases 6 and 7 are flushed) and PostgreSQL (database stoq_bench is recreated) on
 loopback, as the tests do. ``--lock`` takes the test suite's service lock (``/tmp/stoq-services.lock``)
-around each timed run, so that no cluster test shares the machine (or those databases) with it.
+around each round (each timed run outside ``--pool``), so that no cluster test shares the machine (or
+those databases) with it.
 Prints a JSON report; docs/performance.md quotes it.
 """
 
@@ -48,19 +49,24 @@ from run import bare, prepare_files  # noqa: E402
 
 LOCK = Path("/tmp/stoq-services.lock")
 _LOCKING = False
+_HELD = 0
 
 
 @contextlib.contextmanager
 def services() -> Any:
-    """The test suite's service lock around one timed run, with ``--lock``; nothing otherwise."""
-    if not _LOCKING:
+    """The test suite's service lock around a timed run or a round, with ``--lock``; nothing
+    otherwise (or when this process holds it already)."""
+    global _HELD
+    if not _LOCKING or _HELD:
         yield
         return
     with open(LOCK, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        _HELD += 1
         try:
             yield
         finally:
+            _HELD -= 1
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -161,10 +167,11 @@ def pool_comparison(files: Path, count: int, rounds: int, samples: int, before: 
     runs: dict[str, list[float]] = {"bare2": [], **{k: [] for k in sides}}
     loads: list[float] = []
     for r in range(rounds):
-        loads.append(round(load(), 2))
-        runs["bare2"].append(bare_pool(files, 2))
-        for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            runs[side].append(throughput(files, count, 2, sides[side]))
+        with services():  # a round at a time: its runs see the same machine
+            loads.append(round(load(), 2))
+            runs["bare2"].append(bare_pool(files, 2))
+            for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                runs[side].append(throughput(files, count, 2, sides[side]))
         print(f"round {r + 1} (load {loads[-1]}): " + "  ".join(f"{k} {v[-1]:.0f}/s" for k, v in runs.items()),
               file=sys.stderr)
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -179,8 +186,9 @@ def pool_comparison(files: Path, count: int, rounds: int, samples: int, before: 
     if samples:
         times: dict[str, list[float]] = {k: [] for k in sides}
         for r in range(2):
-            for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-                times[side] += latency_of(None if side == "after" else before, samples)["times_ms"]
+            with services():
+                for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                    times[side] += latency_of(None if side == "after" else before, samples)["times_ms"]
         report["latency_idle_single_file"] = {k: percentiles(v) for k, v in times.items()}
     return report
 
@@ -252,7 +260,7 @@ def main() -> None:
     parser.add_argument("--costs-only", action="store_true", help="only the instrumented per-payload run")
     parser.add_argument("--pool", action="store_true", help="against the bare 2-process pool (see the docstring)")
     parser.add_argument("--before", type=Path, help="with --pool: another checkout (with its .venv) to compare")
-    parser.add_argument("--lock", action="store_true", help="take the test suite's service lock per timed run")
+    parser.add_argument("--lock", action="store_true", help="take the test suite's service lock per round")
     parser.add_argument("--latency-only", type=int, metavar="SAMPLES", help=argparse.SUPPRESS)
     args = parser.parse_args()
     global _LOCKING
