@@ -11,6 +11,7 @@ same cluster run from another checkout (its ``.venv``: e.g. the code before a ch
 which of the two goes first, and the idle latency of both, alternately:
 
     python bench/cluster.py --pool --copies 100 --rounds 5 --latency 50 --before ../tasks-before
+    python bench/cluster.py --pool ... --compare ledger=../tasks-after --compare before=../tasks-before
 
 Needs Redis (databases 6 and 7 are flushed) and PostgreSQL (database stoq_bench is recreated) on
 loopback, as the tests do. ``--lock`` takes the test suite's service lock (``/tmp/stoq-services.lock``)
@@ -159,18 +160,21 @@ def latency_of(checkout: Path | None, samples: int) -> dict[str, Any]:
     return json.loads(out)
 
 
-def pool_comparison(files: Path, count: int, rounds: int, samples: int, before: Path | None) -> dict[str, Any]:
-    """Rounds of the bare 2-process pool, this checkout's cluster (2 worker processes) and, with
-    ``before``, the other checkout's, alternating which cluster goes first; then the idle latency of
-    each, alternately, twice (``samples`` each time, pooled)."""
-    sides = {"after": BIN} | ({"before": before / ".venv" / "bin"} if before else {})
+def pool_comparison(files: Path, count: int, rounds: int, samples: int,
+                    others: dict[str, Path]) -> dict[str, Any]:
+    """Rounds of the bare 2-process pool, this checkout's cluster (2 worker processes, ``after``) and
+    each of the ``others`` checkouts' (name -> checkout), the clusters' order rotating from round to
+    round; then the idle latency of each, in turn, twice (``samples`` each time, pooled)."""
+    checkouts: dict[str, Path | None] = {"after": None} | dict(others)
+    sides = {name: (path / ".venv" / "bin" if path else BIN) for name, path in checkouts.items()}
     runs: dict[str, list[float]] = {"bare2": [], **{k: [] for k in sides}}
     loads: list[float] = []
     for r in range(rounds):
         with services():  # a round at a time: its runs see the same machine
             loads.append(round(load(), 2))
             runs["bare2"].append(bare_pool(files, 2))
-            for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            order = list(sides)[r % len(sides):] + list(sides)[:r % len(sides)]
+            for side in (order if r % 2 == 0 else order[::-1]):
                 runs[side].append(throughput(files, count, 2, sides[side]))
         print(f"round {r + 1} (load {loads[-1]}): " + "  ".join(f"{k} {v[-1]:.0f}/s" for k, v in runs.items()),
               file=sys.stderr)
@@ -188,7 +192,7 @@ def pool_comparison(files: Path, count: int, rounds: int, samples: int, before: 
         for r in range(2):
             with services():
                 for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-                    times[side] += latency_of(None if side == "after" else before, samples)["times_ms"]
+                    times[side] += latency_of(checkouts[side], samples)["times_ms"]
         report["latency_idle_single_file"] = {k: percentiles(v) for k, v in times.items()}
     return report
 
@@ -260,6 +264,8 @@ def main() -> None:
     parser.add_argument("--costs-only", action="store_true", help="only the instrumented per-payload run")
     parser.add_argument("--pool", action="store_true", help="against the bare 2-process pool (see the docstring)")
     parser.add_argument("--before", type=Path, help="with --pool: another checkout (with its .venv) to compare")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=CHECKOUT",
+                        help="with --pool: more checkouts to compare, each under its name")
     parser.add_argument("--lock", action="store_true", help="take the test suite's service lock per round")
     parser.add_argument("--latency-only", type=int, metavar="SAMPLES", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -273,10 +279,12 @@ def main() -> None:
         print(json.dumps({"files": count, "per_payload": costs(files, count)}, indent=2))
         return
     if args.pool:
-        if args.before:
-            subprocess.run([sys.executable, "-m", "compileall", "-q", str(args.before / "stoq"),
-                            str(args.before / "plugins")], check=True)
-        print(json.dumps(pool_comparison(files, count, args.rounds, args.latency, args.before), indent=2))
+        others = ({"before": args.before} if args.before else {}) | {
+            name: Path(path) for name, path in (c.split("=", 1) for c in args.compare)}
+        for checkout in others.values():
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(checkout / "stoq"),
+                            str(checkout / "plugins")], check=True)
+        print(json.dumps(pool_comparison(files, count, args.rounds, args.latency, others), indent=2))
         shutil.rmtree(files, ignore_errors=True)
         return
     runs: dict[str, list[float]] = {"bare1": [], "cluster2": [], "cluster1": []}

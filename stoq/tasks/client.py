@@ -22,14 +22,14 @@ import magic
 import orjson
 import redis
 
-from stoq import ledger
 from stoq.archive import HOLD_BYTES, ArchiveError, open_configured, put_many_where, read_input
 from stoq.config import Settings
 from stoq.engine import oversized_record
+from stoq.ledger_writer import LedgerWriter
 from stoq.limits import Budget, Limits
 from stoq.model import new_id, now_iso, text
+from stoq.rows import StoreError
 from stoq.submission import Root, roots_of, source_of
-from stoq.store import Store, StoreError
 from stoq.tasks import state as st
 from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE, make_app
 
@@ -68,7 +68,7 @@ class ClusterClient:
         self.archive.prepare()
         self.profile_doc = st.profile_of(settings)
         self.profile = st.put_profile(self.r, self.profile_doc)
-        self.store = Store.open(settings.resolved_database_url())  # the ledger (stoq.ledger)
+        self.ledger_writer = LedgerWriter(settings.resolved_database_url())  # the ledger (stoq.ledger)
         self._notify: str | None = None
         self._magic: magic.Magic | None = None  # only an oversized input is typed here
         self._verdicts: str | None = None
@@ -128,7 +128,7 @@ class ClusterClient:
         for (_, root, _), at in zip(batch, places):
             root["at"] = at
         try:  # durable before it is acknowledged: a scan the ledger does not hold is not sent
-            ledger.record(self.store, [root for _, root, _ in batch], self.profile_doc, notify, self._verdicts)
+            self.ledger_writer.record([root for _, root, _ in batch], self.profile_doc, notify, self._verdicts)
         except StoreError as exc:
             for path, _, _ in batch:
                 yield Submitted(path, None, f"{path}: cannot record it in the ledger: {exc}")
@@ -210,6 +210,8 @@ class ClusterClient:
         """The documents of ``waiting`` as the store saves them, polled from the ledger every
         ``LEDGER_POLL`` seconds until each is finished or failed (the ledger settles every scan
         after ``max_attempts`` publishes); a failed scan comes as a refusal with the ledger's why."""
+        from stoq import ledger
+
         quiet = time.monotonic()
         while waiting:
             try:
@@ -237,8 +239,13 @@ class ClusterClient:
         """Without Redis, a recorded scan is as good as accepted: the ledger publishes it again."""
         yield orjson.dumps({"accepted": sorted(waiting)})
 
+    @property
+    def store(self) -> Any:
+        """The result store (``stoq.store.Store``) holding the ledger, opened on first use."""
+        return self.ledger_writer.store
+
     def close(self) -> None:
-        self.store.close()
+        self.ledger_writer.close()
         self.archive.close()
         self.app.close()
 
