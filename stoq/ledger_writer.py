@@ -25,12 +25,18 @@ _SCHEME = re.compile(r"^(postgresql|postgres)(\+psycopg2)?://", re.IGNORECASE)
 _PASSWORD = re.compile(r"(://[^/@:]*):[^/@]*@")
 
 #: The pending rows of a batch (``stoq.ledger.record``'s), from one JSON array; the profile, the
-#: client's lists and the time are the batch's.
-_RECORD = ("INSERT INTO scan_ledger (scan_id, root_sha256, filename, root, profile, notify, verdicts, submitted_at, "
-           "state, attempts, last_attempt_at) "
+#: client's lists and the time are the batch's. One statement, so one transaction: the rows the ledger
+#: holds already under those scan ids (a source submitting again under the same id) are returned and
+#: left as they are, the others inserted (one recorded meanwhile by another client is left too).
+_RECORD = ("WITH r AS (SELECT * FROM json_to_recordset(%(rows)s::json) "
+           "AS r(scan_id text, sha256 text, filename text, root jsonb)), "
+           "known AS (SELECT l.scan_id, l.state, l.attempts, l.error FROM scan_ledger l JOIN r USING (scan_id)), "
+           "new AS (INSERT INTO scan_ledger (scan_id, root_sha256, filename, root, profile, notify, verdicts, "
+           "submitted_at, state, attempts, last_attempt_at) "
            "SELECT r.scan_id, r.sha256, r.filename, r.root, %(profile)s::jsonb, %(notify)s, %(verdicts)s, "
-           "%(now)s::timestamptz, 'pending', 1, %(now)s::timestamptz "
-           "FROM json_to_recordset(%(rows)s::json) AS r(scan_id text, sha256 text, filename text, root jsonb)")
+           "%(now)s::timestamptz, 'pending', 1, %(now)s::timestamptz FROM r "
+           "WHERE r.scan_id NOT IN (SELECT scan_id FROM known) ON CONFLICT (scan_id) DO NOTHING) "
+           "SELECT scan_id, state, attempts, error FROM known")
 
 
 class LedgerWriter:
@@ -94,10 +100,12 @@ class LedgerWriter:
         return conn
 
     def record(self, roots: list[dict[str, Any]], profile: dict[str, Any], notify: str | None,
-               verdicts: str | None = None) -> None:
-        """Records a batch of submitted roots (fresh scan ids) as pending, in one transaction."""
+               verdicts: str | None = None) -> dict[str, dict[str, Any]]:
+        """Records a batch of submitted roots as pending, in one transaction; returns the rows the
+        ledger held already under their scan ids (scan id -> ``state``, ``attempts``, ``error``),
+        which are left as they are."""
         if not roots:
-            return
+            return {}
         if self._direct:
             try:
                 conn = self._connect()
@@ -106,8 +114,7 @@ class LedgerWriter:
         if not self._direct or conn is None:
             from stoq import ledger
 
-            ledger.record(self.store, roots, profile, notify, verdicts)
-            return
+            return ledger.record(self.store, roots, profile, notify, verdicts) or {}
         import psycopg2
 
         rows = [{"scan_id": root["scan_id"], "sha256": root["sha256"], "filename": root.get("filename"), "root": root}
@@ -117,12 +124,15 @@ class LedgerWriter:
         try:
             with conn.cursor() as cur:
                 cur.execute(_RECORD, params)
+                known = {row[0]: {"scan_id": row[0], "state": row[1], "attempts": row[2], "error": row[3]}
+                         for row in cur.fetchall()}
         except psycopg2.Error as exc:
             if self._conn is not None and (isinstance(exc, psycopg2.OperationalError) or self._conn.closed):
                 self._conn.close()
                 self._conn = None  # a broken connection: the next batch opens another
             raise StoreError(f"cannot record {len(rows)} submitted scan(s) in the ledger of {self.display}: "
                              f"{_reason(exc)}") from exc
+        return known
 
     def close(self) -> None:
         if self._conn is not None:

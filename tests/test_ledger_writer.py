@@ -73,7 +73,11 @@ def test_its_rows_are_those_of_ledger_record(pg_url: str) -> None:
         assert [same(row) for row in got] == [same(row) for row in expected]
         assert [row["root"] for row in got] == ours and got[0]["profile"] == PROFILE
         assert got[0]["state"] == ledger.PENDING and got[0]["attempts"] == 1
-        writer.record(roots(1), PROFILE, None, "stoq:verdicts:v1")  # a --no-wait submission's list
+        assert writer.record(roots(1), PROFILE, None, "stoq:verdicts:v1") == {}  # a --no-wait submission's list
+        again = writer.record(ours[:1] + roots(1), PROFILE, "stoq:notify:n2")  # a source submitting again
+        assert again == {ours[0]["scan_id"]: {"scan_id": ours[0]["scan_id"], "state": "pending", "attempts": 1,
+                                              "error": None}}
+        assert rows_of(store, [ours[0]["scan_id"]])[0]["notify"] == "stoq:notify:n1"  # left as it was
         assert ledger.states(store, [r["scan_id"] for r in ours]) == {r["scan_id"]: "pending" for r in ours}
     finally:
         writer.close()
