@@ -136,6 +136,7 @@ class Service:
         self._children: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._registry: Any = None
         if self.mode == "embedded":
             self._settle_orphans()
 
@@ -144,14 +145,17 @@ class Service:
     def profile(self, workers: str | None = None, options: Iterable[str] = (), max_depth: int | None = None) -> Settings:
         """The server's settings with a submission's ``workers`` and ``-o``-style ``options``; an
         option for a plugin that is not installed, or a bad value, is a ``UsageError``."""
-        from stoq.registry import Registry
+        from stoq.config import absolute
+        from stoq.registry import Registry, path_options
 
         options = [o for o in options if o]
         try:
             given = parse_plugin_options(options)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        registry = Registry.discover()
+        if self._registry is None:
+            self._registry = Registry.discover()  # the plugins installed when the server started
+        registry = self._registry
         for plugin in given:
             if plugin not in registry.entries:
                 raise UsageError(f"-o {plugin}...: no plugin {plugin!r} is installed{did_you_mean(plugin, registry.entries)}")
@@ -167,7 +171,11 @@ class Service:
             data["max_depth"] = max_depth
         plugins = {name: dict(values) for name, values in data["plugins"].items()}
         for name, values in given.items():
-            plugins.setdefault(name, {}).update(values)
+            entry = registry.entries[name]
+            paths = path_options(entry.cls) if entry.cls is not None else frozenset()
+            # a relative path means the server's working directory, wherever the plugin runs
+            plugins.setdefault(name, {}).update({k: absolute(v, Path.cwd()) if k in paths else v
+                                                 for k, v in values.items()})
         data["plugins"] = plugins
         try:
             return Settings.model_validate(data)
@@ -293,6 +301,9 @@ class Service:
         row = ledger.status(self.store, scan_id)
         doc = self.store.get(scan_id)
         if doc is not None:
+            if row is not None and row["state"] == ledger.PENDING:  # stored before the ledger heard of it
+                ledger.settle(self.store, [scan_id], {})
+                row = ledger.status(self.store, scan_id)
             return ScanView(scan_id, ledger.FINISHED, doc, _iso(row["submitted_at"]) if row else None,
                             _iso(row["finished_at"]) if row else None)
         if row is None:
