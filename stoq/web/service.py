@@ -244,18 +244,20 @@ class Service:
             job.write_bytes(orjson.dumps({
                 "parent": os.getpid(), "settings": settings.model_dump(mode="json"),
                 "roots": [{"path": str(r.path), "scan_id": r.scan_id, "meta": r.meta, "shown": r.shown} for r in roots]}))
-            child = subprocess.Popen([sys.executable, "-m", "stoq.web.runner", str(job)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            with self._lock:
-                self._children.add(child)
-            try:
-                _, err = child.communicate()
-            finally:
+            with open(work / "stderr", "w+b") as err:
+                child = subprocess.Popen([sys.executable, "-m", "stoq.web.runner", str(job)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err)
                 with self._lock:
-                    self._children.discard(child)
+                    self._children.add(child)
+                try:
+                    child.wait()
+                finally:
+                    with self._lock:
+                        self._children.discard(child)
+                err.seek(max(0, err.seek(0, os.SEEK_END) - 16 * MAX_ERROR))  # its last words only
+                said = err.read().decode("utf-8", "replace")
             shown = {str(r.path): r.shown or "" for r in roots}
-            lines = [line for line in err.decode("utf-8", "replace").splitlines()
-                     if line.strip() and "document(s) stored" not in line]
+            lines = [line for line in said.splitlines() if line.strip() and "document(s) stored" not in line]
             why = "\n".join(lines)
             for path, name in shown.items():
                 why = why.replace(path, name)
