@@ -33,7 +33,9 @@ import orjson
 from sqlalchemy import text as sql
 
 from stoq import ledger
-from stoq.config import ConfigError, Settings, did_you_mean, parse_plugin_options
+from pydantic import ValidationError
+
+from stoq.config import ConfigError, Settings, did_you_mean, parse_plugin_options, validation_message
 from stoq.model import new_id, text
 from stoq.search import Query, search
 from stoq.store import Store
@@ -179,8 +181,8 @@ class Service:
         data["plugins"] = plugins
         try:
             return Settings.model_validate(data)
-        except Exception as exc:  # pydantic's ValidationError: a value the setting refuses
-            raise UsageError(str(exc)) from None
+        except ValidationError as exc:  # a value the setting refuses
+            raise UsageError(validation_message(exc, None, Settings.model_fields)) from None
 
     @staticmethod
     def meta(pairs: Iterable[str] | dict[str, str] | None) -> dict[str, str]:
