@@ -25,7 +25,6 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
@@ -40,6 +39,7 @@ from stoq.model import new_id, text
 from stoq.search import Query, search
 from stoq.store import Store
 from stoq.submission import MetaError, Root, check_meta, parse_meta
+from stoq.web.auth import iso as _iso
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,6 @@ def spool(stream: BinaryIO, directory: Path, index: int, filename: str | None) -
             out.write(chunk)
             size += len(chunk)
     return Upload(client_filename(filename), path, digest.hexdigest(), size)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class Service:
