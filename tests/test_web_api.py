@@ -93,7 +93,8 @@ def private_env(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_") or k in ("STOQ_TOOL_PATH", "STOQDEV_DEFAULT_WORKERS")}
     env.update(HOME=str(work / "home"), XDG_DATA_HOME=str(work / "data"), XDG_CONFIG_HOME=str(work / "config"),
                STOQ_ARCHIVE=str(work / "archive"), STOQ_DATABASE_URL=f"sqlite:///{work / 'stoq.db'}",
-               STOQ_WEB_MAX_UPLOAD=str(MAX_UPLOAD), STOQ_WEB_RATE_LIMIT=str(RATE))
+               STOQ_WEB_MAX_UPLOAD=str(MAX_UPLOAD), STOQ_WEB_RATE_LIMIT=str(RATE), TMPDIR=str(work / "tmp"))
+    (work / "tmp").mkdir(exist_ok=True)  # uploads are spooled there
     return env
 
 
