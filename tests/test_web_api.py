@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from helpers import CORPUS, ROOT, make_zip
+from stoq.lifetime import preexec
 from test_cluster import cluster_env, fresh_database, normal, start
 
 BIN = Path(sys.executable).parent
@@ -80,7 +81,8 @@ def serve(work: Path, env: dict[str, str], *args: str) -> Server:
     log = work / "serve.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen([str(BIN / "stoq"), "serve", "--port", "0", *args], env=env, cwd=work,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=preexec())  # dies with pytest, even one killed by a timeout
     deadline = time.monotonic() + 30
     while not (found := re.search(r"serving the API on (http://\S+) ", log.read_text())):
         assert proc.poll() is None, log.read_text()
