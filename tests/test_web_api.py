@@ -313,6 +313,8 @@ def test_bad_submissions_are_400_and_unknown_scans_404(server: Server, token: st
     files = {"file": ("x.txt", b"x")}
     unknown = server.post("/api/scans", token, files=files, data={"option": "nosuch.rules=/x"})
     assert unknown.status_code == 400 and "nosuch" in unknown.json()["detail"]
+    option = server.post("/api/scans", token, files=files, data={"option": "yara.rulez=/x"})
+    assert option.status_code == 400 and "plugin 'yara' has no option 'rulez' (did you mean 'rules'?)" in option.json()["detail"]
     meta = server.post("/api/scans", token, files=files, data={"meta": "Bad Key=1"})
     assert meta.status_code == 400 and "meta key" in meta.json()["detail"]
     assert server.post("/api/scans", token, files=files, data={"meta": "tlp=purple"}).status_code == 400
