@@ -186,6 +186,8 @@ def to_stix(document: dict[str, Any]) -> dict[str, Any]:
                 observables.setdefault(found.id, found)
                 refs.append(found.id)
             target = _indicator(ioc, p, scan_id, sdo, indicators, vulnerabilities)
+            if target is None:
+                continue
             rel_id = f"relationship--{derived_uuid('stix', scan_id, 'related-to', target, fid)}"
             relationships.setdefault(rel_id, stix2.Relationship(
                 id=rel_id, relationship_type="related-to", source_ref=target, target_ref=fid,
@@ -234,7 +236,7 @@ def to_stix(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def _indicator(ioc: Ioc, payload: dict[str, Any], scan_id: str, sdo: dict[str, Any],
-               indicators: dict[str, Any], vulnerabilities: dict[str, Any]) -> str:
+               indicators: dict[str, Any], vulnerabilities: dict[str, Any]) -> str | None:
     """The id of the indicator (or, for a CVE id, the vulnerability) for ``ioc``, made once per scan."""
     if ioc.kind == "cves":
         vid = f"vulnerability--{derived_uuid('stix', scan_id, 'cve', ioc.value)}"
@@ -246,10 +248,13 @@ def _indicator(ioc: Ioc, payload: dict[str, Any], scan_id: str, sdo: dict[str, A
     assert text is not None
     iid = f"indicator--{derived_uuid('stix', scan_id, 'indicator', text)}"
     if iid not in indicators:
-        indicators[iid] = stix2.Indicator(
-            id=iid, name=f"{IOC_NAMES[ioc.kind]} {ioc.value}",
-            description=f"Found by stoq's iocextract in {label(payload)} (sha256 {payload['sha256']}).",
-            indicator_types=["unknown"], pattern=text, pattern_type="stix", valid_from=sdo["created"], **sdo)
+        try:
+            indicators[iid] = stix2.Indicator(
+                id=iid, name=f"{IOC_NAMES[ioc.kind]} {ioc.value}",
+                description=f"Found by stoq's iocextract in {label(payload)} (sha256 {payload['sha256']}).",
+                indicator_types=["unknown"], pattern=text, pattern_type="stix", valid_from=sdo["created"], **sdo)
+        except stix2.exceptions.STIXError:
+            return None  # a value STIX refuses in its pattern (a "hash" that is not one): no indicator
     return iid
 
 
