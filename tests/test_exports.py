@@ -292,3 +292,28 @@ def test_cli_export(env: dict[str, str], scans: dict[str, dict[str, Any]], tmp_p
         assert (proc.returncode, proc.stdout) == (4, b"")
         assert proc.stderr.decode() == (f"stoq: the {fmt} export needs the extra 'exports' ({module} is not installed): "
                                         "pip install 'stoq-analysis[exports]'\n")
+
+
+def test_web_export_through_a_real_server(env: dict[str, str], scans: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """``GET /api/scans/{id}/export/{fmt}`` of a ``stoq serve`` process on the same store: the same JSON as
+    ``export_document`` of the stored document."""
+    from test_web_api import serve
+
+    doc = scans["invoice.zip"]
+    stored = json.loads(stoq(env, "results", doc["scan_id"], "--format", "jsonl").stdout)
+    server = serve(tmp_path, env)
+    try:
+        token = server.token("exports")
+        for fmt in ("stix", "misp"):
+            answer = server.get(f"/api/scans/{doc['scan_id']}/export/{fmt}", token)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == export_document(stored, fmt)  # type: ignore[arg-type]
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.headers["content-disposition"] == f'attachment; filename="stoq-{doc["scan_id"]}.{fmt}.json"'
+        unknown = "0000dead-0000-7000-8000-000000000000"
+        assert server.get(f"/api/scans/{unknown}/export/stix", token).json() == {"detail": f"no scan {unknown}"}
+        assert server.get(f"/api/scans/{unknown}/export/stix", token).status_code == 404
+        assert server.get(f"/api/scans/{doc['scan_id']}/export/csv", token).status_code == 422
+        assert server.get(f"/api/scans/{doc['scan_id']}/export/stix", None).status_code == 401
+    finally:
+        assert server.stop() == 143, server.log.read_text()
