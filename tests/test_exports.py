@@ -276,6 +276,14 @@ def test_cli_export(env: dict[str, str], scans: dict[str, dict[str, Any]], tmp_p
         assert json.loads(proc.stdout) == export_document(stored, fmt)  # type: ignore[arg-type]
     proc = stoq(env, "export", doc["scan_id"][:-4], "--to", "stix")  # a beginning of the id, as results takes
     assert proc.returncode == 0 and json.loads(proc.stdout)["type"] == "bundle"
+    sha256 = doc["results"][0]["sha256"]  # a content found in one scan names that scan
+    assert json.loads(stoq(env, "export", sha256, "--to", "misp").stdout) == export_document(stored, "misp")
+    again = stoq(env, "scan", str(ROOT / "samples" / "invoice.zip"), "--workers", "none")
+    second = json.loads(again.stdout)["scan_id"]
+    proc = stoq(env, "export", sha256, "--to", "misp")  # now in two scans: which one?
+    assert (proc.returncode, proc.stdout) == (2, b"")
+    assert proc.stderr.decode() == f"stoq: {sha256} names 2 scans (a sha256 found in each): give one scan id, " \
+                                   f"{doc['scan_id']}, {second}\n"
     proc = stoq(env, "export", "0000dead-0000-7000-8000-000000000000", "--to", "misp")
     assert (proc.returncode, proc.stdout) == (6, b"")
     assert proc.stderr == b"stoq: no stored scan matches 0000dead-0000-7000-8000-000000000000\n"
