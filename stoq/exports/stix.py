@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 from typing import Any
 
 import stix2
@@ -64,16 +65,33 @@ def observable(ioc: Ioc, common: dict[str, Any]) -> Any | None:
         found = kind[2](value=ioc.value, **common)
     except (stix2.exceptions.STIXError, ValueError):
         return None
-    return found if _valid_observable(found.serialize()) else None
+    return found if _valid_value(found.type, ioc.value) else None
 
 
-@functools.lru_cache(maxsize=4096)
-def _valid_observable(serialized: str) -> bool:
-    """Whether stix2-validator accepts this SCO alone (iocextract reports ``name_with_underscores.zip`` as
-    a domain, and a URL may hold what a URI may not)."""
-    from stix2validator import ValidationOptions, validate_instance
+@functools.cache
+def _value_schemas() -> dict[str, Any]:
+    """stix2-validator's own schema of each IOC observable's ``value`` (``url``: a URI, ``domain-name``:
+    an IDN host name, ``email-addr``: its e-mail check, the addresses: its patterns), with its format
+    checks: a value alone is checked far faster than a whole object (docs/performance.md)."""
+    import stix2validator
+    import stix2validator.validator  # noqa: F401  (registers the validator's own "email" format check)
+    from jsonschema import Draft202012Validator
 
-    return bool(validate_instance(json.loads(serialized), ValidationOptions(version="2.1")).is_valid)
+    base = Path(stix2validator.__file__).parent / "schemas-2.1" / "schemas"
+    schemas: dict[str, Any] = {}
+    for sco in ("url", "domain-name", "ipv4-addr", "ipv6-addr", "email-addr"):
+        parts = json.loads((base / "observables" / f"{sco}.json").read_text())["allOf"]
+        value = next(p["properties"]["value"] for p in parts if "value" in p.get("properties", {}))
+        if "$ref" in value:
+            value = json.loads((base / "common" / Path(value["$ref"]).name).read_text())
+        schemas[sco] = Draft202012Validator(value, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return schemas
+
+
+def _valid_value(sco: str, value: str) -> bool:
+    """Whether stix2-validator accepts ``value`` as the ``value`` of an SCO of type ``sco``
+    (iocextract reports ``name_with_underscores.zip`` as a domain; a URL may hold what a URI may not)."""
+    return bool(_value_schemas()[sco].is_valid(value))
 
 
 def _markings(document: dict[str, Any]) -> list[Any]:
@@ -155,8 +173,10 @@ def to_stix(document: dict[str, Any]) -> dict[str, Any]:
     payloads = document["results"]
     file_ids = {p["payload_id"]: stix2.File(**_file_properties(p)).id for p in payloads}
     contains: dict[str, list[str]] = {}
+    children: dict[str, list[str]] = {}  # payload id -> its children's
     for p in payloads:
         if p["parent_id"] is not None:
+            children.setdefault(p["parent_id"], []).append(p["payload_id"])
             refs = contains.setdefault(file_ids[p["parent_id"]], [])
             if file_ids[p["payload_id"]] not in refs and file_ids[p["payload_id"]] != file_ids[p["parent_id"]]:
                 refs.append(file_ids[p["payload_id"]])
@@ -179,7 +199,7 @@ def to_stix(document: dict[str, Any]) -> dict[str, Any]:
         if p.get("duplicate_of"):  # its first occurrence holds the analysis
             continue
         fid = file_ids[p["payload_id"]]
-        refs = [file_ids[c["payload_id"]] for c in payloads if c["parent_id"] == p["payload_id"]]
+        refs = [file_ids[c] for c in children.get(p["payload_id"], [])]
         for ioc in iocs_of(p):
             found = observable(ioc, common)
             if found is not None:
