@@ -133,6 +133,14 @@ def test_stix_files_hashes_and_containment(scans: dict[str, dict[str, Any]]) -> 
     assert export_document(doc, "stix") == bundle  # the same scan, the same bundle: ids are derived
 
 
+def test_every_scan_exports_valid(scans: dict[str, dict[str, Any]]) -> None:
+    for name, doc in scans.items():
+        valid, errors, warnings = stix_check(export_document(doc, "stix"))
+        assert valid and errors == [], (name, errors)
+        assert all("{271}" in w for w in warnings), warnings  # only: a MIME type IANA did not register
+        assert misp_problems(export_document(doc, "misp")) == [], name
+
+
 def test_stix_indicators_from_iocextract(scans: dict[str, dict[str, Any]]) -> None:
     doc = scans["iocs.txt"]
     iocs = doc["results"][0]["workers"]["iocextract"]["iocs"]
