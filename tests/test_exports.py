@@ -333,3 +333,21 @@ def test_web_export_through_a_real_server(env: dict[str, str], scans: dict[str, 
         assert server.get(f"/api/scans/{doc['scan_id']}/export/stix", None).status_code == 401
     finally:
         assert server.stop() == 143, server.log.read_text()
+
+
+@pytest.mark.parametrize(("level", "markings"), [
+    ("clear", ["marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9"]),  # TLP:WHITE, STIX's TLP 1.0
+    ("red", ["marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed"]),
+    ("amber+strict", ["marking-definition--f88d31f6-486f-44da-b317-01333bde0b82", "statement"]),
+])
+def test_tlp_levels(scans: dict[str, dict[str, Any]], level: str, markings: list[str]) -> None:
+    doc = copy.deepcopy(scans["iocs.txt"])
+    doc["source"]["meta"]["tlp"] = level
+    bundle = export_document(doc, "stix")
+    assert stix_check(bundle)[:2] == (True, [])
+    refs = by_type(bundle, "indicator")[0]["object_marking_refs"]
+    defined = {o["id"]: o for o in by_type(bundle, "marking-definition")}
+    assert [r if r in markings else defined[r]["definition_type"] for r in refs] == markings
+    if level == "amber+strict":
+        assert defined[refs[1]]["definition"] == {"statement": "TLP:AMBER+STRICT"}
+    assert [t["name"] for t in export_document(doc, "misp")["Event"]["Tag"]][0] == f"tlp:{level}"
