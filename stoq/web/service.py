@@ -25,7 +25,6 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
@@ -33,11 +32,14 @@ import orjson
 from sqlalchemy import text as sql
 
 from stoq import ledger
-from stoq.config import ConfigError, Settings, did_you_mean, parse_plugin_options
+from pydantic import ValidationError
+
+from stoq.config import ConfigError, Settings, did_you_mean, parse_plugin_options, validation_message
 from stoq.model import new_id, text
 from stoq.search import Query, search
 from stoq.store import Store
 from stoq.submission import MetaError, Root, check_meta, parse_meta
+from stoq.web.auth import iso as _iso
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ EMBEDDED = "web-embedded"
 #: Longest ``error`` kept from the scanning process's messages.
 MAX_ERROR = 2000
 COPY_CHUNK = 1 << 20
+#: The ``error`` of an embedded scan whose server stopped (or died) before it was stored.
+STOPPED = "the server stopped before the scan finished"
 
 
 class UsageError(ValueError):
@@ -117,14 +121,6 @@ def spool(stream: BinaryIO, directory: Path, index: int, filename: str | None) -
     return Upload(client_filename(filename), path, digest.hexdigest(), size)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 class Service:
     """The web front's operations on one result store (and, in cluster mode, one cluster)."""
 
@@ -136,6 +132,7 @@ class Service:
         self._children: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._registry: Any = None
         if self.mode == "embedded":
             self._settle_orphans()
 
@@ -144,14 +141,17 @@ class Service:
     def profile(self, workers: str | None = None, options: Iterable[str] = (), max_depth: int | None = None) -> Settings:
         """The server's settings with a submission's ``workers`` and ``-o``-style ``options``; an
         option for a plugin that is not installed, or a bad value, is a ``UsageError``."""
-        from stoq.registry import Registry
+        from stoq.config import absolute
+        from stoq.registry import Registry, path_options
 
         options = [o for o in options if o]
         try:
             given = parse_plugin_options(options)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        registry = Registry.discover()
+        if self._registry is None:
+            self._registry = Registry.discover()  # the plugins installed when the server started
+        registry = self._registry
         for plugin in given:
             if plugin not in registry.entries:
                 raise UsageError(f"-o {plugin}...: no plugin {plugin!r} is installed{did_you_mean(plugin, registry.entries)}")
@@ -167,12 +167,16 @@ class Service:
             data["max_depth"] = max_depth
         plugins = {name: dict(values) for name, values in data["plugins"].items()}
         for name, values in given.items():
-            plugins.setdefault(name, {}).update(values)
+            entry = registry.entries[name]
+            paths = path_options(entry.cls) if entry.cls is not None else frozenset()
+            # a relative path means the server's working directory, wherever the plugin runs
+            plugins.setdefault(name, {}).update({k: absolute(v, Path.cwd()) if k in paths else v
+                                                 for k, v in values.items()})
         data["plugins"] = plugins
         try:
             return Settings.model_validate(data)
-        except Exception as exc:  # pydantic's ValidationError: a value the setting refuses
-            raise UsageError(str(exc)) from None
+        except ValidationError as exc:  # a value the setting refuses
+            raise UsageError(validation_message(exc, None, Settings.model_fields)) from None
 
     @staticmethod
     def meta(pairs: Iterable[str] | dict[str, str] | None) -> dict[str, str]:
@@ -230,28 +234,32 @@ class Service:
         why = ""
         try:
             if self._closed:
-                why = "the server stopped before the scan began"
+                why = STOPPED
                 return
             job = work / "job.json"
             job.write_bytes(orjson.dumps({
                 "parent": os.getpid(), "settings": settings.model_dump(mode="json"),
                 "roots": [{"path": str(r.path), "scan_id": r.scan_id, "meta": r.meta, "shown": r.shown} for r in roots]}))
-            child = subprocess.Popen([sys.executable, "-m", "stoq.web.runner", str(job)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            with self._lock:
-                self._children.add(child)
-            try:
-                _, err = child.communicate()
-            finally:
+            with open(work / "stderr", "w+b") as err:
+                child = subprocess.Popen([sys.executable, "-m", "stoq.web.runner", str(job)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err)
                 with self._lock:
-                    self._children.discard(child)
+                    self._children.add(child)
+                try:
+                    child.wait()
+                finally:
+                    with self._lock:
+                        self._children.discard(child)
+                err.seek(max(0, err.seek(0, os.SEEK_END) - 16 * MAX_ERROR))  # its last words only
+                said = err.read().decode("utf-8", "replace")
             shown = {str(r.path): r.shown or "" for r in roots}
-            lines = [line for line in err.decode("utf-8", "replace").splitlines()
-                     if line.strip() and "document(s) stored" not in line]
+            lines = [line for line in said.splitlines() if line.strip() and "document(s) stored" not in line]
             why = "\n".join(lines)
             for path, name in shown.items():
                 why = why.replace(path, name)
-            if not why:
+            if self._closed and child.returncode != 0:
+                why = STOPPED
+            elif not why:
                 why = f"the scanning process ended with exit code {child.returncode}"
         except Exception as exc:  # noqa: BLE001  (whatever it was, the scans must not stay pending)
             log.exception("embedded scan failed")
@@ -274,8 +282,7 @@ class Service:
         orphans = [scan_id for scan_id, profile in rows if isinstance(profile, dict) and profile.get("mode") == EMBEDDED]
         if orphans:
             stored = set(self._stored(orphans))
-            ledger.settle(self.store, sorted(stored), {i: "the server stopped before the scan finished"
-                                                       for i in orphans if i not in stored})
+            ledger.settle(self.store, sorted(stored), {i: STOPPED for i in orphans if i not in stored})
 
     def _stored(self, scan_ids: list[str]) -> list[str]:
         if not scan_ids:
@@ -293,6 +300,9 @@ class Service:
         row = ledger.status(self.store, scan_id)
         doc = self.store.get(scan_id)
         if doc is not None:
+            if row is not None and row["state"] == ledger.PENDING:  # stored before the ledger heard of it
+                ledger.settle(self.store, [scan_id], {})
+                row = ledger.status(self.store, scan_id)
             return ScanView(scan_id, ledger.FINISHED, doc, _iso(row["submitted_at"]) if row else None,
                             _iso(row["finished_at"]) if row else None)
         if row is None:
