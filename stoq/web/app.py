@@ -53,6 +53,9 @@ def create_app(settings: Settings, *, no_auth: bool = False, service: Service | 
     from stoq.web import api
 
     app.include_router(api.router)
+    from stoq.web import export_routes  # GET /api/scans/{id}/export/{stix|misp} (docs/exports.md)
+
+    app.include_router(export_routes.router)
     # (the HTML pages, /metrics and the exports are included here, each by its own module)
     # ---- end of ROUTERS -------------------------------------------------------------------------
 
