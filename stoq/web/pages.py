@@ -1,0 +1,401 @@
+"""The results view: server-rendered pages under ``/ui`` (Jinja2, autoescaped; one stylesheet served
+from the package; no JavaScript): submit files, watch a scan until it is finished, read its payload
+tree and each plugin's output, search past scans, download a payload zipped with the password
+``infected``.
+
+Browser sessions. The API takes a Bearer token; a browser cannot send one on a link or a form, so
+``/ui/login`` takes the token once and keeps it in a cookie (``stoq_session``: HttpOnly, so no script
+reads it; SameSite=Strict, so no other site's page, link or form sends it; Secure behind HTTPS). Every
+request checks it like an API token (revoking the token ends the session). With ``--no-auth`` (loopback
+only) there is no sign-in. Every POST (submit, sign in, sign out) also carries a CSRF token, an HMAC of
+the session under a random per-browser cookie (``stoq_csrf``), and is refused when its ``Origin`` is
+another site's. Responses carry a Content-Security-Policy that allows no script at all.
+
+Everything a file controls (names, MIME types, flags, plugin output, error messages) is HTML-escaped by
+the templates' autoescape, after :func:`stoq.web.pagemodel.shown` has made invisible characters (bidi
+overrides, controls) visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import jinja2
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from stoq.web import pagemodel
+
+__all__ = ["PREFIX", "install", "router"]
+
+PREFIX = "/ui"
+SESSION_COOKIE = "stoq_session"
+CSRF_COOKIE = "stoq_csrf"
+#: Seconds between reloads of a scan page while the scan runs.
+REFRESH_SECONDS = 2
+PAGE_SIZE = 25
+TLP_LEVELS = ("clear", "green", "amber", "amber+strict", "red")
+_HERE = Path(__file__).resolve().parent
+_STATIC = {"stoq.css": "text/css; charset=utf-8"}
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(_HERE / "templates"),
+    autoescape=True,  # every template, whatever its name
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+templates.filters.update(shown=pagemodel.shown, size=pagemodel.size_text, plugin_json=pagemodel.plugin_json)
+
+
+def install(app: FastAPI) -> None:
+    """Adds the pages to ``app`` (``create_app`` calls this): ``/ui/...``, and ``/`` leading there."""
+    app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    def _home() -> RedirectResponse:
+        return RedirectResponse(f"{PREFIX}/submit", status_code=303)
+
+
+# ------------------------------------------------------------------------------------ sessions, CSRF
+
+
+@dataclass
+class Visit:
+    """Who is asking: whether the server checks tokens, the session token (None without one), the
+    browser's CSRF secret and whether it must be set."""
+
+    auth_required: bool
+    token: str | None
+    csrf_secret: str
+    new_csrf: bool
+
+    @property
+    def signed_in(self) -> bool:
+        return self.token is not None
+
+    def csrf(self) -> str:
+        """The form token: binds the browser's secret to its session."""
+        return hmac.new(self.csrf_secret.encode(), b"stoq-csrf|" + (self.token or "").encode(), hashlib.sha256).hexdigest()
+
+
+def _visit(request: Request) -> Visit:
+    required = _service(request).auth_required()
+    token = request.cookies.get(SESSION_COOKIE)
+    if not required or not token or not _service(request).token_valid(token):
+        token = None
+    secret = request.cookies.get(CSRF_COOKIE)
+    fresh = not secret or len(secret) < 32
+    return Visit(required, token, secrets.token_urlsafe(32) if fresh else str(secret), fresh)
+
+
+def _same_origin(request: Request) -> bool:
+    """False when the request says it comes from another origin (``Origin``, else ``Referer``)."""
+    claimed = request.headers.get("origin") or request.headers.get("referer")
+    if not claimed or claimed == "null":
+        return claimed is None
+    parts = urlsplit(claimed)
+    return (parts.scheme, parts.netloc) == (request.url.scheme, request.url.netloc)
+
+
+async def _checked_form(request: Request, visit: Visit) -> Any:
+    """The POSTed form, or None when its origin or CSRF token is wrong."""
+    form = await request.form()
+    given = form.get("csrf")
+    if not _same_origin(request) or visit.new_csrf or not isinstance(given, str) \
+            or not hmac.compare_digest(given, visit.csrf()):
+        return None
+    return form
+
+
+def _finish(response: Response, request: Request, visit: Visit) -> Response:
+    response.headers.update(_HEADERS)
+    if visit.new_csrf:
+        response.set_cookie(CSRF_COOKIE, visit.csrf_secret, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path=PREFIX)
+    return response
+
+
+def _render(request: Request, visit: Visit, name: str, status: int = 200, **context: Any) -> Response:
+    html = templates.get_template(name).render(
+        ui=PREFIX, static_url=f"{PREFIX}/static/stoq.css", version=_version(),
+        auth_mode="token" if visit.auth_required else "none", signed_in=visit.signed_in,
+        csrf=visit.csrf(), nav=context.pop("nav", ""), **context)
+    return _finish(HTMLResponse(html, status_code=status), request, visit)
+
+
+def _message(request: Request, visit: Visit, status: int, heading: str, message: str) -> Response:
+    return _render(request, visit, "message.html", status=status, heading=heading, message=message)
+
+
+def _login_redirect(request: Request, visit: Visit) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return _finish(RedirectResponse(f"{PREFIX}/login?{urlencode({'next': target})}", status_code=303), request, visit)
+
+
+def _gate(request: Request) -> tuple[Visit, Response | None]:
+    """The visit, and the response to send instead of the page when it must sign in first."""
+    visit = _visit(request)
+    if visit.auth_required and not visit.signed_in:
+        return visit, _login_redirect(request, visit)
+    return visit, None
+
+
+def _version() -> str:
+    from stoq import __version__
+
+    return __version__
+
+
+# ------------------------------------------------------------------------------------------- routes
+
+
+@router.get("/static/{name}")
+def static(name: str) -> Response:
+    """The stylesheet (a fixed list of files: no path from the request reaches the file system)."""
+    kind = _STATIC.get(name)
+    if kind is None:
+        return Response(status_code=404)
+    return Response((_HERE / "static" / name).read_bytes(), media_type=kind,
+                    headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/login")
+def login_form(request: Request, next: str = "") -> Response:
+    visit = _visit(request)
+    if not visit.auth_required:
+        return _finish(RedirectResponse(f"{PREFIX}/submit", status_code=303), request, visit)
+    return _render(request, visit, "login.html", next=_local(next), message="")
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    visit = _visit(request)
+    form = await _checked_form(request, visit)
+    if form is None:
+        return _render(request, visit, "login.html", status=403, next="", message="The form had expired: please sign in again.")
+    token = str(form.get("token", "")).strip()
+    target = _local(str(form.get("next", "")))
+    if not visit.auth_required:
+        return _finish(RedirectResponse(target, status_code=303), request, visit)
+    if not token or not _service(request).token_valid(token):
+        return _render(request, visit, "login.html", status=401, next=target, message="This token is not valid.")
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+    return _finish(response, request, visit)
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    visit = _visit(request)
+    if await _checked_form(request, visit) is None:
+        return _message(request, visit, 403, "Not signed out", "The form had expired: reload the page and try again.")
+    response = RedirectResponse(f"{PREFIX}/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return _finish(response, request, visit)
+
+
+def _local(target: str) -> str:
+    """A redirect target inside the pages only (never another site: ``//evil``, ``https://...``)."""
+    if target.startswith(PREFIX + "/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return f"{PREFIX}/submit"
+
+
+@router.get("")
+@router.get("/")
+def home(request: Request) -> Response:
+    return _finish(RedirectResponse(f"{PREFIX}/submit", status_code=303), request, _visit(request))
+
+
+@router.get("/submit")
+def submit_form(request: Request) -> Response:
+    visit, gate = _gate(request)
+    if gate is not None:
+        return gate
+    return _submit_page(request, visit, 200, _SubmitForm())
+
+
+@dataclass
+class _SubmitForm:
+    """The submit form's fields as typed (given back when a submission is refused)."""
+
+    workers: str = ""
+    options: str = ""
+    tlp: str = ""
+    meta: str = ""
+
+    def lines(self, text: str) -> list[str]:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _submit_page(request: Request, visit: Visit, status: int, form: _SubmitForm, message: str = "") -> Response:
+    service = _service(request)
+    recent = [_row(doc) for doc in service.search(service.query({}), 0, 8)]
+    return _render(request, visit, "submit.html", status=status, nav="submit", form=form, message=message,
+                   workers=service.worker_names(), tlp_levels=TLP_LEVELS, recent=recent, rows=recent)
+
+
+@router.post("/submit")
+async def submit(request: Request) -> Response:
+    visit, gate = _gate(request)
+    if gate is not None:
+        return gate
+    form = await _checked_form(request, visit)
+    if form is None:
+        return _submit_page(request, visit, 403, _SubmitForm(), "The form had expired: please submit again.")
+    fields = _SubmitForm(*(str(form.get(k, "")) for k in ("workers", "options", "tlp", "meta")))
+    uploads = [f for f in form.getlist("file") if hasattr(f, "filename") and f.filename]
+    if not uploads:
+        return _submit_page(request, visit, 400, fields, "Choose at least one file.")
+    meta = fields.lines(fields.meta) + ([f"tlp={fields.tlp}"] if fields.tlp else [])
+    workers = [w.strip() for w in fields.workers.split(",") if w.strip()] or None
+    try:
+        scan_ids = _service(request).submit(uploads, workers, fields.lines(fields.options), meta)
+    except _service(request).refused as exc:
+        return _submit_page(request, visit, 400, fields, str(exc))
+    if len(scan_ids) == 1:
+        return _finish(RedirectResponse(f"{PREFIX}/scans/{scan_ids[0]}", status_code=303), request, visit)
+    names = [str(u.filename) for u in uploads]
+    return _render(request, visit, "submitted.html", nav="submit", scans=list(zip(scan_ids, names)))
+
+
+#: What a scan page says while there is no document yet, by state.
+_STATE_TEXT = {
+    "pending": "Waiting for a worker.",
+    "running": "Being analysed.",
+    "failed": "The scan failed before it produced a document.",
+}
+
+
+@router.get("/scans/{scan_id}")
+def scan_page(request: Request, scan_id: str) -> Response:
+    visit, gate = _gate(request)
+    if gate is not None:
+        return gate
+    status = _service(request).status(scan_id)
+    if status is None:
+        return _message(request, visit, 404, "No such scan", f"There is no scan {scan_id}.")
+    if status.document is None:
+        return _render(request, visit, "scan.html", view=None, scan_id=scan_id, state=status.state,
+                       state_text=_STATE_TEXT.get(status.state, status.state), pending_name=status.name,
+                       refresh=REFRESH_SECONDS)
+    return _render(request, visit, "scan.html", view=pagemodel.scan_view(status.document), scan_id=scan_id)
+
+
+def _stored(request: Request, visit: Visit, scan_id: str) -> tuple[pagemodel.ScanView | None, Response | None]:
+    status = _service(request).status(scan_id)
+    if status is None or status.document is None:
+        return None, _message(request, visit, 404, "No such scan", f"There is no finished scan {scan_id}.")
+    return pagemodel.scan_view(status.document), None
+
+
+@router.get("/scans/{scan_id}/payloads/{payload_id}")
+def payload_page(request: Request, scan_id: str, payload_id: str) -> Response:
+    visit, gate = _gate(request)
+    if gate is not None:
+        return gate
+    view, missing = _stored(request, visit, scan_id)
+    if view is None:
+        return missing  # type: ignore[return-value]
+    node = view.by_id.get(payload_id)
+    if node is None:
+        return _message(request, visit, 404, "No such payload", f"Scan {scan_id} has no payload {payload_id}.")
+    ancestors: list[pagemodel.Node] = []
+    up = node.parent
+    while up is not None:
+        ancestors.insert(0, up)
+        up = up.parent
+    return _render(request, visit, "payload.html", scan_id=scan_id, node=node, ancestors=ancestors)
+
+
+@router.get("/scans/{scan_id}/document.json")
+def document_json(request: Request, scan_id: str) -> Response:
+    """The scan document itself (``application/json``, shown as text by a browser: never as HTML)."""
+    visit, gate = _gate(request)
+    if gate is not None:
+        return gate
+    view, missing = _stored(request, visit, scan_id)
+    if view is None:
+        return missing  # type: ignore[return-value]
+    body = pagemodel.orjson.dumps(view.document, option=pagemodel.orjson.OPT_INDENT_2)
+    return _finish(Response(body, media_type="application/json"), request, visit)
+
+
+@router.get("/scans/{scan_id}/payloads/{payload_id}/download")
+def download(request: Request, scan_id: str, payload_id: str) -> Response:
+    """The payload in a zip encrypted with the password ``infected`` (the API's download)."""
+    visit, gate = _gate(request)
+    if gate is not None:
+        return gate
+    response = _service(request).download(scan_id, payload_id)
+    if response is None:
+        return _message(request, visit, 404, "Not available", "That payload is not in the archive.")
+    return _finish(response, request, visit)
+
+
+@dataclass
+class ScanRow:
+    """One scan in a list: its root and what the whole scan found."""
+
+    scan_id: str
+    date: str
+    name: str
+    mime: str
+    payloads: int
+    rules: list[str]
+    flags: list[str]
+    errors: int
+
+
+def _row(document: dict[str, Any]) -> ScanRow:
+    view = pagemodel.scan_view(document)
+    rules = list(dict.fromkeys(pagemodel.shown(r) for n in view.nodes for r in n.yara_rules))
+    flags = list(dict.fromkeys(pagemodel.shown(f) for n in view.nodes for f in n.payload["flags"]))
+    date = str(document["date"])[:19].replace("T", " ")
+    return ScanRow(str(document["scan_id"]), date, view.root.name, pagemodel.shown(view.root.payload["mime"]),
+                   int(document["payloads"]), rules, flags, len(document["errors"]))
+
+
+#: The search form's fields, as the query string names them.
+SEARCH_FIELDS = ("filename", "mime", "flag", "plugin", "yara", "since", "until", "sha256")
+
+
+@router.get("/search")
+def search_page(request: Request, page: int = 1) -> Response:
+    visit, gate = _gate(request)
+    if gate is not None:
+        return gate
+    given = {k: request.query_params.get(k, "").strip() for k in SEARCH_FIELDS}
+    page = max(1, page)
+    service = _service(request)
+    try:
+        query = service.query(given)
+    except ValueError as exc:
+        return _render(request, visit, "search.html", status=400, nav="search", q=given, message=str(exc), rows=[])
+    found = service.search(query, (page - 1) * PAGE_SIZE, PAGE_SIZE + 1)
+    rows = [_row(doc) for doc in found[:PAGE_SIZE]]
+    kept = [(k, v) for k, v in given.items() if v]
+
+    def url(n: int) -> str:
+        return f"{PREFIX}/search?" + urlencode(kept + [("page", str(n))])
+
+    heading = "Latest scans" if not kept else f"Scans matching {', '.join(f'{k} {v}' for k, v in kept)}"
+    return _render(request, visit, "search.html", nav="search", q=given, message="", rows=rows, page=page,
+                   heading=heading, prev_url=url(page - 1) if page > 1 else None,
+                   next_url=url(page + 1) if len(found) > PAGE_SIZE else None)
