@@ -51,7 +51,7 @@ def _render(name: str, **context: Any) -> str:
 
 
 def test_scan_view_tree() -> None:
-    view = pagemodel.scan_view(_document())
+    view = pagemodel.page_tree(_document())
     assert [n.id for n in view.roots] == ["r"]
     assert [c.id for c in view.root.children] == ["a", "b"]
     assert view.by_id["b"].duplicate is view.by_id["a"]
@@ -63,7 +63,7 @@ def test_scan_view_tree() -> None:
 
 def test_everything_a_file_controls_is_text() -> None:
     doc = _document()
-    view = pagemodel.scan_view(doc)
+    view = pagemodel.page_tree(doc)
     scan = _render("scan.html", view=view, scan_id="s-1")
     payload = _render("payload.html", scan_id="s-1", node=view.by_id["a"], ancestors=[view.root])
     for html in (scan, payload):

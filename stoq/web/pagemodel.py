@@ -15,7 +15,7 @@ import orjson
 
 from stoq.terminal import safe
 
-__all__ = ["Node", "ScanView", "plugin_json", "scan_view", "shown", "size_text"]
+__all__ = ["Node", "PageTree", "plugin_json", "page_tree", "shown", "size_text"]
 
 #: A plugin's output longer than this (as indented JSON) is cut on the page; the whole document stays
 #: one click away (the scan's JSON).
@@ -31,6 +31,11 @@ def shown(value: object) -> str:
     overrides and other invisible characters as escapes (``\\u202e``); HTML escaping is the
     template's."""
     return safe(value if value is not None else "-")
+
+
+def shown_lines(value: object) -> str:
+    """A message of several lines (a failed scan's stderr) with each line as :func:`shown` makes it."""
+    return "\n".join(shown(line) for line in str(value).split("\n"))
 
 
 def size_text(size: int) -> str:
@@ -97,8 +102,9 @@ class Node:
 
 
 @dataclass
-class ScanView:
-    """A document as its pages show it: the tree's roots (one, in a valid document), every node by
+class PageTree:
+    """A document as its pages show it (unlike :func:`stoq.web.service.tree_of`, the API's tree, each
+    node keeps its whole payload, its parent and its path of names): the tree's roots (one, in a valid document), every node by
     payload id and in document order, and the scan's totals."""
 
     document: dict[str, Any]
@@ -130,7 +136,7 @@ class ScanView:
         return [e for e in self.document["errors"] if e["payload_id"] not in self.by_id]
 
 
-def scan_view(document: dict[str, Any]) -> ScanView:
+def page_tree(document: dict[str, Any]) -> PageTree:
     """The tree of ``document`` (a valid scan document: parents before children)."""
     nodes: list[Node] = []
     by_id: dict[str, Node] = {}
@@ -149,4 +155,4 @@ def scan_view(document: dict[str, Any]) -> ScanView:
         owner = by_id.get(error["payload_id"])
         if owner is not None:
             owner.errors.append(error)
-    return ScanView(document, nodes, by_id)
+    return PageTree(document, nodes, by_id)

@@ -20,17 +20,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
+import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
+from stoq.search import Query, parse_when
 from stoq.web import pagemodel
+from stoq.web.auth import TokenBook
+from stoq.web.service import Service, Unavailable, UsageError, spool
 
 __all__ = ["PREFIX", "install", "router"]
 
@@ -41,13 +49,14 @@ CSRF_COOKIE = "stoq_csrf"
 REFRESH_SECONDS = 2
 PAGE_SIZE = 25
 TLP_LEVELS = ("clear", "green", "amber", "amber+strict", "red")
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _HERE = Path(__file__).resolve().parent
 _STATIC = {"stoq.css": "text/css; charset=utf-8"}
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
@@ -59,7 +68,7 @@ templates = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-templates.filters.update(shown=pagemodel.shown, size=pagemodel.size_text, plugin_json=pagemodel.plugin_json)
+templates.filters.update(shown=pagemodel.shown, shown_lines=pagemodel.shown_lines, size=pagemodel.size_text, plugin_json=pagemodel.plugin_json)
 
 
 def install(app: FastAPI) -> None:
@@ -93,10 +102,19 @@ class Visit:
         return hmac.new(self.csrf_secret.encode(), b"stoq-csrf|" + (self.token or "").encode(), hashlib.sha256).hexdigest()
 
 
+def _service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def _token_valid(request: Request, secret: str) -> bool:
+    """Whether ``secret`` is a live API token (checked at every request: revoking it ends the session)."""
+    return TokenBook(_service(request).store).verify(secret) is not None
+
+
 def _visit(request: Request) -> Visit:
-    required = _service(request).auth_required()
+    required = not request.app.state.no_auth
     token = request.cookies.get(SESSION_COOKIE)
-    if not required or not token or not _service(request).token_valid(token):
+    if not required or not token or not _token_valid(request, token):
         token = None
     secret = request.cookies.get(CSRF_COOKIE)
     fresh = not secret or len(secret) < 32
@@ -184,7 +202,7 @@ def login_form(request: Request, next: str = "") -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    visit = _visit(request)
+    visit = await run_in_threadpool(_visit, request)
     form = await _checked_form(request, visit)
     if form is None:
         return _render(request, visit, "login.html", status=403, next="", message="The form had expired: please sign in again.")
@@ -192,7 +210,7 @@ async def login(request: Request) -> Response:
     target = _local(str(form.get("next", "")))
     if not visit.auth_required:
         return _finish(RedirectResponse(target, status_code=303), request, visit)
-    if not token or not _service(request).token_valid(token):
+    if not token or not await run_in_threadpool(_token_valid, request, token):
         return _render(request, visit, "login.html", status=401, next=target, message="This token is not valid.")
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
@@ -202,7 +220,7 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    visit = _visit(request)
+    visit = await run_in_threadpool(_visit, request)
     if await _checked_form(request, visit) is None:
         return _message(request, visit, 403, "Not signed out", "The form had expired: reload the page and try again.")
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
@@ -240,45 +258,63 @@ class _SubmitForm:
     tlp: str = ""
     meta: str = ""
 
-    def lines(self, text: str) -> list[str]:
+    @staticmethod
+    def lines(text: str) -> list[str]:
         return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _submit_page(request: Request, visit: Visit, status: int, form: _SubmitForm, message: str = "") -> Response:
-    service = _service(request)
-    recent = [_row(doc) for doc in service.search(service.query({}), 0, 8)]
+    from stoq.registry import Registry
+
+    workers = sorted(name for name, entry in Registry.discover().entries.items() if entry.category == "worker")
+    recent = _rows(request, _service(request).search(Query(limit=8)))
     return _render(request, visit, "submit.html", status=status, nav="submit", form=form, message=message,
-                   workers=service.worker_names(), tlp_levels=TLP_LEVELS, recent=recent, rows=recent)
+                   workers=workers, tlp_levels=TLP_LEVELS, recent=recent, rows=recent)
 
 
 @router.post("/submit")
 async def submit(request: Request) -> Response:
-    visit, gate = _gate(request)
-    if gate is not None:
-        return gate
+    """The form's files, one scan each, as ``POST /api/scans`` takes them; then the scan's page."""
+    visit = await run_in_threadpool(_visit, request)
+    if visit.auth_required and not visit.signed_in:
+        return _login_redirect(request, visit)
     form = await _checked_form(request, visit)
     if form is None:
-        return _submit_page(request, visit, 403, _SubmitForm(), "The form had expired: please submit again.")
+        return await run_in_threadpool(_submit_page, request, visit, 403, _SubmitForm(),
+                                       "The form had expired: please submit again.")
     fields = _SubmitForm(*(str(form.get(k, "")) for k in ("workers", "options", "tlp", "meta")))
-    uploads = [f for f in form.getlist("file") if hasattr(f, "filename") and f.filename]
+    uploads = [f for f in form.getlist("file") if isinstance(f, UploadFile) and f.filename]
+    return await run_in_threadpool(_submitted, request, visit, fields, uploads)
+
+
+def _submitted(request: Request, visit: Visit, fields: _SubmitForm, uploads: list[UploadFile]) -> Response:
     if not uploads:
         return _submit_page(request, visit, 400, fields, "Choose at least one file.")
+    service = _service(request)
     meta = fields.lines(fields.meta) + ([f"tlp={fields.tlp}"] if fields.tlp else [])
-    workers = [w.strip() for w in fields.workers.split(",") if w.strip()] or None
     try:
-        scan_ids = _service(request).submit(uploads, workers, fields.lines(fields.options), meta)
-    except _service(request).refused as exc:
+        settings = service.profile(fields.workers.strip() or None, fields.lines(fields.options))
+        given = service.meta(meta)
+    except UsageError as exc:
         return _submit_page(request, visit, 400, fields, str(exc))
-    if len(scan_ids) == 1:
-        return _finish(RedirectResponse(f"{PREFIX}/scans/{scan_ids[0]}", status_code=303), request, visit)
-    names = [str(u.filename) for u in uploads]
-    return _render(request, visit, "submitted.html", nav="submit", scans=list(zip(scan_ids, names)))
+    directory = service.new_spool()
+    try:
+        spooled = [spool(f.file, directory, i, f.filename) for i, f in enumerate(uploads)]
+        made = service.submit(spooled, settings, given, directory)
+    except Unavailable as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        return _submit_page(request, visit, 503, fields, str(exc))
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    if len(made) == 1:
+        return _finish(RedirectResponse(f"{PREFIX}/scans/{made[0].scan_id}", status_code=303), request, visit)
+    return _render(request, visit, "submitted.html", nav="submit", scans=[(m.scan_id, m.filename) for m in made])
 
 
-#: What a scan page says while there is no document yet, by state.
+#: What a scan page says while there is no document, by ledger state.
 _STATE_TEXT = {
-    "pending": "Waiting for a worker.",
-    "running": "Being analysed.",
+    "pending": "Being analysed: the tree appears here when the scan is finished.",
     "failed": "The scan failed before it produced a document.",
 }
 
@@ -288,21 +324,21 @@ def scan_page(request: Request, scan_id: str) -> Response:
     visit, gate = _gate(request)
     if gate is not None:
         return gate
-    status = _service(request).status(scan_id)
+    status = _service(request).scan(scan_id)
     if status is None:
         return _message(request, visit, 404, "No such scan", f"There is no scan {scan_id}.")
     if status.document is None:
         return _render(request, visit, "scan.html", view=None, scan_id=scan_id, state=status.state,
-                       state_text=_STATE_TEXT.get(status.state, status.state), pending_name=status.name,
-                       refresh=REFRESH_SECONDS)
-    return _render(request, visit, "scan.html", view=pagemodel.scan_view(status.document), scan_id=scan_id)
+                       state_text=_STATE_TEXT.get(status.state, status.state), error=status.error,
+                       submitted_at=status.submitted_at, refresh=REFRESH_SECONDS if status.state == "pending" else 0)
+    return _render(request, visit, "scan.html", view=pagemodel.page_tree(status.document), scan_id=scan_id)
 
 
-def _stored(request: Request, visit: Visit, scan_id: str) -> tuple[pagemodel.ScanView | None, Response | None]:
-    status = _service(request).status(scan_id)
-    if status is None or status.document is None:
+def _stored(request: Request, visit: Visit, scan_id: str) -> tuple[pagemodel.PageTree | None, Response | None]:
+    document = _service(request).store.get(scan_id)
+    if document is None:
         return None, _message(request, visit, 404, "No such scan", f"There is no finished scan {scan_id}.")
-    return pagemodel.scan_view(status.document), None
+    return pagemodel.page_tree(document), None
 
 
 @router.get("/scans/{scan_id}/payloads/{payload_id}")
@@ -310,10 +346,10 @@ def payload_page(request: Request, scan_id: str, payload_id: str) -> Response:
     visit, gate = _gate(request)
     if gate is not None:
         return gate
-    view, missing = _stored(request, visit, scan_id)
-    if view is None:
+    tree, missing = _stored(request, visit, scan_id)
+    if tree is None:
         return missing  # type: ignore[return-value]
-    node = view.by_id.get(payload_id)
+    node = tree.by_id.get(payload_id)
     if node is None:
         return _message(request, visit, 404, "No such payload", f"Scan {scan_id} has no payload {payload_id}.")
     ancestors: list[pagemodel.Node] = []
@@ -330,28 +366,41 @@ def document_json(request: Request, scan_id: str) -> Response:
     visit, gate = _gate(request)
     if gate is not None:
         return gate
-    view, missing = _stored(request, visit, scan_id)
-    if view is None:
+    tree, missing = _stored(request, visit, scan_id)
+    if tree is None:
         return missing  # type: ignore[return-value]
-    body = pagemodel.orjson.dumps(view.document, option=pagemodel.orjson.OPT_INDENT_2)
+    body = orjson.dumps(tree.document, option=orjson.OPT_INDENT_2)
     return _finish(Response(body, media_type="application/json"), request, visit)
 
 
 @router.get("/scans/{scan_id}/payloads/{payload_id}/download")
 def download(request: Request, scan_id: str, payload_id: str) -> Response:
-    """The payload in a zip encrypted with the password ``infected`` (the API's download)."""
+    """The payload in a zip encrypted with the password ``infected``, as ``/api/payloads/SHA256/download``
+    serves it (the member named by its sha256)."""
+    from stoq.web.download import zipped
+
     visit, gate = _gate(request)
     if gate is not None:
         return gate
-    response = _service(request).download(scan_id, payload_id)
-    if response is None:
+    tree, missing = _stored(request, visit, scan_id)
+    if tree is None:
+        return missing  # type: ignore[return-value]
+    node = tree.by_id.get(payload_id)
+    try:
+        content = None if node is None else _service(request).payload(node.payload["sha256"])
+    except Unavailable as exc:
+        return _message(request, visit, 503, "Archive unavailable", str(exc))
+    if node is None or content is None:
         return _message(request, visit, 404, "Not available", "That payload is not in the archive.")
+    sha256 = node.payload["sha256"]
+    response = Response(zipped(sha256, content), media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{sha256}.zip"'})
     return _finish(response, request, visit)
 
 
 @dataclass
 class ScanRow:
-    """One scan in a list: its root and what the whole scan found."""
+    """One scan in a list: its root, and what the whole scan found."""
 
     scan_id: str
     date: str
@@ -364,16 +413,31 @@ class ScanRow:
 
 
 def _row(document: dict[str, Any]) -> ScanRow:
-    view = pagemodel.scan_view(document)
-    rules = list(dict.fromkeys(pagemodel.shown(r) for n in view.nodes for r in n.yara_rules))
-    flags = list(dict.fromkeys(pagemodel.shown(f) for n in view.nodes for f in n.payload["flags"]))
+    tree = pagemodel.page_tree(document)
+    rules = list(dict.fromkeys(pagemodel.shown(r) for n in tree.nodes for r in n.yara_rules))
+    flags = list(dict.fromkeys(pagemodel.shown(f) for n in tree.nodes for f in n.payload["flags"]))
     date = str(document["date"])[:19].replace("T", " ")
-    return ScanRow(str(document["scan_id"]), date, view.root.name, pagemodel.shown(view.root.payload["mime"]),
+    return ScanRow(str(document["scan_id"]), date, tree.root.name, pagemodel.shown(tree.root.payload["mime"]),
                    int(document["payloads"]), rules, flags, len(document["errors"]))
+
+
+def _rows(request: Request, summaries: list[dict[str, Any]]) -> list[ScanRow]:
+    """The rows of the scans the service found (each document read: the rows show its YARA rules and flags)."""
+    store = _service(request).store
+    documents = (store.get(s["scan_id"]) for s in summaries)
+    return [_row(d) for d in documents if d is not None]
 
 
 #: The search form's fields, as the query string names them.
 SEARCH_FIELDS = ("filename", "mime", "flag", "plugin", "yara", "since", "until", "sha256")
+
+
+def _query(given: dict[str, str], offset: int, limit: int) -> Query:
+    """The search of the form's fields; ValueError for a date that is not one."""
+    return Query(filename=given["filename"] or None, mime=given["mime"] or None, flag=given["flag"] or None,
+                 plugin=given["plugin"] or None, yara=given["yara"] or None,
+                 since=parse_when(given["since"]) if given["since"] else None,
+                 until=parse_when(given["until"]) if given["until"] else None, limit=limit, offset=offset)
 
 
 @router.get("/search")
@@ -382,20 +446,27 @@ def search_page(request: Request, page: int = 1) -> Response:
     if gate is not None:
         return gate
     given = {k: request.query_params.get(k, "").strip() for k in SEARCH_FIELDS}
-    page = max(1, page)
+    page = max(1, min(page, 100_000))
+    offset = (page - 1) * PAGE_SIZE
     service = _service(request)
-    try:
-        query = service.query(given)
-    except ValueError as exc:
-        return _render(request, visit, "search.html", status=400, nav="search", q=given, message=str(exc), rows=[])
-    found = service.search(query, (page - 1) * PAGE_SIZE, PAGE_SIZE + 1)
-    rows = [_row(doc) for doc in found[:PAGE_SIZE]]
+    if given["sha256"]:
+        if not SHA256.fullmatch(given["sha256"]):
+            return _render(request, visit, "search.html", status=400, nav="search", q=given, rows=[],
+                           message="sha256: 64 hexadecimal digits")
+        found = service.scans_by_sha256(given["sha256"], PAGE_SIZE + 1, offset)
+    else:
+        try:
+            query = _query(given, offset, PAGE_SIZE + 1)
+        except ValueError as exc:
+            return _render(request, visit, "search.html", status=400, nav="search", q=given, rows=[], message=str(exc))
+        found = service.search(query)
+    rows = _rows(request, found[:PAGE_SIZE])
     kept = [(k, v) for k, v in given.items() if v]
 
     def url(n: int) -> str:
         return f"{PREFIX}/search?" + urlencode(kept + [("page", str(n))])
 
-    heading = "Latest scans" if not kept else f"Scans matching {', '.join(f'{k} {v}' for k, v in kept)}"
+    heading = "Latest scans" if not kept else "Scans with " + ", ".join(f"{k} {v}" for k, v in kept)
     return _render(request, visit, "search.html", nav="search", q=given, message="", rows=rows, page=page,
                    heading=heading, prev_url=url(page - 1) if page > 1 else None,
                    next_url=url(page + 1) if len(found) > PAGE_SIZE else None)
