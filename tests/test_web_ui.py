@@ -3,19 +3,23 @@ process read over HTTP, and Debian's headless Chromium submitting a corpus zip t
 
 from __future__ import annotations
 
-import copy
 import re
-from typing import Any
+import time
+from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
+import requests
 
+import browser
 from helpers import sha256
 
 pytest.importorskip("fastapi", reason="the web extra: pip install 'stoq-analysis[web]'")
 
 from stoq.web import pagemodel, pages  # noqa: E402
 
-HOSTILE = "<script>alert(1)</script>.txt"
+HOSTILE = "<script>alert(1)</script>.txt"  # a member name (a root's name loses what precedes its last /)
+HOSTILE_ROOT = "<img src=x onerror=alert(1)>.txt"
 
 
 def _payload(pid: str, parent: str | None, depth: int, name: str | None, data: bytes, **extra: Any) -> dict[str, Any]:
@@ -93,3 +97,162 @@ def test_local_redirects_only() -> None:
     assert pages._local("/ui/scans/x?a=1") == "/ui/scans/x?a=1"
     for target in ("//evil.example/ui/", "https://evil.example/", "/ui\\..", "/api/scans", ""):
         assert pages._local(target) == "/ui/submit", target
+
+
+# ----------------------------------------------------------------------------- a real stoq serve
+
+RULE_NAME = "corpus_lorem_ipsum"
+NEEDLE = b"Lorem ipsum dolor sit amet"
+RULE = f'rule {RULE_NAME} {{ meta: description = "the corpus text" strings: $a = "{NEEDLE.decode()}" condition: $a }}\n'
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[browser.Server]:
+    """``stoq serve`` with tokens (embedded, SQLite), and a YARA rule file for the corpus's lorem text."""
+    home = tmp_path_factory.mktemp("serve")
+    (home / "rules.yar").write_text(RULE)
+    srv = browser.Server(home)
+    srv.token = srv.stoq("tokens", "create", "analyst").stdout.strip()  # type: ignore[attr-defined]
+    with srv.start():
+        yield srv
+
+
+class Browser:
+    """A ``requests`` session that reads pages as a browser would: cookies, CSRF field, same Origin."""
+
+    def __init__(self, srv: browser.Server) -> None:
+        self.srv, self.http = srv, requests.Session()
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return self.http.get(self.srv.url + path, timeout=30, allow_redirects=False, **kw)
+
+    def csrf(self, path: str) -> str:
+        page = self.get(path)
+        assert page.status_code == 200, page.text
+        return re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)[1]  # type: ignore[index]
+
+    def post(self, path: str, data: dict[str, Any], origin: str | None = None, **kw: Any) -> requests.Response:
+        return self.http.post(self.srv.url + path, data=data, timeout=60, allow_redirects=False,
+                              headers={"Origin": origin or self.srv.url}, **kw)
+
+    def sign_in(self, token: str) -> requests.Response:
+        return self.post("/ui/login", {"csrf": self.csrf("/ui/login"), "token": token, "next": "/ui/submit"})
+
+    def submit(self, files: list[tuple[str, bytes]], **fields: str) -> requests.Response:
+        data = {"csrf": self.csrf("/ui/submit"), **fields}
+        return self.post("/ui/submit", data, files=[("file", (name, body)) for name, body in files])
+
+    def finished(self, scan_id: str, timeout: float = 30) -> str:
+        """The scan page once its tree is there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            page = self.get(f"/ui/scans/{scan_id}")
+            assert page.status_code == 200, page.text
+            if 'id="tree"' in page.text:
+                return page.text
+            assert time.monotonic() < deadline, page.text
+            time.sleep(0.2)
+
+
+def _location_id(response: requests.Response) -> str:
+    assert response.status_code == 303, response.text
+    match = re.fullmatch(r"/ui/scans/([0-9a-f-]{36})", response.headers["location"])
+    assert match, response.headers["location"]
+    return match[1]
+
+
+def test_sessions_and_csrf(server: browser.Server) -> None:
+    anon = Browser(server)
+    gate = anon.get("/ui/search?yara=x")
+    assert (gate.status_code, gate.headers["location"]) == (303, "/ui/login?next=%2Fui%2Fsearch%3Fyara%3Dx")
+    for name, value in pages._HEADERS.items():
+        assert gate.headers[name] == value
+    assert anon.get("/").status_code == 401  # outside /ui, the API's Bearer gate
+    css = anon.get("/ui/static/stoq.css")
+    assert (css.status_code, css.headers["content-type"]) == (200, "text/css; charset=utf-8")
+    assert anon.get("/ui/static/..%2Fpages.py").status_code == 404
+
+    wrong = anon.post("/ui/login", {"csrf": anon.csrf("/ui/login"), "token": "stoq_nope", "next": ""})
+    assert wrong.status_code == 401 and "This token is not valid." in wrong.text
+    forged = anon.post("/ui/login", {"csrf": "0" * 64, "token": server.token, "next": ""})  # type: ignore[attr-defined]
+    assert forged.status_code == 403 and "stoq_session" not in forged.headers.get("set-cookie", "")
+    elsewhere = anon.post("/ui/login", {"csrf": anon.csrf("/ui/login"), "token": server.token, "next": ""},  # type: ignore[attr-defined]
+                          origin="http://evil.example")
+    assert elsewhere.status_code == 403
+
+    bob = server.stoq("tokens", "create", "bob").stdout.strip()
+    user = Browser(server)
+    signed = user.post("/ui/login", {"csrf": user.csrf("/ui/login"), "token": bob, "next": "//evil.example/"})
+    assert (signed.status_code, signed.headers["location"]) == (303, "/ui/submit")
+    cookie = [c for c in signed.headers["set-cookie"].split(", ") if c.startswith("stoq_session=")][0]
+    assert cookie == f"stoq_session={bob}; HttpOnly; Path=/; SameSite=strict"
+    assert user.get("/ui/submit").status_code == 200
+    # a CSRF token is bound to its browser and session: another's is refused
+    other = Browser(server)
+    other.sign_in(server.token)  # type: ignore[attr-defined]
+    refused = user.post("/ui/submit", {"csrf": other.csrf("/ui/submit")}, files=[("file", ("a.txt", b"a"))])
+    assert refused.status_code == 403 and "The form had expired" in refused.text
+    server.stoq("tokens", "revoke", "bob")  # revoking the token ends the session at once
+    assert user.get("/ui/submit").headers["location"] == "/ui/login?next=%2Fui%2Fsubmit"
+    out = other.post("/ui/logout", {"csrf": other.csrf("/ui/submit")})
+    assert (out.status_code, out.headers["location"]) == (303, "/ui/login")
+    assert other.get("/ui/submit").status_code == 303
+
+
+def test_a_hostile_name_is_text_and_the_download_is_zipped(server: browser.Server, tmp_path: Path) -> None:
+    import pyzipper
+
+    user = Browser(server)
+    user.sign_in(server.token)  # type: ignore[attr-defined]
+    body = b"x" * 5 + NEEDLE + b"\n"
+    scan_id = _location_id(user.submit([(HOSTILE_ROOT, body)], workers="yara",
+                                       options=f"yara.rules={server.home / 'rules.yar'}", tlp="amber", meta="case=<b>7</b>"))
+    html = user.finished(scan_id)
+    assert "<img" not in html and "<b>" not in html
+    assert html.count("&lt;img src=x onerror=alert(1)&gt;.txt") == 4  # the title, the heading, the source, the tree
+    assert "&lt;b&gt;7&lt;/b&gt;" in html and ">amber<" in html
+    doc = user.get(f"/ui/scans/{scan_id}/document.json").json()
+    assert doc["source"]["meta"] == {"case": "<b>7</b>", "tlp": "amber"}
+    (root,) = doc["results"]
+    assert (root["filename"], root["sha256"]) == (HOSTILE_ROOT, sha256(body))
+    page = user.get(f"/ui/scans/{scan_id}/payloads/{root['payload_id']}")
+    assert page.status_code == 200 and "<img" not in page.text
+    assert re.search(r"<td><code>\$a</code></td><td class=\"num\">5</td>", page.text)  # the hit's offset
+
+    got = user.get(f"/ui/scans/{scan_id}/payloads/{root['payload_id']}/download")
+    assert (got.status_code, got.headers["content-type"]) == (200, "application/zip")
+    assert got.headers["content-disposition"] == f'attachment; filename="{sha256(body)}.zip"'
+    (tmp_path / "d.zip").write_bytes(got.content)
+    with pyzipper.AESZipFile(tmp_path / "d.zip") as archive:
+        archive.setpassword(b"infected")
+        assert archive.namelist() == [sha256(body)]
+        assert archive.read(sha256(body)) == body
+    assert user.get(f"/ui/scans/{scan_id}/payloads/nope/download").status_code == 404
+    assert user.get("/ui/scans/nope").status_code == 404
+
+
+def test_search_and_pages(server: browser.Server) -> None:
+    user = Browser(server)
+    user.sign_in(server.token)  # type: ignore[attr-defined]
+    names = [f"page-{n:02d}.bin" for n in range(pages.PAGE_SIZE + 1)]
+    made = user.submit([(name, name.encode()) for name in names], workers="none")
+    assert made.status_code == 200
+    ids = re.findall(r'href="/ui/scans/([0-9a-f-]{36})"', made.text)
+    assert len(ids) == len(names)
+    for scan_id in ids:
+        user.finished(scan_id)
+    docs = [user.get(f"/ui/scans/{scan_id}/document.json").json() for scan_id in ids]
+    newest = [d["results"][0]["filename"] for d in sorted(docs, key=lambda d: (d["date"], d["scan_id"]), reverse=True)]
+    assert sorted(newest) == names
+    first = user.get("/ui/search?filename=page-*.bin")
+    shown = re.findall(r'<td class="name"><a href="/ui/scans/[0-9a-f-]+">([^<]+)</a>', first.text)
+    assert shown == newest[:pages.PAGE_SIZE]
+    assert 'href="/ui/search?filename=page-%2A.bin&amp;page=2"' in first.text
+    second = user.get("/ui/search?filename=page-*.bin&page=2")
+    assert re.findall(r'<td class="name"><a href="/ui/scans/[0-9a-f-]+">([^<]+)</a>', second.text) == newest[pages.PAGE_SIZE:]
+    assert 'rel="next"' not in second.text
+    assert 'id="no-results"' in user.get("/ui/search?filename=page-*.bin&since=2000-01-01&until=2000-01-02").text
+    bad = user.get("/ui/search?since=yesterday")
+    assert bad.status_code == 400 and "neither an ISO 8601 date" in bad.text
+    by_content = user.get(f"/ui/search?sha256={sha256(b'page-03.bin')}")
+    assert re.findall(r'<td class="name"><a href="/ui/scans/[0-9a-f-]+">([^<]+)</a>', by_content.text) == ["page-03.bin"]
