@@ -3,6 +3,7 @@ process read over HTTP, and Debian's headless Chromium submitting a corpus zip t
 
 from __future__ import annotations
 
+import gzip
 import re
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import requests
 
 import browser
-from helpers import sha256
+from helpers import CORPUS, make_zip, sha256
 
 pytest.importorskip("fastapi", reason="the web extra: pip install 'stoq-analysis[web]'")
 
@@ -256,3 +257,61 @@ def test_search_and_pages(server: browser.Server) -> None:
     assert bad.status_code == 400 and "neither an ISO 8601 date" in bad.text
     by_content = user.get(f"/ui/search?sha256={sha256(b'page-03.bin')}")
     assert re.findall(r'<td class="name"><a href="/ui/scans/[0-9a-f-]+">([^<]+)</a>', by_content.text) == ["page-03.bin"]
+
+
+def _gzip_name(data: bytes) -> str:
+    """The file name in a gzip header (RFC 1952: FNAME, after FEXTRA when there is one)."""
+    flags, pos = data[3], 10
+    if flags & 4:
+        pos += 2 + int.from_bytes(data[10:12], "little")
+    assert flags & 8
+    return data[pos:data.index(b"\0", pos)].decode("latin-1")
+
+
+@pytest.mark.skipif(browser.browser_missing() is not None, reason=str(browser.browser_missing()))
+def test_browser_submits_a_corpus_zip_and_finds_the_yara_hit(server: browser.Server, tmp_path: Path) -> None:
+    """Debian's Chromium: sign in, submit a zip of corpus files through the form, wait for the tree
+    (the page reloads itself), open a child, find the YARA hit."""
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    text, gz = (CORPUS / "test.txt").read_bytes(), (CORPUS / "test.gz").read_bytes()
+    members = {"test.txt": text, "nested/test.gz": gz, HOSTILE: b"just text\n", "copy-of-test.txt": text}
+    (tmp_path / "corpus.zip").write_bytes(make_zip(members))
+    driver = browser.chrome()
+    try:
+        driver.get(server.url + "/ui/submit")
+        assert driver.current_url == server.url + "/ui/login?next=%2Fui%2Fsubmit"
+        driver.find_element(By.ID, "token").send_keys(server.token)  # type: ignore[attr-defined]
+        driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
+        assert driver.current_url == server.url + "/ui/submit"
+        driver.find_element(By.ID, "file").send_keys(str(tmp_path / "corpus.zip"))
+        driver.find_element(By.ID, "workers").send_keys("yara")
+        driver.find_element(By.ID, "options").send_keys(f"yara.rules={server.home / 'rules.yar'}")
+        driver.find_element(By.ID, "submit").click()
+        assert re.fullmatch(re.escape(server.url) + r"/ui/scans/[0-9a-f-]{36}", driver.current_url)
+        WebDriverWait(driver, 30, 0.2).until(lambda d: d.find_elements(By.ID, "tree"))
+
+        names = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#tree a.name")]
+        assert names == ["corpus.zip", "test.txt", "nested/test.gz", _gzip_name(gz), HOSTILE, "copy-of-test.txt"]
+        assert driver.find_elements(By.TAG_NAME, "script") == []
+        with pytest.raises(NoAlertPresentException):
+            driver.switch_to.alert.text
+        nodes = {n.find_element(By.CSS_SELECTOR, "a.name").text: n for n in driver.find_elements(By.CSS_SELECTOR, "#tree .node")}
+        hits = {name: [b.text for b in node.find_elements(By.CSS_SELECTOR, ".badge.hit")] for name, node in nodes.items()}
+        expected = {name: [RULE_NAME] if NEEDLE in data else [] for name, data in members.items()}
+        expected |= {"corpus.zip": [], "copy-of-test.txt": [], _gzip_name(gz): [RULE_NAME] if NEEDLE in gzip.decompress(gz) else []}
+        assert hits == expected  # the duplicate is not analysed again
+        assert nodes["copy-of-test.txt"].find_element(By.CSS_SELECTOR, ".badge.dup").text == "duplicate of corpus.zip > test.txt"
+
+        driver.find_element(By.LINK_TEXT, "test.txt").click()
+        WebDriverWait(driver, 10, 0.2).until(lambda d: d.find_elements(By.ID, "yara"))
+        yara = driver.find_element(By.ID, "yara")
+        assert yara.find_element(By.CSS_SELECTOR, ".badge.hit").text == RULE_NAME
+        assert "description: the corpus text" in yara.text
+        rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in yara.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        assert rows == [["$a", str(text.index(NEEDLE)), NEEDLE.decode()]]
+        assert driver.find_element(By.CSS_SELECTOR, "dl.facts").text.count(sha256(text)) == 1
+    finally:
+        driver.quit()
