@@ -108,11 +108,12 @@ RULE = f'rule {RULE_NAME} {{ meta: description = "the corpus text" strings: $a =
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[browser.Server]:
-    """``stoq serve`` with tokens (embedded, SQLite), and a YARA rule file for the corpus's lorem text."""
+def server(tmp_path_factory: pytest.TempPathFactory, testplugins_site: Path) -> Iterator[browser.Server]:
+    """``stoq serve`` with tokens (embedded, SQLite), a YARA rule file for the corpus's lorem text, and
+    the test plugins (``napper`` makes a scan last long enough to be seen pending)."""
     home = tmp_path_factory.mktemp("serve")
     (home / "rules.yar").write_text(RULE)
-    srv = browser.Server(home)
+    srv = browser.Server(home, env={"PYTHONPATH": str(testplugins_site)})
     srv.token = srv.stoq("tokens", "create", "analyst").stdout.strip()  # type: ignore[attr-defined]
     with srv.start():
         yield srv
@@ -270,14 +271,16 @@ def _gzip_name(data: bytes) -> str:
 
 @pytest.mark.skipif(browser.browser_missing() is not None, reason=str(browser.browser_missing()))
 def test_browser_submits_a_corpus_zip_and_finds_the_yara_hit(server: browser.Server, tmp_path: Path) -> None:
-    """Debian's Chromium: sign in, submit a zip of corpus files through the form, wait for the tree
-    (the page reloads itself), open a child, find the YARA hit."""
+    """Debian's Chromium: sign in, submit a zip of corpus files through the form, see the scan pending
+    (a member makes ``napper`` sleep 2 s), wait for the tree (the page reloads itself), open a child,
+    find the YARA hit."""
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     text, gz = (CORPUS / "test.txt").read_bytes(), (CORPUS / "test.gz").read_bytes()
-    members = {"test.txt": text, "nested/test.gz": gz, HOSTILE: b"just text\n", "copy-of-test.txt": text}
+    members = {"test.txt": text, "nested/test.gz": gz, HOSTILE: b"just text\n", "copy-of-test.txt": text,
+               "nap.txt": b"NAP\n"}
     (tmp_path / "corpus.zip").write_bytes(make_zip(members))
     driver = browser.chrome()
     try:
@@ -287,14 +290,18 @@ def test_browser_submits_a_corpus_zip_and_finds_the_yara_hit(server: browser.Ser
         driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
         assert driver.current_url == server.url + "/ui/submit"
         driver.find_element(By.ID, "file").send_keys(str(tmp_path / "corpus.zip"))
-        driver.find_element(By.ID, "workers").send_keys("yara")
-        driver.find_element(By.ID, "options").send_keys(f"yara.rules={server.home / 'rules.yar'}")
+        driver.find_element(By.ID, "workers").send_keys("yara,napper")
+        driver.find_element(By.ID, "options").send_keys(f"yara.rules={server.home / 'rules.yar'}\nnapper.seconds=2")
         driver.find_element(By.ID, "submit").click()
         assert re.fullmatch(re.escape(server.url) + r"/ui/scans/[0-9a-f-]{36}", driver.current_url)
+        assert driver.find_element(By.TAG_NAME, "h1").text == "Scan pending"
+        refresh = driver.find_element(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]').get_attribute("content")
+        assert refresh == str(pages.REFRESH_SECONDS)
         WebDriverWait(driver, 30, 0.2).until(lambda d: d.find_elements(By.ID, "tree"))
+        assert driver.find_elements(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]') == []
 
         names = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#tree a.name")]
-        assert names == ["corpus.zip", "test.txt", "nested/test.gz", _gzip_name(gz), HOSTILE, "copy-of-test.txt"]
+        assert names == ["corpus.zip", "test.txt", "nested/test.gz", _gzip_name(gz), HOSTILE, "copy-of-test.txt", "nap.txt"]
         assert driver.find_elements(By.TAG_NAME, "script") == []
         with pytest.raises(NoAlertPresentException):
             driver.switch_to.alert.text
