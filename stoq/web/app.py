@@ -45,7 +45,7 @@ def create_app(settings: Settings, *, no_auth: bool = False, service: Service | 
         svc.close()
 
     app = FastAPI(title="stoq", version=stoq.__version__, description=DESCRIPTION, lifespan=lifespan,
-                  docs_url="/api/docs", redoc_url=None, openapi_url="/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # no Swagger UI: it loads scripts from a CDN
     app.state.settings = settings
     app.state.service = svc
     app.state.no_auth = no_auth

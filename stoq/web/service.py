@@ -33,7 +33,9 @@ import orjson
 from sqlalchemy import text as sql
 
 from stoq import ledger
-from stoq.config import ConfigError, Settings, did_you_mean, parse_plugin_options
+from pydantic import ValidationError
+
+from stoq.config import ConfigError, Settings, did_you_mean, parse_plugin_options, validation_message
 from stoq.model import new_id, text
 from stoq.search import Query, search
 from stoq.store import Store
@@ -136,6 +138,7 @@ class Service:
         self._children: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._registry: Any = None
         if self.mode == "embedded":
             self._settle_orphans()
 
@@ -144,14 +147,17 @@ class Service:
     def profile(self, workers: str | None = None, options: Iterable[str] = (), max_depth: int | None = None) -> Settings:
         """The server's settings with a submission's ``workers`` and ``-o``-style ``options``; an
         option for a plugin that is not installed, or a bad value, is a ``UsageError``."""
-        from stoq.registry import Registry
+        from stoq.config import absolute
+        from stoq.registry import Registry, path_options
 
         options = [o for o in options if o]
         try:
             given = parse_plugin_options(options)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        registry = Registry.discover()
+        if self._registry is None:
+            self._registry = Registry.discover()  # the plugins installed when the server started
+        registry = self._registry
         for plugin in given:
             if plugin not in registry.entries:
                 raise UsageError(f"-o {plugin}...: no plugin {plugin!r} is installed{did_you_mean(plugin, registry.entries)}")
@@ -167,12 +173,16 @@ class Service:
             data["max_depth"] = max_depth
         plugins = {name: dict(values) for name, values in data["plugins"].items()}
         for name, values in given.items():
-            plugins.setdefault(name, {}).update(values)
+            entry = registry.entries[name]
+            paths = path_options(entry.cls) if entry.cls is not None else frozenset()
+            # a relative path means the server's working directory, wherever the plugin runs
+            plugins.setdefault(name, {}).update({k: absolute(v, Path.cwd()) if k in paths else v
+                                                 for k, v in values.items()})
         data["plugins"] = plugins
         try:
             return Settings.model_validate(data)
-        except Exception as exc:  # pydantic's ValidationError: a value the setting refuses
-            raise UsageError(str(exc)) from None
+        except ValidationError as exc:  # a value the setting refuses
+            raise UsageError(validation_message(exc, None, Settings.model_fields)) from None
 
     @staticmethod
     def meta(pairs: Iterable[str] | dict[str, str] | None) -> dict[str, str]:
@@ -236,18 +246,20 @@ class Service:
             job.write_bytes(orjson.dumps({
                 "parent": os.getpid(), "settings": settings.model_dump(mode="json"),
                 "roots": [{"path": str(r.path), "scan_id": r.scan_id, "meta": r.meta, "shown": r.shown} for r in roots]}))
-            child = subprocess.Popen([sys.executable, "-m", "stoq.web.runner", str(job)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            with self._lock:
-                self._children.add(child)
-            try:
-                _, err = child.communicate()
-            finally:
+            with open(work / "stderr", "w+b") as err:
+                child = subprocess.Popen([sys.executable, "-m", "stoq.web.runner", str(job)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err)
                 with self._lock:
-                    self._children.discard(child)
+                    self._children.add(child)
+                try:
+                    child.wait()
+                finally:
+                    with self._lock:
+                        self._children.discard(child)
+                err.seek(max(0, err.seek(0, os.SEEK_END) - 16 * MAX_ERROR))  # its last words only
+                said = err.read().decode("utf-8", "replace")
             shown = {str(r.path): r.shown or "" for r in roots}
-            lines = [line for line in err.decode("utf-8", "replace").splitlines()
-                     if line.strip() and "document(s) stored" not in line]
+            lines = [line for line in said.splitlines() if line.strip() and "document(s) stored" not in line]
             why = "\n".join(lines)
             for path, name in shown.items():
                 why = why.replace(path, name)
@@ -293,6 +305,9 @@ class Service:
         row = ledger.status(self.store, scan_id)
         doc = self.store.get(scan_id)
         if doc is not None:
+            if row is not None and row["state"] == ledger.PENDING:  # stored before the ledger heard of it
+                ledger.settle(self.store, [scan_id], {})
+                row = ledger.status(self.store, scan_id)
             return ScanView(scan_id, ledger.FINISHED, doc, _iso(row["submitted_at"]) if row else None,
                             _iso(row["finished_at"]) if row else None)
         if row is None:
