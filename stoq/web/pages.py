@@ -334,21 +334,23 @@ def scan_page(request: Request, scan_id: str) -> Response:
     return _render(request, visit, "scan.html", view=pagemodel.page_tree(status.document), scan_id=scan_id)
 
 
-def _stored(request: Request, visit: Visit, scan_id: str) -> tuple[pagemodel.PageTree | None, Response | None]:
+def _stored(request: Request, scan_id: str) -> tuple[Visit, pagemodel.PageTree | None, Response | None]:
+    """The visit and the tree of a stored scan; or, instead of the tree, the answer to send (sign in
+    first, no such scan)."""
+    visit, gate = _gate(request)
+    if gate is not None:
+        return visit, None, gate
     document = _service(request).store.get(scan_id)
     if document is None:
-        return None, _message(request, visit, 404, "No such scan", f"There is no finished scan {scan_id}.")
-    return pagemodel.page_tree(document), None
+        return visit, None, _message(request, visit, 404, "No such scan", f"There is no finished scan {scan_id}.")
+    return visit, pagemodel.page_tree(document), None
 
 
 @router.get("/scans/{scan_id}/payloads/{payload_id}")
 def payload_page(request: Request, scan_id: str, payload_id: str) -> Response:
-    visit, gate = _gate(request)
-    if gate is not None:
-        return gate
-    tree, missing = _stored(request, visit, scan_id)
+    visit, tree, refusal = _stored(request, scan_id)
     if tree is None:
-        return missing  # type: ignore[return-value]
+        return refusal  # type: ignore[return-value]
     node = tree.by_id.get(payload_id)
     if node is None:
         return _message(request, visit, 404, "No such payload", f"Scan {scan_id} has no payload {payload_id}.")
@@ -363,12 +365,9 @@ def payload_page(request: Request, scan_id: str, payload_id: str) -> Response:
 @router.get("/scans/{scan_id}/document.json")
 def document_json(request: Request, scan_id: str) -> Response:
     """The scan document itself (``application/json``, shown as text by a browser: never as HTML)."""
-    visit, gate = _gate(request)
-    if gate is not None:
-        return gate
-    tree, missing = _stored(request, visit, scan_id)
+    visit, tree, refusal = _stored(request, scan_id)
     if tree is None:
-        return missing  # type: ignore[return-value]
+        return refusal  # type: ignore[return-value]
     body = orjson.dumps(tree.document, option=orjson.OPT_INDENT_2)
     return _finish(Response(body, media_type="application/json"), request, visit)
 
@@ -379,12 +378,9 @@ def download(request: Request, scan_id: str, payload_id: str) -> Response:
     serves it (the member named by its sha256)."""
     from stoq.web.download import zipped
 
-    visit, gate = _gate(request)
-    if gate is not None:
-        return gate
-    tree, missing = _stored(request, visit, scan_id)
+    visit, tree, refusal = _stored(request, scan_id)
     if tree is None:
-        return missing  # type: ignore[return-value]
+        return refusal  # type: ignore[return-value]
     node = tree.by_id.get(payload_id)
     try:
         content = None if node is None else _service(request).payload(node.payload["sha256"])
