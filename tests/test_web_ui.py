@@ -181,6 +181,9 @@ def test_sessions_and_csrf(server: browser.Server) -> None:
     elsewhere = anon.post("/ui/login", {"csrf": anon.csrf("/ui/login"), "token": server.token, "next": ""},  # type: ignore[attr-defined]
                           origin="http://evil.example")
     assert elsewhere.status_code == 403
+    opaque = anon.post("/ui/login", {"csrf": anon.csrf("/ui/login"), "token": server.token, "next": ""},  # type: ignore[attr-defined]
+                       origin="null")
+    assert opaque.status_code == 403
 
     bob = server.stoq("tokens", "create", "bob").stdout.strip()
     user = Browser(server)
@@ -322,3 +325,18 @@ def test_browser_submits_a_corpus_zip_and_finds_the_yara_hit(server: browser.Ser
         assert driver.find_element(By.CSS_SELECTOR, "dl.facts").text.count(sha256(text)) == 1
     finally:
         driver.quit()
+
+
+def test_no_auth_pages(tmp_path: Path) -> None:
+    """``--no-auth`` (loopback): no sign-in, ``/`` leads to the pages, the CSRF check stays."""
+    with browser.Server(tmp_path, "--no-auth") as srv:
+        user = Browser(srv)
+        home = user.get("/")
+        assert (home.status_code, home.headers["location"]) == (303, "/ui/submit")
+        assert user.get("/ui/login").headers["location"] == "/ui/submit"
+        page = user.get("/ui/submit")
+        assert page.status_code == 200 and "no authentication" in page.text and "Sign out" not in page.text
+        forged = user.post("/ui/submit", {"csrf": "0" * 64, "workers": "none"}, files=[("file", ("a.txt", b"a"))])
+        assert forged.status_code == 403
+        scan_id = _location_id(user.submit([("a.txt", b"a")], workers="none"))
+        assert '<a class="name" href="/ui/scans/' + scan_id in user.finished(scan_id)

@@ -68,7 +68,8 @@ templates = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-templates.filters.update(shown=pagemodel.shown, shown_lines=pagemodel.shown_lines, size=pagemodel.size_text, plugin_json=pagemodel.plugin_json)
+templates.filters.update(shown=pagemodel.shown, shown_lines=pagemodel.shown_lines, size=pagemodel.size_text,
+                         plugin_json=pagemodel.plugin_json)
 
 
 def install(app: FastAPI) -> None:
@@ -122,22 +123,24 @@ def _visit(request: Request) -> Visit:
 
 
 def _same_origin(request: Request) -> bool:
-    """False when the request says it comes from another origin (``Origin``, else ``Referer``)."""
+    """False when the request says it comes from another site: its ``Origin`` (else its ``Referer``)
+    names another host and port than the one it was sent to (``Host``), or is ``null`` (an opaque
+    origin: a sandboxed frame, a ``data:`` page). Only the host and port are compared, so that a
+    TLS-terminating proxy (https outside, http here) passes when it keeps the ``Host`` header."""
     claimed = request.headers.get("origin") or request.headers.get("referer")
-    if not claimed or claimed == "null":
-        return claimed is None
-    parts = urlsplit(claimed)
-    return (parts.scheme, parts.netloc) == (request.url.scheme, request.url.netloc)
+    if claimed is None:
+        return True  # not a browser's form (browsers send Origin on every POST); the CSRF token decides
+    return claimed != "null" and urlsplit(claimed).netloc == request.url.netloc
 
 
 async def _checked_form(request: Request, visit: Visit) -> Any:
-    """The POSTed form, or None when its origin or CSRF token is wrong."""
+    """The POSTed form, or None when its origin or CSRF token is wrong (the body is not read when the
+    origin or the CSRF cookie already is)."""
+    if not _same_origin(request) or visit.new_csrf:
+        return None
     form = await request.form()
     given = form.get("csrf")
-    if not _same_origin(request) or visit.new_csrf or not isinstance(given, str) \
-            or not hmac.compare_digest(given, visit.csrf()):
-        return None
-    return form
+    return form if isinstance(given, str) and hmac.compare_digest(given, visit.csrf()) else None
 
 
 def _finish(response: Response, request: Request, visit: Visit) -> Response:
