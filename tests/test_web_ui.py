@@ -323,6 +323,8 @@ def test_browser_submits_a_corpus_zip_and_finds_the_yara_hit(server: browser.Ser
         rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in yara.find_elements(By.CSS_SELECTOR, "tbody tr")]
         assert rows == [["$a", str(text.index(NEEDLE)), NEEDLE.decode()]]
         assert driver.find_element(By.CSS_SELECTOR, "dl.facts").text.count(sha256(text)) == 1
+        link = driver.find_element(By.ID, "download").get_attribute("href")
+        assert link == driver.current_url + "/download"
     finally:
         driver.quit()
 
