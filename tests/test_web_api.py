@@ -327,16 +327,42 @@ def test_the_committed_openapi_schema_is_the_served_one(server: Server, token: s
         "regenerate: .venv/bin/python -m stoq.web.app openapi > docs/openapi.json"
 
 
-def test_no_auth_is_refused_off_loopback(tmp_path: Path) -> None:
-    env = private_env(tmp_path)
+def ledger_row(work: Path, scan_id: str) -> tuple[str, str | None]:
+    import sqlite3
+
+    db = sqlite3.connect(work / "stoq.db")
+    try:
+        return db.execute("SELECT state, error FROM scan_ledger WHERE scan_id = ?", (scan_id,)).fetchone()
+    finally:
+        db.close()
+
+
+def test_no_auth_only_on_loopback_and_scans_a_stopped_server_leaves_fail(tmp_path: Path, testplugins_site: Path) -> None:
+    env = private_env(tmp_path) | {"PYTHONPATH": str(testplugins_site)}
     refused = subprocess.run([str(BIN / "stoq"), "serve", "--host", "0.0.0.0", "--no-auth"], env=env,
                              capture_output=True, timeout=60)
     assert refused.returncode == 2 and b"--no-auth is refused on 0.0.0.0" in refused.stderr
+
+    def sleeping_scan(front: Server) -> str:
+        answer = front.post("/api/scans", None, files={"file": ("s.txt", b"SLEEP")}, data={"workers": "sleeper"})
+        assert answer.status_code == 202, answer.text
+        return answer.json()["scans"][0]["scan_id"]
+
     local = serve(tmp_path, env, "--no-auth")
+    killed = sleeping_scan(local)  # no token needed
+    time.sleep(0.3)
+    local.proc.kill()  # SIGKILL: nothing settles the scan; its scanning process dies with the server
+    local.proc.wait()
+    assert ledger_row(tmp_path, killed) == ("pending", None)
+    local = serve(tmp_path, env, "--no-auth")  # the next start fails it
     try:
-        assert local.get("/api/scans", None).status_code == 200
+        assert ledger_row(tmp_path, killed) == ("failed", "the server stopped before the scan finished")
+        assert local.get(f"/api/scans/{killed}", None).json()["state"] == "failed"
+        stopped = sleeping_scan(local)
+        time.sleep(0.3)
     finally:
-        assert local.stop() == 143
+        assert local.stop() == 143  # SIGTERM: a clean shutdown, which stops the scan
+    assert ledger_row(tmp_path, stopped) == ("failed", "the server stopped before the scan finished")
 
 
 def test_a_submission_through_the_cluster(tmp_path: Path, testplugins_site: Path, server: Server, token: str,

@@ -58,12 +58,15 @@ class Token:
     revoked_at: datetime | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"token_id": self.token_id, "name": self.name, "created_at": _iso(self.created_at),
-                "revoked_at": _iso(self.revoked_at) if self.revoked_at else None}
+        return {"token_id": self.token_id, "name": self.name, "created_at": iso(self.created_at),
+                "revoked_at": iso(self.revoked_at)}
 
 
-def _iso(moment: datetime) -> str:
-    if moment.tzinfo is None:  # SQLite gives naive UTC back
+def iso(moment: datetime | None) -> str | None:
+    """A stored time as ISO 8601 UTC with ``Z`` (SQLite gives naive UTC back); None as None."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 

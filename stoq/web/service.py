@@ -25,7 +25,6 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
@@ -40,6 +39,7 @@ from stoq.model import new_id, text
 from stoq.search import Query, search
 from stoq.store import Store
 from stoq.submission import MetaError, Root, check_meta, parse_meta
+from stoq.web.auth import iso as _iso
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ EMBEDDED = "web-embedded"
 #: Longest ``error`` kept from the scanning process's messages.
 MAX_ERROR = 2000
 COPY_CHUNK = 1 << 20
+#: The ``error`` of an embedded scan whose server stopped (or died) before it was stored.
+STOPPED = "the server stopped before the scan finished"
 
 
 class UsageError(ValueError):
@@ -117,14 +119,6 @@ def spool(stream: BinaryIO, directory: Path, index: int, filename: str | None) -
             out.write(chunk)
             size += len(chunk)
     return Upload(client_filename(filename), path, digest.hexdigest(), size)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class Service:
@@ -240,7 +234,7 @@ class Service:
         why = ""
         try:
             if self._closed:
-                why = "the server stopped before the scan began"
+                why = STOPPED
                 return
             job = work / "job.json"
             job.write_bytes(orjson.dumps({
@@ -263,7 +257,9 @@ class Service:
             why = "\n".join(lines)
             for path, name in shown.items():
                 why = why.replace(path, name)
-            if not why:
+            if self._closed and child.returncode != 0:
+                why = STOPPED
+            elif not why:
                 why = f"the scanning process ended with exit code {child.returncode}"
         except Exception as exc:  # noqa: BLE001  (whatever it was, the scans must not stay pending)
             log.exception("embedded scan failed")
@@ -286,8 +282,7 @@ class Service:
         orphans = [scan_id for scan_id, profile in rows if isinstance(profile, dict) and profile.get("mode") == EMBEDDED]
         if orphans:
             stored = set(self._stored(orphans))
-            ledger.settle(self.store, sorted(stored), {i: "the server stopped before the scan finished"
-                                                       for i in orphans if i not in stored})
+            ledger.settle(self.store, sorted(stored), {i: STOPPED for i in orphans if i not in stored})
 
     def _stored(self, scan_ids: list[str]) -> list[str]:
         if not scan_ids:
