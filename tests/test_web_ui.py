@@ -277,7 +277,7 @@ def test_browser_submits_a_corpus_zip_and_finds_the_yara_hit(server: browser.Ser
     """Debian's Chromium: sign in, submit a zip of corpus files through the form, see the scan pending
     (a member makes ``napper`` sleep 2 s), wait for the tree (the page reloads itself), open a child,
     find the YARA hit."""
-    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.common.exceptions import NoAlertPresentException, TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -291,16 +291,21 @@ def test_browser_submits_a_corpus_zip_and_finds_the_yara_hit(server: browser.Ser
         assert driver.current_url == server.url + "/ui/login?next=%2Fui%2Fsubmit"
         driver.find_element(By.ID, "token").send_keys(server.token)  # type: ignore[attr-defined]
         driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
-        assert driver.current_url == server.url + "/ui/submit"
+        WebDriverWait(driver, 10, 0.1).until(lambda d: d.current_url == server.url + "/ui/submit")
         driver.find_element(By.ID, "file").send_keys(str(tmp_path / "corpus.zip"))
         driver.find_element(By.ID, "workers").send_keys("yara,napper")
         driver.find_element(By.ID, "options").send_keys(f"yara.rules={server.home / 'rules.yar'}\nnapper.seconds=2")
         driver.find_element(By.ID, "submit").click()
-        assert re.fullmatch(re.escape(server.url) + r"/ui/scans/[0-9a-f-]{36}", driver.current_url)
+        scan_page = re.compile(re.escape(server.url) + r"/ui/scans/[0-9a-f-]{36}")
+        WebDriverWait(driver, 10, 0.1).until(lambda d: scan_page.fullmatch(d.current_url))
         assert driver.find_element(By.TAG_NAME, "h1").text == "Scan pending"
         refresh = driver.find_element(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]').get_attribute("content")
         assert refresh == str(pages.REFRESH_SECONDS)
-        WebDriverWait(driver, 30, 0.2).until(lambda d: d.find_elements(By.ID, "tree"))
+        try:
+            WebDriverWait(driver, 60, 0.2).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#tree, .status.failed"))
+        except TimeoutException:
+            pytest.fail(f"no tree after 60 s: {driver.current_url}\n{driver.page_source}\n{server.log.read_text()[-3000:]}")
+        assert driver.find_elements(By.ID, "tree"), driver.find_element(By.TAG_NAME, "main").text
         assert driver.find_elements(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]') == []
 
         names = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#tree a.name")]
@@ -316,7 +321,7 @@ def test_browser_submits_a_corpus_zip_and_finds_the_yara_hit(server: browser.Ser
         assert nodes["copy-of-test.txt"].find_element(By.CSS_SELECTOR, ".badge.dup").text == "duplicate of corpus.zip > test.txt"
 
         driver.find_element(By.LINK_TEXT, "test.txt").click()
-        WebDriverWait(driver, 10, 0.2).until(lambda d: d.find_elements(By.ID, "yara"))
+        WebDriverWait(driver, 10, 0.1).until(lambda d: d.find_elements(By.ID, "yara"))
         yara = driver.find_element(By.ID, "yara")
         assert yara.find_element(By.CSS_SELECTOR, ".badge.hit").text == RULE_NAME
         assert "description: the corpus text" in yara.text
