@@ -17,7 +17,7 @@ from helpers import CORPUS, make_zip, sha256
 
 pytest.importorskip("fastapi", reason="the web extra: pip install 'stoq-analysis[web]'")
 
-from stoq.web import pagemodel, pages  # noqa: E402
+from stoq.web import pagemodel, pages, session  # noqa: E402
 
 HOSTILE = "<script>alert(1)</script>.txt"  # a member name (a root's name loses what precedes its last /)
 HOSTILE_ROOT = "<img src=x onerror=alert(1)>.txt"
@@ -95,9 +95,9 @@ def test_size_text() -> None:
 
 
 def test_local_redirects_only() -> None:
-    assert pages._local("/ui/scans/x?a=1") == "/ui/scans/x?a=1"
+    assert session.local("/ui/scans/x?a=1") == "/ui/scans/x?a=1"
     for target in ("//evil.example/ui/", "https://evil.example/", "/ui\\..", "/api/scans", ""):
-        assert pages._local(target) == "/ui/submit", target
+        assert session.local(target) == "/ui/submit", target
 
 
 # ----------------------------------------------------------------------------- a real stoq serve
@@ -167,7 +167,7 @@ def test_sessions_and_csrf(server: browser.Server) -> None:
     anon = Browser(server)
     gate = anon.get("/ui/search?yara=x")
     assert (gate.status_code, gate.headers["location"]) == (303, "/ui/login?next=%2Fui%2Fsearch%3Fyara%3Dx")
-    for name, value in pages._HEADERS.items():
+    for name, value in session.HEADERS.items():
         assert gate.headers[name] == value
     assert anon.get("/").status_code == 401  # outside /ui, the API's Bearer gate
     css = anon.get("/ui/static/stoq.css")

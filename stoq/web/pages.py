@@ -3,13 +3,9 @@ from the package; no JavaScript): submit files, watch a scan until it is finishe
 tree and each plugin's output, search past scans, download a payload zipped with the password
 ``infected``.
 
-Browser sessions. The API takes a Bearer token; a browser cannot send one on a link or a form, so
-``/ui/login`` takes the token once and keeps it in a cookie (``stoq_session``: HttpOnly, so no script
-reads it; SameSite=Strict, so no other site's page, link or form sends it; Secure behind HTTPS). Every
-request checks it like an API token (revoking the token ends the session). With ``--no-auth`` (loopback
-only) there is no sign-in. Every POST (submit, sign in, sign out) also carries a CSRF token, an HMAC of
-the session under a random per-browser cookie (``stoq_csrf``), and is refused when its ``Origin`` is
-another site's. Responses carry a Content-Security-Policy that allows no script at all.
+Browser sessions (the API token in an HttpOnly, SameSite=Strict cookie; a CSRF token in every form;
+no script allowed by the Content-Security-Policy) are :mod:`stoq.web.session`'s; with ``--no-auth``
+(loopback only) there is no sign-in.
 
 Everything a file controls (names, MIME types, flags, plugin output, error messages) is HTML-escaped by
 the templates' autoescape, after :func:`stoq.web.pagemodel.shown` has made invisible characters (bidi
@@ -18,15 +14,12 @@ overrides, controls) visible.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import jinja2
 import orjson
@@ -36,15 +29,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from stoq.search import Query, parse_when
-from stoq.web import pagemodel
-from stoq.web.auth import TokenBook
+from stoq.web import pagemodel, session
 from stoq.web.service import Service, Unavailable, UsageError, spool
 
 __all__ = ["PREFIX", "install", "router"]
 
-PREFIX = "/ui"
-SESSION_COOKIE = "stoq_session"
-CSRF_COOKIE = "stoq_csrf"
+PREFIX = session.PREFIX
 #: Seconds between reloads of a scan page while the scan runs.
 REFRESH_SECONDS = 2
 PAGE_SIZE = 25
@@ -52,14 +42,6 @@ TLP_LEVELS = ("clear", "green", "amber", "amber+strict", "red")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _HERE = Path(__file__).resolve().parent
 _STATIC = {"stoq.css": "text/css; charset=utf-8"}
-_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-}
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 templates = jinja2.Environment(
@@ -81,96 +63,30 @@ def install(app: FastAPI) -> None:
         return RedirectResponse(f"{PREFIX}/submit", status_code=303)
 
 
-# ------------------------------------------------------------------------------------ sessions, CSRF
-
-
-@dataclass
-class Visit:
-    """Who is asking: whether the server checks tokens, the session token (None without one), the
-    browser's CSRF secret and whether it must be set."""
-
-    auth_required: bool
-    token: str | None
-    csrf_secret: str
-    new_csrf: bool
-
-    @property
-    def signed_in(self) -> bool:
-        return self.token is not None
-
-    def csrf(self) -> str:
-        """The form token: binds the browser's secret to its session."""
-        return hmac.new(self.csrf_secret.encode(), b"stoq-csrf|" + (self.token or "").encode(), hashlib.sha256).hexdigest()
-
-
 def _service(request: Request) -> Service:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-def _token_valid(request: Request, secret: str) -> bool:
-    """Whether ``secret`` is a live API token (checked at every request: revoking it ends the session)."""
-    return TokenBook(_service(request).store).verify(secret) is not None
-
-
-def _visit(request: Request) -> Visit:
-    required = not request.app.state.no_auth
-    token = request.cookies.get(SESSION_COOKIE)
-    if not required or not token or not _token_valid(request, token):
-        token = None
-    secret = request.cookies.get(CSRF_COOKIE)
-    fresh = not secret or len(secret) < 32
-    return Visit(required, token, secrets.token_urlsafe(32) if fresh else str(secret), fresh)
-
-
-def _same_origin(request: Request) -> bool:
-    """False when the request says it comes from another site: its ``Origin`` (else its ``Referer``)
-    names another host and port than the one it was sent to (``Host``), or is ``null`` (an opaque
-    origin: a sandboxed frame, a ``data:`` page). Only the host and port are compared, so that a
-    TLS-terminating proxy (https outside, http here) passes when it keeps the ``Host`` header."""
-    claimed = request.headers.get("origin") or request.headers.get("referer")
-    if claimed is None:
-        return True  # not a browser's form (browsers send Origin on every POST); the CSRF token decides
-    return claimed != "null" and urlsplit(claimed).netloc == request.url.netloc
-
-
-async def _checked_form(request: Request, visit: Visit) -> Any:
-    """The POSTed form, or None when its origin or CSRF token is wrong (the body is not read when the
-    origin or the CSRF cookie already is)."""
-    if not _same_origin(request) or visit.new_csrf:
-        return None
-    form = await request.form()
-    given = form.get("csrf")
-    return form if isinstance(given, str) and hmac.compare_digest(given, visit.csrf()) else None
-
-
-def _finish(response: Response, request: Request, visit: Visit) -> Response:
-    response.headers.update(_HEADERS)
-    if visit.new_csrf:
-        response.set_cookie(CSRF_COOKIE, visit.csrf_secret, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https", path=PREFIX)
-    return response
-
-
-def _render(request: Request, visit: Visit, name: str, status: int = 200, **context: Any) -> Response:
+def _render(request: Request, visit: session.Visit, name: str, status: int = 200, **context: Any) -> Response:
     html = templates.get_template(name).render(
         ui=PREFIX, static_url=f"{PREFIX}/static/stoq.css", version=_version(),
         auth_mode="token" if visit.auth_required else "none", signed_in=visit.signed_in,
         csrf=visit.csrf(), nav=context.pop("nav", ""), **context)
-    return _finish(HTMLResponse(html, status_code=status), request, visit)
+    return session.finish(HTMLResponse(html, status_code=status), request, visit)
 
 
-def _message(request: Request, visit: Visit, status: int, heading: str, message: str) -> Response:
+def _message(request: Request, visit: session.Visit, status: int, heading: str, message: str) -> Response:
     return _render(request, visit, "message.html", status=status, heading=heading, message=message)
 
 
-def _login_redirect(request: Request, visit: Visit) -> Response:
+def _login_redirect(request: Request, visit: session.Visit) -> Response:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return _finish(RedirectResponse(f"{PREFIX}/login?{urlencode({'next': target})}", status_code=303), request, visit)
+    return session.finish(RedirectResponse(f"{PREFIX}/login?{urlencode({'next': target})}", status_code=303), request, visit)
 
 
-def _gate(request: Request) -> tuple[Visit, Response | None]:
+def _gate(request: Request) -> tuple[session.Visit, Response | None]:
     """The visit, and the response to send instead of the page when it must sign in first."""
-    visit = _visit(request)
+    visit = session.visit_of(request)
     if visit.auth_required and not visit.signed_in:
         return visit, _login_redirect(request, visit)
     return visit, None
@@ -197,51 +113,43 @@ def static(name: str) -> Response:
 
 @router.get("/login")
 def login_form(request: Request, next: str = "") -> Response:
-    visit = _visit(request)
+    visit = session.visit_of(request)
     if not visit.auth_required:
-        return _finish(RedirectResponse(f"{PREFIX}/submit", status_code=303), request, visit)
-    return _render(request, visit, "login.html", next=_local(next), message="")
+        return session.finish(RedirectResponse(f"{PREFIX}/submit", status_code=303), request, visit)
+    return _render(request, visit, "login.html", next=session.local(next), message="")
 
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    visit = await run_in_threadpool(_visit, request)
-    form = await _checked_form(request, visit)
+    visit = await run_in_threadpool(session.visit_of, request)
+    form = await session.checked_form(request, visit)
     if form is None:
         return _render(request, visit, "login.html", status=403, next="", message="The form had expired: please sign in again.")
     token = str(form.get("token", "")).strip()
-    target = _local(str(form.get("next", "")))
+    target = session.local(str(form.get("next", "")))
     if not visit.auth_required:
-        return _finish(RedirectResponse(target, status_code=303), request, visit)
-    if not token or not await run_in_threadpool(_token_valid, request, token):
+        return session.finish(RedirectResponse(target, status_code=303), request, visit)
+    if not token or not await run_in_threadpool(session.token_valid, request, token):
         return _render(request, visit, "login.html", status=401, next=target, message="This token is not valid.")
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/")
-    return _finish(response, request, visit)
+    session.sign_in(response, request, token)
+    return session.finish(response, request, visit)
 
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    visit = await run_in_threadpool(_visit, request)
-    if await _checked_form(request, visit) is None:
+    visit = await run_in_threadpool(session.visit_of, request)
+    if await session.checked_form(request, visit) is None:
         return _message(request, visit, 403, "Not signed out", "The form had expired: reload the page and try again.")
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/")
-    return _finish(response, request, visit)
-
-
-def _local(target: str) -> str:
-    """A redirect target inside the pages only (never another site: ``//evil``, ``https://...``)."""
-    if target.startswith(PREFIX + "/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return f"{PREFIX}/submit"
+    session.sign_out(response)
+    return session.finish(response, request, visit)
 
 
 @router.get("")
 @router.get("/")
 def home(request: Request) -> Response:
-    return _finish(RedirectResponse(f"{PREFIX}/submit", status_code=303), request, _visit(request))
+    return session.finish(RedirectResponse(f"{PREFIX}/submit", status_code=303), request, session.visit_of(request))
 
 
 @router.get("/submit")
@@ -266,7 +174,7 @@ class _SubmitForm:
         return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _submit_page(request: Request, visit: Visit, status: int, form: _SubmitForm, message: str = "") -> Response:
+def _submit_page(request: Request, visit: session.Visit, status: int, form: _SubmitForm, message: str = "") -> Response:
     from stoq.registry import Registry
 
     workers = sorted(name for name, entry in Registry.discover().entries.items() if entry.category == "worker")
@@ -278,10 +186,10 @@ def _submit_page(request: Request, visit: Visit, status: int, form: _SubmitForm,
 @router.post("/submit")
 async def submit(request: Request) -> Response:
     """The form's files, one scan each, as ``POST /api/scans`` takes them; then the scan's page."""
-    visit = await run_in_threadpool(_visit, request)
+    visit = await run_in_threadpool(session.visit_of, request)
     if visit.auth_required and not visit.signed_in:
         return _login_redirect(request, visit)
-    form = await _checked_form(request, visit)
+    form = await session.checked_form(request, visit)
     if form is None:
         return await run_in_threadpool(_submit_page, request, visit, 403, _SubmitForm(),
                                        "The form had expired: please submit again.")
@@ -290,7 +198,7 @@ async def submit(request: Request) -> Response:
     return await run_in_threadpool(_submitted, request, visit, fields, uploads)
 
 
-def _submitted(request: Request, visit: Visit, fields: _SubmitForm, uploads: list[UploadFile]) -> Response:
+def _submitted(request: Request, visit: session.Visit, fields: _SubmitForm, uploads: list[UploadFile]) -> Response:
     if not uploads:
         return _submit_page(request, visit, 400, fields, "Choose at least one file.")
     service = _service(request)
@@ -311,7 +219,7 @@ def _submitted(request: Request, visit: Visit, fields: _SubmitForm, uploads: lis
         shutil.rmtree(directory, ignore_errors=True)
         raise
     if len(made) == 1:
-        return _finish(RedirectResponse(f"{PREFIX}/scans/{made[0].scan_id}", status_code=303), request, visit)
+        return session.finish(RedirectResponse(f"{PREFIX}/scans/{made[0].scan_id}", status_code=303), request, visit)
     return _render(request, visit, "submitted.html", nav="submit", scans=[(m.scan_id, m.filename) for m in made])
 
 
@@ -337,7 +245,7 @@ def scan_page(request: Request, scan_id: str) -> Response:
     return _render(request, visit, "scan.html", view=pagemodel.page_tree(status.document), scan_id=scan_id)
 
 
-def _stored(request: Request, scan_id: str) -> tuple[Visit, pagemodel.PageTree | None, Response | None]:
+def _stored(request: Request, scan_id: str) -> tuple[session.Visit, pagemodel.PageTree | None, Response | None]:
     """The visit and the tree of a stored scan; or, instead of the tree, the answer to send (sign in
     first, no such scan)."""
     visit, gate = _gate(request)
@@ -372,7 +280,7 @@ def document_json(request: Request, scan_id: str) -> Response:
     if tree is None:
         return refusal  # type: ignore[return-value]
     body = orjson.dumps(tree.document, option=orjson.OPT_INDENT_2)
-    return _finish(Response(body, media_type="application/json"), request, visit)
+    return session.finish(Response(body, media_type="application/json"), request, visit)
 
 
 @router.get("/scans/{scan_id}/payloads/{payload_id}/download")
@@ -394,7 +302,7 @@ def download(request: Request, scan_id: str, payload_id: str) -> Response:
     sha256 = node.payload["sha256"]
     response = Response(zipped(sha256, content), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{sha256}.zip"'})
-    return _finish(response, request, visit)
+    return session.finish(response, request, visit)
 
 
 @dataclass
