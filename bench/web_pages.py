@@ -16,7 +16,7 @@ from typing import Any
 from _timing import median
 from stoq.web import pagemodel, pages
 
-SIZES = (100, 1_000, 10_000)
+SIZES = (99, 999, 9_999)  # children: scans of 100, 1,000 and 10,000 payloads
 
 
 def _payload(pid: str, parent: str | None, name: str, workers: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +40,8 @@ def document(children: int) -> dict[str, Any]:
 def render(doc: dict[str, Any]) -> str:
     return pages.templates.get_template("scan.html").render(
         ui="/ui", static_url="/ui/static/stoq.css", version="bench", auth_mode="none", signed_in=False, csrf="",
-        nav="", view=pagemodel.page_tree(doc), scan_id=doc["scan_id"])
+        nav="", view=pagemodel.page_tree(doc), scan_id=doc["scan_id"], 
+        inline_outputs=doc["payloads"] <= pages.INLINE_OUTPUTS)
 
 
 def main() -> None:

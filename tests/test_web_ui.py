@@ -69,7 +69,7 @@ def test_scan_view_tree() -> None:
 def test_everything_a_file_controls_is_text() -> None:
     doc = _document()
     view = pagemodel.page_tree(doc)
-    scan = _render("scan.html", view=view, scan_id="s-1")
+    scan = _render("scan.html", view=view, scan_id="s-1", inline_outputs=True)
     payload = _render("payload.html", scan_id="s-1", node=view.by_id["a"], ancestors=[view.root])
     for html in (scan, payload):
         assert "<script" not in html and "<img" not in html and "<b>" not in html and "<i>" not in html
@@ -79,6 +79,7 @@ def test_everything_a_file_controls_is_text() -> None:
     assert "ValueError: &lt;img src=x onerror=y()&gt;" in scan
     assert "&lt;i&gt;42&lt;/i&gt;" in scan
     assert "&lt;/pre&gt;&lt;script&gt;x()&lt;/script&gt;" in payload  # in the YARA table and the JSON
+    assert "&lt;/pre&gt;&lt;script&gt;x()&lt;/script&gt;" in scan  # the output shown under its tree node
     assert payload.count("lure&lt;b&gt;") == 2  # the hit's badge, and the rule in the plugin's JSON
 
 

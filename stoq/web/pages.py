@@ -38,6 +38,9 @@ PREFIX = session.PREFIX
 #: Seconds between reloads of a scan page while the scan runs.
 REFRESH_SECONDS = 2
 PAGE_SIZE = 25
+#: A scan page shows each payload's plugin output in place (collapsed) up to this many payloads; past
+#: it, a link to each payload's page (the page stays small).
+INLINE_OUTPUTS = 100
 TLP_LEVELS = ("clear", "green", "amber", "amber+strict", "red")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _HERE = Path(__file__).resolve().parent
@@ -242,7 +245,8 @@ def scan_page(request: Request, scan_id: str) -> Response:
         return _render(request, visit, "scan.html", view=None, scan_id=scan_id, state=status.state,
                        state_text=_STATE_TEXT.get(status.state, status.state), error=status.error,
                        submitted_at=status.submitted_at, refresh=REFRESH_SECONDS if status.state == "pending" else 0)
-    return _render(request, visit, "scan.html", view=pagemodel.page_tree(status.document), scan_id=scan_id)
+    return _render(request, visit, "scan.html", view=pagemodel.page_tree(status.document), scan_id=scan_id,
+                   inline_outputs=status.document["payloads"] <= INLINE_OUTPUTS)
 
 
 def _stored(request: Request, scan_id: str) -> tuple[session.Visit, pagemodel.PageTree | None, Response | None]:
