@@ -93,7 +93,8 @@ def private_env(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_") or k in ("STOQ_TOOL_PATH", "STOQDEV_DEFAULT_WORKERS")}
     env.update(HOME=str(work / "home"), XDG_DATA_HOME=str(work / "data"), XDG_CONFIG_HOME=str(work / "config"),
                STOQ_ARCHIVE=str(work / "archive"), STOQ_DATABASE_URL=f"sqlite:///{work / 'stoq.db'}",
-               STOQ_WEB_MAX_UPLOAD=str(MAX_UPLOAD), STOQ_WEB_RATE_LIMIT=str(RATE))
+               STOQ_WEB_MAX_UPLOAD=str(MAX_UPLOAD), STOQ_WEB_RATE_LIMIT=str(RATE), TMPDIR=str(work / "tmp"))
+    (work / "tmp").mkdir(exist_ok=True)  # uploads are spooled there
     return env
 
 
@@ -238,6 +239,13 @@ def test_no_token_a_wrong_one_and_a_revoked_one_are_refused(server: Server) -> N
     missing = server.get("/api/scans", None)
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     assert server.get("/openapi.json", None).status_code == 401  # every route, the schema too
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)  # a websocket too
+    conn.request("GET", "/api/anything", headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                                  "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                  "Sec-WebSocket-Version": "13"})
+    assert conn.getresponse().status == 403
+    conn.close()
     assert server.get("/api/scans", secret[:-2] + "xx").status_code == 401
     assert requests.get(server.url + "/api/scans", headers={"Authorization": "Basic " + secret}).status_code == 401
     assert server.stoq("tokens", "create", "revokable").returncode == 2  # a live name is not reused
@@ -405,3 +413,20 @@ def test_a_client_file_name_is_data(server: Server, token: str) -> None:
     assert done["document"]["results"][0]["filename"] == "<b onmouseover=alert(1)>.txt"
     raw = server.get(f"/api/scans/{scan_id}", token)
     assert raw.headers["content-type"] == "application/json" and raw.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_rate_limiter_refills_continuously() -> None:
+    from stoq.web.auth import AuthGate, RateLimiter
+
+    now = [100.0]
+    limiter = RateLimiter(6, clock=lambda: now[0])  # 6 per minute: one more every 10 s
+    assert [limiter.take("a") for _ in range(6)] == [0.0] * 6
+    assert limiter.take("a") == pytest.approx(10.0)
+    assert limiter.take("b") == 0.0  # per key
+    now[0] += 7.5
+    assert limiter.take("a") == pytest.approx(2.5)  # three quarters of a request refilled
+    now[0] += 2.5
+    assert limiter.take("a") == 0.0
+    assert RateLimiter(0).take("a") == 0.0  # no limit
+    gate = AuthGate(None, None, limiter, public=("/metrics",))  # type: ignore[arg-type]
+    assert [gate.is_public(p) for p in ("/metrics", "/metrics/x", "/metricsx", "/api/scans")] == [True, True, False, False]
