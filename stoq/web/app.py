@@ -23,7 +23,7 @@ from stoq.web.service import Service
 
 #: Paths served without a token (their answers carry no file data).
 PUBLIC_PATHS: tuple[str, ...] = ("/metrics",
-                                  "/ui")  # the pages check their session cookie themselves (stoq.web.pages)
+                                  "/ui")  # the pages check their session cookie themselves (stoq.web.session)
 
 DESCRIPTION = """stoq's REST API: submit files, follow their scans, read documents and payload trees,
 search the result store, download payloads (zipped, password `infected`).
