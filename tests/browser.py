@@ -4,16 +4,15 @@ tests (tests/test_web_ui.py) and its screenshots (scripts/web-screenshots)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import requests
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -46,19 +45,13 @@ def chrome(width: int = 1280, height: int = 900) -> Any:
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     """``stoq serve`` on a free loopback port, in embedded mode (SQLite and an archive under ``home``)."""
 
     def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.home = home
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0  # known once started
+        self.url = ""
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_") or k == "STOQ_TOOL_PATH"}
         self.env.update({
             "HOME": str(home / "home"), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config"),
@@ -75,21 +68,24 @@ class Server:
                               cwd=self.home, check=True)
 
     def start(self, timeout: float = 20) -> Server:
+        """Starts the server on a port it picks itself (``--port 0``: no race for a free port with
+        other processes), and returns once it said where it listens."""
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([stoq_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                                          *self.args], env=self.env, cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen([stoq_command(), "serve", "--host", "127.0.0.1", "--port", "0", *self.args],
+                                         env=self.env, cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            said = re.search(r"serving the API on http://127\.0\.0\.1:(\d+) ", self.log.read_text())
+            if said:
+                self.port = int(said[1])
+                self.url = f"http://127.0.0.1:{self.port}"
+                return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"stoq serve exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                requests.get(self.url + "/ui/static/stoq.css", timeout=1)
-                return self
-            except requests.ConnectionError:
-                time.sleep(0.1)
+            time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"stoq serve did not answer in {timeout} s: {self.log.read_text()[-2000:]}")
+        raise RuntimeError(f"stoq serve did not start in {timeout} s: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -237,6 +237,21 @@ def test_a_hostile_name_is_text_and_the_download_is_zipped(server: browser.Serve
     assert user.get("/ui/scans/nope").status_code == 404
 
 
+def test_a_failed_scan_says_why_and_stops_reloading(server: browser.Server) -> None:
+    user = Browser(server)
+    user.sign_in(server.token)  # type: ignore[attr-defined]
+    missing = server.home / "missing<i>.yar"
+    scan_id = _location_id(user.submit([("x.txt", b"x")], workers="yara", options=f"yara.rules={missing}"))
+    deadline = time.monotonic() + 30
+    while 'class="status pending"' in (page := user.get(f"/ui/scans/{scan_id}")).text:
+        assert 'http-equiv="refresh"' in page.text and time.monotonic() < deadline
+        time.sleep(0.2)
+    assert page.status_code == 200 and 'class="status failed"' in page.text and 'http-equiv="refresh"' not in page.text
+    assert "missing&lt;i&gt;.yar" in page.text and "<i>" not in page.text
+    gone = user.get(f"/ui/scans/{scan_id}/payloads/x")
+    assert gone.status_code == 404 and f"There is no finished scan {scan_id}." in gone.text
+
+
 def test_search_and_pages(server: browser.Server) -> None:
     user = Browser(server)
     user.sign_in(server.token)  # type: ignore[attr-defined]
