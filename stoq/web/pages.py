@@ -28,6 +28,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from stoq import __version__
 from stoq.search import Query, parse_when
 from stoq.web import pagemodel, session
 from stoq.web.service import Service, Unavailable, UsageError, spool
@@ -72,7 +73,7 @@ def _service(request: Request) -> Service:
 
 def _render(request: Request, visit: session.Visit, name: str, status: int = 200, **context: Any) -> Response:
     html = templates.get_template(name).render(
-        ui=PREFIX, static_url=f"{PREFIX}/static/stoq.css", version=_version(),
+        ui=PREFIX, static_url=f"{PREFIX}/static/stoq.css", version=__version__,
         auth_mode="token" if visit.auth_required else "none", signed_in=visit.signed_in,
         csrf=visit.csrf(), nav=context.pop("nav", ""), **context)
     return session.finish(HTMLResponse(html, status_code=status), request, visit)
@@ -93,12 +94,6 @@ def _gate(request: Request) -> tuple[session.Visit, Response | None]:
     if visit.auth_required and not visit.signed_in:
         return visit, _login_redirect(request, visit)
     return visit, None
-
-
-def _version() -> str:
-    from stoq import __version__
-
-    return __version__
 
 
 # ------------------------------------------------------------------------------------------- routes
