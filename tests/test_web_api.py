@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from helpers import CORPUS, ROOT, make_zip
+from stoq.lifetime import preexec
 from test_cluster import cluster_env, fresh_database, normal, start
 
 BIN = Path(sys.executable).parent
@@ -80,7 +81,8 @@ def serve(work: Path, env: dict[str, str], *args: str) -> Server:
     log = work / "serve.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen([str(BIN / "stoq"), "serve", "--port", "0", *args], env=env, cwd=work,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=preexec())  # dies with pytest, even one killed by a timeout
     deadline = time.monotonic() + 30
     while not (found := re.search(r"serving the API on (http://\S+) ", log.read_text())):
         assert proc.poll() is None, log.read_text()
@@ -311,6 +313,8 @@ def test_bad_submissions_are_400_and_unknown_scans_404(server: Server, token: st
     files = {"file": ("x.txt", b"x")}
     unknown = server.post("/api/scans", token, files=files, data={"option": "nosuch.rules=/x"})
     assert unknown.status_code == 400 and "nosuch" in unknown.json()["detail"]
+    option = server.post("/api/scans", token, files=files, data={"option": "yara.rulez=/x"})
+    assert option.status_code == 400 and "plugin 'yara' has no option 'rulez' (did you mean 'rules'?)" in option.json()["detail"]
     meta = server.post("/api/scans", token, files=files, data={"meta": "Bad Key=1"})
     assert meta.status_code == 400 and "meta key" in meta.json()["detail"]
     assert server.post("/api/scans", token, files=files, data={"meta": "tlp=purple"}).status_code == 400

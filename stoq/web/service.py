@@ -144,7 +144,7 @@ class Service:
         """The server's settings with a submission's ``workers`` and ``-o``-style ``options``; an
         option for a plugin that is not installed, or a bad value, is a ``UsageError``."""
         from stoq.config import absolute
-        from stoq.registry import Registry, path_options
+        from stoq.registry import Registry, make_options, path_options
 
         options = [o for o in options if o]
         try:
@@ -174,6 +174,11 @@ class Service:
             # a relative path means the server's working directory, wherever the plugin runs
             plugins.setdefault(name, {}).update({k: absolute(v, Path.cwd()) if k in paths else v
                                                  for k, v in values.items()})
+            if entry.cls is not None:
+                try:  # an unknown option or a bad value: refused now, not found by the scan
+                    make_options(entry.cls, plugins[name])
+                except ConfigError as exc:
+                    raise UsageError(str(exc)) from None
         data["plugins"] = plugins
         try:
             return Settings.model_validate(data)
