@@ -22,7 +22,8 @@ from stoq.web.auth import AuthGate, BodyLimit, RateLimiter, TokenBook
 from stoq.web.service import Service
 
 #: Paths served without a token (their answers carry no file data).
-PUBLIC_PATHS: tuple[str, ...] = ("/metrics",)
+PUBLIC_PATHS: tuple[str, ...] = ("/metrics",
+                                  "/ui")  # the pages check their session cookie themselves (stoq.web.session)
 
 DESCRIPTION = """stoq's REST API: submit files, follow their scans, read documents and payload trees,
 search the result store, download payloads (zipped, password `infected`).
@@ -56,6 +57,10 @@ def create_app(settings: Settings, *, no_auth: bool = False, service: Service | 
     from stoq.web import export_routes  # GET /api/scans/{id}/export/{stix|misp} (docs/exports.md)
 
     app.include_router(export_routes.router)
+
+    from stoq.web import pages
+
+    pages.install(app)
     # (the HTML pages, /metrics and the exports are included here, each by its own module)
     # ---- end of ROUTERS -------------------------------------------------------------------------
 
