@@ -22,13 +22,17 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from test_cluster import BIN, start
-from test_durability import assert_stored_once, env, query, small_files, wait_finished  # noqa: F401  (env: a fixture)
+from test_cluster import BIN, cluster_env, fresh_database, start
+from test_durability import assert_stored_once, query, small_files, wait_finished
 
 pytestmark = [pytest.mark.durability, pytest.mark.postgres]
 
-#: A plugin slow enough that the faults below land while its tasks run (files containing NAP).
-NAPPER = ("--workers", "napper", "-o", "napper.seconds=0.05")
+DB = "stoq_faults"
+
+#: A plugin slow enough that the faults below land while its tasks run (files containing NAP): 40
+#: files keep a worker's two processes busy for 4 s.
+NAP = 0.2
+NAPPER = ("--workers", "napper", "-o", f"napper.seconds={NAP}")
 
 
 def nap_files(where: Path, count: int) -> list[Path]:
@@ -45,7 +49,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def assert_napped(env: dict[str, str], count: int, seconds: float = 0.05) -> None:
+def assert_napped(env: dict[str, str], count: int, seconds: float = NAP) -> None:
     """Every file got the napper's one answer, ``{"napped": seconds}``."""
     rows = query(env, "SELECT plugin, result::text, count(*) FROM plugin_results GROUP BY plugin, result::text")
     assert rows == [("napper", f'{{"napped": {seconds}}}', count)], rows
@@ -199,6 +203,26 @@ class Gate:
             s.close()
 
 
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def env(tmp_path: Path, testplugins_site: Path, redis_server: PrivateRedis) -> dict[str, str]:
+    """A fresh migrated database and a private Redis (broker: database 0, scans: database 1), so that
+    nothing else on the machine touches them; a short recovery bound."""
+    fresh_database(DB)
+    env = cluster_env(tmp_path, testplugins_site, (0, 1), DB) | {
+        "STOQ_BROKER_URL": redis_server.url(0), "STOQ_RESULT_BACKEND": redis_server.url(1),
+        "STOQ_RECOVER_AFTER": "3", "STOQ_MAX_ATTEMPTS": "3"}
+    upgraded = subprocess.run([str(BIN / "stoq"), "db", "upgrade"], env=env, capture_output=True)
+    assert upgraded.returncode == 0, upgraded.stderr
+    return env
+
+
 # ---------------------------------------------------------------------------------------------- tests
 
 def test_a_warm_shutdown_under_load_loses_no_file(env: dict[str, str], tmp_path: Path) -> None:
@@ -209,9 +233,8 @@ def test_a_warm_shutdown_under_load_loses_no_file(env: dict[str, str], tmp_path:
     files = nap_files(tmp_path / "in", 30)
     first = start(tmp_path, env, "-c", "2")
     lap("worker started")
-    client = subprocess.Popen([str(BIN / "stoq"), "submit", *map(str, files), "--workers", "napper", "-o",
-                               "napper.seconds=0.1", "--no-wait"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+    client = subprocess.Popen([str(BIN / "stoq"), "submit", *map(str, files), *NAPPER, "--no-wait"], env=env,
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     second = None
     try:
         wait_until("no napper task ran", lambda: b"napping" in first.log.read_bytes(), timeout=30, every=0.01)
@@ -228,7 +251,7 @@ def test_a_warm_shutdown_under_load_loses_no_file(env: dict[str, str], tmp_path:
         wait_finished(env, len(files))
         lap("finished")
         assert_stored_once(env, ids, files)
-        assert_napped(env, len(files), 0.1)
+        assert_napped(env, len(files))
         attempts = query(env, "SELECT attempts, count(*) FROM scan_ledger GROUP BY attempts")
         assert attempts == [(1, len(files))]  # nothing was lost: the ledger published nothing again
         assert stored_by_first < len(files)  # the shutdown did land mid-run
@@ -241,23 +264,26 @@ def test_a_warm_shutdown_under_load_loses_no_file(env: dict[str, str], tmp_path:
             second.stop()
 
 
-def test_redis_restarted_with_aof_mid_run_loses_no_file(env: dict[str, str], tmp_path: Path) -> None:
+def test_redis_restarted_with_aof_mid_run_loses_no_file(env: dict[str, str], tmp_path: Path,
+                                                        redis_server: PrivateRedis) -> None:
     """The broker's and the scans' Redis (one private ``redis-server``, AOF) shut down and started
     again while plugin tasks run: its data comes back from the AOF, the tasks and the sweeper retry,
     and every file is stored once, with no error entry."""
     lap = Laps()
-    server = PrivateRedis(tmp_path / "redis")
-    private = env | {"STOQ_BROKER_URL": server.url(0), "STOQ_RESULT_BACKEND": server.url(1)}
-    c = start(tmp_path, private, "-c", "2")
+    server = redis_server
+    files = nap_files(tmp_path / "in", 40)
+    c = start(tmp_path, env, "-c", "2")
     lap("worker started")
+    client = subprocess.Popen([str(BIN / "stoq"), "submit", *map(str, files), *NAPPER, "--no-wait"], env=env,
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        files = nap_files(tmp_path / "in", 40)
-        ids = submitted_ids(c.stoq("submit", *map(str, files), *NAPPER, "--no-wait", timeout=60), len(files))
         wait_until("no napper task ran", lambda: b"napping" in c.log.read_bytes(), timeout=30, every=0.01)
-        lap("submitted")
+        lap("first task")
         server.restart(down=2)
         lap("restarted")
         stored_before = finished_count(env)
+        out, err = client.communicate(timeout=60)
+        ids = submitted_ids(subprocess.CompletedProcess(client.args, client.returncode, out, err), len(files))
         wait_finished(env, len(files), timeout=60)
         lap("finished")
         assert_stored_once(env, ids, files)
@@ -266,8 +292,8 @@ def test_redis_restarted_with_aof_mid_run_loses_no_file(env: dict[str, str], tmp
         print(f"[durability] redis (AOF) restarted: {len(files)} submitted, {stored_before} stored before, "
               f"{len(files)} in all; attempts {attempts}; {lap}")
     finally:
+        client.kill()
         c.stop()
-        server.stop()
 
 
 @pytest.fixture()
@@ -414,13 +440,13 @@ LOAD_FILES = 20_000
 
 
 @pytest.mark.slow
-def test_20000_files_through_one_worker_every_document_stored(env: dict[str, str], tmp_path: Path) -> None:
+def test_20000_files_through_one_worker_every_document_stored(env: dict[str, str], tmp_path: Path,
+                                                             redis_server: PrivateRedis) -> None:
     """20,000 unique small files through ``stoq submit --no-wait`` to one worker (``-c 2``, the
     ``hash`` plugin): every document stored once; the peaks of the broker's memory, the worker's
     resident memory and open files are reported (docs/reliability.md)."""
-    server = PrivateRedis(tmp_path / "redis")
-    private = env | {"STOQ_BROKER_URL": server.url(0), "STOQ_RESULT_BACKEND": server.url(1),
-                     "STOQ_RECOVER_AFTER": "900", "STOQ_MEASURE_MESSAGES": ""}
+    server = redis_server
+    private = env | {"STOQ_RECOVER_AFTER": "900", "STOQ_MEASURE_MESSAGES": ""}
     inputs = tmp_path / "in"
     inputs.mkdir()
     for i in range(LOAD_FILES):
@@ -447,4 +473,3 @@ def test_20000_files_through_one_worker_every_document_stored(env: dict[str, str
     finally:
         sampler.stop()
         c.stop()
-        server.stop()

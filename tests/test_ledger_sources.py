@@ -3,8 +3,8 @@ finished in the ledger by its client; a source that submits again under a scan i
 (dirmon after a restart, intake given a message again) is neither refused nor stored twice; and a
 publish lost after ``stoq dirmon`` or ``stoq intake`` sent it is published again from the ledger.
 
-Real Redis (databases 8 and 9), PostgreSQL and ``celery -A stoq worker`` processes, as
-tests/test_durability.py (whose fixture this module shares)."""
+A private Redis, PostgreSQL and ``celery -A stoq worker`` processes (the fixtures of
+tests/test_durability_services.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import pytest
 import redis
 
 from test_cluster import BIN, start
-from test_durability import env, query, small_files, wait_finished  # noqa: F401  (env: a fixture)
+from test_durability import query, small_files, wait_finished
+from test_durability_services import PrivateRedis, env, redis_server  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.durability, pytest.mark.postgres]
 
@@ -140,20 +141,20 @@ def test_a_publish_lost_after_dirmon_sent_it_is_published_again(env: dict[str, s
     assert "published again 5 lost scan(s)" in c.log.read_text()
 
 
-def test_intake_given_a_message_again_and_losing_its_publish_stores_it_once(env: dict[str, str],
-                                                                            tmp_path: Path) -> None:
+def test_intake_given_a_message_again_and_losing_its_publish_stores_it_once(env: dict[str, str], tmp_path: Path,
+                                                                            redis_server: PrivateRedis) -> None:
     """``stoq intake`` (cluster) takes the same message twice, in two runs, while no worker runs: the
     second is not dead-lettered (its scan id is in the ledger: sent again); the broker then loses the
     publishes, and a worker started afterwards stores the message once, from the ledger."""
     flush(env)
     stream = f"stoq-test-intake-{uuid.uuid4().hex[:8]}"
-    bus = redis.Redis.from_url("redis://127.0.0.1:6379/2")
+    bus = redis.Redis.from_url(redis_server.url(2))
     message = json.dumps({"content_b64": base64.b64encode(b"NAP once\n").decode(), "id": "again"}).encode()
     c = None
     try:
         for _run in range(2):
             bus.xadd(stream, {"message": message})
-            got = stoq(env, tmp_path, "intake", "--from", "redis://127.0.0.1:6379/2", "--queue", stream, "--drain",
+            got = stoq(env, tmp_path, "intake", "--from", redis_server.url(2), "--queue", stream, "--drain",
                        "--consumer", "box", "--workers", "napper")
             assert got.returncode == 0, got.stderr
             assert b"intake: 1 accepted, 0 dead-lettered (stopping)" in got.stderr, got.stderr
