@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from test_cluster import BIN, start
+from test_cluster import BIN
 from test_durability import query, small_files, wait_finished
-from test_durability_services import PrivateRedis, env, redis_server  # noqa: F401  (fixtures)
+from test_durability_services import PrivateRedis, env, redis_server, start  # noqa: F401  (env, redis_server: fixtures)
 
 pytestmark = [pytest.mark.durability, pytest.mark.postgres]
 

@@ -338,9 +338,11 @@ def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pendin
     if settled is not None:
         pipe.delete(st.wave_key(settled))
     pipe.execute()
-    wave.send(app)
+    # Committed: the task must not fail now on a broker hiccup, for its next run (a retry, a
+    # redelivery) finds this wave settled and would send nothing; so the sends retry on their own.
+    retrying("sending the next wave", wave.send, app)
     if docs is None:
-        send_store(app, [s.scan_id for s in finished])
+        retrying("sending to the store", send_store, app, [s.scan_id for s in finished])
     elif finished:
         send_connectors(app, r, finished)
 
