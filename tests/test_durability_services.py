@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from test_cluster import BIN, Cluster, cluster_env, fresh_database
+from test_cluster import start as cluster_start
 from test_durability import assert_stored_once, query, small_files, wait_finished
 
 pytestmark = [pytest.mark.durability, pytest.mark.postgres]
@@ -89,22 +90,8 @@ def wait_until(what: str, check: Any, timeout: float = 60, every: float = 0.05) 
 
 
 def start(work: Path, env: dict[str, str], *args: str, fresh: bool = True) -> Cluster:
-    """``celery -A stoq worker`` with ``args``, as ``test_cluster.start``, but ready once its log says
-    so: no ``celery inspect ping`` round trips (seconds each on a busy machine). ``fresh``: empty the
-    Redis databases first."""
-    for db in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]) if fresh else ():
-        if db.startswith("redis://"):
-            redis.Redis.from_url(db).flushdb()
-    log = work / "worker.log"
-    worker = subprocess.Popen([str(BIN / "celery"), "-A", "stoq", "worker", "-n", f"stoq-{work.name}@%h",
-                               "--without-gossip", "--without-mingle", "-l", "info", "--logfile", str(log), *args],
-                              env=env, cwd=work)
-    deadline = time.monotonic() + 60
-    while not (log.exists() and b" ready." in log.read_bytes()):
-        assert worker.poll() is None, log.read_text() if log.exists() else "worker died"
-        assert time.monotonic() < deadline, "worker did not start"
-        time.sleep(0.05)
-    return Cluster(work, env, worker, log)
+    """``test_cluster.start``, ready once the worker's log says so."""
+    return cluster_start(work, env, *args, fresh=fresh, ready_on_log=True)
 
 
 # ----------------------------------------------------------------------------------- private services
