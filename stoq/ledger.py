@@ -35,19 +35,41 @@ def _now() -> datetime:
 
 
 def record(store: Store, roots: list[dict[str, Any]], profile: dict[str, Any], notify: str | None,
-           verdicts: str | None = None) -> None:
-    """Records a batch of submitted roots (fresh scan ids) as pending, in one transaction."""
+           verdicts: str | None = None) -> dict[str, dict[str, Any]]:
+    """Records a batch of submitted roots as pending, in one transaction. A root whose scan id the
+    ledger holds already (a source submitting again under the same id: dirmon after a restart, a
+    message delivered again to intake) is not recorded twice: returned, scan id -> its row (``state``,
+    ``attempts``, ``error``), for the caller to decide."""
     if not roots:
-        return
+        return {}
     now = _now()
-    rows = [{"scan_id": root["scan_id"], "root_sha256": root["sha256"], "filename": root.get("filename"),
-             "root": root, "profile": profile, "notify": notify, "verdicts": verdicts, "submitted_at": now, "state": PENDING,
-             "attempts": 1, "last_attempt_at": now, "finished_at": None, "error": None} for root in roots]
     try:
         with store.engine.execution_options(stoq_write=True).begin() as conn:
-            conn.execute(insert(L), rows)
+            ids = [root["scan_id"] for root in roots]
+            known = {row["scan_id"]: dict(row) for row in conn.execute(
+                select(L.c.scan_id, L.c.state, L.c.attempts, L.c.error).where(L.c.scan_id.in_(ids))).mappings()}
+            rows = [{"scan_id": root["scan_id"], "root_sha256": root["sha256"], "filename": root.get("filename"),
+                     "root": root, "profile": profile, "notify": notify, "verdicts": verdicts, "submitted_at": now,
+                     "state": PENDING, "attempts": 1, "last_attempt_at": now, "finished_at": None, "error": None}
+                    for root in roots if root["scan_id"] not in known]
+            if rows:
+                conn.execute(_insert_new(store), rows)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot record {len(rows)} submitted scan(s) in the ledger of {store.display}: {exc}") from exc
+        raise StoreError(f"cannot record {len(roots)} submitted scan(s) in the ledger of {store.display}: {exc}") from exc
+    return known
+
+
+def _insert_new(store: Store) -> Any:
+    """INSERT that leaves a row another client recorded meanwhile as it is."""
+    if store.engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(L).on_conflict_do_nothing(index_elements=["scan_id"])
+    if store.engine.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(L).on_conflict_do_nothing(index_elements=["scan_id"])
+    return insert(L)
 
 
 def status(store: Store, scan_id: str) -> dict[str, Any] | None:

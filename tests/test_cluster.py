@@ -68,8 +68,8 @@ def fresh_database(name: str) -> None:
 
 
 def start(work: Path, env: dict[str, str], *args: str, fresh: bool = True) -> Cluster:
-    """`celery -A stoq worker` with ``args``; returns once it answers a ping. ``fresh``: empty the
-    Redis databases first (not for a worker joining a running cluster)."""
+    """`celery -A stoq worker` with ``args``; returns once it is ready (``wait_ready``). ``fresh``: empty
+    the Redis databases first (not for a worker joining a running cluster)."""
     for db in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]) if fresh else ():
         if db.startswith("redis://"):
             redis.Redis.from_url(db).flushdb()

@@ -33,9 +33,10 @@ def collect(self: Any, wave_id: str) -> None:
 
 
 @app.task(name="stoq.connector.store", queue=pipeline.COLLECT_QUEUE, ignore_result=True,
-          autoretry_for=(Exception,), retry_backoff=True, retry_backoff_max=60, max_retries=20)
+          autoretry_for=(Exception,), retry_backoff=True, retry_backoff_max=8, max_retries=60)
 def store(scan_ids: list[str]) -> None:
-    """Saves finished scans to the result store (PostgreSQL) and wakes the waiting client."""
+    """Saves finished scans to the result store (PostgreSQL) and wakes the waiting client. Retried
+    at most 8 s apart (for about 8 min): a database back from an outage is used within seconds."""
     pipeline.store(app, scan_ids)
 
 
