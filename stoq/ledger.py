@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from stoq import metrics
 from stoq.store import Store, StoreError
 from stoq.tables import SCAN_LEDGER as L
 
@@ -48,6 +49,7 @@ def record(store: Store, roots: list[dict[str, Any]], profile: dict[str, Any], n
             conn.execute(insert(L), rows)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot record {len(rows)} submitted scan(s) in the ledger of {store.display}: {exc}") from exc
+    metrics.scans("submitted", len(rows))
 
 
 def status(store: Store, scan_id: str) -> dict[str, Any] | None:
@@ -108,6 +110,7 @@ def fail(store: Store, scan_id: str, attempts: int, why: str) -> bool:
         done = conn.execute(update(L).where(and_(L.c.scan_id == scan_id, L.c.state == PENDING,
                                                  L.c.attempts == attempts))
                             .values(state=FAILED, error=why, finished_at=_now()))
+    metrics.scans(FAILED, done.rowcount)
     return done.rowcount == 1
 
 
@@ -115,5 +118,6 @@ def refuse(store: Store, scan_ids: list[str], why: str) -> None:
     """Scans the workers refused to run (their settings): failed at once, with why; never republished."""
     if scan_ids:
         with store.engine.execution_options(stoq_write=True).begin() as conn:
-            conn.execute(update(L).where(and_(L.c.scan_id.in_(scan_ids), L.c.state == PENDING))
-                         .values(state=FAILED, error=f"refused: {why}", finished_at=_now()))
+            done = conn.execute(update(L).where(and_(L.c.scan_id.in_(scan_ids), L.c.state == PENDING))
+                                .values(state=FAILED, error=f"refused: {why}", finished_at=_now()))
+        metrics.scans(FAILED, done.rowcount)
