@@ -326,7 +326,7 @@ def ledger_counts(store: Any) -> dict[str, int]:
 
     counts = dict.fromkeys(LEDGER_STATES, 0)
     with store.engine.connect() as conn:
-        counts.update(conn.execute(select(L.c.state, func.count()).group_by(L.c.state)).tuples().all())
+        counts.update((state, n) for state, n in conn.execute(select(L.c.state, func.count()).group_by(L.c.state)))
     return counts
 
 

@@ -52,7 +52,8 @@ def _serve(sender: Any = None, **_: Any) -> None:
     except OSError as exc:  # the analysis goes on without metrics
         log.error("cannot serve metrics on %s:%s: %s", settings.metrics_address, settings.metrics_port, exc)
         return
-    log.info("serving metrics on http://%s:%s/metrics", settings.metrics_address, settings.metrics_port)
+    log.info("serving metrics on http://%s:%s/metrics from %s", settings.metrics_address, settings.metrics_port,
+             os.environ.get(metrics.ENV))
 
 
 @signals.worker_process_shutdown.connect

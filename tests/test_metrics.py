@@ -1,0 +1,248 @@
+"""Prometheus metrics (issue 19): scraped after real scans, embedded and in the cluster, every count
+compared with the numbers computed from the documents themselves; queue depths and the ledger's
+gauge compared with the broker and the database read independently."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, text
+
+from helpers import BENCH_RULES, CORPUS, PG_URL, ROOT
+from test_cluster import cluster_env, fresh_database, start
+
+BIN = Path(sys.executable).parent
+DB = "stoq_metrics"
+#: Workers with results, an error on some payloads (boom raises on those containing "PK": zips,
+#: Office files) and no crash (a crash is recorded by the supervisor, not by a run).
+SCAN_ARGS = ["--workers", "yara,entropy,boom", "-o", f"yara.rules={BENCH_RULES}", "-o", "boom.trigger=PK",
+             "--format", "jsonl"]
+#: The plugins that are not a plugin run when they appear in an error entry.
+CORE_STEPS = {"libmagic", "dispatch", "archive", "stoq"}
+
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+def parse(exposition: str) -> Samples:
+    """(sample name, labels, value) of every sample of a scrape."""
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(exposition) for s in family.samples]
+
+
+def by_label(samples: Samples, name: str, *labels: str) -> dict[Any, float]:
+    """The samples of ``name``: the values of ``labels`` (one label: its value) -> value; zeros left out."""
+    out: dict[Any, float] = {}
+    for sample, values, value in samples:
+        if sample == name and value:
+            key = tuple(values[label] for label in labels)
+            out[key[0] if len(key) == 1 else key] = value
+    return out
+
+
+def expected(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the metrics must say, computed from the documents: a plugin ran on a payload when it
+    gave a result (``workers``) or an error entry."""
+    runs: Counter[str] = Counter()
+    errors: Counter[tuple[str, str]] = Counter()
+    flags: Counter[str] = Counter()
+    payloads = 0
+    for doc in docs:
+        for record in doc["results"]:
+            payloads += 1
+            runs.update(record["workers"].keys())
+            flags.update(record["flags"])
+        for error in doc["errors"]:
+            errors[(error["plugin"], error["kind"])] += 1
+            if error["plugin"] not in CORE_STEPS:
+                runs[error["plugin"]] += 1
+    return {"runs": runs, "errors": errors, "flags": flags, "payloads": payloads, "scans": len(docs)}
+
+
+def check_counts(samples: Samples, docs: list[dict[str, Any]]) -> None:
+    want = expected(docs)
+    assert want["errors"] and want["runs"]["boom"] > want["errors"][("boom", "error")] > 0  # the scan has both
+    assert by_label(samples, "stoq_plugin_runs_total", "plugin") == want["runs"]
+    assert by_label(samples, "stoq_plugin_duration_seconds_count", "plugin") == want["runs"]
+    buckets = by_label(samples, "stoq_plugin_duration_seconds_bucket", "plugin", "le")
+    assert {plugin: v for (plugin, le), v in buckets.items() if le == "+Inf"} == want["runs"]
+    assert by_label(samples, "stoq_plugin_errors_total", "plugin", "kind") == want["errors"]
+    assert by_label(samples, "stoq_flags_total", "flag") == want["flags"]
+    assert by_label(samples, "stoq_payloads_total") == {(): want["payloads"]}
+    assert by_label(samples, "stoq_scans_total", "state") == {"finished": want["scans"]}
+
+
+def scrape_dir(directory: Path) -> str:
+    """The exposition of a multiprocess directory, rendered by another process as a server would."""
+    code = "import sys; from stoq import metrics; sys.stdout.buffer.write(metrics.exposition()[0])"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")} | {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
+    return done.stdout.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_embedded_scan_counts_match_its_documents(stoq_env: dict[str, str], testplugins_site: Path,
+                                                  tmp_path: Path) -> None:
+    """The corpus twice with two workers (64 files queued per worker: both work): three processes
+    record (two workers run plugins, the parent stores), and the scrape sums them."""
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    env = stoq_env | {"PYTHONPATH": str(testplugins_site), "PROMETHEUS_MULTIPROC_DIR": str(prom)}
+    done = subprocess.run([str(BIN / "stoq"), "scan", str(CORPUS), str(CORPUS), *SCAN_ARGS, "-j", "2"], env=env,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 1, done.stderr.decode()[-2000:]  # 1: a document has error entries (boom)
+    docs = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(docs) == 2 * len([p for p in CORPUS.iterdir() if p.is_file()])
+    assert len({f.name.split("_")[1] for f in prom.glob("counter_*.db")}) == 3  # parent and two workers
+    check_counts(parse(scrape_dir(prom)), docs)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        assert response.status == 200
+        return response.read().decode()
+
+
+@pytest.mark.slow  # ~25 s: a worker, a corpus submission
+def test_cluster_worker_serves_every_pool_process(testplugins_site: Path, tmp_path: Path) -> None:
+    """A real worker (prefork, two pool processes) with ``metrics_port``: its scrape sums what both
+    processes and the main one recorded, equal to the submitted documents' numbers; the depth of a
+    queue no worker serves is its LLEN; the ledger's gauge is the ledger's rows by state."""
+    fresh_database(DB)
+    port = free_port()
+    env = cluster_env(tmp_path, testplugins_site, (14, 15), DB) | {"STOQ_METRICS_PORT": str(port)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the worker makes a private one
+    upgraded = subprocess.run([str(BIN / "stoq"), "db", "upgrade"], env=env, capture_output=True)
+    assert upgraded.returncode == 0, upgraded.stderr
+    worker = start(tmp_path, env, "-c", "2", "-X", "basicworker")  # basicworker's queue is served by no one
+    try:
+        submitted = worker.stoq("submit", str(CORPUS), *SCAN_ARGS, timeout=120)
+        assert submitted.returncode == 1, submitted.stderr.decode()[-2000:]  # boom
+        docs = [json.loads(line) for line in submitted.stdout.splitlines()]
+        samples = parse(scrape(port))
+        check_counts(samples, docs)
+        assert by_label(samples, "stoq_ledger_scans", "state") == {"finished": len(docs)}
+
+        # Scans that stay pending: their only plugin's queue is served by no worker.
+        waiting = [str(CORPUS / name) for name in ("test.txt", "test.exe", "test.pdf")]
+        sent = worker.stoq("submit", *waiting, "--workers", "basicworker", "--no-wait")
+        assert sent.returncode == 0, sent.stderr.decode()
+        assert len(sent.stdout.split()) == len(waiting)
+        broker = redis.Redis.from_url(env["STOQ_BROKER_URL"])
+        deadline = time.monotonic() + 30
+        while broker.llen("stoq") or not broker.llen("basicworker"):  # published, fanned out
+            assert time.monotonic() < deadline, "the publish did not happen"
+            time.sleep(0.1)
+        before = broker.llen("basicworker")
+        samples = parse(scrape(port))
+        assert broker.llen("basicworker") == before > 0
+        depths = by_label(samples, "stoq_queue_depth", "queue")
+        assert depths.get("basicworker") == before
+        assert set(depths) == {"basicworker"}  # every other queue is empty (zeros are left out by by_label)
+        assert {labels["queue"] for name, labels, _ in samples if name == "stoq_queue_depth"} >= {
+            "stoq", "stoq-collect", "yara", "boom"}
+        with create_engine(env["STOQ_DATABASE_URL"]).connect() as conn:
+            rows = {state: n for state, n in conn.execute(text("SELECT state, count(*) FROM scan_ledger GROUP BY state"))}
+        assert rows == {"finished": len(docs), "pending": len(waiting)}
+        assert by_label(samples, "stoq_ledger_scans", "state") == rows
+    finally:
+        worker.stop()
+        redis.Redis.from_url(env["STOQ_BROKER_URL"]).flushdb()
+        redis.Redis.from_url(env["STOQ_RESULT_BACKEND"]).flushdb()
+    served = [line for line in worker.log.read_text().splitlines() if "serving metrics" in line]
+    assert len(served) == 1, worker.log.read_text()[-3000:]
+    private = Path(served[0].rsplit(" from ", 1)[1])
+    assert private.name.startswith("stoq-metrics-") and not private.exists()  # removed at shutdown
+
+
+def test_without_the_directory_nothing_is_recorded(stoq_env: dict[str, str], tmp_path: Path) -> None:
+    """A plain scan (no PROMETHEUS_MULTIPROC_DIR) records nothing; without prometheus-client at all,
+    a scan with the directory set still works and every hook is a no-op."""
+    code = ("import sys, os\n"
+            "if sys.argv[1] == 'absent': sys.modules['prometheus_client'] = None\n"
+            "from stoq import metrics\n"
+            "from stoq.cli import main\n"
+            "print(metrics.available(), metrics.enabled(), metrics.ensure_dir(), file=sys.stderr)\n"
+            "sys.argv = ['stoq', 'scan', sys.argv[2], '--workers', 'entropy', '--format', 'jsonl']\n"
+            "main()\n")
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    absent = subprocess.run([sys.executable, "-c", code, "absent", str(CORPUS / "test.zip")],
+                            env=stoq_env | {"PROMETHEUS_MULTIPROC_DIR": str(prom)}, capture_output=True, timeout=60)
+    assert absent.returncode == 0, absent.stderr.decode()
+    assert absent.stderr.decode().splitlines()[0] == "False False None"
+    assert json.loads(absent.stdout)["payloads"] > 1
+    plain = subprocess.run([sys.executable, "-c", code, "present", str(CORPUS / "test.zip")], env=stoq_env,
+                           capture_output=True, timeout=60)
+    assert plain.returncode == 0, plain.stderr.decode()
+    assert plain.stderr.decode().splitlines()[0].startswith("True False /")  # a private directory, once asked
+    assert list(prom.iterdir()) == []
+
+
+def test_amqp_queue_depth_is_a_passive_declare() -> None:
+    """RabbitMQ: the messages ready in a queue; a queue never declared holds none."""
+    from kombu import Connection, Exchange, Producer, Queue
+
+    from stoq.metrics import amqp_depths
+
+    url = "amqp://guest:guest@127.0.0.1:5672//"
+    name = f"stoq-metrics-test-{uuid.uuid4().hex[:8]}"
+    with Connection(url) as conn:
+        queue = Queue(name, Exchange(""), routing_key=name, auto_delete=False)
+        bound = queue(conn.default_channel)
+        bound.declare()
+        try:
+            producer = Producer(conn.default_channel)
+            for i in range(3):
+                producer.publish({"n": i}, routing_key=name)
+            deadline = time.monotonic() + 5
+            while (depths := amqp_depths(url, [name, name + "-absent"]))[name] != 3:
+                assert time.monotonic() < deadline, depths
+                time.sleep(0.05)
+            assert depths == {name: 3, name + "-absent": 0}
+        finally:
+            bound.delete()
+
+
+def test_grafana_dashboard_uses_only_stoq_metrics() -> None:
+    """Every panel's expression names only metrics stoq exports (docs/metrics.md documents each)."""
+    import re
+
+    board = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    known = {"stoq_plugin_runs_total", "stoq_plugin_duration_seconds_bucket", "stoq_plugin_duration_seconds_sum",
+             "stoq_plugin_duration_seconds_count", "stoq_plugin_errors_total", "stoq_flags_total",
+             "stoq_payloads_total", "stoq_scans_total", "stoq_queue_depth", "stoq_ledger_scans"}
+    documented = set(re.findall(r"`(stoq_[a-z_]+)", (ROOT / "docs" / "metrics.md").read_text()))
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", ())]
+    assert len(exprs) >= 8
+    functions = {"rate", "sum", "by", "histogram_quantile", "increase", "topk", "max", "le", "without", "irate",
+                 "clamp_min", "avg", "on", "ignoring"}
+    used = set()
+    for expr in exprs:
+        names = set(re.findall(r"\b[a-z_][a-z0-9_]*\b(?=\s*[\[{(]|\s*\)|\s*$|\s*/|\s*\*|\s*\+|\s*-|\s*>)", expr))
+        names = {n for n in re.findall(r"\bstoq_[a-z0-9_]+", expr)}
+        assert names, expr
+        used |= names
+        for word in set(re.findall(r"\b([a-z_]+)\s*\(", expr)):
+            assert word in functions, (word, expr)
+    assert used <= known, used - known
+    assert used == known  # every metric has a panel
+    assert {n.removesuffix("_total") for n in known} <= {n.removesuffix("_total") for n in documented} | {
+        "stoq_plugin_duration_seconds_bucket", "stoq_plugin_duration_seconds_sum", "stoq_plugin_duration_seconds_count"}
