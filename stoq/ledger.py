@@ -121,3 +121,18 @@ def refuse(store: Store, scan_ids: list[str], why: str) -> None:
             done = conn.execute(update(L).where(and_(L.c.scan_id.in_(scan_ids), L.c.state == PENDING))
                                 .values(state=FAILED, error=f"refused: {why}", finished_at=_now()))
         metrics.scans(FAILED, done.rowcount)
+
+
+def settle(store: Store, finished: list[str], failed: dict[str, str]) -> None:
+    """Settles pending scans that ran outside the cluster (``stoq serve`` embedded: its scanning
+    process has ended): ``finished`` ones are stored, ``failed`` ones (scan id -> why) never will be."""
+    now = _now()
+    given_up = 0
+    with store.engine.execution_options(stoq_write=True).begin() as conn:
+        if finished:
+            conn.execute(update(L).where(and_(L.c.scan_id.in_(finished), L.c.state == PENDING))
+                         .values(state=FINISHED, finished_at=now))
+        for scan_id, why in failed.items():
+            given_up += conn.execute(update(L).where(and_(L.c.scan_id == scan_id, L.c.state == PENDING))
+                                     .values(state=FAILED, error=why, finished_at=now)).rowcount
+    metrics.scans(FAILED, given_up)
