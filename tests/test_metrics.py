@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from sqlalchemy import create_engine, text
 
 from helpers import BENCH_RULES, CORPUS, PG_URL, ROOT
 from test_cluster import cluster_env, fresh_database, start
+from test_web_api import private_env, serve
 
 BIN = Path(sys.executable).parent
 DB = "stoq_metrics"
@@ -71,7 +73,8 @@ def expected(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"runs": runs, "errors": errors, "flags": flags, "payloads": payloads, "scans": len(docs)}
 
 
-def check_counts(samples: Samples, docs: list[dict[str, Any]]) -> None:
+def check_counts(samples: Samples, docs: list[dict[str, Any]], **scans: int) -> None:
+    """Every count of the scrape against the documents; ``scans``: the other states of stoq_scans_total."""
     want = expected(docs)
     assert want["errors"] and want["runs"]["boom"] > want["errors"][("boom", "error")] > 0  # the scan has both
     assert by_label(samples, "stoq_plugin_runs_total", "plugin") == want["runs"]
@@ -81,7 +84,7 @@ def check_counts(samples: Samples, docs: list[dict[str, Any]]) -> None:
     assert by_label(samples, "stoq_plugin_errors_total", "plugin", "kind") == want["errors"]
     assert by_label(samples, "stoq_flags_total", "flag") == want["flags"]
     assert by_label(samples, "stoq_payloads_total") == {(): want["payloads"]}
-    assert by_label(samples, "stoq_scans_total", "state") == {"finished": want["scans"]}
+    assert by_label(samples, "stoq_scans_total", "state") == {"finished": want["scans"]} | scans
 
 
 def scrape_dir(directory: Path) -> str:
@@ -112,6 +115,34 @@ def test_embedded_scan_counts_match_its_documents(stoq_env: dict[str, str], test
     assert len(docs) == 2 * len([p for p in CORPUS.iterdir() if p.is_file()])
     assert len({f.name.split("_")[1] for f in prom.glob("counter_*.db")}) == 3  # parent and two workers
     check_counts(parse(scrape_dir(prom)), docs)
+
+
+def test_stoq_serve_metrics_without_a_token(testplugins_site: Path, tmp_path: Path) -> None:
+    """``stoq serve`` (embedded): the corpus submitted through the API and scanned by the server's
+    scanning process and its pool; ``/metrics``, read without a token, counts what their documents
+    hold, the submissions the server recorded, and the ledger's scans."""
+    env = private_env(tmp_path) | {"PYTHONPATH": str(testplugins_site), "STOQ_WEB_MAX_UPLOAD": str(16 << 20)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    server = serve(tmp_path, env)
+    try:
+        token = server.token("metrics")
+        files = [("file", (p.name, p.read_bytes())) for p in sorted(CORPUS.iterdir()) if p.is_file()]
+        answer = server.post("/api/scans", token, files=files,
+                             data={"workers": "yara,entropy,boom", "option": [f"yara.rules={BENCH_RULES}", "boom.trigger=PK"]})
+        assert answer.status_code == 202, answer.text
+        ids = [s["scan_id"] for s in answer.json()["scans"]]
+        docs = [server.finished(scan_id, token, timeout=120)["document"] for scan_id in ids]
+        assert server.get("/api/scans", None).status_code == 401  # the API needs a token, /metrics does not
+        scraped = server.get("/metrics", None)
+        assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+        samples = parse(scraped.text)
+        check_counts(samples, docs, submitted=len(files))
+        assert by_label(samples, "stoq_ledger_scans", "state") == {"finished": len(files)}
+        assert not [name for name, _, _ in samples if name == "stoq_queue_depth"]  # embedded: no broker
+        private = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", server.log.read_text())
+    finally:
+        server.stop()
+    assert private is not None and not Path(private[1]).exists()  # removed when the server stopped
 
 
 def scrape(port: int) -> str:
