@@ -151,7 +151,6 @@ def scrape(port: int) -> str:
         return response.read().decode()
 
 
-@pytest.mark.slow  # ~25 s: a worker, a corpus submission
 def test_cluster_worker_serves_every_pool_process(testplugins_site: Path, tmp_path: Path) -> None:
     """A real worker (prefork, two pool processes) with ``metrics_port``: its scrape sums what both
     processes and the main one recorded, equal to the submitted documents' numbers; the depth of a
@@ -169,6 +168,10 @@ def test_cluster_worker_serves_every_pool_process(testplugins_site: Path, tmp_pa
         docs = [json.loads(line) for line in submitted.stdout.splitlines()]
         samples = parse(scrape(port))
         check_counts(samples, docs)
+        served = [line for line in worker.log.read_text().splitlines() if "serving metrics" in line]
+        private = Path(served[0].rsplit(" from ", 1)[1])
+        recorded = {f.stem.split("_")[1] for f in private.glob("histogram_*.db")}
+        assert len(recorded) == 2 and str(worker.worker.pid) not in recorded  # both pool processes ran plugins
         assert by_label(samples, "stoq_ledger_scans", "state") == {"finished": len(docs)}
 
         # Scans that stay pending: their only plugin's queue is served by no worker.
@@ -197,10 +200,20 @@ def test_cluster_worker_serves_every_pool_process(testplugins_site: Path, tmp_pa
         worker.stop()
         redis.Redis.from_url(env["STOQ_BROKER_URL"]).flushdb()
         redis.Redis.from_url(env["STOQ_RESULT_BACKEND"]).flushdb()
-    served = [line for line in worker.log.read_text().splitlines() if "serving metrics" in line]
-    assert len(served) == 1, worker.log.read_text()[-3000:]
-    private = Path(served[0].rsplit(" from ", 1)[1])
+    assert len([line for line in worker.log.read_text().splitlines() if "serving metrics" in line]) == 1
     assert private.name.startswith("stoq-metrics-") and not private.exists()  # removed at shutdown
+
+
+def test_label_values_are_bounded(tmp_path: Path) -> None:
+    """Past ``MAX_LABELS`` distinct flags a process counts the others as ``other``."""
+    code = ("import sys; from stoq import metrics\n"
+            "metrics.MAX_LABELS = 3\n"
+            "edges = [tuple(range(11)) + (f'[\"f:{i}\"]',) for i in range(5)]\n"
+            "metrics.stored(([('s',)], [], edges, [], []))\n"
+            "sys.stdout.buffer.write(metrics.exposition()[0])\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")} | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
+    assert by_label(parse(done.stdout.decode()), "stoq_flags_total", "flag") == {"f:0": 1, "f:1": 1, "f:2": 1, "other": 2}
 
 
 def test_without_the_directory_nothing_is_recorded(stoq_env: dict[str, str], tmp_path: Path) -> None:
