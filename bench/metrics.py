@@ -6,7 +6,8 @@
 Rounds interleave `stoq scan` (the core benchmark's command, bench/run.py: `--max-depth 0 --workers
 yara,peinfo`, a fresh archive and SQLite store each round) without metrics and with them
 (`PROMETHEUS_MULTIPROC_DIR` set to a fresh directory: every plugin run and every stored document
-recorded); medians of files/s. Then the hooks alone, in one process: microseconds per
+recorded); medians of files/s, and the median of each round's on/off ratio (rounds run back to back,
+so a machine whose speed drifts weighs less). Then the hooks alone, in one process: microseconds per
 ``metrics.plugin_run`` and per document given to ``metrics.stored``, on and off.
 """
 
@@ -79,6 +80,7 @@ def main() -> None:
     print(json.dumps({"files": count, "jobs": args.jobs, "rounds": args.rounds,
                       "median_files_per_s": {k: round(v, 1) for k, v in med.items()},
                       "on_over_off": round(med["on"] / med["off"], 4),
+                      "median_of_round_ratios": round(statistics.median(a / b for a, b in zip(runs["on"], runs["off"])), 4),
                       "all_runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
                       "hooks": micro}, indent=2))
 
