@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from helpers import CORPUS, ROOT, make_zip
+from stoq.lifetime import preexec
 from test_cluster import cluster_env, fresh_database, normal, start
 
 BIN = Path(sys.executable).parent
@@ -80,7 +81,8 @@ def serve(work: Path, env: dict[str, str], *args: str) -> Server:
     log = work / "serve.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen([str(BIN / "stoq"), "serve", "--port", "0", *args], env=env, cwd=work,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=preexec())  # dies with pytest, even one killed by a timeout
     deadline = time.monotonic() + 30
     while not (found := re.search(r"serving the API on (http://\S+) ", log.read_text())):
         assert proc.poll() is None, log.read_text()
@@ -93,7 +95,8 @@ def private_env(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_") or k in ("STOQ_TOOL_PATH", "STOQDEV_DEFAULT_WORKERS")}
     env.update(HOME=str(work / "home"), XDG_DATA_HOME=str(work / "data"), XDG_CONFIG_HOME=str(work / "config"),
                STOQ_ARCHIVE=str(work / "archive"), STOQ_DATABASE_URL=f"sqlite:///{work / 'stoq.db'}",
-               STOQ_WEB_MAX_UPLOAD=str(MAX_UPLOAD), STOQ_WEB_RATE_LIMIT=str(RATE))
+               STOQ_WEB_MAX_UPLOAD=str(MAX_UPLOAD), STOQ_WEB_RATE_LIMIT=str(RATE), TMPDIR=str(work / "tmp"))
+    (work / "tmp").mkdir(exist_ok=True)  # uploads are spooled there
     return env
 
 
@@ -238,6 +241,13 @@ def test_no_token_a_wrong_one_and_a_revoked_one_are_refused(server: Server) -> N
     missing = server.get("/api/scans", None)
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     assert server.get("/openapi.json", None).status_code == 401  # every route, the schema too
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)  # a websocket too
+    conn.request("GET", "/api/anything", headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                                  "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                  "Sec-WebSocket-Version": "13"})
+    assert conn.getresponse().status == 403
+    conn.close()
     assert server.get("/api/scans", secret[:-2] + "xx").status_code == 401
     assert requests.get(server.url + "/api/scans", headers={"Authorization": "Basic " + secret}).status_code == 401
     assert server.stoq("tokens", "create", "revokable").returncode == 2  # a live name is not reused
@@ -303,6 +313,8 @@ def test_bad_submissions_are_400_and_unknown_scans_404(server: Server, token: st
     files = {"file": ("x.txt", b"x")}
     unknown = server.post("/api/scans", token, files=files, data={"option": "nosuch.rules=/x"})
     assert unknown.status_code == 400 and "nosuch" in unknown.json()["detail"]
+    option = server.post("/api/scans", token, files=files, data={"option": "yara.rulez=/x"})
+    assert option.status_code == 400 and "plugin 'yara' has no option 'rulez' (did you mean 'rules'?)" in option.json()["detail"]
     meta = server.post("/api/scans", token, files=files, data={"meta": "Bad Key=1"})
     assert meta.status_code == 400 and "meta key" in meta.json()["detail"]
     assert server.post("/api/scans", token, files=files, data={"meta": "tlp=purple"}).status_code == 400
@@ -405,3 +417,20 @@ def test_a_client_file_name_is_data(server: Server, token: str) -> None:
     assert done["document"]["results"][0]["filename"] == "<b onmouseover=alert(1)>.txt"
     raw = server.get(f"/api/scans/{scan_id}", token)
     assert raw.headers["content-type"] == "application/json" and raw.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_rate_limiter_refills_continuously() -> None:
+    from stoq.web.auth import AuthGate, RateLimiter
+
+    now = [100.0]
+    limiter = RateLimiter(6, clock=lambda: now[0])  # 6 per minute: one more every 10 s
+    assert [limiter.take("a") for _ in range(6)] == [0.0] * 6
+    assert limiter.take("a") == pytest.approx(10.0)
+    assert limiter.take("b") == 0.0  # per key
+    now[0] += 7.5
+    assert limiter.take("a") == pytest.approx(2.5)  # three quarters of a request refilled
+    now[0] += 2.5
+    assert limiter.take("a") == 0.0
+    assert RateLimiter(0).take("a") == 0.0  # no limit
+    gate = AuthGate(None, None, limiter, public=("/metrics",))  # type: ignore[arg-type]
+    assert [gate.is_public(p) for p in ("/metrics", "/metrics/x", "/metricsx", "/api/scans")] == [True, True, False, False]

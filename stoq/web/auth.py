@@ -180,8 +180,8 @@ def bearer(scope: Scope) -> str | None:
 
 
 class AuthGate:
-    """ASGI middleware: every HTTP request but those under ``public`` paths needs a live token (401
-    otherwise) within its rate (429). ``book`` None: no authentication (``stoq serve --no-auth``,
+    """ASGI middleware: every HTTP request (and websocket) but those under ``public`` paths needs a
+    live token (401 otherwise) within its rate (429). ``book`` None: no authentication (``stoq serve --no-auth``,
     loopback only). The token goes to ``scope["state"]["token"]`` for the routes. It runs before the
     body is read: an unauthenticated upload is refused without reading it."""
 
@@ -194,13 +194,16 @@ class AuthGate:
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.public)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.book is None or self.is_public(scope.get("path", "")):
+        if scope["type"] not in ("http", "websocket") or self.book is None or self.is_public(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         from anyio import to_thread
 
         secret = bearer(scope)
         token = None if secret is None else await to_thread.run_sync(self.book.verify, secret)
+        if scope["type"] == "websocket" and token is None:  # refused before it is accepted: an HTTP 403
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if token is None:
             why = "no token: send Authorization: Bearer <token> (`stoq tokens create NAME`)" if secret is None \
                 else "the token is unknown or revoked"

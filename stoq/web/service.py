@@ -133,6 +133,8 @@ class Service:
         self._lock = threading.Lock()
         self._closed = False
         self._registry: Any = None
+        self._local = threading.local()  # each pool thread's spare scanning process
+        self._spares: set[_Runner] = set()
         if self.mode == "embedded":
             self._settle_orphans()
 
@@ -142,7 +144,7 @@ class Service:
         """The server's settings with a submission's ``workers`` and ``-o``-style ``options``; an
         option for a plugin that is not installed, or a bad value, is a ``UsageError``."""
         from stoq.config import absolute
-        from stoq.registry import Registry, path_options
+        from stoq.registry import Registry, make_options, path_options
 
         options = [o for o in options if o]
         try:
@@ -172,6 +174,11 @@ class Service:
             # a relative path means the server's working directory, wherever the plugin runs
             plugins.setdefault(name, {}).update({k: absolute(v, Path.cwd()) if k in paths else v
                                                  for k, v in values.items()})
+            if entry.cls is not None:
+                try:  # an unknown option or a bad value: refused now, not found by the scan
+                    make_options(entry.cls, plugins[name])
+                except ConfigError as exc:
+                    raise UsageError(str(exc)) from None
         data["plugins"] = plugins
         try:
             return Settings.model_validate(data)
@@ -240,27 +247,35 @@ class Service:
             job.write_bytes(orjson.dumps({
                 "parent": os.getpid(), "settings": settings.model_dump(mode="json"),
                 "roots": [{"path": str(r.path), "scan_id": r.scan_id, "meta": r.meta, "shown": r.shown} for r in roots]}))
-            with open(work / "stderr", "w+b") as err:
-                child = subprocess.Popen([sys.executable, "-m", "stoq.web.runner", str(job)], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=err)
-                with self._lock:
-                    self._children.add(child)
+            child = self._take_runner()
+            with self._lock:
+                self._children.add(child.proc)
+            try:
                 try:
-                    child.wait()
-                finally:
+                    child.start(job)
+                except OSError:  # the waiting process died meanwhile: a fresh one
+                    child.close()
+                    child = _Runner.spawn()
                     with self._lock:
-                        self._children.discard(child)
-                err.seek(max(0, err.seek(0, os.SEEK_END) - 16 * MAX_ERROR))  # its last words only
-                said = err.read().decode("utf-8", "replace")
+                        self._children.add(child.proc)
+                    child.start(job)
+                if not self._closed:
+                    self._local.spare = self._spawn()  # warms up while this scan runs, for the next one
+                child.proc.wait()
+                said = child.said()
+            finally:
+                with self._lock:
+                    self._children.discard(child.proc)
+                child.close()
             shown = {str(r.path): r.shown or "" for r in roots}
             lines = [line for line in said.splitlines() if line.strip() and "document(s) stored" not in line]
             why = "\n".join(lines)
             for path, name in shown.items():
                 why = why.replace(path, name)
-            if self._closed and child.returncode != 0:
+            if self._closed and child.proc.returncode != 0:
                 why = STOPPED
             elif not why:
-                why = f"the scanning process ended with exit code {child.returncode}"
+                why = f"the scanning process ended with exit code {child.proc.returncode}"
         except Exception as exc:  # noqa: BLE001  (whatever it was, the scans must not stay pending)
             log.exception("embedded scan failed")
             why = f"{type(exc).__name__}: {exc}"
@@ -271,6 +286,25 @@ class Service:
                 ledger.settle(self.store, sorted(stored), {i: why[-MAX_ERROR:] for i in ids if i not in stored})
             except Exception:  # noqa: BLE001
                 log.exception("cannot settle the ledger")
+
+    def _spawn(self) -> "_Runner":
+        """A spare scanning process that loads stoq and its plugins now, then waits for its job."""
+        runner = _Runner.spawn()
+        with self._lock:
+            self._spares.add(runner)
+        return runner
+
+    def _take_runner(self) -> "_Runner":
+        """This pool thread's warmed-up scanning process, or a new one."""
+        spare: _Runner | None = getattr(self._local, "spare", None)
+        self._local.spare = None
+        if spare is not None:
+            with self._lock:
+                self._spares.discard(spare)
+            if spare.proc.poll() is None:
+                return spare
+            spare.close()
+        return _Runner.spawn()
 
     def _settle_orphans(self) -> None:
         """Embedded scans a previous server left pending (it stopped mid-scan) will never finish."""
@@ -393,7 +427,52 @@ class Service:
         for child in children:
             child.terminate()
         self._pool.shutdown(wait=True, cancel_futures=False)
+        with self._lock:
+            spares, self._spares = list(self._spares), set()
+        for spare in spares:
+            spare.close()
         self.store.close()
+
+
+class _Runner:
+    """A ``stoq.web.runner --wait`` process: started ahead of its job, so that a submission does not
+    wait for the interpreter, stoq's imports and the plugins' discovery (most of a second); it scans
+    one job, then ends. Its stderr goes to a file of its own, whose tail ``said`` returns."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], err: Path) -> None:
+        self.proc, self.err = proc, err
+
+    @classmethod
+    def spawn(cls) -> "_Runner":
+        fd, name = tempfile.mkstemp(prefix="stoq-web-runner-", suffix=".err")
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "stoq.web.runner", "--wait", str(os.getpid())],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=fd)
+        finally:
+            os.close(fd)
+        return cls(proc, Path(name))
+
+    def start(self, job: Path) -> None:
+        """Hands the job over (OSError if the process has died)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{job}\n".encode())
+        self.proc.stdin.close()
+
+    def said(self) -> str:
+        with open(self.err, "rb") as err:
+            err.seek(max(0, err.seek(0, os.SEEK_END) - 16 * MAX_ERROR))  # its last words only
+            return err.read().decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        self.err.unlink(missing_ok=True)
 
 
 def tree_of(doc: dict[str, Any]) -> dict[str, Any]:
