@@ -204,6 +204,18 @@ def test_cluster_worker_serves_every_pool_process(testplugins_site: Path, tmp_pa
     assert private.name.startswith("stoq-metrics-") and not private.exists()  # removed at shutdown
 
 
+def test_queue_names_are_the_queues_the_workers_declare() -> None:
+    """``stoq serve`` in front of a cluster reads the depth of the queues ``register_plugins`` declares."""
+    from celery import Celery
+
+    from stoq.metrics import queue_names
+    from stoq.tasks.adapter import register_plugins
+
+    app = Celery("queues-test")
+    register_plugins(app)
+    assert sorted(queue_names()) == sorted(q.name for q in app.conf.task_queues)
+
+
 def test_label_values_are_bounded(tmp_path: Path) -> None:
     """Past ``MAX_LABELS`` distinct flags a process counts the others as ``other``."""
     code = ("import sys; from stoq import metrics\n"
