@@ -50,7 +50,8 @@ def _serve(sender: Any = None, **_: Any) -> None:
     try:
         _SERVER = metrics.serve(settings.metrics_port, settings.metrics_address, live)
     except OSError as exc:  # the analysis goes on without metrics
-        log.error("cannot serve metrics on %s:%s: %s", settings.metrics_address, settings.metrics_port, exc)
+        log.warning("cannot serve metrics on %s:%s: %s (another worker sharing %s serves them, or give this one "
+                    "its own port)", settings.metrics_address, settings.metrics_port, exc, metrics.ENV)
         return
     log.info("serving metrics on http://%s:%s/metrics from %s", settings.metrics_address, settings.metrics_port,
              os.environ.get(metrics.ENV))
