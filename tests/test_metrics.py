@@ -208,7 +208,7 @@ def test_queue_names_are_the_queues_the_workers_declare() -> None:
     """``stoq serve`` in front of a cluster reads the depth of the queues ``register_plugins`` declares."""
     from celery import Celery
 
-    from stoq.metrics import queue_names
+    from stoq.metrics_live import queue_names
     from stoq.tasks.adapter import register_plugins
 
     app = Celery("queues-test")
@@ -256,7 +256,7 @@ def test_amqp_queue_depth_is_a_passive_declare() -> None:
     """RabbitMQ: the messages ready in a queue; a queue never declared holds none."""
     from kombu import Connection, Exchange, Producer, Queue
 
-    from stoq.metrics import amqp_depths
+    from stoq.metrics_live import amqp_depths
 
     url = "amqp://guest:guest@127.0.0.1:5672//"
     name = f"stoq-metrics-test-{uuid.uuid4().hex[:8]}"

@@ -17,6 +17,7 @@ from typing import Any
 from celery import signals
 
 from stoq import metrics
+from stoq.metrics_live import LiveCollector
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _serve(sender: Any = None, **_: Any) -> None:
     if not settings.metrics_port or not metrics.available() or _SERVER is not None:
         return
     app = sender.app
-    live = metrics.LiveCollector(app.conf.broker_url or "", [q.name for q in app.conf.task_queues or ()],
+    live = LiveCollector(app.conf.broker_url or "", [q.name for q in app.conf.task_queues or ()],
                                  settings.resolved_database_url())
     try:
         _SERVER = metrics.serve(settings.metrics_port, settings.metrics_address, live)

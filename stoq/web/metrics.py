@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from stoq import metrics
+from stoq.metrics_live import LiveCollector, queue_names
 from stoq.config import Settings
 from stoq.terminal import safe
 
@@ -34,8 +35,8 @@ def scrape(request: Request) -> Response:
     live = getattr(state, "metrics_live", None)
     if live is None:
         settings: Settings = state.settings
-        queues = metrics.queue_names() if settings.broker_url else []
-        live = state.metrics_live = metrics.LiveCollector(settings.broker_url, queues, settings.resolved_database_url())
+        queues = queue_names() if settings.broker_url else []
+        live = state.metrics_live = LiveCollector(settings.broker_url, queues, settings.resolved_database_url())
     body, content_type = metrics.exposition(live)
     return Response(body, media_type=content_type)
 
