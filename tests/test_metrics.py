@@ -17,12 +17,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
-from helpers import BENCH_RULES, CORPUS, PG_URL, ROOT
+from helpers import BENCH_RULES, CORPUS, ROOT
 from test_cluster import cluster_env, fresh_database, start
 from test_web_api import private_env, serve
 
