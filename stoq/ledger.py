@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from stoq import metrics
 from stoq.store import Store, StoreError
 from stoq.tables import SCAN_LEDGER as L
 
@@ -56,6 +57,7 @@ def record(store: Store, roots: list[dict[str, Any]], profile: dict[str, Any], n
                 conn.execute(_insert_new(store), rows)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot record {len(roots)} submitted scan(s) in the ledger of {store.display}: {exc}") from exc
+    metrics.scans("submitted", len(rows))
     return known
 
 
@@ -130,6 +132,7 @@ def fail(store: Store, scan_id: str, attempts: int, why: str) -> bool:
         done = conn.execute(update(L).where(and_(L.c.scan_id == scan_id, L.c.state == PENDING,
                                                  L.c.attempts == attempts))
                             .values(state=FAILED, error=why, finished_at=_now()))
+    metrics.scans(FAILED, done.rowcount)
     return done.rowcount == 1
 
 
@@ -137,18 +140,21 @@ def refuse(store: Store, scan_ids: list[str], why: str) -> None:
     """Scans the workers refused to run (their settings): failed at once, with why; never republished."""
     if scan_ids:
         with store.engine.execution_options(stoq_write=True).begin() as conn:
-            conn.execute(update(L).where(and_(L.c.scan_id.in_(scan_ids), L.c.state == PENDING))
-                         .values(state=FAILED, error=f"refused: {why}", finished_at=_now()))
+            done = conn.execute(update(L).where(and_(L.c.scan_id.in_(scan_ids), L.c.state == PENDING))
+                                .values(state=FAILED, error=f"refused: {why}", finished_at=_now()))
+        metrics.scans(FAILED, done.rowcount)
 
 
 def settle(store: Store, finished: list[str], failed: dict[str, str]) -> None:
     """Settles pending scans that ran outside the cluster (``stoq serve`` embedded: its scanning
     process has ended): ``finished`` ones are stored, ``failed`` ones (scan id -> why) never will be."""
     now = _now()
+    given_up = 0
     with store.engine.execution_options(stoq_write=True).begin() as conn:
         if finished:
             conn.execute(update(L).where(and_(L.c.scan_id.in_(finished), L.c.state == PENDING))
                          .values(state=FINISHED, finished_at=now))
         for scan_id, why in failed.items():
-            conn.execute(update(L).where(and_(L.c.scan_id == scan_id, L.c.state == PENDING))
-                         .values(state=FAILED, error=why, finished_at=now))
+            given_up += conn.execute(update(L).where(and_(L.c.scan_id == scan_id, L.c.state == PENDING))
+                                     .values(state=FAILED, error=why, finished_at=now)).rowcount
+    metrics.scans(FAILED, given_up)

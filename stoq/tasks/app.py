@@ -13,6 +13,7 @@ app = make_app()
 
 from stoq.tasks import checks, pipeline, sweeper  # noqa: E402  (after the app: they may read its settings)
 from stoq.tasks import remote  # noqa: E402,F401  (the stoq_plugins inspect command)
+from stoq.tasks import exporter  # noqa: E402,F401  (metrics_port: the worker's Prometheus metrics)
 from stoq.tasks.adapter import redelivered, register_plugins  # noqa: E402
 
 # Every installed scan plugin becomes a task on its own queue (see stoq.tasks.adapter).

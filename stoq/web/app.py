@@ -61,6 +61,10 @@ def create_app(settings: Settings, *, no_auth: bool = False, service: Service | 
     from stoq.web import pages
 
     pages.install(app)
+
+    from stoq.web import metrics as web_metrics
+
+    web_metrics.install(app)  # /metrics (public: PUBLIC_PATHS)
     # (the HTML pages, /metrics and the exports are included here, each by its own module)
     # ---- end of ROUTERS -------------------------------------------------------------------------
 
