@@ -8,10 +8,10 @@ time grows linearly with the bytes examined, and a deadline is checked between c
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass, field
-
-from ioc_finder import find_iocs
+from typing import Any, Callable
 
 #: The IOC types reported, ioc-finder's names (also the keys of the plugin's output).
 IOC_TYPES = ("urls", "domains", "ipv4s", "ipv6s", "email_addresses", "md5s", "sha1s", "sha256s", "cves")
@@ -47,6 +47,13 @@ def chunks(text: str, size: int = CHUNK) -> list[tuple[int, int]]:
     return spans
 
 
+def finder() -> Callable[..., dict[str, Any]]:
+    """ioc-finder's ``find_iocs``, imported on first use: building its grammar at import takes longer than
+    a whole small scan, and every ``stoq`` command loads this module (plugin discovery), most without
+    running iocextract. ``IocextractPlugin.setup`` calls it, so a pool's processes inherit the import."""
+    return importlib.import_module("ioc_finder").find_iocs  # type: ignore[no-any-return]
+
+
 def tidy(kind: str, value: str) -> str:
     """A URL without the sentence punctuation ioc-finder keeps at its end (``https://x.example/a.`` at the
     end of a sentence); other values as found."""
@@ -57,6 +64,7 @@ def extract(text: str, deadline: float) -> Found:
     """Every IOC of ``IOC_TYPES`` in ``text`` (defanged forms refanged by ioc-finder), until ``deadline``
     (``time.monotonic()``)."""
     found = Found()
+    find_iocs = finder()
     for start, end in chunks(text):
         if time.monotonic() > deadline:
             found.timed_out = True

@@ -25,6 +25,11 @@ WINDOW = 4 * 1024 * 1024
 U8 = npt.NDArray[np.uint8]
 
 
+def array(content: bytes) -> U8:
+    """``content`` as an array of bytes, without a copy."""
+    return np.frombuffer(content, dtype=np.uint8)
+
+
 class Hit(NamedTuple):
     """A pattern found at ``offset``, encoded with ``method`` and ``key`` (``key`` bits for ROL)."""
 

@@ -7,7 +7,6 @@ from typing import Any
 from pydantic import Field
 
 from stoq.plugin import Payload, PluginOptions, Result, WorkerPlugin
-from stoq_plugins._entropy import measure
 
 #: Decimal places of the entropies reported.
 PLACES = 6
@@ -31,7 +30,12 @@ class EntropyPlugin(WorkerPlugin):
         max_blocks: int = Field(1024, ge=0, description="Most block entropies listed in `blocks`.")
         max_size: int = Field(256 * 1024 * 1024, ge=1, description="Most bytes examined, from the start.")
 
+    def setup(self) -> None:
+        import stoq_plugins._entropy  # noqa: F401  numpy, before a pool forks (every command loads this module)
+
     def scan(self, payload: Payload, options: Options) -> Result:
+        from stoq_plugins._entropy import measure
+
         data = payload.content[:options.max_size]
         whole, blocks = measure(data, options.block_size)
         entropies = blocks.round(PLACES)

@@ -7,7 +7,7 @@ import time
 from pydantic import Field
 
 from stoq.plugin import Payload, PluginOptions, Result, WorkerPlugin
-from stoq_plugins._ioc import IOC_TYPES, extract
+from stoq_plugins._ioc import IOC_TYPES, extract, finder
 
 
 class IocextractPlugin(WorkerPlugin):
@@ -36,6 +36,9 @@ class IocextractPlugin(WorkerPlugin):
         max_per_type: int = Field(1000, ge=0, description="Most values listed per IOC type.")
         max_seconds: float = Field(20.0, gt=0, description="Time after which no further text is scanned "
                                    "(checked between chunks of 2048 characters).")
+
+    def setup(self) -> None:
+        finder()  # import ioc-finder now, before a pool forks, not in each process's first scan
 
     def scan(self, payload: Payload, options: Options) -> Result:
         content = payload.content[:options.max_size]

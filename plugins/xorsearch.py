@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from stoq.plugin import Extracted, Payload, PluginOptions, Result, WorkerPlugin
-from stoq_plugins._xorsearch import decoded_from, find_executables, find_strings
 
 #: Searched by default: the DOS stub's message and URLs (``MZ``/``PE`` headers are always looked for).
 DEFAULT_STRINGS = ("This program", "http")
@@ -43,8 +41,13 @@ class XorsearchPlugin(WorkerPlugin):
                 raise ValueError(f"strings of fewer than 3 bytes match almost anywhere under some key: {short}")
             return value
 
+    def setup(self) -> None:
+        import stoq_plugins._xorsearch  # noqa: F401  numpy, before a pool forks (every command loads this module)
+
     def scan(self, payload: Payload, options: Options) -> Result:
-        data = np.frombuffer(payload.content[:options.max_size], dtype=np.uint8)
+        from stoq_plugins._xorsearch import array, decoded_from, find_executables, find_strings
+
+        data = array(payload.content[:options.max_size])
         flags: list[str] = ["limit:xorsearch-size"] if payload.size > options.max_size else []
         hits: list[dict[str, Any]] = []
         for hit in find_strings(data, list(dict.fromkeys(s.encode() for s in options.strings)), options.plain):

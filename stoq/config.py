@@ -92,6 +92,11 @@ class Settings(BaseModel):
     quarantine_after: int = Field(2, ge=2, description="Cluster: attempts of a payload whose plugin run kills its worker before it is quarantined.")
     recover_after: float = Field(900.0, gt=0, description="Cluster: seconds a submitted scan may stay unfinished, with no state in Redis, before the sweeper publishes it again from the ledger.")
     max_attempts: int = Field(3, ge=1, description="Cluster: publishes of a scan (the client's and the sweeper's) before the ledger gives it up as failed (lost).")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Cluster: port on which a worker's main process serves the Prometheus metrics of all its pool processes at /metrics (0: none; docs/metrics.md).")
+    metrics_address: str = Field("127.0.0.1", description="Cluster: address the worker's metrics port is bound to (0.0.0.0: every interface).")
+    web_max_upload: int = Field(100 * 1024 * 1024, ge=1, description="stoq serve: largest request body in bytes (the files of one submission together); a larger one is refused with 413.")
+    web_rate_limit: int = Field(600, ge=0, description="stoq serve: requests per minute per API token; more are refused with 429 and Retry-After (0: no limit).")
+    web_scans: int = Field(2, ge=1, description="stoq serve, embedded: submissions scanned at once (each with `jobs` processes); more wait, pending.")
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Options per plugin.")
 
     @field_validator("workers", "connectors", mode="before")

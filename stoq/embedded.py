@@ -47,6 +47,7 @@ from multiprocessing.sharedctypes import RawValue
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator
 
+from stoq import metrics
 from stoq.archive import HOLD_BYTES, Archive, ArchiveError, read_input
 from stoq.engine import Activity, Engine, SkipMap, describe
 from stoq.lifetime import die_with_parent, parent_alive, prepare
@@ -248,6 +249,7 @@ class _Worker:
             self.process.kill()
         self.process.join()
         self.conn.close()
+        metrics.process_dead(self.process.pid)
 
     def stop(self) -> None:
         try:
@@ -258,6 +260,7 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
+        metrics.process_dead(self.process.pid)
 
 
 def failed_document(path: Path, kind: str, message: str, scan_id: str | None = None,
@@ -308,6 +311,7 @@ class EmbeddedPool:
         self._blamed: dict[tuple[str, str], tuple[str, str]] = {}  # (sha256, plugin) -> error, every job's skip
         self._outside: dict[tuple[str, str], int] = {}  # outside kills while that (sha256, plugin) ran
         self.leftover = []
+        metrics.enabled()  # prometheus-client imported (~40 ms) once, here, not again in every forked worker
         gc.freeze()  # what is loaded now is shared with the workers: keep the collector off those pages
         workers = [self._fork(i) for i in range(min(self.jobs, max(1, total)))]
         if started is not None:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import magic
 import yara
 
+from stoq import metrics
 from stoq.archive import ArchiveError, open_configured, put_where, read_from
 from stoq.config import ConfigError, Settings
 from stoq.dispatch import Dispatcher, Planned, bundled_dispatch_rules
@@ -384,9 +385,12 @@ class Engine:
 
         activity.enter(name, payload.sha256)
         try:
-            return run_plugin(name, call, payload.payload_id, self.timeout_for(name))
+            outcome = run_plugin(name, call, payload.payload_id, self.timeout_for(name))
         finally:
             activity.leave()
+        if outcome is not None:
+            metrics.plugin_run(name, outcome.seconds)
+        return outcome
 
     def run_on(self, name: str, ref: dict[str, Any], activity: Activity = Activity()) -> dict[str, Any]:
         """Runs one plugin on an archived payload given by reference (the Celery adapter's step).

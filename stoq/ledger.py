@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from stoq import metrics
 from stoq.store import Store, StoreError
 from stoq.tables import SCAN_LEDGER as L
 
@@ -35,19 +36,42 @@ def _now() -> datetime:
 
 
 def record(store: Store, roots: list[dict[str, Any]], profile: dict[str, Any], notify: str | None,
-           verdicts: str | None = None) -> None:
-    """Records a batch of submitted roots (fresh scan ids) as pending, in one transaction."""
+           verdicts: str | None = None) -> dict[str, dict[str, Any]]:
+    """Records a batch of submitted roots as pending, in one transaction. A root whose scan id the
+    ledger holds already (a source submitting again under the same id: dirmon after a restart, a
+    message delivered again to intake) is not recorded twice: returned, scan id -> its row (``state``,
+    ``attempts``, ``error``), for the caller to decide."""
     if not roots:
-        return
+        return {}
     now = _now()
-    rows = [{"scan_id": root["scan_id"], "root_sha256": root["sha256"], "filename": root.get("filename"),
-             "root": root, "profile": profile, "notify": notify, "verdicts": verdicts, "submitted_at": now, "state": PENDING,
-             "attempts": 1, "last_attempt_at": now, "finished_at": None, "error": None} for root in roots]
     try:
         with store.engine.execution_options(stoq_write=True).begin() as conn:
-            conn.execute(insert(L), rows)
+            ids = [root["scan_id"] for root in roots]
+            known = {row["scan_id"]: dict(row) for row in conn.execute(
+                select(L.c.scan_id, L.c.state, L.c.attempts, L.c.error).where(L.c.scan_id.in_(ids))).mappings()}
+            rows = [{"scan_id": root["scan_id"], "root_sha256": root["sha256"], "filename": root.get("filename"),
+                     "root": root, "profile": profile, "notify": notify, "verdicts": verdicts, "submitted_at": now,
+                     "state": PENDING, "attempts": 1, "last_attempt_at": now, "finished_at": None, "error": None}
+                    for root in roots if root["scan_id"] not in known]
+            if rows:
+                conn.execute(_insert_new(store), rows)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot record {len(rows)} submitted scan(s) in the ledger of {store.display}: {exc}") from exc
+        raise StoreError(f"cannot record {len(roots)} submitted scan(s) in the ledger of {store.display}: {exc}") from exc
+    metrics.scans("submitted", len(rows))
+    return known
+
+
+def _insert_new(store: Store) -> Any:
+    """INSERT that leaves a row another client recorded meanwhile as it is."""
+    if store.engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(L).on_conflict_do_nothing(index_elements=["scan_id"])
+    if store.engine.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(L).on_conflict_do_nothing(index_elements=["scan_id"])
+    return insert(L)
 
 
 def status(store: Store, scan_id: str) -> dict[str, Any] | None:
@@ -108,6 +132,7 @@ def fail(store: Store, scan_id: str, attempts: int, why: str) -> bool:
         done = conn.execute(update(L).where(and_(L.c.scan_id == scan_id, L.c.state == PENDING,
                                                  L.c.attempts == attempts))
                             .values(state=FAILED, error=why, finished_at=_now()))
+    metrics.scans(FAILED, done.rowcount)
     return done.rowcount == 1
 
 
@@ -115,5 +140,21 @@ def refuse(store: Store, scan_ids: list[str], why: str) -> None:
     """Scans the workers refused to run (their settings): failed at once, with why; never republished."""
     if scan_ids:
         with store.engine.execution_options(stoq_write=True).begin() as conn:
-            conn.execute(update(L).where(and_(L.c.scan_id.in_(scan_ids), L.c.state == PENDING))
-                         .values(state=FAILED, error=f"refused: {why}", finished_at=_now()))
+            done = conn.execute(update(L).where(and_(L.c.scan_id.in_(scan_ids), L.c.state == PENDING))
+                                .values(state=FAILED, error=f"refused: {why}", finished_at=_now()))
+        metrics.scans(FAILED, done.rowcount)
+
+
+def settle(store: Store, finished: list[str], failed: dict[str, str]) -> None:
+    """Settles pending scans that ran outside the cluster (``stoq serve`` embedded: its scanning
+    process has ended): ``finished`` ones are stored, ``failed`` ones (scan id -> why) never will be."""
+    now = _now()
+    given_up = 0
+    with store.engine.execution_options(stoq_write=True).begin() as conn:
+        if finished:
+            conn.execute(update(L).where(and_(L.c.scan_id.in_(finished), L.c.state == PENDING))
+                         .values(state=FINISHED, finished_at=now))
+        for scan_id, why in failed.items():
+            given_up += conn.execute(update(L).where(and_(L.c.scan_id == scan_id, L.c.state == PENDING))
+                                     .values(state=FAILED, error=why, finished_at=now)).rowcount
+    metrics.scans(FAILED, given_up)

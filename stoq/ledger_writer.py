@@ -21,6 +21,9 @@ import orjson
 from stoq.migrations import HEAD_REVISION
 from stoq.rows import StoreError
 
+#: A scan's states in the ledger (``stoq.ledger`` uses the same).
+PENDING, FINISHED, FAILED = "pending", "finished", "failed"
+
 _SCHEME = re.compile(r"^(postgresql|postgres)(\+psycopg2)?://", re.IGNORECASE)
 _PASSWORD = re.compile(r"(://[^/@:]*):[^/@]*@")
 
@@ -126,6 +129,9 @@ class LedgerWriter:
                 cur.execute(_RECORD, params)
                 known = {row[0]: {"scan_id": row[0], "state": row[1], "attempts": row[2], "error": row[3]}
                          for row in cur.fetchall()}
+            from stoq import metrics
+
+            metrics.scans("submitted", len(rows) - len(known))
         except psycopg2.Error as exc:
             if self._conn is not None and (isinstance(exc, psycopg2.OperationalError) or self._conn.closed):
                 self._conn.close()

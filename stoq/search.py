@@ -120,6 +120,7 @@ class Query:
     since: datetime | None = None  #: scanned at or after
     until: datetime | None = None  #: scanned before
     limit: int = 20
+    offset: int = 0  #: matching scans skipped first (paging: the next page's offset is offset + limit)
 
     def payload_filters(self) -> bool:
         return bool(self.where) or any(v is not None for v in (self.filename, self.mime, self.flag, self.plugin, self.yara))
@@ -127,7 +128,7 @@ class Query:
 
 def search_sql(query: Query, sqlite: bool) -> tuple[str, dict[str, Any]]:
     """The query's SQL (``:name`` parameters, as SQLAlchemy's ``text()`` takes them) and parameters."""
-    params: dict[str, Any] = {"limit": query.limit}
+    params: dict[str, Any] = {"limit": query.limit, "offset": query.offset}
     scan_conds: list[str] = []
     if query.since is not None:
         scan_conds.append("s.scanned_at >= :since")
@@ -164,13 +165,13 @@ def search_sql(query: Query, sqlite: bool) -> tuple[str, dict[str, Any]]:
         scan_conds.append(f"EXISTS (SELECT 1 FROM scan_payloads e{join} WHERE e.scan_id = s.scan_id AND "
                           + " AND ".join(conds) + ")")
     where = f" WHERE {' AND '.join(scan_conds)}" if scan_conds else ""
-    sql = f"SELECT s.scan_id FROM scans s{where} ORDER BY s.scanned_at DESC, s.scan_id DESC LIMIT :limit"
+    sql = f"SELECT s.scan_id FROM scans s{where} ORDER BY s.scanned_at DESC, s.scan_id DESC LIMIT :limit OFFSET :offset"
     return sql, params
 
 
 def search(store: Any, query: Query) -> list[str]:
     """The ids of the scans in ``store`` (a :class:`stoq.store.Store`) that match, newest first, at
-    most ``query.limit``."""
+    most ``query.limit``, after the first ``query.offset``."""
     sqlite = store.engine.dialect.name == "sqlite"
     sql, params = search_sql(query, sqlite)
     if sqlite:  # timestamps as SQLAlchemy's SQLite DateTime stores them (naive UTC text)

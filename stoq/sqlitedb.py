@@ -13,6 +13,7 @@ import sqlite3
 import time
 from typing import Any, Iterable
 
+from stoq import metrics
 from stoq.rows import SQLITE_INSERTS, StoreError, document_rows
 
 BUSY_MS = 30_000
@@ -98,6 +99,7 @@ class SqliteWriter:
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"cannot save {len(rows[0])} scan document(s) to {self.path}: {exc}") from exc
+        metrics.stored(rows)
 
     def close(self) -> None:
         self._db.close()

@@ -48,6 +48,7 @@ _PG_LOCK_KEY = 0x5370_0051  # pg_advisory_xact_lock key serialising concurrent u
 log = logging.getLogger(__name__)
 
 
+from stoq import metrics  # noqa: E402
 from stoq.jsonb import apply_hint  # noqa: E402
 from stoq.model import SHA256  # noqa: E402
 from stoq.rows import (KEY_LENGTHS, ROW_COLUMNS, SQLITE_INSERTS, TABLE_NAMES, NotMigrated,  # noqa: E402
@@ -310,6 +311,7 @@ class Store:
             return
         if not self._sqlite:
             self._save_pg(rows)
+            metrics.stored(rows)
             return
         try:
             with self._writer.begin() as conn:
@@ -321,6 +323,7 @@ class Store:
                 conn.exec_driver_sql(_LEDGER_FINISHED_SQLITE, [(at, row[0]) for row in rows[0]])
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot save {len(rows[0])} scan document(s) in {self.display}: {_reason(exc)}") from exc
+        metrics.stored(rows)
 
     def _save_pg(self, rows: tuple[list[tuple[Any, ...]], ...]) -> None:
         """PostgreSQL: every INSERT in one query string, which the server runs as one transaction."""

@@ -229,3 +229,21 @@ class ScanLedgerRow(Base):
 
 
 SCAN_LEDGER = ScanLedgerRow.__table__
+
+
+class ApiTokenRow(Base):
+    """A token of the REST API (``stoq tokens``): only the sha256 of its secret is kept; ``revoked_at``
+    is set by ``stoq tokens revoke`` (the row stays, so that ``stoq tokens list`` shows it)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_name", "name"),
+                      UniqueConstraint("token_sha256", name="uq_api_tokens_token_sha256"))
+
+    token_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+API_TOKENS = ApiTokenRow.__table__

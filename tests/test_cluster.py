@@ -68,21 +68,32 @@ def fresh_database(name: str) -> None:
 
 
 def start(work: Path, env: dict[str, str], *args: str, fresh: bool = True) -> Cluster:
-    """`celery -A stoq worker` with ``args``; returns once it answers a ping. ``fresh``: empty the
-    Redis databases first (not for a worker joining a running cluster)."""
+    """`celery -A stoq worker` with ``args``; returns once it is ready (``wait_ready``). ``fresh``: empty
+    the Redis databases first (not for a worker joining a running cluster)."""
     for db in (env["STOQ_BROKER_URL"], env["STOQ_RESULT_BACKEND"]) if fresh else ():
         if db.startswith("redis://"):
             redis.Redis.from_url(db).flushdb()
     log = work / "worker.log"
+    offset = log.stat().st_size if log.exists() else 0  # a worker restarted in the same place appends
     worker = subprocess.Popen([str(BIN / "celery"), "-A", "stoq", "worker", "-n", f"stoq-{work.name}@%h",
                                "--without-gossip", "--without-mingle", "-l", "info", "--logfile", str(log), *args],
                               env=env, cwd=work)
-    ping = [str(BIN / "celery"), "-A", "stoq", "inspect", "ping", "-t", "1"]
-    deadline = time.monotonic() + 60
-    while subprocess.run(ping, env=env, cwd=work, capture_output=True).returncode != 0:
+    wait_ready(worker, log, offset)
+    return Cluster(work, env, worker, log)
+
+
+READY = re.compile(rb"INFO/MainProcess\] \S+@\S+ ready\.")
+
+
+def wait_ready(worker: subprocess.Popen[bytes], log: Path, offset: int = 0, timeout: float = 60) -> None:
+    """Returns once the worker's log, past ``offset``, says ``<name> ready.``: Celery writes it once
+    every consumer, the remote-control one included, is started, so the worker answers a ping from
+    then on. (Polling ``celery inspect ping`` costs an interpreter start per try.)"""
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and READY.search(log.read_bytes()[offset:])):
         assert worker.poll() is None, log.read_text() if log.exists() else "worker died"
         assert time.monotonic() < deadline, "worker did not start"
-    return Cluster(work, env, worker, log)
+        time.sleep(0.05)
 
 
 def running_cluster(work: Path, site: Path, dbs: tuple[int, int], database: str) -> Iterator[Cluster]:

@@ -98,19 +98,25 @@ def write_files(top: Path, n: int, prefix: str = "f") -> dict[str, str]:
     return out
 
 
+#: Files in the burst. They are written into two new directories, which makes the monitor scan the tree while
+#: their own events arrive: each file must still be submitted once. docs/performance.md has 10,000 and 30,000.
+BURST = 3000
+
+
 @pytest.mark.slow
-def test_a_burst_of_10000_files_gives_10000_documents(dirmon: Callable[..., Monitor], tmp_path: Path) -> None:
+def test_a_burst_of_files_gives_one_document_each(dirmon: Callable[..., Monitor], tmp_path: Path) -> None:
     watched = tmp_path / "in"
     watched.mkdir()
     m = dirmon(str(watched), "--jobs", "2", "--batch", "1024")
     started = time.monotonic()
-    expected = set(write_files(watched / "a", 5000, "a").values()) | set(write_files(watched / "b", 5000, "b").values())
-    wait_for(lambda: len(stored(m.db)) >= 10_000, "10,000 documents", 240)
+    half = BURST // 2
+    expected = set(write_files(watched / "a", half, "a").values()) | set(write_files(watched / "b", half, "b").values())
+    wait_for(lambda: len(stored(m.db)) >= BURST, f"{BURST} documents", 240)
     took = time.monotonic() - started
     assert m.stop() == 0
     counts = stored(m.db)
-    assert set(counts) == expected and set(counts.values()) == {1}
-    print(f"10,000 files written and stored in {took:.1f} s")
+    assert len(expected) == BURST and set(counts) == expected and set(counts.values()) == {1}
+    print(f"{BURST} files written and stored in {took:.1f} s")
 
 
 def test_a_file_written_slowly_is_submitted_once_whole(dirmon: Callable[..., Monitor], tmp_path: Path) -> None:

@@ -83,6 +83,9 @@ def test_the_build_configures_every_package_it_ships(installed: dict[str, Path])
     # ...and so does every other module of the checkout.
     sources = {p.relative_to(ROOT).as_posix() for top in ("stoq", "plugins") for p in (ROOT / top).rglob("*.py")}
     assert {n.replace("stoq_plugins/", "plugins/", 1) for n in names if n.endswith(".py")} == sources
+    # The results view's templates and stylesheet (data, not modules) ship too.
+    pages = {p.relative_to(ROOT).as_posix() for d in ("templates", "static") for p in (ROOT / "stoq" / "web" / d).iterdir()}
+    assert {n for n in names if n.startswith(("stoq/web/templates/", "stoq/web/static/"))} == pages
 
 
 PROBE = r"""

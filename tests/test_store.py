@@ -20,7 +20,7 @@ from stoq.jsonb import apply_hint, order_hint
 from stoq.model import PayloadRecord, ScanErrorEntry
 from stoq.store import HEAD_REVISION, NotMigrated, Store, StoreError, upgrade
 
-STOQ_TABLES = ("connector_outbox", "dirmon_ledger", "scan_ledger", "scan_errors", "plugin_results", "scan_payloads",
+STOQ_TABLES = ("api_tokens", "connector_outbox", "dirmon_ledger", "scan_ledger", "scan_errors", "plugin_results", "scan_payloads",
                "payloads", "scans", "alembic_version")
 
 

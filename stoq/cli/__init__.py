@@ -170,6 +170,8 @@ from stoq.cli import install  # noqa: E402,F401  (stoq install, stoq uninstall)
 from stoq.cli import workers  # noqa: E402,F401  (stoq workers)
 from stoq.cli import sources  # noqa: E402  (stoq dirmon, stoq intake)
 from stoq.cli import connectors_cmd  # noqa: E402,F401  (stoq connectors ...)
+from stoq.cli import export as _export  # noqa: E402,F401  (stoq export)
+from stoq.cli import serve as _serve  # noqa: E402,F401  (stoq serve, stoq tokens ...)
 
 __all__ = ["app", "main", "ExitCode", "fail", "say", "admin", "doctor", "plugin_new", "scan"]
 from stoq.cli import shell as _shell  # noqa: E402,F401  (registers `stoq shell`)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 #: The newest migration in ``versions/``.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 #: The SQLite schema at ``HEAD_REVISION``, as Alembic creates it: one statement per ``;`` line end.
 SQLITE_HEAD = Path(__file__).resolve().parent / "sqlite_head.sql"

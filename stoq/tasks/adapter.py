@@ -22,12 +22,11 @@ import logging
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
 
 from stoq.plugin import SCAN_CATEGORIES
 from stoq.registry import Registry
 from stoq.tasks import pipeline
-from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE
+from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE, declared_queue
 from stoq.tasks.engines import connector_for
 from stoq.tasks.plumbing import redis_client
 from stoq.tasks.retry import retrying
@@ -110,5 +109,5 @@ def register_plugins(app: Celery, registry: Registry | None = None) -> dict[str,
     app.conf.task_routes = {name: {"queue": plugin} for plugin, name in names.items()}
     # A worker started without -Q consumes every queue declared here: all plugins, and stoq's own.
     app.conf.task_default_queue = DEFAULT_QUEUE
-    app.conf.task_queues = [Queue(DEFAULT_QUEUE), Queue(COLLECT_QUEUE)] + [Queue(plugin) for plugin in sorted(names)]
+    app.conf.task_queues = [declared_queue(app, q) for q in (DEFAULT_QUEUE, COLLECT_QUEUE, *sorted(names))]
     return names

@@ -13,6 +13,7 @@ app = make_app()
 
 from stoq.tasks import checks, pipeline, sweeper  # noqa: E402  (after the app: they may read its settings)
 from stoq.tasks import remote  # noqa: E402,F401  (the stoq_plugins inspect command)
+from stoq.tasks import exporter  # noqa: E402,F401  (metrics_port: the worker's Prometheus metrics)
 from stoq.tasks.adapter import redelivered, register_plugins  # noqa: E402
 
 # Every installed scan plugin becomes a task on its own queue (see stoq.tasks.adapter).
@@ -33,9 +34,10 @@ def collect(self: Any, wave_id: str) -> None:
 
 
 @app.task(name="stoq.connector.store", queue=pipeline.COLLECT_QUEUE, ignore_result=True,
-          autoretry_for=(Exception,), retry_backoff=True, retry_backoff_max=60, max_retries=20)
+          autoretry_for=(Exception,), retry_backoff=True, retry_backoff_max=8, max_retries=60)
 def store(scan_ids: list[str]) -> None:
-    """Saves finished scans to the result store (PostgreSQL) and wakes the waiting client."""
+    """Saves finished scans to the result store (PostgreSQL) and wakes the waiting client. Retried
+    at most 8 s apart (for about 8 min): a database back from an outage is used within seconds."""
     pipeline.store(app, scan_ids)
 
 

@@ -25,9 +25,8 @@ import redis
 from stoq.archive import HOLD_BYTES, ArchiveError, open_configured, put_many_where, read_input
 from stoq.config import Settings
 from stoq.engine import oversized_record
-from stoq.ledger_writer import LedgerWriter
-from stoq.limits import Budget, Limits
-from stoq.model import new_id, now_iso, text
+from stoq.ledger_writer import FAILED, FINISHED, PENDING, LedgerWriter
+from stoq.model import assemble, new_id, now_iso, text
 from stoq.rows import StoreError
 from stoq.submission import Root, roots_of, source_of
 from stoq.tasks import state as st
@@ -99,9 +98,12 @@ class ClusterClient:
                 yield from self._send(batch, notify)  # the files before it go first: input order
                 batch, held = [], 0
                 try:
-                    self._oversized(path, scan_id, notify, root_in.meta)
+                    self._oversized(path, scan_id, notify, root_in.meta, root_in.shown)
                 except OSError as exc:
                     yield Submitted(path, None, f"{path}: {exc.strerror or exc}")
+                    continue
+                except StoreError as exc:
+                    yield Submitted(path, None, f"{path}: {exc}")
                     continue
                 yield Submitted(path, scan_id)
                 continue
@@ -128,16 +130,37 @@ class ClusterClient:
         for (_, root, _), at in zip(batch, places):
             root["at"] = at
         try:  # durable before it is acknowledged: a scan the ledger does not hold is not sent
-            self.ledger_writer.record([root for _, root, _ in batch], self.profile_doc, notify, self._verdicts)
+            known = self.ledger_writer.record([root for _, root, _ in batch], self.profile_doc, notify,
+                                              self._verdicts)
         except StoreError as exc:
             for path, _, _ in batch:
                 yield Submitted(path, None, f"{path}: cannot record it in the ledger: {exc}")
             return
-        self._publish([root for _, root, _ in batch], notify)
+        # A scan id the ledger held already (dirmon after a restart, intake given a message again):
+        # finished, it is not sent again; failed, it says why; pending, it is sent again as the
+        # ledger's recovery would send it (the publisher skips it if its state shows it in progress).
+        send = []
+        for _, root, _ in batch:
+            row = known.get(root["scan_id"])
+            if row is None:
+                send.append(root)
+            elif row["state"] == PENDING:
+                send.append(root | {"attempt": row["attempts"]})
+        self._publish(send, notify)
+        finished = [root["scan_id"] for _, root, _ in batch
+                    if (known.get(root["scan_id"]) or {}).get("state") == FINISHED]
+        if finished:
+            self._tell(notify, [st.dumps(doc) for doc in map(self.store.get, finished) if doc is not None], finished)
         for path, root, _ in batch:
-            yield Submitted(path, root["scan_id"])
+            row = known.get(root["scan_id"])
+            if row is not None and row["state"] == FAILED:
+                yield Submitted(path, None, f"{path}: scan {root['scan_id']} failed before: {row['error']}")
+            else:
+                yield Submitted(path, root["scan_id"])
 
     def _publish(self, roots: list[dict[str, Any]], notify: str | None) -> None:
+        if not roots:
+            return
         self.archive.flush()  # the workers must find the index rows before the message
         self.app.send_task("stoq.publish", args=(self.profile, st.wrap(self.r, roots), notify),
                            kwargs={"verdicts": self._verdicts} if self._verdicts else None, queue=DEFAULT_QUEUE,
@@ -145,16 +168,48 @@ class ClusterClient:
                                                       [f"{root['scan_id']} {root['filename']}" for root in roots]),
                            kwargsrepr="")
 
-    def _oversized(self, path: Path, scan_id: str, notify: str | None, meta: dict[str, str] | None = None) -> None:
-        """An input over ``max_file_bytes`` is only hashed and typed, here; the store connector saves it."""
-        limits = Limits.of(self.settings)
+    def _oversized(self, path: Path, scan_id: str, notify: str | None, meta: dict[str, str] | None = None,
+                   shown: str | None = None) -> None:
+        """An input over ``max_file_bytes`` is only hashed and typed, here: recorded in the ledger,
+        then its document (the record flagged ``limit:file-bytes``) saved by this client, which
+        finishes it in the ledger; a save that fails leaves it failed there, with why."""
         if self._magic is None:
             self._magic = magic.Magic(mime=True)
         record = oversized_record(path, self._magic.from_buffer)
-        scan = st.ScanState(scan_id, now_iso(), source_of(text(str(path)), meta), self.profile, notify, limits, Budget(limits),
-                            results=[record.as_dict()], done=True)
-        self.r.set(st.scan_key(scan_id), scan.to_json(), ex=st.TTL)
-        self.app.send_task("stoq.connector.store", args=([scan_id],), queue=COLLECT_QUEUE)
+        source = source_of(text(shown or str(path)), meta)
+        doc = assemble(scan_id, now_iso(), source, [record.as_dict()], [])
+        root = {"scan_id": scan_id, "sha256": record.sha256, "size": record.size, "filename": record.filename,
+                "source": source, "date": doc["date"], "at": None, "oversized": True}
+        known = self.ledger_writer.record([root], self.profile_doc, notify, self._verdicts)
+        if scan_id in known:  # submitted before under this id (a source's restart): as _send
+            row = known[scan_id]
+            if row["state"] == FAILED:
+                raise StoreError(f"scan {scan_id} failed before: {row['error']}")
+            stored = self.store.get(scan_id)
+            if stored is not None:
+                self._tell(notify, [st.dumps(stored)], [scan_id])
+                return
+        try:
+            self.store.save([doc])
+        except StoreError as exc:
+            from stoq import ledger
+
+            ledger.refuse(self.store, [scan_id], f"over max_file_bytes, and its record could not be saved: {exc}")
+            raise
+        self._tell(notify, [st.dumps(doc)], [scan_id])
+        for name in self.profile_doc.get("connectors") or []:  # as the collector sends them after a save
+            self.app.send_task(f"stoq.connector.{name}", args=(self.profile, [scan_id]), queue=name,
+                               argsrepr=st.describe_ids("scans", [scan_id]), kwargsrepr="")
+
+    def _tell(self, notify: str | None, docs: list[bytes], scan_ids: list[str]) -> None:
+        """Scans stored without a publish (an oversized input; one stored before): the waiting
+        client gets their documents, a ``--no-wait`` one their acceptance, as the workers tell them."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for key, entries in ((notify, docs), (self._verdicts, [st.dumps({"accepted": scan_ids})])):
+                if key and entries:
+                    pipe.rpush(key, *entries)
+                    pipe.expire(key, st.BLOB_TTL)
+            pipe.execute()
 
     def documents(self, notify: str, scan_ids: set[str]) -> Iterator[tuple[dict[str, Any], bytes]]:
         """Finished documents (JSON bytes) as the store connector commits them, each once."""

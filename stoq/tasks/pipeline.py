@@ -109,9 +109,10 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
     # A scan the ledger publishes again (``attempt``) may have been started meanwhile by a late first publish.
     again = redelivered or any(root.get("attempt") for root in roots)
     known = load_states(r, [root["scan_id"] for root in roots]) if again else [None] * len(roots)
+    stored = finished_already([root["scan_id"] for root in roots])
     waves = []
     for root, existing in zip(roots, known):
-        if existing is not None:
+        if existing is not None or root["scan_id"] in stored:
             continue
         scan = ScanState(root["scan_id"], root["date"], root["source"], profile_id, notify, eng.limits,
                          Budget(eng.limits))
@@ -129,6 +130,18 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
         if verdicts:  # every root of the batch: a redelivery's earlier delivery may have died before this
             tell(r, verdicts, [dumps({"accepted": [root["scan_id"] for root in roots]})])
     forget(r, blob_keys(sent))
+
+
+def finished_already(scan_ids: list[str]) -> set[str]:
+    """Those of ``scan_ids`` the ledger holds as finished: a publish that comes after its scan was
+    stored (the ledger's, or a client's, sent again while the first was queued; a late first one)
+    must not begin it again: a second run's payloads have other ids, and would be stored beside
+    the first's. The database away: none (that rare second run is then not prevented)."""
+    try:
+        return {i for i, state in ledger.states(result_store(), scan_ids).items() if state == ledger.FINISHED}
+    except Exception as exc:
+        log.warning("publish: cannot read the ledger (%s: %s); beginning every scan", type(exc).__name__, exc)
+        return set()
 
 
 def refuse(r: redis.Redis, roots: list[dict[str, Any]], clients: list[str | None], message: str) -> None:
@@ -243,9 +256,11 @@ def settle(app: Celery, r: redis.Redis, waves: list[tuple[ScanState, list[Pendin
     if settled is not None:
         pipe.delete(wave_key(settled))
     pipe.execute()
-    wave.send(app)
+    # Committed: the task must not fail now on a broker hiccup, for its next run (a retry, a
+    # redelivery) finds this wave settled and would send nothing; so the sends retry on their own.
+    retrying("sending the next wave", wave.send, app)
     if docs is None:
-        send_store(app, [s.scan_id for s in finished])
+        retrying("sending to the store", send_store, app, [s.scan_id for s in finished])
     elif finished:
         send_connectors(app, r, finished)
 

@@ -146,6 +146,11 @@ def recover(app: Celery) -> list[str]:
         for row, scan in zip(rows, states):
             if scan is not None:
                 continue  # in progress: the wave sweeper above answers for it
+            if row["root"].get("oversized"):  # never published: only its client could save its record
+                if ledger.fail(store, row["scan_id"], row["attempts"], "lost: the client stopped before saving the "
+                               "record of this input over max_file_bytes; submit it again"):
+                    failed.append(row["scan_id"])
+                continue
             if row["attempts"] >= settings.max_attempts:
                 why = (f"lost: no document after {row['attempts']} publish(es), {settings.recover_after:g} s "
                        "apart (the scan's state vanished each time: Redis or the broker lost it)")
