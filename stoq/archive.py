@@ -111,9 +111,9 @@ os.register_at_fork(after_in_child=_forked)
 class PackArchive(ArchiverPlugin):
     """Appends payloads to pack files found through a SQLite index: the default, fastest on a local disk.
 
-    On this project's reference machine (ext4 in a VM) creating one file per payload costs ~1 ms of
-    kernel time, more than hashing, typing and matching a typical payload together; appending to an
-    open pack costs ~20 µs. Layout under ``ROOT``::
+    Creating one file per payload costs more kernel time than hashing, typing and matching a typical
+    payload together; appending to an open pack costs a small fraction of it (the figures:
+    docs/performance.md). Layout under ``ROOT``::
 
         packs/<host>-<pid>-<random>.pack   records: b"SQPK" + sha256 (32 bytes) + length (8, big-endian) + bytes
         index.sqlite                       sha256 -> (pack, offset, length)

@@ -311,7 +311,7 @@ class EmbeddedPool:
         self._blamed: dict[tuple[str, str], tuple[str, str]] = {}  # (sha256, plugin) -> error, every job's skip
         self._outside: dict[tuple[str, str], int] = {}  # outside kills while that (sha256, plugin) ran
         self.leftover = []
-        metrics.enabled()  # prometheus-client imported (~40 ms) once, here, not again in every forked worker
+        metrics.enabled()  # prometheus-client imported once, here, not again in every forked worker
         gc.freeze()  # what is loaded now is shared with the workers: keep the collector off those pages
         workers = [self._fork(i) for i in range(min(self.jobs, max(1, total)))]
         if started is not None:

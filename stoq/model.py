@@ -133,7 +133,8 @@ def new_id() -> str:
     ms = time.time_ns() // 1_000_000
     rand = os.urandom(10)
     # 48 bits of milliseconds, version 7 and 12 random bits, variant 0b10 and 62 random bits; written
-    # out directly: 2.8 us instead of 4.7 through uuid.UUID, for two or three ids per payload.
+    # out directly rather than through uuid.UUID, which costs more, for two or three ids per payload
+    # (the figures: docs/performance.md).
     h = ((ms & (2**48 - 1)).to_bytes(6, "big") + bytes((0x70 | rand[0] & 0x0F, rand[1], 0x80 | rand[2] & 0x3F))
          + rand[3:]).hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -45,7 +45,7 @@ class PluginOptions(BaseModel):
     """
 
     # defer_build: the validator of a plugin's options is built when first used, not when the plugin
-    # is discovered (~3 ms per plugin at every start, for plugins a scan may never configure).
+    # is discovered (a cost at every start, for plugins a scan may never configure).
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 

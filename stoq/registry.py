@@ -42,7 +42,7 @@ class PluginEntry:
     @property
     def distribution(self) -> str | None:
         """The name of the package that installed the plugin (read from its metadata on demand:
-        parsing every plugin's METADATA costs ~30 ms a scan would wait for)."""
+        parsing every plugin's METADATA costs time a scan would wait for)."""
         return self.dist.name if self.dist is not None else None
 
 

@@ -3,7 +3,7 @@
 :func:`configure` gives every connection the same settings, whether SQLAlchemy opened it
 (:class:`stoq.store.Store`) or the CLI did (:class:`SqliteWriter`). The CLI saves to a SQLite store
 at the current schema with :class:`SqliteWriter`, so that a scan never waits for SQLAlchemy's import
-(~0.4 s, as long as scanning 400 small files); the rows are those of :func:`stoq.rows.document_rows`,
+(as long as scanning hundreds of small files); the rows are those of :func:`stoq.rows.document_rows`,
 as the Store writes them.
 """
 
@@ -36,10 +36,9 @@ def configure(conn: Any) -> None:
     # Every saved document adds a row to several indexes keyed by random values (sha256s), so a
     # batch dirties pages all over the file: a bigger page cache helps. Checkpoints every 2,000 pages
     # rather than SQLite's 1,000 copy a page back fewer times; not much rarer, because the checkpoint
-    # left when the last connection closes makes the command wait for its fsync (0.25 s at the
-    # 10,000 pages 4,800 bench documents fill, 0.04 s at 2,000; the CPU is the same, and the earlier
-    # checkpoints wait in the CLI's store thread, beside the scan). The WAL file is truncated back
-    # after a checkpoint.
+    # left when the last connection closes makes the command wait for its fsync, longer the more
+    # pages are left (the earlier checkpoints wait in the CLI's store thread, beside the scan; the
+    # figures: docs/performance.md). The WAL file is truncated back after a checkpoint.
     cur.execute(f"PRAGMA cache_size={CACHE_KIB}")
     cur.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
     cur.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")

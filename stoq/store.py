@@ -244,9 +244,9 @@ class Store:
         else:
             # PostgreSQL: one INSERT per table, all sent as one simple query (one round trip, one
             # implicit transaction). Each table's rows travel as one JSON array that the server
-            # unpacks with json_to_recordset: one literal per table instead of one per value, which
-            # took 40 % of the client's and 15 % of the server's time (thousands of literals parsed
-            # and typed one by one); JSON columns travel as text and are cast to JSONB.
+            # unpacks with json_to_recordset: one literal per table instead of one per value (thousands
+            # of literals parsed and typed one by one, on the client and the server; the figures:
+            # docs/performance.md); JSON columns travel as text and are cast to JSONB.
             self._inserts = [_pg_insert(table, cols, engine.dialect) for table, cols in zip(TABLE_NAMES, self._columns)]
 
     @classmethod

@@ -263,3 +263,115 @@ def test_charges_and_verdicts_on_redis() -> None:
                    b: ("crash", "p on this content: the worker process died 2 times; quarantined (2 fatal)")}
     assert gd.verdicts(r, "other", [a, b], 2) == {}  # by plugin too
     assert 0 < r.ttl(gd.blame_key("p", a)) <= gd.BLAME_TTL
+
+
+# -- the publisher's and collector's own steps: libmagic's typing and the dispatch rules -------------------
+
+BEGIN_URL = "redis://127.0.0.1:6379/13"
+
+CHARGE = r"""
+import os, signal, sys
+from stoq.tasks import guard as gd
+from stoq.tasks.pipeline import Beginning
+from stoq.tasks.plumbing import connect
+
+where, sha256 = sys.argv[2], sys.argv[3]
+guard = gd.process_guard(connect(sys.argv[1]))
+beginning = Beginning(guard, sha256)  # what begin_waves hands Engine.begin
+beginning.enter("libmagic", sha256)
+if where in ("dispatch", "between"):
+    beginning.leave()  # libmagic returned: the dispatch rules run
+if where == "between":
+    guard.leave()  # the payload is begun
+print(guard.pid, flush=True)
+os.kill(os.getpid(), signal.SIGSEGV)
+"""
+
+
+@pytest.mark.parametrize("where", ["libmagic", "dispatch", "between"])
+def test_a_death_while_a_payload_is_begun_is_charged_to_its_step_and_content(where: str) -> None:
+    """A real worker-like process with its guard dies by SIGSEGV while ``Beginning`` says libmagic
+    types a payload, or while its dispatch rules run, or after it was begun: the guard charges the
+    step on that content, or nothing."""
+    from stoq.tasks import guard as gd
+
+    r = redis.Redis.from_url(BEGIN_URL)
+    sha256 = hashlib.sha256(f"begun {where} {uuid.uuid4()}".encode()).hexdigest()
+    proc = subprocess.run([str(BIN / "python"), "-c", CHARGE, BEGIN_URL, where, sha256], capture_output=True,
+                          timeout=60)
+    assert proc.returncode == -signal.SIGSEGV, proc.stderr
+    guard_pid = int(proc.stdout)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{guard_pid}").exists():  # the guard charges, then exits
+        assert time.monotonic() < deadline, "the guard outlived its worker"
+        time.sleep(0.05)
+    records = {step: {k.decode(): v.decode() for k, v in r.hgetall(gd.blame_key(step, sha256)).items()}
+               for step in ("libmagic", "dispatch")}
+    expected = {"libmagic": {}, "dispatch": {}}
+    if where != "between":
+        expected[where] = {"fatal": "1"}
+    assert records == expected
+
+
+BEGIN = r"""
+import hashlib, json, sys
+from stoq.engine import Pending
+from stoq.limits import Budget
+from stoq.tasks import pipeline
+from stoq.tasks.engines import engine_for
+from stoq.tasks.plumbing import connect, profile_of, put_profile
+from stoq.tasks.scans import ScanState
+from stoq.tasks.settings import worker_settings
+
+r = connect(sys.argv[1])
+profile = put_profile(r, profile_of(worker_settings().model_copy(update={"workers": ["entropy"]})))
+eng = engine_for(r, profile)
+waves = []
+for i, text in enumerate(sys.argv[2:]):
+    content = text.encode()
+    sha256 = hashlib.sha256(content).hexdigest()
+    eng.archive.put(sha256, content)
+    waves.append((ScanState(f"scan{i}", "2026-12-06T00:00:00Z", {}, profile, None, eng.limits, Budget(eng.limits)),
+                  [Pending(None, f"f{i}.txt", sha256=sha256, known_size=len(content))]))
+eng.archive.flush()
+parts = pipeline.begin_waves(r, waves, "wave-1")
+print(json.dumps({"pending": [scan.pending for scan, _ in waves],
+                  "parts": {plugin: [ref["sha256"] for ref in refs] for (_, plugin), refs in parts.items()}}))
+"""
+
+
+def test_a_payload_that_killed_its_worker_while_being_begun_is_quarantined_by_content(tmp_path: Path) -> None:
+    """Deaths charged to ``libmagic`` or ``dispatch`` on a content (by any earlier task, any copy)
+    reach ``quarantine_after``: every task that begins that content again types it
+    ``application/octet-stream`` without libmagic, skips the dispatch rules and says why; its batch
+    mates, and a content charged fewer times, are begun as usual."""
+    from stoq.tasks import guard as gd
+
+    r = redis.Redis.from_url(BEGIN_URL)
+    texts = [f"{what} {uuid.uuid4()}" for what in ("typing killer", "dispatch killer", "once", "fine")]
+    typing, dispatch, once, fine = (hashlib.sha256(t.encode()).hexdigest() for t in texts)
+    for step, sha256, causes in (("libmagic", typing, ("fatal", "fatal")), ("dispatch", dispatch, ("fatal", "outside", "outside")),
+                                 ("libmagic", once, ("fatal",)), ("dispatch", once, ("outside",))):
+        for cause in causes:
+            gd.charge(r, step, sha256, cause, 60.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")} | {
+        "STOQ_ARCHIVE": str(tmp_path / "archive"), "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    proc = subprocess.run([str(BIN / "python"), "-c", BEGIN, BEGIN_URL, *texts], env=env, cwd=tmp_path,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    pending = [entry for (entry,) in got["pending"]]
+    mimes = [entry["record"]["mime"] for entry in pending]
+    assert mimes == ["application/octet-stream", "application/octet-stream", "text/plain", "text/plain"]
+    typing_why = "libmagic on this content: the worker process died 2 times; quarantined (2 fatal)"
+    dispatch_why = "dispatch on this content: the worker process died 2 times; quarantined (1 fatal, 2 outside)"
+    ids = [entry["record"]["payload_id"] for entry in pending]
+    assert [entry["errors"] for entry in pending] == [
+        [{"payload_id": ids[0], "plugin": "libmagic", "kind": "crash", "message": typing_why},
+         {"payload_id": ids[0], "plugin": "dispatch", "kind": "error", "message": f"dispatch rules skipped: {typing_why}"}],
+        [{"payload_id": ids[1], "plugin": "libmagic", "kind": "crash", "message": dispatch_why},
+         {"payload_id": ids[1], "plugin": "dispatch", "kind": "error",
+          "message": f"dispatch rules skipped: {dispatch_why}"}],
+        [], []]
+    assert got["parts"] == {"entropy": [typing, dispatch, once, fine]}  # the workers still run on each

@@ -1,8 +1,6 @@
-"""The cluster's bookkeeping on a real Redis, without workers: batching, blobs, scan state, careful runs."""
+"""The cluster's bookkeeping on a real Redis, without workers: batching, blobs, scan state, redeliveries."""
 
 from __future__ import annotations
-
-import os
 
 import orjson
 import pytest
@@ -76,24 +74,18 @@ def test_profiles_are_stored_once_under_the_hash_of_their_json(r: redis.Redis) -
     assert st.get_profile(r, one) == {"workers": ["yara"], "plugins": {"yara": {"rules": "/r"}}}
 
 
-def test_careful_runs_quarantine_the_payload_that_never_finishes(r: redis.Redis) -> None:
-    os.environ.pop("STOQ_QUARANTINE_AFTER", None)
-    from stoq.tasks.pipeline import Careful
-
+def test_a_redelivered_task_reuses_the_answers_its_earlier_delivery_recorded(r: redis.Redis) -> None:
     key = "stoq:tries:task-1"
-    assert st.careful_for(r, "task-1", False, Careful, 2) is None  # a first delivery: no Redis command
+    assert st.task_record(r, "task-1", False) is None  # a first delivery: no Redis command
     assert not r.exists(key)
-    first = st.careful_for(r, "task-1", True, Careful, 2)  # the broker says: redelivered
-    assert isinstance(first, Careful)
-    assert first.before("scan:a") is None  # started...
-    first.after("scan:a")  # ...and finished
-    assert first.before("scan:b") is None  # started, then the worker died
-    again = Careful(r, key)
-    assert again.before("scan:a") is None  # finished before: runs again, unhindered
-    assert again.before("scan:b") == ("the worker process died or hung while typing or dispatching this payload "
-                                      "2 times; quarantined")
-    assert again.before("scan:c") is None  # a batch-mate never started before
-    assert 0 < r.ttl(key) <= st.BLOB_TTL  # the attempts expire with the task's blobs
+    first = st.task_record(r, "task-1", True)  # the broker says: redelivered
+    assert isinstance(first, st.TaskRecord)
+    assert first.answer("p1") is None
+    first.record("p1", b'{"payload_id": "p1"}')  # answered, then the worker died
+    again = st.task_record(r, "task-1", True)
+    assert again is not None
+    assert again.answer("p1") == b'{"payload_id": "p1"}' and again.answer("p2") is None
+    assert 0 < r.ttl(key) <= st.BLOB_TTL  # the answers expire with the task's blobs
 
 
 def test_a_wave_is_complete_once_every_part_has_answered_whatever_the_redeliveries(r: redis.Redis) -> None:

@@ -24,7 +24,7 @@ from celery import Celery
 from helpers import BENCH_RULES, CORPUS
 from stoq.archive import DirectoryArchive
 from stoq.tasks import state as st
-from stoq.tasks.pipeline import describe_refs
+from stoq.tasks.join import describe_refs
 
 BROKER = "redis://127.0.0.1:6379/14"
 BACKEND = "redis://127.0.0.1:6379/15"

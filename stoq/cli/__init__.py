@@ -191,8 +191,8 @@ def main() -> None:
     """The console script: runs the command, then leaves without the interpreter's teardown.
 
     Tearing down the modules and objects of a finished scan (SQLAlchemy, pydantic, the plugins) takes
-    ~0.3 s here and changes nothing: every file, the store and the streams are closed or flushed by
-    then. So the process ends with ``os._exit`` once the command has returned.
+    time (docs/performance.md) and changes nothing: every file, the store and the streams are closed or
+    flushed by then. So the process ends with ``os._exit`` once the command has returned.
     """
     try:
         app()

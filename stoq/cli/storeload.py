@@ -1,8 +1,8 @@
 """Opening the result store and saving to it without making the scan wait.
 
-Importing SQLAlchemy costs ~0.4 s here, and creating a store with Alembic ~0.6 s more: together as
-long as scanning 700 small files. When the store is the usual SQLite file already at the current
-schema (checked with the standard ``sqlite3`` module), the CLI starts scanning at once and saves
+Importing SQLAlchemy, and creating a store with Alembic, take as long as scanning hundreds of small
+files (the figures: docs/performance.md, "Start-up"). When the store is the usual SQLite file already
+at the current schema (checked with the standard ``sqlite3`` module), the CLI starts scanning at once and saves
 with :class:`stoq.sqlitedb.SqliteWriter` (``sqlite3`` again, the Store's rows) in a thread, without
 importing SQLAlchemy at all; the first batch of documents waits for it. A SQLite file that does not exist yet is
 first created at the current schema from ``stoq/migrations/sqlite_head.sql`` (the schema Alembic's

@@ -11,16 +11,9 @@ written to the archive and answered as references.
 A reference is ``{"payload_id", "sha256", "filename", "mime", "depth", "meta", "overrides", "rules",
 "save", "bytes_left", "source_path"}``; the answer, per reference, is ``{"payload_id", "skipped"|"result"|"error",
 "flags", "children", "extracted_bytes" (when the plugin says)}``. The answers go to the wave's hash
-(``state.put_answer``), not to Celery's result backend; the task that completes the wave sends
-``stoq.collect``.
-
-Isolation inside a batch: a payload whose run took its worker down is blamed by the worker's guard
-(``stoq.tasks.guard``: by content and plugin, and only when it was the one running); every delivery
-first asks which of its payloads are quarantined (one round trip) and answers those with the recorded
-``crash`` or ``timeout`` error instead of running them. The first delivery then runs the rest straight
-through. A redelivered batch (its worker died: a crash, an outside kill, the guard's hard time limit)
-runs *carefully*: each payload's answer is recorded in Redis as it is given, and answers a previous
-delivery recorded are reused.
+(``join.put_answer``), not to Celery's result backend; the task that completes the wave sends
+``stoq.collect``. The task's body is step 2 of the life of a scan, ``pipeline.run_part``: blame and
+quarantine by content (``stoq.tasks.guard``), the answers of a redelivered batch reused.
 """
 
 from __future__ import annotations
@@ -28,19 +21,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
 from celery import Celery
 
 from stoq.plugin import SCAN_CATEGORIES
 from stoq.registry import Registry
 from stoq.tasks import pipeline
-from stoq.tasks import state as st
-from stoq.tasks import guard as gd
-from stoq.tasks.config import declared_queue
-from stoq.tasks.guard import Guard, process_guard
-
-DEFAULT_QUEUE = pipeline.DEFAULT_QUEUE
-COLLECT_QUEUE = pipeline.COLLECT_QUEUE
+from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE, declared_queue
+from stoq.tasks.engines import connector_for
+from stoq.tasks.plumbing import redis_client
+from stoq.tasks.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -50,56 +39,8 @@ def task_name(category: str, name: str) -> str:
 
 
 def redelivered(task: Any) -> bool:
-    """Whether the broker says this delivery of ``task`` is not its first (see ``state.careful_for``)."""
+    """Whether the broker says this delivery of ``task`` is not its first (see ``plumbing.task_record``)."""
     return bool((task.request.delivery_info or {}).get("redelivered"))
-
-
-def run_batch(app: Celery, plugin: str, task_id: str | None, again: bool, profile_id: str, wave_id: str,
-              part: int, parts: int) -> None:
-    """Runs ``plugin`` on each payload of the wave's ``part``; records one answer per reference, in
-    order; sends the collector when this part completes the wave."""
-    r = pipeline.redis_client(app)
-    raw = r.hget(st.wave_key(wave_id), st.part_field(part))
-    if raw is None:  # a redelivery, or a duplicate, after the wave was settled: done already
-        log.warning("%s: wave %s is settled already (or expired); nothing to do", plugin, wave_id)
-        return
-    refs = orjson.loads(raw)  # type: ignore[arg-type]
-    eng = pipeline.engine_for(r, profile_id)
-    g = process_guard(r)
-    g.timeout_for = eng.timeout_for
-    limit = pipeline.worker_settings().quarantine_after
-    blamed = gd.verdicts(r, plugin, (ref["sha256"] for ref in refs), limit, eng.timeout_for(plugin))
-    rerun = st.careful_for(r, task_id, again, st.Careful, limit)
-    if rerun is None and not blamed:
-        answers = [eng.run_on(plugin, ref, g) for ref in refs]
-    else:
-        answers = careful(rerun, blamed, eng, plugin, refs, g)
-    eng.archive.flush()  # the children's index rows, once per batch, before anyone reads the answers
-    if st.put_answer(r, wave_id, part, parts, orjson.dumps(answers)):
-        app.send_task("stoq.collect", args=(wave_id,), queue=COLLECT_QUEUE, argsrepr=f"(wave {wave_id})",
-                      kwargsrepr="")
-
-
-def careful(rerun: st.Careful | None, blamed: dict[str, tuple[str, str]], eng: Any, plugin: str,
-            refs: list[dict[str, Any]], g: Guard) -> list[dict[str, Any]]:
-    """A batch with quarantined payloads, or a redelivered one (see the module's docstring)."""
-    answers = []
-    for ref in refs:
-        pid = ref["payload_id"]
-        recorded = rerun.answer(pid) if rerun is not None else None
-        if recorded is not None:
-            answers.append(orjson.loads(recorded))
-            continue
-        if ref["sha256"] in blamed:
-            kind, message = blamed[ref["sha256"]]
-            answers.append({"payload_id": pid, "error": {"payload_id": pid, "plugin": plugin, "kind": kind,
-                                                         "message": message}})
-            continue
-        answer = eng.run_on(plugin, ref, g)
-        if rerun is not None:
-            rerun.after(pid, orjson.dumps(answer))
-        answers.append(answer)
-    return answers
 
 
 class ConnectorFailed(Exception):
@@ -125,7 +66,7 @@ def register_connector(app: Celery, name: str) -> str:
         from stoq.outbox import Outbox
         from stoq.tasks.connect import result_store
 
-        connector = pipeline.connector_for(pipeline.redis_client(app), profile_id, name)
+        connector = connector_for(redis_client(app), profile_id, name)
         docs = [doc for doc in map(result_store().get, scan_ids) if doc is not None]
         (out,) = deliver_each([connector], docs)
         if not out.failed:
@@ -157,8 +98,8 @@ def register_plugins(app: Celery, registry: Registry | None = None) -> dict[str,
         name = task_name(cls.category, cls.name)
 
         def run(self: Any, profile_id: str, wave_id: str, part: int, parts: int, _plugin: str = cls.name) -> None:
-            pipeline.retrying(_plugin, run_batch, app, _plugin, self.request.id, redelivered(self), profile_id, wave_id,
-                              part, parts)
+            retrying(_plugin, pipeline.run_part, app, _plugin, self.request.id, redelivered(self), profile_id,
+                     wave_id, part, parts)
 
         run.__doc__ = cls.summary()
         app.task(name=name, queue=cls.name, bind=True, acks_late=True, reject_on_worker_lost=True,

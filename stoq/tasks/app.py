@@ -88,8 +88,8 @@ def _check_settings(sender: Any = None, **_: Any) -> None:
 
 def preload() -> None:
     """Imports in the worker's main process, before it forks its pool, what each pool process would
-    otherwise import on its first collection: the result store (SQLAlchemy and the PostgreSQL
-    dialect, ~0.3 s of CPU per process). Nothing is connected here: connections never cross a fork."""
+    otherwise import on its first collection, inside the first timed work: the result store
+    (SQLAlchemy and the PostgreSQL dialect). Nothing is connected here: connections never cross a fork."""
     import stoq.tasks.connect  # noqa: F401
 
     try:

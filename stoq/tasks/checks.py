@@ -9,6 +9,7 @@ from celery import Celery, signals
 
 from stoq.engine import TIME_LIMIT
 from stoq.runner import HARD_GRACE
+from stoq.tasks.settings import worker_settings
 
 #: Redis redelivers an unacknowledged task after this many seconds (kombu's default).
 REDIS_DEFAULT_VISIBILITY = 3600
@@ -43,8 +44,6 @@ def visibility_problem(app: Celery, settings: Any) -> str | None:
 
 def refuse_bad_settings(app: Celery) -> None:
     """A worker does not start with settings that would break a guarantee (see ``visibility_problem``)."""
-    from stoq.tasks.pipeline import worker_settings
-
     problem = visibility_problem(app, worker_settings())
     if problem:
         raise SettingsRefused(f"stoq: refusing to start: {problem}")
@@ -87,14 +86,14 @@ def watch_message_sizes(app: Celery) -> None:
     _WATCHING = True
     import orjson
 
-    from stoq.tasks import state as st
+    from stoq.tasks.plumbing import PREFIX, connect
 
     def record(kind: str, size: int) -> None:
-        r = st.connect(str(app.conf.result_backend))
+        r = connect(str(app.conf.result_backend))
         with r.pipeline(transaction=False) as pipe:
-            pipe.incr(f"{st.PREFIX}measure:{kind}:count")
+            pipe.incr(f"{PREFIX}measure:{kind}:count")
             pipe.eval("local v = tonumber(redis.call('get', KEYS[1]) or '0'); if ARGV[1] + 0 > v then "
-                      "redis.call('set', KEYS[1], ARGV[1]) end", 1, f"{st.PREFIX}measure:{kind}:max", size)
+                      "redis.call('set', KEYS[1], ARGV[1]) end", 1, f"{PREFIX}measure:{kind}:max", size)
             pipe.execute()
 
     @signals.before_task_publish.connect(weak=False)

@@ -22,13 +22,13 @@ import magic
 import orjson
 import redis
 
-from stoq import ledger
 from stoq.archive import HOLD_BYTES, ArchiveError, open_configured, put_many_where, read_input
 from stoq.config import Settings
 from stoq.engine import oversized_record
+from stoq.ledger_writer import FAILED, FINISHED, PENDING, LedgerWriter
 from stoq.model import assemble, new_id, now_iso, text
+from stoq.rows import StoreError
 from stoq.submission import Root, roots_of, source_of
-from stoq.store import Store, StoreError
 from stoq.tasks import state as st
 from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE, make_app
 
@@ -67,7 +67,7 @@ class ClusterClient:
         self.archive.prepare()
         self.profile_doc = st.profile_of(settings)
         self.profile = st.put_profile(self.r, self.profile_doc)
-        self.store = Store.open(settings.resolved_database_url())  # the ledger (stoq.ledger)
+        self.ledger_writer = LedgerWriter(settings.resolved_database_url())  # the ledger (stoq.ledger)
         self._notify: str | None = None
         self._magic: magic.Magic | None = None  # only an oversized input is typed here
         self._verdicts: str | None = None
@@ -130,7 +130,8 @@ class ClusterClient:
         for (_, root, _), at in zip(batch, places):
             root["at"] = at
         try:  # durable before it is acknowledged: a scan the ledger does not hold is not sent
-            known = ledger.record(self.store, [root for _, root, _ in batch], self.profile_doc, notify, self._verdicts)
+            known = self.ledger_writer.record([root for _, root, _ in batch], self.profile_doc, notify,
+                                              self._verdicts)
         except StoreError as exc:
             for path, _, _ in batch:
                 yield Submitted(path, None, f"{path}: cannot record it in the ledger: {exc}")
@@ -143,16 +144,16 @@ class ClusterClient:
             row = known.get(root["scan_id"])
             if row is None:
                 send.append(root)
-            elif row["state"] == ledger.PENDING:
+            elif row["state"] == PENDING:
                 send.append(root | {"attempt": row["attempts"]})
         self._publish(send, notify)
         finished = [root["scan_id"] for _, root, _ in batch
-                    if (known.get(root["scan_id"]) or {}).get("state") == ledger.FINISHED]
+                    if (known.get(root["scan_id"]) or {}).get("state") == FINISHED]
         if finished:
             self._tell(notify, [st.dumps(doc) for doc in map(self.store.get, finished) if doc is not None], finished)
         for path, root, _ in batch:
             row = known.get(root["scan_id"])
-            if row is not None and row["state"] == ledger.FAILED:
+            if row is not None and row["state"] == FAILED:
                 yield Submitted(path, None, f"{path}: scan {root['scan_id']} failed before: {row['error']}")
             else:
                 yield Submitted(path, root["scan_id"])
@@ -179,10 +180,10 @@ class ClusterClient:
         doc = assemble(scan_id, now_iso(), source, [record.as_dict()], [])
         root = {"scan_id": scan_id, "sha256": record.sha256, "size": record.size, "filename": record.filename,
                 "source": source, "date": doc["date"], "at": None, "oversized": True}
-        known = ledger.record(self.store, [root], self.profile_doc, notify, self._verdicts)
+        known = self.ledger_writer.record([root], self.profile_doc, notify, self._verdicts)
         if scan_id in known:  # submitted before under this id (a source's restart): as _send
             row = known[scan_id]
-            if row["state"] == ledger.FAILED:
+            if row["state"] == FAILED:
                 raise StoreError(f"scan {scan_id} failed before: {row['error']}")
             stored = self.store.get(scan_id)
             if stored is not None:
@@ -191,6 +192,8 @@ class ClusterClient:
         try:
             self.store.save([doc])
         except StoreError as exc:
+            from stoq import ledger
+
             ledger.refuse(self.store, [scan_id], f"over max_file_bytes, and its record could not be saved: {exc}")
             raise
         self._tell(notify, [st.dumps(doc)], [scan_id])
@@ -262,6 +265,8 @@ class ClusterClient:
         """The documents of ``waiting`` as the store saves them, polled from the ledger every
         ``LEDGER_POLL`` seconds until each is finished or failed (the ledger settles every scan
         after ``max_attempts`` publishes); a failed scan comes as a refusal with the ledger's why."""
+        from stoq import ledger
+
         quiet = time.monotonic()
         while waiting:
             try:
@@ -289,8 +294,13 @@ class ClusterClient:
         """Without Redis, a recorded scan is as good as accepted: the ledger publishes it again."""
         yield orjson.dumps({"accepted": sorted(waiting)})
 
+    @property
+    def store(self) -> Any:
+        """The result store (``stoq.store.Store``) holding the ledger, opened on first use."""
+        return self.ledger_writer.store
+
     def close(self) -> None:
-        self.store.close()
+        self.ledger_writer.close()
         self.archive.close()
         self.app.close()
 

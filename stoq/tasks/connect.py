@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from stoq.store import Store
+from stoq.tasks.settings import worker_settings
 
 _STORE: tuple[int, Store] | None = None
 
@@ -13,8 +14,6 @@ def result_store() -> Store:
     """The store named by this worker's settings (``STOQ_DATABASE_URL``); a server database must be
     migrated (``stoq db upgrade``) before workers start."""
     global _STORE
-    from stoq.tasks.pipeline import worker_settings
-
     if _STORE is None or _STORE[0] != os.getpid():
         _STORE = (os.getpid(), Store.open(worker_settings().resolved_database_url()))
     return _STORE[1]

@@ -25,7 +25,7 @@ _SERVER: Any = None
 
 
 def _port() -> int:
-    from stoq.tasks.pipeline import worker_settings
+    from stoq.tasks.settings import worker_settings
 
     return worker_settings().metrics_port
 
@@ -40,7 +40,7 @@ def _prepare(sender: Any = None, **_: Any) -> None:
 @signals.worker_ready.connect
 def _serve(sender: Any = None, **_: Any) -> None:
     global _SERVER
-    from stoq.tasks.pipeline import worker_settings
+    from stoq.tasks.settings import worker_settings
 
     settings = worker_settings()
     if not settings.metrics_port or not metrics.available() or _SERVER is not None:

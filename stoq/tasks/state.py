@@ -1,294 +1,36 @@
-"""What the cluster keeps between tasks, in Redis (the result backend of ``STOQ_RESULT_BACKEND``).
+"""What the cluster keeps between tasks, in Redis (the result backend of ``STOQ_RESULT_BACKEND``): one
+import for the three modules that hold it, by concern:
+
+- ``stoq.tasks.plumbing``: the Redis client, key prefix and lifetimes, blobs, task labels, profiles;
+- ``stoq.tasks.scans``: a scan's state and the sweeper's schedule;
+- ``stoq.tasks.join``: a wave in flight and the join of its plugin tasks' answers.
 
 Keys, all under ``stoq:`` and all with a time to live, so nothing outlives a forgotten scan:
 
-| key                     | holds                                                           |
-|-------------------------|-----------------------------------------------------------------|
-| ``stoq:profile:<id>``   | a submission's scan settings (workers, plugin options, limits)  |
-| ``stoq:scan:<scan_id>`` | a scan in progress: budget, finished records, the wave in flight |
-| ``stoq:active``         | sorted set: scan id -> when its wave (or, finished, its store) is overdue (sweeper) |
-| ``stoq:wave:<id>``      | a wave in flight: its scans, each plugin task's references (``r:<n>``) and answers (``a:<n>``) |
-| ``stoq:blob:<id>``      | a submission's roots too large for a broker message (deleted once published) |
-| ``stoq:notify:<id>``    | finished documents for a waiting ``stoq submit``                 |
-| ``stoq:verdicts:<id>``  | accepted or refused scans for a ``stoq submit --no-wait``        |
-| ``stoq:tries:<task>``   | per-payload attempts of a redelivered task                      |
-
-Broker messages stay small: a plugin task's message names its wave and its part, never the references
-themselves, and its answers go to the wave's hash, not to Celery's result backend. The one argument
-that may grow, a submission's roots, goes to a blob when its JSON is over ``INLINE_LIMIT`` and the
-message carries ``{"$blob": key}`` instead (``wrap``/``unwrap``). The headers are bounded too: a
-task's ``argsrepr`` (what Flower shows) holds at most three labels, each cut (``describe_ids``).
+| key                     | holds                                                           | module |
+|-------------------------|-----------------------------------------------------------------|--------|
+| ``stoq:profile:<id>``   | a submission's scan settings (workers, plugin options, limits)  | plumbing |
+| ``stoq:scan:<scan_id>`` | a scan in progress: budget, finished records, the wave in flight | scans |
+| ``stoq:active``         | sorted set: scan id -> when its wave (or, finished, its store) is overdue (sweeper) | scans |
+| ``stoq:wave:<id>``      | a wave in flight: its scans, each plugin task's references (``r:<n>``) and answers (``a:<n>``) | join |
+| ``stoq:blob:<id>``      | a submission's roots too large for a broker message (deleted once published) | plumbing |
+| ``stoq:notify:<id>``    | finished documents for a waiting ``stoq submit``                 | scans (``forget_stored``) |
+| ``stoq:verdicts:<id>``  | accepted or refused scans for a ``stoq submit --no-wait``        | plumbing (``tell``) |
+| ``stoq:tries:<task>``   | the answers a redelivered plugin task gave before               | plumbing (``TaskRecord``) |
+| ``stoq:blame:<plugin>:<sha256>`` | deaths of a worker charged to a content (quarantine)   | ``stoq.tasks.guard`` |
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import time
-from dataclasses import dataclass, field
-from typing import Any
-
-import orjson
-import redis
-
-from stoq.limits import Budget, Limits
-from stoq.model import new_id
-
-PREFIX = "stoq:"
-ACTIVE = PREFIX + "active"
-#: Every broker message (task or result), body and headers, stays under this many bytes.
-MESSAGE_LIMIT = 64 * 1024
-#: What one inline value may take; larger values go to a blob. Leaves room for Celery's envelope.
-INLINE_LIMIT = 40 * 1024
-TTL = 7 * 24 * 3600
-BLOB_TTL = 24 * 3600
-
-_CLIENTS: dict[tuple[int, str], redis.Redis] = {}
-
-
-def connect(url: str) -> redis.Redis:
-    """A Redis client for ``url``, one per process (clients are not shared across a fork)."""
-    key = (os.getpid(), url)
-    client = _CLIENTS.get(key)
-    if client is None:
-        client = _CLIENTS[key] = redis.Redis.from_url(url)
-    return client
-
-
-def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
-
-
-_KEEP_2, _KEEP_3, _KEEP_4 = (bytes(b for b in range(256) if not lo <= b <= hi)
-                             for lo, hi in ((0xC0, 0xDF), (0xE0, 0xEF), (0xF0, 0xF7)))
-
-
-def wire_json_size(data: bytes) -> int:
-    """An upper bound of the size of orjson's ``data`` as Celery's JSON writes it into a message:
-    a space after each ``,`` and ``:``, and every non-ASCII character escaped (``\\uXXXX``, twice for
-    a character beyond U+FFFF), which makes a UTF-8 file name up to three times longer."""
-    size = len(data) + data.count(b",") + data.count(b":")
-    if not data.isascii():  # lead bytes of 2-, 3- and 4-byte UTF-8 sequences: 6, 6 and 12 bytes escaped
-        size += 4 * len(data.translate(None, _KEEP_2)) + 3 * len(data.translate(None, _KEEP_3)) \
-            + 8 * len(data.translate(None, _KEEP_4))
-    return size
-
-
-def wrap(r: redis.Redis, value: Any) -> Any:
-    """``value`` itself if it fits in ``INLINE_LIMIT`` bytes as the message carries it
-    (``wire_json_size``), else a reference to a blob holding it."""
-    data = dumps(value)
-    if wire_json_size(data) <= INLINE_LIMIT:
-        return value
-    key = f"{PREFIX}blob:{new_id()}"
-    r.set(key, data, ex=BLOB_TTL)
-    return {"$blob": key}
-
-
-def unwrap(r: redis.Redis, value: Any) -> Any:
-    """The inverse of ``wrap``. The blob is kept (a redelivered task reads it again) until the task
-    that consumes it for good calls ``forget``; otherwise it expires after ``BLOB_TTL``."""
-    if isinstance(value, dict) and "$blob" in value:
-        data = r.get(value["$blob"])
-        if data is None:
-            raise LookupError(f"message blob {value['$blob']} is gone: its batch was already settled, or it "
-                              "expired")
-        return orjson.loads(data)
-    return value
-
-
-def blob_keys(*values: Any) -> list[str]:
-    """The blob keys of those ``values`` that are ``wrap`` references."""
-    return [v["$blob"] for v in values if isinstance(v, dict) and "$blob" in v]
-
-
-def forget(r: redis.Redis, keys: list[str]) -> None:
-    """Deletes blobs nothing will read again (a busy cluster would otherwise keep a day of them)."""
-    if keys:
-        r.delete(*keys)
-
-
-def wave_key(wave_id: str) -> str:
-    return f"{PREFIX}wave:{wave_id}"
-
-
-def part_field(part: int) -> str:
-    """The field of a wave's hash that holds the references of plugin task ``part``."""
-    return f"r:{part}"
-
-
-def answer_field(part: int) -> str:
-    """The field of a wave's hash that holds the answers of plugin task ``part``."""
-    return f"a:{part}"
-
-
-def put_answer(r: redis.Redis, wave_id: str, part: int, parts: int, answers: bytes) -> bool:
-    """Records the answers of one of a wave's ``parts`` plugin tasks, in one transaction with the count
-    of the wave's fields; True when every part has answered. A redelivered task records the same field
-    again (the count does not move), so the wave is complete once, whatever the redeliveries; it may
-    then say so again, and the collector's wave tokens make a second collection change nothing."""
-    key = wave_key(wave_id)
-    with r.pipeline() as pipe:
-        pipe.hset(key, answer_field(part), answers)
-        pipe.expire(key, BLOB_TTL)  # also bounds a late duplicate that finds the wave settled (deleted)
-        pipe.hlen(key)
-        fields = pipe.execute()[-1]
-    return int(fields) == 1 + 2 * parts  # the batch, every part's references, every part's answers
-
-
-class Careful:
-    """A redelivered task (a worker died in it) run one recorded item at a time: each item's start and
-    answer go to the task's hash (``stoq:tries:<task id>``), an answer already recorded is reused, and
-    an item started ``limit - 1`` times without an answer (so it was running each time a worker died;
-    the first, unrecorded delivery counts as one) is quarantined instead of run again."""
-
-    #: The quarantine message; ``{attempts}`` is replaced.
-    message = "the worker process died or hung on this payload {attempts} times; quarantined"
-
-    def __init__(self, r: redis.Redis, key: str, limit: int) -> None:
-        self.r, self.key, self.limit = r, key, limit
-        with r.pipeline(transaction=False) as pipe:
-            pipe.hgetall(key)
-            pipe.expire(key, BLOB_TTL)
-            raw: dict[bytes, bytes] = pipe.execute()[0]  # no decode_responses: bytes
-        self.known = {k.decode(): v for k, v in raw.items()}
-
-    def answer(self, token: str) -> bytes | None:
-        """The answer a previous delivery recorded for this item, if any."""
-        return self.known.get(f"a:{token}")
-
-    def before(self, token: str) -> str | None:
-        """None to go ahead (the start is recorded); else the quarantine message."""
-        if self.answer(token) is not None:
-            return None
-        attempts = 1 + int(self.known.get(f"s:{token}", 0))
-        if attempts >= self.limit:
-            return self.message.format(attempts=attempts)
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.hincrby(self.key, f"s:{token}", 1)
-            pipe.expire(self.key, BLOB_TTL)
-            pipe.execute()
-        return None
-
-    def after(self, token: str, answer: bytes = b"1") -> None:
-        self.r.hset(self.key, f"a:{token}", answer)
-
-
-def careful_for(r: redis.Redis, task_id: str | None, redelivered: bool, cls: type[Careful],
-                limit: int) -> Careful | None:
-    """A ``cls`` for a redelivered task, None for a first delivery (which costs no Redis command).
-    ``redelivered`` is the broker's flag: RabbitMQ's own, or kombu's on a message its Redis transport
-    restored (a worker lost, a visibility timeout, a rejected task)."""
-    return cls(r, f"{PREFIX}tries:{task_id}", limit) if redelivered and task_id is not None else None
-
-
-#: Most characters of one label (a scan or payload id and its file name) in a task's ``argsrepr``.
-LABEL_LIMIT = 80
-#: Most characters of a task's whole ``argsrepr``. Celery sends it twice (headers and properties), and
-#: file names come from the input (a zip member's may be 65,535 bytes): bounded, the headers stay small.
-REPR_LIMIT = 256
-
-
-def cut(text: str, limit: int) -> str:
-    """``text``, or its first ``limit - 1`` characters and an ellipsis."""
-    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
-
-
-def describe_ids(what: str, ids: list[str]) -> str:
-    """A task's arguments as Flower and the logs show them: short, readable, computed cheaply
-    (Celery's own repr of a batch of references costs more than a plugin run on a small file). At most
-    three labels, each cut to ``LABEL_LIMIT`` characters; the whole to ``REPR_LIMIT``."""
-    shown = ", ".join(cut(i, LABEL_LIMIT) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
-    return cut(f"({len(ids)} {what}: {shown}", REPR_LIMIT - 1) + ")"
-
-
-def describe_batch(profile: str, what: str, labels: list[str]) -> str:
-    """``describe_ids`` of a batch sent with a submission's profile (bounded the same way)."""
-    return cut(f"(profile {profile}, " + describe_ids(what, labels)[1:-1], REPR_LIMIT - 1) + ")"
-
-
-# -- profiles: the scan settings a submission brings -------------------------------------------------
-
-PROFILE_FIELDS = ("workers", "connectors", "plugins", "dispatch_rules", "max_depth", "max_children", "max_bytes",
-                  "max_scan_seconds", "max_file_bytes", "timeout")
-
-
-def profile_of(settings: Any) -> dict[str, Any]:
-    return {name: getattr(settings, name) for name in PROFILE_FIELDS}
-
-
-def put_profile(r: redis.Redis, profile: dict[str, Any]) -> str:
-    """Stores a profile under the hash of its JSON; returns its id."""
-    data = orjson.dumps(profile, option=orjson.OPT_SORT_KEYS)
-    profile_id = hashlib.sha256(data).hexdigest()[:24]
-    r.set(f"{PREFIX}profile:{profile_id}", data, ex=TTL)
-    return profile_id
-
-
-_PROFILES: dict[str, dict[str, Any]] = {}
-
-
-def get_profile(r: redis.Redis, profile_id: str) -> dict[str, Any]:
-    """A stored profile; kept per process once read (its id is the hash of its content, so it never
-    changes): the store connector asks for it on every batch."""
-    profile = _PROFILES.get(profile_id)
-    if profile is None:
-        data = r.get(f"{PREFIX}profile:{profile_id}")
-        if data is None:
-            raise LookupError(f"scan profile {profile_id} has expired or was never written")
-        profile = _PROFILES[profile_id] = orjson.loads(data)
-    return dict(profile)
-
-
-# -- scans ---------------------------------------------------------------------------------------------
-
-def scan_key(scan_id: str) -> str:
-    return f"{PREFIX}scan:{scan_id}"
-
-
-@dataclass(slots=True)
-class ScanState:
-    """A scan between two tasks: its budget, the records already finished (in ``results`` order), and
-    the wave in flight (``pending``: records begun by the publisher, with their errors and plans).
-    ``wave`` is a fresh token per wave: an answer for any other wave (a late or duplicated collector) is
-    ignored."""
-
-    scan_id: str
-    date: str
-    source: dict[str, Any]
-    profile: str
-    notify: str | None
-    limits: Limits
-    budget: Budget
-    results: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    pending: list[dict[str, Any]] = field(default_factory=list)
-    wave: str = ""
-    done: bool = False
-
-    def to_json(self) -> bytes:
-        return dumps({
-            "scan_id": self.scan_id, "date": self.date, "source": self.source, "profile": self.profile,
-            "notify": self.notify, "done": self.done, "wave": self.wave,
-            "limits": [self.limits.max_depth, self.limits.max_children, self.limits.max_bytes,
-                       self.limits.max_seconds],
-            "budget": {"children": self.budget.children, "bytes": self.budget.bytes, "seen": self.budget.seen,
-                       "started": self.budget.started},
-            "results": self.results, "errors": self.errors, "pending": self.pending,
-        })
-
-    @classmethod
-    def from_json(cls, data: bytes) -> ScanState:
-        d = orjson.loads(data)
-        limits = Limits(*d["limits"])
-        b = d["budget"]
-        budget = Budget(limits, b["children"], b["bytes"], b["seen"], b.get("started", time.time()))
-        return cls(d["scan_id"], d["date"], d["source"], d["profile"], d["notify"], limits, budget,
-                   d["results"], d["errors"], d["pending"], d["wave"], d["done"])
-
-
-def load_states(r: redis.Redis | Any, scan_ids: list[str]) -> list[ScanState | None]:
-    if not scan_ids:
-        return []
-    raws: list[bytes | None] = r.mget([scan_key(s) for s in scan_ids])  # type: ignore[assignment]
-    return [None if raw is None else ScanState.from_json(raw) for raw in raws]
+from stoq.tasks.join import Answers, Wave, answer_field, part_field, put_answer, wave_answers, wave_key
+from stoq.tasks.plumbing import (BLOB_TTL, INLINE_LIMIT, LABEL_LIMIT, MESSAGE_LIMIT, PREFIX, PROFILE_FIELDS,
+                                 REPR_LIMIT, TTL, TaskRecord, blob_keys, connect, cut, describe_batch, describe_ids,
+                                 dumps, forget, get_profile, profile_of, put_profile, redis_client, task_record, tell,
+                                 unwrap, wire_json_size, wrap)
+from stoq.tasks.scans import ACTIVE, ScanState, commit, forget_stored, load_states, scan_key
+
+__all__ = ["ACTIVE", "Answers", "BLOB_TTL", "INLINE_LIMIT", "LABEL_LIMIT", "MESSAGE_LIMIT", "PREFIX", "PROFILE_FIELDS",
+           "REPR_LIMIT", "TTL", "ScanState", "TaskRecord", "Wave", "answer_field", "blob_keys", "commit", "connect",
+           "cut", "describe_batch", "describe_ids", "dumps", "forget", "forget_stored", "get_profile", "load_states",
+           "part_field", "profile_of", "put_answer", "put_profile", "redis_client", "scan_key", "task_record", "tell",
+           "unwrap", "wave_answers", "wave_key", "wire_json_size", "wrap"]

@@ -24,7 +24,10 @@ from celery import Celery
 
 from stoq.tasks import state as st
 from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE
-from stoq.tasks.pipeline import absorb_wave, commit, redis_client, send_store, settle, worker_settings
+from stoq.tasks.join import wave_answers
+from stoq.tasks.pipeline import absorb_wave, send_store, settle
+from stoq.tasks.plumbing import redis_client
+from stoq.tasks.settings import worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +109,6 @@ def close_wave(app: Celery, r: redis.Redis, wave_id: str, overdue: list[str]) ->
         except redis.WatchError:
             return []  # answered or collected meanwhile: the next round looks again
     return [s.scan_id for s in scans]
-
-
-def wave_answers(fields: dict[bytes, bytes], parts: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(payload id, plugin) -> answer, for every part of a wave that answered."""
-    answers: dict[tuple[str, str], dict[str, Any]] = {}
-    for part, (_profile, plugin) in enumerate(parts):
-        raw = fields.get(st.answer_field(part).encode())
-        for answer in orjson.loads(raw) if raw is not None else ():
-            answers[(answer["payload_id"], plugin)] = answer
-    return answers
 
 
 # -- recovery from the ledger ----------------------------------------------------------------------------

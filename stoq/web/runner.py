@@ -26,7 +26,7 @@ def warm_up() -> None:
     import stoq.cli.scan  # noqa: F401  (run_embedded and what it imports)
     from stoq.registry import Registry
 
-    Registry.discover()  # imports every plugin's module; the engine's own discovery then costs ~10 ms
+    Registry.discover()  # imports every plugin's module; the engine's own discovery then costs little
 
 
 def main(argv: list[str]) -> int:
