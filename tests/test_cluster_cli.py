@@ -103,7 +103,26 @@ def test_the_progress_bar_counts_each_file_once(cluster: Cluster, tmp_path: Path
     assert "3/3" in bar and "/6" not in bar, bar
 
 
+def wait_idle(cluster: Cluster, timeout: float = 60) -> None:
+    """Until the worker runs no task: work left by an earlier test would hold one of its two pool
+    processes, and a quick file's tasks would then queue behind a slow file's nap."""
+    from celery import Celery
+
+    app = Celery("stoq-test-idle", broker=cluster.env["STOQ_BROKER_URL"])
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            active = app.control.inspect(timeout=1).active() or {}
+            if active and not any(active.values()):
+                return
+            assert time.monotonic() < deadline, active
+            time.sleep(0.2)
+    finally:
+        app.close()
+
+
 def test_an_interrupted_wait_names_the_scans_still_running(cluster: Cluster, tmp_path: Path) -> None:
+    wait_idle(cluster)
     (tmp_path / "a.txt").write_bytes(b"quick\n")
     (tmp_path / "b.txt").write_bytes(b"NAP for a few seconds\n")
     proc = subprocess.Popen([str(BIN / "stoq"), "submit", "a.txt", "b.txt", "--workers", "napper",
