@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/stoq scan samples/invoice.zip --workers yara -o yara.rules=samples/demo.yar --format table
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 bench: setup
 	$(BIN)/python bench/run.py
