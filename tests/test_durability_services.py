@@ -1,11 +1,13 @@
 """Durability (issue 15) against the services themselves: a worker's warm shutdown under load, Redis
-restarted with AOF, RabbitMQ unreachable mid-run (quorum queues), PostgreSQL unreachable for 20 s, and
-20,000 files through one worker. Each ends with exactly one stored document per submitted file, no
-duplicate rows and no error entry.
+restarted with AOF, RabbitMQ unreachable mid-run and restarted mid-run (quorum queues), PostgreSQL
+unreachable for 20 s, and 20,000 files through one worker. Each ends with exactly one stored document
+per submitted file, no duplicate rows and no error entry.
 
 Only private services are restarted: a ``redis-server`` of the test's own (ephemeral port, its own
 ``--dir``), and TCP proxies (``Gate``) in front of the machine's RabbitMQ and PostgreSQL that the test
-closes and opens again; the machine's services are never stopped."""
+closes and opens again. The one exception is the machine's RabbitMQ node, restarted in place
+(``rabbitmqctl stop_app``/``start_app``) by ``test_rabbitmq_restarted_mid_run_loses_no_file``, which
+starts it again whatever happens."""
 
 from __future__ import annotations
 
@@ -348,6 +350,81 @@ def test_rabbitmq_unreachable_mid_run_loses_no_file(env: dict[str, str], tmp_pat
     finally:
         c.stop()
         gate.close()
+
+
+def rabbitmqctl(*args: str, timeout: float = 120) -> float:
+    """Runs ``rabbitmqctl -q ARGS`` on the machine's node; returns the seconds it took."""
+    began = time.monotonic()
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}"
+    return time.monotonic() - began
+
+
+def rabbit_answers(vhost: str) -> bool:
+    """Whether the node's AMQP listener takes a login on ``vhost``."""
+    import amqp
+
+    conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest", virtual_host=vhost,
+                           connect_timeout=2)
+    try:
+        conn.connect()
+        return True
+    except (OSError, amqp.exceptions.AMQPError):
+        return False
+    finally:
+        try:
+            conn.close()
+        except (OSError, amqp.exceptions.AMQPError):
+            pass
+
+
+def test_rabbitmq_restarted_mid_run_loses_no_file(env: dict[str, str], tmp_path: Path, rabbit_vhost: str) -> None:
+    """The machine's RabbitMQ node itself restarted while plugin tasks run (quorum queues,
+    ``STOQ_QUEUE_TYPE=quorum``): ``rabbitmqctl stop_app``, 2 s, ``start_app``. The node closes every
+    connection and keeps the quorum queues' messages (ready and unacknowledged) on disk; the worker
+    reconnects and every file is stored once. The node is started again whatever happens (other tests
+    and CI need it)."""
+    lap = Laps()
+    broker = f"amqp://guest:guest@127.0.0.1:5672/{rabbit_vhost}"
+    amqp_env = env | {"STOQ_BROKER_URL": broker, "STOQ_QUEUE_TYPE": "quorum"}
+    c = start(tmp_path, amqp_env, "-c", "2")
+    lap("worker started")
+    stopped = False
+    try:
+        files = nap_files(tmp_path / "in", 40)
+        ids = submitted_ids(c.stoq("submit", *map(str, files), *NAPPER, "--no-wait", timeout=60), len(files))
+        wait_until("no napper task ran", lambda: b"napping" in c.log.read_bytes(), timeout=30, every=0.01)
+        lap("submitted")
+        stopped = True
+        stop = rabbitmqctl("stop_app")
+        lap("stop_app")
+        stored_while_down = finished_count(env)
+        time.sleep(2)
+        lap("down")
+        begun = rabbitmqctl("start_app")
+        rabbitmqctl("await_startup", "--timeout", "60")
+        wait_until("RabbitMQ does not take logins again", lambda: rabbit_answers(rabbit_vhost), timeout=60, every=0.1)
+        stopped = False
+        lap("start_app")
+        wait_finished(env, len(files), timeout=60)
+        lap("finished")
+        assert_stored_once(env, ids, files)
+        assert_napped(env, len(files))
+        listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", rabbit_vhost, "name", "type"],
+                                capture_output=True, text=True, timeout=60).stdout
+        types = dict(line.split("\t")[:2] for line in listed.splitlines() if "\t" in line)
+        assert [types.get(q) for q in ("stoq", "stoq-collect", "napper")] == ["quorum"] * 3, listed
+        assert stored_while_down < len(files)  # the restart did land mid-run
+        attempts = query(env, "SELECT attempts, count(*) FROM scan_ledger GROUP BY attempts ORDER BY attempts")
+        print(f"[durability] rabbitmq restarted: {len(files)} submitted, {stored_while_down} stored when it "
+              f"stopped, {len(files)} in all; stop_app {stop:.1f} s, start_app {begun:.1f} s; "
+              f"attempts {attempts}; {lap}")
+    finally:
+        c.stop()
+        if stopped:  # the test failed with the node down: start it again before anything else runs
+            subprocess.run(["rabbitmqctl", "-q", "start_app"], capture_output=True, timeout=120)
+            subprocess.run(["rabbitmqctl", "-q", "await_startup", "--timeout", "120"], capture_output=True,
+                           timeout=150)
 
 
 @pytest.mark.slow  # the 20 s it is away, then what it took back
