@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,12 @@ stoq_model.CHECK_DOCUMENTS = os.environ["STOQDEV_CHECK_DOCUMENTS"]  # in case st
 # No default worker set in the tests (every stoq and celery process they start inherits this): each test
 # names the workers it runs; tests/test_defaults.py tests the default set itself.
 os.environ["STOQDEV_DEFAULT_WORKERS"] = "none"
+# A suite started in the background by a non-interactive shell (`make test &`, nohup) inherits SIGINT
+# ignored, and so would every stoq process it starts: stoq leaves an ignored SIGINT ignored, as a
+# background job must, and the tests that send SIGINT would see nothing happen. The processes the tests
+# start get the default disposition back (a Python handler here becomes SIG_DFL across exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 
