@@ -70,7 +70,7 @@ class Outbox:
         if not ids:
             return
         now = time.time() if now is None else now
-        with self.store.engine.begin() as conn:
+        with self.store.engine.execution_options(stoq_write=True).begin() as conn:
             known = dict(conn.execute(text(
                 "SELECT scan_id, attempts FROM connector_outbox WHERE connector = :c AND scan_id IN :ids"
             ).bindparams(_expanding("ids")), {"c": connector, "ids": ids}).all())
@@ -89,7 +89,7 @@ class Outbox:
         """``delivered`` or ``missing``: the row is done with (kept as a record; ``next_try`` NULL)."""
         ids = list(scan_ids)
         if ids:
-            with self.store.engine.begin() as conn:
+            with self.store.engine.execution_options(stoq_write=True).begin() as conn:
                 conn.execute(text("UPDATE connector_outbox SET state = :st, next_try = NULL, updated = :u "
                                   "WHERE connector = :c AND scan_id IN :ids").bindparams(_expanding("ids")),
                              {"st": state, "u": time.time() if now is None else now, "c": connector, "ids": ids})
