@@ -149,7 +149,8 @@ def overlapping(data: bytes, infos: list[zipfile.ZipInfo]) -> set[int]:
 
 
 def _regular(info: zipfile.ZipInfo) -> bool:
-    return not info.is_dir() and not (info.create_system == 3 and (info.external_attr >> 28) == 0xA)
+    # endswith, not ZipInfo.is_dir(): a member may have an empty name, where is_dir() raises IndexError
+    return not info.filename.endswith("/") and not (info.create_system == 3 and (info.external_attr >> 28) == 0xA)
 
 
 def unpack_zip(data: bytes, unpacker: Unpacker) -> None:

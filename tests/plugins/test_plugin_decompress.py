@@ -568,3 +568,17 @@ def test_many_tiny_concatenated_xz_streams_are_all_read(make_payload) -> None:
     result = scan(make_payload, data, "application/x-xz")
     assert [c.content for c in result.children] == [lzma.LZMAFile(io.BytesIO(data)).read()] == [b"x" * 20_000]
     assert result.flags == []  # 20,000 bytes out of 1.2 MB: no ratio flag
+
+
+def test_a_member_with_an_empty_name_is_extracted(make_payload) -> None:
+    """A central-directory entry whose name is empty (found by the decompress fuzz harness:
+    ``ZipInfo.is_dir()`` raises IndexError on it): a member like any other, its bytes as zipfile reads them."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(zipfile.ZipInfo(""), b"no name here\n")
+        archive.writestr("b.txt", b"named\n")
+    data = buffer.getvalue()
+    with zipfile.ZipFile(io.BytesIO(data)) as reference:
+        expected = sorted(sha(reference.read(i)) for i in reference.infolist())
+    result = scan(make_payload, data)
+    assert sorted(sha(c.content) for c in result.children) == expected
