@@ -22,7 +22,7 @@ from test_durability import YARA, env, pool_of, query, small_files, wait_finishe
 pytestmark = [pytest.mark.durability, pytest.mark.postgres]
 
 FILES = 30
-SEEDS = (1, 2, 3)
+SEEDS = (1, 2)  # 3 seeds took 75 s a run: over the suite's share
 #: Every scan's wave waits this long before the sweeper closes it: longer than a new worker takes to
 #: start and run what waits in the queues, short enough to end a case whose plugin task was lost.
 SWEEP_AFTER = "8"
