@@ -8,9 +8,7 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +18,7 @@ import redis
 from sqlalchemy import create_engine, text
 
 from helpers import BENCH_RULES, validate
+from tcpgate import Gate
 from test_cluster import BIN, cluster_env, fresh_database, start
 
 pytestmark = [pytest.mark.durability, pytest.mark.postgres]
@@ -233,58 +232,12 @@ def test_a_lost_scan_fails_after_its_attempts(env: dict[str, str], tmp_path: Pat
         c.stop()
 
 
-class Proxy:
-    """A TCP proxy to Redis for the client alone, which the test can cut."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.socks: list[socket.socket] = []
-        self.open = True
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while self.open:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            self.socks += [conn, upstream]
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        self.open = False
-        self.server.close()
-        for s in self.socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 def test_a_waiting_client_that_loses_redis_waits_on_the_ledger(env: dict[str, str], tmp_path: Path) -> None:
     """``stoq submit`` (waiting) whose Redis goes away after sending keeps waiting on the ledger and
     prints every document, instead of exiting 4 ("lost the cluster")."""
     files = small_files(tmp_path / "in", 3)
     c = start(tmp_path, env, "-c", "1", "-Q", "stoq,stoq-collect")
-    proxy = Proxy(6379)
+    proxy = Gate(6379)
     yara = None
     try:
         backend = f"redis://127.0.0.1:{proxy.port}/{env['STOQ_RESULT_BACKEND'].rsplit('/', 1)[1]}"
@@ -296,7 +249,7 @@ def test_a_waiting_client_that_loses_redis_waits_on_the_ledger(env: dict[str, st
             assert time.monotonic() < deadline and client.poll() is None
             time.sleep(0.1)
         time.sleep(0.5)  # its publish sent; now blocked on its notification list
-        proxy.cut()
+        proxy.close()
         (tmp_path / "yara").mkdir()
         yara = start(tmp_path / "yara", env, "-c", "1", "-Q", "yara", fresh=False)
         out, err = client.communicate(timeout=60)
@@ -306,7 +259,7 @@ def test_a_waiting_client_that_loses_redis_waits_on_the_ledger(env: dict[str, st
         assert [d["source"]["path"] for d in docs] == [str(f) for f in files]
         assert all("yara" in d["results"][0]["workers"] and not d["errors"] for d in docs)
     finally:
-        proxy.cut()
+        proxy.close()
         c.stop()
         if yara is not None:
             yara.stop()

@@ -4,7 +4,7 @@ unreachable for 20 s, and 20,000 files through one worker. Each ends with exactl
 per submitted file, no duplicate rows and no error entry.
 
 Only private services are restarted: a ``redis-server`` of the test's own (ephemeral port, its own
-``--dir``), and TCP proxies (``Gate``) in front of the machine's RabbitMQ and PostgreSQL that the test
+``--dir``), and TCP proxies (``tcpgate.Gate``) in front of the machine's RabbitMQ and PostgreSQL that the test
 closes and opens again. The one exception is the machine's RabbitMQ node, restarted in place
 (``rabbitmqctl stop_app``/``start_app``) by ``test_rabbitmq_restarted_mid_run_loses_no_file``, which
 starts it again whatever happens."""
@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -27,6 +26,7 @@ import redis
 from test_cluster import BIN, Cluster, cluster_env, fresh_database
 from test_cluster import start as cluster_start
 from test_durability import assert_stored_once, query, small_files, wait_finished
+from tcpgate import Gate, free_port
 
 pytestmark = [pytest.mark.durability, pytest.mark.postgres]
 
@@ -44,12 +44,6 @@ def nap_files(where: Path, count: int) -> list[Path]:
     for f in files:
         f.write_bytes(b"NAP " + f.read_bytes())
     return files
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def assert_napped(env: dict[str, str], count: int, seconds: float = NAP) -> None:
@@ -140,72 +134,6 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
-
-
-class Gate:
-    """A TCP proxy from an ephemeral port to ``127.0.0.1:target``. ``close`` cuts every connection
-    through it and refuses new ones (the port is closed), as a service that went away; ``open``
-    listens again on the same port."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.port = free_port()
-        self.socks: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.server: socket.socket | None = None
-        self.open()
-
-    def open(self) -> None:
-        server = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: the same port again
-        server.settimeout(0.1)
-        self.server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while self.server is server:
-            try:
-                conn, _ = server.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:
-                conn.close()
-                continue
-            with self.lock:
-                self.socks += [conn, upstream]
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        server, self.server = self.server, None
-        if server is not None:
-            server.close()
-        with self.lock:
-            socks, self.socks = self.socks, []
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
 
 
 @pytest.fixture()
