@@ -183,12 +183,7 @@ def results(key: Annotated[Optional[str], typer.Argument(metavar="[KEY]", help="
                 found = search(store, query)
                 docs = [d for d in map(store.get, found) if d is not None] if not ids else [{"scan_id": i} for i in found]
             else:
-                docs = store.find(key)
-                if not docs and key:
-                    pending = ledger_status(store, key)
-                    if pending is not None:
-                        return pending_answer(pending)
-                    docs = by_prefix(store, key)
+                docs = find_documents(store, key)
                 docs = docs[:limit] if limit is not None else docs
         finally:
             store.close()
@@ -215,6 +210,18 @@ def ledger_status(store: Any, scan_id: str) -> dict[str, Any] | None:
 
     row = ledger.status(store, scan_id)
     return row if row is not None and row["state"] != ledger.FINISHED else None
+
+
+def find_documents(store: Any, key: str) -> list[dict[str, Any]]:
+    """The stored documents ``key`` names (a scan id or a sha256, else a scan id's beginning); a scan the
+    ledger holds as pending or failed ends the command there (``pending_answer``)."""
+    docs: list[dict[str, Any]] = store.find(key)
+    if not docs and key:
+        pending = ledger_status(store, key)
+        if pending is not None:
+            pending_answer(pending)
+        docs = by_prefix(store, key)
+    return docs
 
 
 def pending_answer(row: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ def stored_scan(key: str, config: Path | None) -> dict[str, Any]:
     """The one stored document ``key`` names (a scan id, or an unambiguous beginning of one), as
     ``stoq results`` finds it; the command ends with ``stoq results``'s exit codes otherwise (6 unknown,
     8/9 pending or failed in the ledger, 5 store, 4 configuration, 2 a key naming several scans)."""
-    from stoq.cli.admin import by_prefix, ledger_status, pending_answer
+    from stoq.cli.admin import find_documents
     from stoq.store import NotMigrated, Store, StoreError
 
     key = key.strip()
@@ -32,12 +32,7 @@ def stored_scan(key: str, config: Path | None) -> dict[str, Any]:
         settings = load_settings(config)
         store = Store.open(settings.resolved_database_url())
         try:
-            docs = store.find(key)
-            if not docs and key:
-                pending = ledger_status(store, key)
-                if pending is not None:
-                    pending_answer(pending)
-                docs = by_prefix(store, key)
+            docs = find_documents(store, key)
         finally:
             store.close()
     except ConfigError as exc:
