@@ -89,6 +89,7 @@ class Settings(BaseModel):
     result_backend: str = Field("", description="Celery result backend (Redis).")
     batch_max: int = Field(256, ge=1, le=1024, description="Cluster: most payload references in one task; batches grow to this with the backlog and shrink to one when idle.")
     sweep_after: float = Field(3600.0, gt=0, description="Cluster: seconds a scan's wave may wait for its answers before the sweeper closes the scan with error entries.")
+    wave_resends: int = Field(1, ge=0, description="Cluster: times the sweeper sends a wave's unanswered plugin tasks again, `sweep_after` seconds apart, before it closes the wave with `timeout` entries for them (0: close at once).")
     quarantine_after: int = Field(2, ge=2, description="Cluster: attempts of a payload whose plugin run kills its worker before it is quarantined.")
     recover_after: float = Field(900.0, gt=0, description="Cluster: seconds a submitted scan may stay unfinished, with no state in Redis, before the sweeper publishes it again from the ledger.")
     max_attempts: int = Field(3, ge=1, description="Cluster: publishes of a scan (the client's and the sweeper's) before the ledger gives it up as failed (lost).")

@@ -404,13 +404,61 @@ def test_the_sweeper_closes_a_scan_whose_wave_never_completes(tmp_path: Path, te
         validate(doc)
         # The wave is closed with what arrived: yara's answer is kept, boom alone times out.
         assert [(e["plugin"], e["kind"]) for e in doc["errors"]] == [("boom", "timeout")]
-        assert all("closed by the sweeper" in e["message"] for e in doc["errors"])
+        assert all(e["message"] == "no answer within 2 s (a lost or unserved task), sent again 1 time(s), 2 s "
+                   "apart; the wave was closed by the sweeper" for e in doc["errors"])
         assert list(doc["results"][0]["workers"]) == ["yara"]
         # The closed wave (yara's answer, boom's references still waiting) is deleted with it.
         assert set(c.redis().scan_iter("stoq:wave:*")) - waves_before == set()
-        assert time.monotonic() - started < 2 + 5 + 10  # sweep_after + one sweep interval + start-up
+        # boom's part was sent twice: first by the publisher, then once by the sweeper (wave_resends)
+        assert len(re.findall(r"sweeper sent again the unanswered plugin tasks of 1 overdue wave", c.log.read_text())) == 1
+        assert redis.Redis.from_url(env["STOQ_BROKER_URL"]).llen("boom") == 2
+        # (sweep_after + one sweep interval) twice + start-up
+        assert time.monotonic() - started < 2 * (2 + 5) + 10
     finally:
         c.stop()
+
+
+def test_the_sweeper_sends_a_lost_plugin_task_again_and_keeps_every_answer(tmp_path: Path, testplugins_site: Path,
+                                                                           cluster: Cluster) -> None:
+    """A plugin task lost from its queue (as when a worker holding it is killed on a Redis broker: the
+    message stays unacknowledged for the visibility timeout, 6 h) costs time, not answers: after
+    ``sweep_after`` the sweeper sends the wave's unanswered part again, and only that part; the
+    document is the embedded one, with no error entry."""
+    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_SWEEP_AFTER": "2"}
+    (tmp_path / "first").mkdir()
+    (tmp_path / "yara").mkdir()
+    first = start(tmp_path / "first", env, "-c", "1", "-X", "yara")  # nobody serves yara yet
+    late = None
+    broker = redis.Redis.from_url(env["STOQ_BROKER_URL"])
+    args = [str(CORPUS / "test.exe"), "--workers", "yara,peinfo", "-o", f"yara.rules={BENCH_RULES}", "--format", "json"]
+    client = subprocess.Popen([str(BIN / "stoq"), "submit", *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while broker.llen("yara") != 1:
+            assert time.monotonic() < deadline and client.poll() is None
+            time.sleep(0.02)
+        assert broker.delete("yara") == 1  # the yara task is lost
+        late = start(tmp_path / "yara", env, "-c", "1", "-Q", "yara", fresh=False)
+        out, err = client.communicate(timeout=60)
+        assert client.returncode == 0, out + err
+        (doc,) = json.loads(out)
+        validate(doc)
+        assert doc["errors"] == []
+        assert list(doc["results"][0]["workers"])[:2] == ["yara", "peinfo"]
+        embedded = first.stoq("scan", *args, "--no-store", STOQ_BROKER_URL="", STOQ_ARCHIVE=str(tmp_path / "a"))
+        assert normal(doc) == normal(json.loads(embedded.stdout)[0])
+        # The other parts' answers were kept: each ran once; yara's ran once, sent by the sweeper.
+        ran = [task for task in tasks_run(first) if task != "stoq.connectors.catch_up"]
+        assert sorted(ran) == ["stoq.carver.debloat", "stoq.carver.trailer", "stoq.worker.peinfo"]
+        assert tasks_run(late) == ["stoq.worker.yara"]
+        assert "sweeper sent again the unanswered plugin tasks of 1 overdue wave" in (
+            first.log.read_text() + late.log.read_text())
+    finally:
+        client.kill()
+        for worker in (first, late):
+            if worker is not None:
+                worker.stop()
 
 
 def test_a_visibility_timeout_shorter_than_the_longest_task_is_refused(tmp_path: Path, testplugins_site: Path) -> None:

@@ -70,6 +70,22 @@ def describe_refs(profile: str, refs: list[dict[str, Any]]) -> str:
     return describe_batch(profile, "payloads", [f"{r['payload_id']} {r['filename']}" for r in refs])
 
 
+def unanswered(fields: dict[bytes, bytes], parts: list[Any]) -> list[int]:
+    """The parts of a wave (its hash's ``fields``) that have not answered yet."""
+    return [part for part in range(len(parts)) if answer_field(part).encode() not in fields]
+
+
+def send_again(app: Celery, wave_id: str, fields: dict[bytes, bytes], parts: list[Any], which: list[int]) -> None:
+    """Sends the plugin tasks of the wave's parts ``which`` again, as ``Wave.send`` sent them: the
+    same wave, part and count, so that a task that answers after all (and its resent twin) writes the
+    same field, and the wave completes once."""
+    names = plugin_task_names(app)
+    group(signature(names[plugin], args=(profile, wave_id, part, len(parts)), queue=plugin, app=app,
+                    argsrepr=describe_refs(profile, orjson.loads(fields.get(part_field(part).encode(), b"[]"))),
+                    kwargsrepr="")
+          for part, (profile, plugin) in ((part, parts[part]) for part in which)).apply_async()
+
+
 class Wave:
     """The plugin tasks of one wave: the hash fields to write with the scans' states, then the group."""
 

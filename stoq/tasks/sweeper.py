@@ -2,10 +2,12 @@
 again, from the ledger, the scans that were lost.
 
 A wave left unanswered for ``sweep_after`` seconds (a lost message, a dead worker's task not yet
-redelivered, a queue nobody serves) is closed as a collector would close it, with what did arrive:
-the answers of the parts that answered are kept, and each plugin whose part never answered gets a
-``timeout`` error on its payloads; the scans go on (their next wave) or are stored. A finished scan
-still unstored that long (its collector could not save it) is sent to the store again.
+redelivered, a queue nobody serves) has its unanswered parts sent again, ``wave_resends`` times,
+``sweep_after`` seconds apart: a plugin task lost with its worker is run again, and costs time, not
+answers. A wave still unanswered after that is closed as a collector would close it, with what did
+arrive: the answers of the parts that answered are kept, and each plugin whose part never answered
+gets a ``timeout`` error on its payloads; the scans go on (their next wave) or are stored. A finished
+scan still unstored that long (its collector could not save it) is sent to the store again.
 
 A scan the ledger holds as pending for ``recover_after`` seconds with no state in Redis (Redis
 restarted empty, a publish lost with its worker) is published again (``stoq.ledger``); after
@@ -24,9 +26,9 @@ from celery import Celery
 
 from stoq.tasks import state as st
 from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE
-from stoq.tasks.join import wave_answers
+from stoq.tasks.join import send_again, unanswered, wave_answers
 from stoq.tasks.pipeline import absorb_wave, send_store, settle
-from stoq.tasks.plumbing import redis_client
+from stoq.tasks.plumbing import BLOB_TTL, redis_client
 from stoq.tasks.settings import worker_settings
 
 log = logging.getLogger(__name__)
@@ -63,15 +65,66 @@ def sweep(app: Celery, now: float | None = None) -> list[str]:
             unstored.append(scan_id)
         else:
             waves.setdefault(scan.wave, []).append(scan_id)
+    resent: list[str] = []
     for wave_id, scan_ids in waves.items():
-        closed += close_wave(app, r, wave_id, scan_ids)
+        what = resend_or_close(app, r, wave_id, now or time.time())
+        if what == CLOSE:
+            closed += close_wave(app, r, wave_id, scan_ids)
+        elif what == RESENT:
+            resent.append(wave_id)
     send_store(app, unstored)
+    if resent:
+        log.warning("sweeper sent again the unanswered plugin tasks of %d overdue wave(s): %s", len(resent),
+                    ", ".join(resent))
     if closed:
         log.warning("sweeper closed the overdue wave of %d scan(s): %s", len(closed), ", ".join(closed))
     if unstored:
         log.warning("sweeper sent %d finished but unstored scan(s) to the store: %s", len(unstored),
                     ", ".join(unstored))
     return closed + unstored
+
+
+#: What ``resend_or_close`` did with an overdue wave.
+CLOSE, RESENT, WAIT = "close", "resent", "wait"
+
+
+def resends_key(wave_id: str) -> str:
+    """``"<count> <time>"``: how often, and when last, the wave's unanswered parts were sent again (a
+    key of its own: a field in the wave's hash would upset the count that completes the wave)."""
+    return f"{st.wave_key(wave_id)}:resends"
+
+
+def resend_or_close(app: Celery, r: redis.Redis, wave_id: str, now: float) -> str:
+    """For an overdue wave: ``RESENT`` when its unanswered parts were sent again now (and its scans
+    given another ``sweep_after``); ``CLOSE`` when it has no unanswered part (its collector was lost)
+    or was sent again ``wave_resends`` times already; ``WAIT`` when another worker's sweeper sent it
+    again less than ``sweep_after`` ago (it read the schedule before that sweeper moved it)."""
+    settings = worker_settings()
+    fields: dict[bytes, bytes] = r.hgetall(st.wave_key(wave_id))  # type: ignore[assignment]
+    if b"batch" not in fields:
+        return CLOSE
+    batch = orjson.loads(fields[b"batch"])
+    missing = unanswered(fields, batch["parts"])
+    if not missing:
+        return CLOSE
+    key = resends_key(wave_id)
+    with r.pipeline() as pipe:
+        try:
+            pipe.watch(key)  # one sweeper of the cluster counts a resend
+            raw: bytes | None = pipe.get(key)  # type: ignore[assignment]
+            count, last = (int(raw.split()[0]), float(raw.split()[1])) if raw else (0, 0.0)
+            if count and now < last + settings.sweep_after:
+                return WAIT
+            if count >= settings.wave_resends:
+                return CLOSE
+            pipe.multi()
+            pipe.set(key, f"{count + 1} {now}", ex=BLOB_TTL)
+            pipe.zadd(st.ACTIVE, {scan_id: now + settings.sweep_after for scan_id, _ in batch["scans"]}, xx=True)
+            pipe.execute()
+        except redis.WatchError:
+            return WAIT
+    send_again(app, wave_id, fields, batch["parts"], missing)
+    return RESENT
 
 
 def close_wave(app: Celery, r: redis.Redis, wave_id: str, overdue: list[str]) -> list[str]:
@@ -82,8 +135,10 @@ def close_wave(app: Celery, r: redis.Redis, wave_id: str, overdue: list[str]) ->
     fields: dict[bytes, bytes] = r.hgetall(key)  # type: ignore[assignment]
     batch = orjson.loads(fields[b"batch"]) if b"batch" in fields else {"scans": [], "parts": []}
     scan_ids = list(dict.fromkeys(overdue + [s for s, _ in batch["scans"]]))
-    message = (f"no answer within {worker_settings().sweep_after:g} s (a lost or unserved task); "
-               "the wave was closed by the sweeper")
+    settings = worker_settings()
+    message = (f"no answer within {settings.sweep_after:g} s (a lost or unserved task)"
+               + (f", sent again {settings.wave_resends} time(s), {settings.sweep_after:g} s apart"
+                  if settings.wave_resends else "") + "; the wave was closed by the sweeper")
     with r.pipeline() as pipe:
         try:
             pipe.watch(key, *(st.scan_key(s) for s in scan_ids))
@@ -106,6 +161,7 @@ def close_wave(app: Celery, r: redis.Redis, wave_id: str, overdue: list[str]) ->
             # As a collector: the next waves are sent, the finished scans saved, the wave deleted (a
             # plugin task still queued for it then finds nothing to do, a late collector changes nothing).
             settle(app, r, next_waves, finished, pipe, settled=wave_id)
+            r.delete(resends_key(wave_id))
         except redis.WatchError:
             return []  # answered or collected meanwhile: the next round looks again
     return [s.scan_id for s in scans]
