@@ -148,3 +148,41 @@ def test_kill_9_of_a_pool_process_at_a_random_point_loses_no_file(env: dict[str,
     finally:
         client.kill()
         worker.stop()
+
+
+def test_kill_9_of_the_worker_main_process_while_a_plugin_runs_loses_no_answer(env: dict[str, str],
+                                                                              tmp_path: Path) -> None:
+    """The case the random kills above rarely hit on a fast machine: the main process and its tree
+    killed while a plugin task runs. On Redis that task stays unacknowledged for the visibility
+    timeout (6 h); the sweeper sends the wave's unanswered part again after ``sweep_after``, the new
+    worker runs it, and every file gets the plugin's answer: no ``timeout`` entry, nothing twice."""
+    from test_durability_services import NAPPER, assert_napped, nap_files
+
+    env = env | {"STOQ_SWEEP_AFTER": SWEEP_AFTER}
+    files = nap_files(tmp_path / "in", 20)  # 0.2 s each: the kill lands inside a napper task
+    first = start(tmp_path, env, "-c", "2")
+    again = None
+    try:
+        got = first.stoq("submit", *map(str, files), *NAPPER, "--no-wait", timeout=60)
+        assert got.returncode == 0, got.stderr
+        ids = got.stdout.decode().split()
+        deadline = time.monotonic() + 30
+        while b"napping" not in first.log.read_bytes():
+            assert time.monotonic() < deadline, first.log.read_text()[-3000:]
+            time.sleep(0.01)
+        for pid in (first.worker.pid, *tree_of(first.worker.pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        first.worker.wait()
+        held = held_by_the_worker(env)
+        assert ("stoq.worker.napper", "napper") in held, held  # a plugin task was lost with the worker
+        again = start(tmp_path, env, "-c", "2", fresh=False)
+        wait_finished(env, len(files), timeout=60)
+        assert_stored_once(env, ids, files)
+        assert_napped(env, len(files))
+        assert "sweeper sent again the unanswered plugin tasks" in first.log.read_text()
+    finally:
+        if again is not None:
+            again.stop()
