@@ -116,7 +116,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, testplugins_site: Path) -> 
     (home / "rules.yar").write_text(RULE)
     srv = browser.Server(home, env={"PYTHONPATH": str(testplugins_site)})
     srv.token = srv.stoq("tokens", "create", "analyst").stdout.strip()  # type: ignore[attr-defined]
-    with srv.start():
+    with srv:  # starts it (``__enter__``), stops it at the end
         yield srv
 
 
