@@ -387,6 +387,7 @@ def test_the_sweeper_stores_a_finished_scan_its_collector_left_unstored(tmp_path
         c.stop()
 
 
+@pytest.mark.durability
 def test_the_sweeper_closes_a_scan_whose_wave_never_completes(tmp_path: Path, testplugins_site: Path,
                                                                 cluster: Cluster) -> None:
     """No worker serves the `boom` queue: the wave never completes, and the sweeper closes the scan."""
@@ -418,6 +419,7 @@ def test_the_sweeper_closes_a_scan_whose_wave_never_completes(tmp_path: Path, te
         c.stop()
 
 
+@pytest.mark.durability
 def test_the_sweeper_sends_a_lost_plugin_task_again_and_keeps_every_answer(tmp_path: Path, testplugins_site: Path,
                                                                            cluster: Cluster) -> None:
     """A plugin task lost from its queue (as when a worker holding it is killed on a Redis broker: the

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.durability  # issue 15, test 9: `pytest -m durability` runs the harnesses too
+
 HERE = Path(__file__).parent / "fuzz"
 #: Inputs per harness in CI: a few seconds each (the slow parsers get fewer).
 RUNS = {"pdf": 300, "email": 400, "peinfo": 600, "ole": 600, "decompress": 600}
