@@ -263,3 +263,70 @@ def test_a_waiting_client_that_loses_redis_waits_on_the_ledger(env: dict[str, st
         c.stop()
         if yara is not None:
             yara.stop()
+
+
+def recorded_scan(env: dict[str, str], client: subprocess.Popen[bytes]) -> str:
+    """The scan id the client recorded in the ledger (before it published it)."""
+    deadline = time.monotonic() + 30
+    while not (rows := query(env, "SELECT scan_id FROM scan_ledger")):
+        assert time.monotonic() < deadline and client.poll() is None, client.stderr.read() if client.stderr else ""
+        time.sleep(0.1)
+    (scan_id,) = [row[0] for row in rows]
+    return str(scan_id)
+
+
+def test_a_no_wait_client_whose_publisher_died_before_telling_it_sees_its_scan_begun(env: dict[str, str],
+                                                                                     tmp_path: Path) -> None:
+    """A publisher killed after it committed its scans' states and before it told the ``--no-wait``
+    client that it accepted them leaves the client nothing to pop (the scans go on: the sweeper sends
+    their wave). The client then reads their state itself (``client.RECHECK``) and prints their ids.
+    That instant is made by hand here: no worker serves ``stoq``, and the test writes the scan's state
+    key, as that publisher's commit did (what a seeded kill found under load, once in a run)."""
+    from stoq.tasks.client import RECHECK
+    from stoq.tasks.scans import scan_key
+
+    (sample,) = small_files(tmp_path / "in", 1)
+    client = subprocess.Popen([str(BIN / "stoq"), "submit", str(sample), *YARA, "--no-wait"], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        scan_id = recorded_scan(env, client)
+        time.sleep(RECHECK + 1)
+        assert client.poll() is None  # nothing told it yet
+        redis.Redis.from_url(env["STOQ_RESULT_BACKEND"]).set(scan_key(scan_id), b"{}", ex=60)
+        out, err = client.communicate(timeout=RECHECK + 20)
+        assert client.returncode == 0, err
+        assert out.decode().split() == [scan_id]
+    finally:
+        client.kill()
+
+
+def test_a_waiting_client_whose_collector_died_before_handing_over_gets_the_stored_document(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """A collector killed after it saved a scan's document (the ledger says finished) and before it
+    handed the document to the waiting client: the client finds it in the ledger after
+    ``client.RECHECK`` quiet seconds, instead of waiting for the sweeper (``sweep_after``). Made by
+    hand: no worker runs; the test saves the document ``stoq scan`` gives for the same file under the
+    recorded scan id, through the store, as the collector would."""
+    from stoq.store import Store
+    from stoq.tasks.client import RECHECK
+
+    (sample,) = small_files(tmp_path / "in", 1)
+    client = subprocess.Popen([str(BIN / "stoq"), "submit", str(sample), *YARA, "--format", "json"], env=env,
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        scan_id = recorded_scan(env, client)
+        embedded = subprocess.run([str(BIN / "stoq"), "scan", str(sample), *YARA, "--format", "json", "--no-store"],
+                                  env=env | {"STOQ_BROKER_URL": "", "STOQ_ARCHIVE": str(tmp_path / "a")}, cwd=tmp_path,
+                                  capture_output=True, timeout=60)
+        (doc,) = json.loads(embedded.stdout)
+        doc["scan_id"] = scan_id
+        with Store.open(env["STOQ_DATABASE_URL"]) as store:
+            store.save([doc])
+        assert query(env, "SELECT state FROM scan_ledger") == [("finished",)]
+        out, err = client.communicate(timeout=RECHECK + 20)
+        assert client.returncode == 0, err
+        (got,) = json.loads(out)
+        validate(got)
+        assert got == doc
+    finally:
+        client.kill()

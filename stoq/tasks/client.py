@@ -37,6 +37,10 @@ from stoq.tasks.config import COLLECT_QUEUE, DEFAULT_QUEUE, make_app
 LEDGER_POLL = 1.0
 #: Seconds without a finished scan before ``documents`` says on stderr what it is waiting for.
 QUIET_HINT = 60.0
+#: Seconds without an entry before the client looks for itself whether the scans it waits for moved
+#: on: a publisher or collector killed after its commit and before it told the client leaves the
+#: client nothing to pop (the scans go on: the sweeper, the ledger), so it reads their state instead.
+RECHECK = 5.0
 
 
 def batch_size(left: int, batch_max: int) -> int:
@@ -216,7 +220,7 @@ class ClusterClient:
         waiting = set(scan_ids)
         hint = (f"scan(s); is a worker serving the '{DEFAULT_QUEUE}' and '{COLLECT_QUEUE}' queues and every "
                 "plugin queue?")
-        for raw in self._entries(notify, waiting, hint, self._ledger_documents):
+        for raw in self._entries(notify, waiting, hint, self._ledger_documents, self._ledger_pass):
             doc = orjson.loads(raw)
             if doc["scan_id"] in waiting:  # a redelivered connector may notify twice
                 waiting.discard(doc["scan_id"])
@@ -227,7 +231,7 @@ class ClusterClient:
         scan once. For a client that does not wait for the documents (see ``submit``)."""
         waiting = set(scan_ids)
         hint = f"scan(s) to be accepted; is a worker serving the '{DEFAULT_QUEUE}' queue?"
-        for raw in self._entries(key, waiting, hint, self._ledger_verdicts):
+        for raw in self._entries(key, waiting, hint, self._ledger_verdicts, self._begun):
             entry = orjson.loads(raw)
             verdicts = [(i, None) for i in entry["accepted"]] if "accepted" in entry else [
                 (entry["scan_id"], entry["refused"])]
@@ -236,12 +240,14 @@ class ClusterClient:
                     waiting.discard(scan_id)
                     yield scan_id, refused
 
-    def _entries(self, key: str, waiting: set[str], hint: str,
-                 fallback: Callable[[set[str]], Iterator[bytes]]) -> Iterator[bytes]:
+    def _entries(self, key: str, waiting: set[str], hint: str, fallback: Callable[[set[str]], Iterator[bytes]],
+                 recheck: Callable[[set[str]], list[bytes]]) -> Iterator[bytes]:
         """The entries pushed to the list ``key`` while ``waiting`` (which the caller empties) is not
-        empty; says on stderr what it waits for after ``QUIET_HINT`` seconds without one. Should
-        Redis go away meanwhile, the rest comes from the ledger (``fallback``)."""
-        last = time.monotonic()
+        empty; says on stderr what it waits for after ``QUIET_HINT`` seconds without one. After
+        ``RECHECK`` quiet seconds, and each ``RECHECK`` after, the entries ``recheck`` finds for itself
+        (those nobody pushed: see ``RECHECK``). Should Redis go away meanwhile, the rest comes from
+        the ledger (``fallback``)."""
+        last = checked = time.monotonic()
         while waiting:
             try:
                 popped = self.r.blpop([key], timeout=1)
@@ -251,6 +257,10 @@ class ClusterClient:
                 yield from fallback(waiting)
                 return
             if popped is None:
+                if time.monotonic() - max(last, checked) > RECHECK:
+                    checked = time.monotonic()
+                    yield from self._quietly(recheck, waiting)
+                    continue
                 if time.monotonic() - last > QUIET_HINT:
                     print(f"stoq: still waiting for {len(waiting)} {hint}", file=sys.stderr)
                     last = time.monotonic()
@@ -261,32 +271,60 @@ class ClusterClient:
             yield from more
         self.r.delete(key)
 
-    def _ledger_documents(self, waiting: set[str]) -> Iterator[bytes]:
-        """The documents of ``waiting`` as the store saves them, polled from the ledger every
-        ``LEDGER_POLL`` seconds until each is finished or failed (the ledger settles every scan
-        after ``max_attempts`` publishes); a failed scan comes as a refusal with the ledger's why."""
+    def _quietly(self, recheck: Callable[[set[str]], list[bytes]], waiting: set[str]) -> list[bytes]:
+        """``recheck(waiting)``; nothing when the database or Redis does not answer (the wait goes on)."""
+        try:
+            return recheck(set(waiting))
+        except Exception:  # a look of our own, on top of the pushed entries: never fatal
+            return []
+
+    def _ledger_pass(self, waiting: set[str], accepted: bool = False) -> list[bytes]:
+        """One look at the ledger: for each scan of ``waiting`` it holds as finished, its document (or,
+        ``accepted``, its acceptance); a refusal with the ledger's why for each it gave up
+        (``failed``: the ledger settles every scan after ``max_attempts`` publishes) or never recorded."""
         from stoq import ledger
 
+        found = ledger.states(self.store, sorted(waiting))
+        entries = []
+        for scan_id in sorted(waiting):
+            state = found.get(scan_id)
+            if state == ledger.FINISHED:
+                doc = None if accepted else self.store.get(scan_id)
+                if accepted or doc is not None:
+                    entries.append(orjson.dumps({"accepted": [scan_id]} if accepted else doc))
+            elif state == ledger.FAILED:
+                row = ledger.status(self.store, scan_id) or {}
+                entries.append(orjson.dumps({"scan_id": scan_id, "refused": row.get("error") or "failed"}))
+            elif state is None:  # never recorded: nothing will come
+                entries.append(orjson.dumps({"scan_id": scan_id, "refused": "not in the ledger"}))
+        return entries
+
+    def _begun(self, waiting: set[str]) -> list[bytes]:
+        """The verdicts of the scans of ``waiting`` that moved on without one: begun (their state is in
+        Redis) or finished in the ledger are accepted; given up by the ledger are refused."""
+        ids = sorted(waiting)
+        with self.r.pipeline(transaction=False) as pipe:
+            for scan_id in ids:
+                pipe.exists(st.scan_key(scan_id))
+            begun = sorted(scan_id for scan_id, n in zip(ids, pipe.execute()) if n)
+        rest = waiting - set(begun)
+        return ([orjson.dumps({"accepted": begun})] if begun else []) + (self._ledger_pass(rest, accepted=True)
+                                                                          if rest else [])
+
+    def _ledger_documents(self, waiting: set[str]) -> Iterator[bytes]:
+        """The documents of ``waiting`` as the store saves them (``_ledger_pass``), polled from the
+        ledger every ``LEDGER_POLL`` seconds until each is finished or failed."""
         quiet = time.monotonic()
         while waiting:
             try:
-                found = ledger.states(self.store, sorted(waiting))
+                entries = self._ledger_pass(waiting)
             except Exception as exc:  # the database is away too: keep trying, say so now and then
                 if time.monotonic() - quiet > QUIET_HINT:
                     print(f"stoq: cannot read the ledger ({type(exc).__name__}); still waiting", file=sys.stderr)
                     quiet = time.monotonic()
                 time.sleep(LEDGER_POLL)
                 continue
-            for scan_id, state in found.items():
-                if state == ledger.FINISHED:
-                    doc = self.store.get(scan_id)
-                    if doc is not None:
-                        yield orjson.dumps(doc)
-                elif state == ledger.FAILED:
-                    row = ledger.status(self.store, scan_id) or {}
-                    yield orjson.dumps({"scan_id": scan_id, "refused": row.get("error") or "failed"})
-            for scan_id in set(waiting) - set(found):  # never recorded: nothing will come
-                yield orjson.dumps({"scan_id": scan_id, "refused": "not in the ledger"})
+            yield from entries
             if waiting:
                 time.sleep(LEDGER_POLL)
 
