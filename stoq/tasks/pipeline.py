@@ -36,6 +36,8 @@ answers those with the recorded error instead of running them again.
 from __future__ import annotations
 
 import logging
+import time
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -57,7 +59,7 @@ from stoq.tasks.engines import connector_for, engine_for
 from stoq.tasks.join import Answers, Wave, part_field, put_answer, wave_answers, wave_key
 from stoq.tasks.plumbing import (TaskRecord, blob_keys, describe_ids, dumps, forget, get_profile, redis_client,
                                  task_record, tell, unwrap)
-from stoq.tasks.retry import retrying
+from stoq.tasks.retry import retrying, transient
 from stoq.tasks.scans import ScanState, commit, forget_stored, load_states, scan_key
 from stoq.tasks.settings import worker_settings
 
@@ -107,9 +109,11 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
     # duplicate not flagged, its scans would start again, the later wave token win, and the store
     # keep one document per scan id).
     # A scan the ledger publishes again (``attempt``) may have been started meanwhile by a late first publish.
-    again = redelivered or any(root.get("attempt") for root in roots)
+    # A first publish late enough for the ledger to have published its scans again meanwhile looks too
+    # (were it not to, both runs would be stored under one scan id, their payloads side by side).
+    again = redelivered or any(root.get("attempt") or may_have_run(root) for root in roots)
     known = load_states(r, [root["scan_id"] for root in roots]) if again else [None] * len(roots)
-    stored = finished_already([root["scan_id"] for root in roots])
+    stored = finished_already([root["scan_id"] for root in roots], careful=again)
     waves = []
     for root, existing in zip(roots, known):
         if existing is not None or root["scan_id"] in stored:
@@ -132,16 +136,31 @@ def publish(app: Celery, profile_id: str, roots: Any, notify: str | None, task_i
     forget(r, blob_keys(sent))
 
 
-def finished_already(scan_ids: list[str]) -> set[str]:
+def finished_already(scan_ids: list[str], careful: bool = False) -> set[str]:
     """Those of ``scan_ids`` the ledger holds as finished: a publish that comes after its scan was
     stored (the ledger's, or a client's, sent again while the first was queued; a late first one)
     must not begin it again: a second run's payloads have other ids, and would be stored beside
-    the first's. The database away: none (that rare second run is then not prevented)."""
+    the first's. The database away: a ``careful`` publish (one whose scans may have run already:
+    redelivered, published again, or submitted ``recover_after`` ago) raises, so that it waits
+    for the database (``retrying``; then the ledger publishes it again); any other begins every
+    scan (none of them can have been stored)."""
     try:
         return {i for i, state in ledger.states(result_store(), scan_ids).items() if state == ledger.FINISHED}
     except Exception as exc:
+        if careful and transient(exc):
+            raise
         log.warning("publish: cannot read the ledger (%s: %s); beginning every scan", type(exc).__name__, exc)
         return set()
+
+
+def may_have_run(root: dict[str, Any]) -> bool:
+    """Whether a root was submitted long enough ago (half of ``recover_after``, for clocks that
+    differ) for the ledger to have published it again meanwhile: a late first publish."""
+    try:
+        submitted = datetime.fromisoformat(root["date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return True
+    return time.time() - submitted >= worker_settings().recover_after / 2
 
 
 def refuse(r: redis.Redis, roots: list[dict[str, Any]], clients: list[str | None], message: str) -> None:
