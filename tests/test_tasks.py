@@ -21,13 +21,13 @@ import redis
 import yara
 from celery import Celery
 
-from helpers import BENCH_RULES, CORPUS
+from helpers import BENCH_RULES, CORPUS, amqp_url, redis_url
 from stoq.archive import DirectoryArchive
 from stoq.tasks import state as st
 from stoq.tasks.join import describe_refs
 
-BROKER = "redis://127.0.0.1:6379/14"
-BACKEND = "redis://127.0.0.1:6379/15"
+BROKER = redis_url(14)
+BACKEND = redis_url(15)
 
 
 def stoq_env(work: Path, broker: str = BROKER) -> dict[str, str]:
@@ -68,7 +68,7 @@ def stop_worker(worker: subprocess.Popen[bytes], client: Celery) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, Path, Path]]:
     for db in (14, 15):
-        redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()
+        redis.Redis.from_url(redis_url(db)).flushdb()
     work = tmp_path_factory.mktemp("cluster")
     worker, client, log = start_worker(work, ["yara", "peinfo"])
     try:
@@ -207,9 +207,10 @@ def test_flower_lists_the_workers_and_a_finished_task_behind_basic_auth(tmp_path
         stop_worker(worker, client)
 
 
+@pytest.mark.rabbitmq
 def test_rabbitmq_as_broker(tmp_path: Path) -> None:
     """The same adapter with RabbitMQ as the broker (Redis keeps the results)."""
-    rabbit = "amqp://guest:guest@127.0.0.1:5672//"
+    rabbit = amqp_url()
     worker, client, _ = start_worker(tmp_path, ["peinfo"], broker=rabbit)
     try:
         ref = ref_for(tmp_path / "archive", "test.exe")
