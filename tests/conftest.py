@@ -49,6 +49,11 @@ SLOWEST_FIRST = (
     "test_tools_missing.py", "test_exports.py", "test_cli_results.py", "test_intel_service.py", "test_web_ui.py",
     "test_cluster_exif_clamav.py", "test_cli_terminal.py", "test_dirmon_cluster.py",
 )
+#: Modules whose every test runs ``alone`` under xdist: the faults made for real (services restarted or
+#: cut, kill -9 at a seeded moment, 20,000 files through one worker) assert on timing and ordering
+#: that the load of other workers on the same cores upsets (seen: a restart that came after the last
+#: file, a kill that landed mid-publish and left a --no-wait client waiting).
+ALONE_MODULES = ("test_durability_services.py", "test_durability_kills.py")
 
 
 def _no_orphan() -> None:
@@ -123,7 +128,8 @@ def _private_vhost(config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "rabbitmq(exclusive=False): uses the RabbitMQ on 127.0.0.1:5672 (helpers."
                             "amqp_url); exclusive: restarts it, so no test using it runs meanwhile (xdist)")
-    config.addinivalue_line("markers", "installs: installs into the test venv, so no other test runs meanwhile (xdist)")
+    config.addinivalue_line("markers", "alone: under xdist, no test of another worker runs meanwhile (it installs into "
+                            "the venv, or its timing cannot bear the load of other workers)")
     if WORKER_SUFFIX and not os.environ.get(REDIS_PORT_VAR):
         _private_redis(config)
         _private_vhost(config)
@@ -131,14 +137,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
-    """Under xdist, across the workers: a test marked ``installs`` runs alone (the others hold the venv
-    lock shared: a distribution installed meanwhile would show in their plugin lists), and one marked
+    """Under xdist, across the workers: a test marked ``alone`` runs while no other test does (every
+    test holds the lock ``alone`` shared, such a test exclusive), and one marked
     ``rabbitmq(exclusive=True)`` runs while no other test marked ``rabbitmq`` does."""
     if not XDIST_WORKER:
         yield
         return
     rabbit = item.get_closest_marker("rabbitmq")
-    with shared_lock("venv", exclusive=item.get_closest_marker("installs") is not None):
+    with shared_lock("alone", exclusive=item.get_closest_marker("alone") is not None):
         if rabbit is None:
             yield
         else:
@@ -147,7 +153,11 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist (--no-loadscope-reorder), the slowest modules first (SLOWEST_FIRST); stable otherwise."""
+    """Under xdist (--no-loadscope-reorder), the slowest modules first (SLOWEST_FIRST); stable otherwise.
+    The tests of ALONE_MODULES are marked ``alone``."""
+    for item in items:
+        if item.path.name in ALONE_MODULES:
+            item.add_marker(pytest.mark.alone)
     if XDIST_WORKER:
         rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
         items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -21,7 +21,7 @@ Run = Callable[..., subprocess.CompletedProcess[bytes]]
 MADE = ("stoq-test-sha3probe", "stoq-test-noplugin", "stoq-test-noplugin-dep")
 NO_NETWORK = ("--no-index", "--no-build-isolation")
 #: Under xdist each test runs alone: a plugin installed meanwhile would show in other tests' plugin lists.
-pytestmark = pytest.mark.installs
+pytestmark = pytest.mark.alone
 
 
 def pip_list() -> dict[str, str]:

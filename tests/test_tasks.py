@@ -60,6 +60,10 @@ def start_worker(work: Path, queues: list[str], *extra: str,
 
 def stop_worker(worker: subprocess.Popen[bytes], client: Celery) -> None:
     client.backend.result_consumer.stop()  # no pub/sub clean-up left for interpreter exit
+    # Celery's close() only drops its connection pool: closed here, or a process this one forks later
+    # (an embedded scan's pool, in a test run after this one) closes it again on the socket it shares
+    # with this process, and waits forever for the answer to a BRPOP this process already read.
+    client.pool.force_close_all()
     client.close()
     worker.terminate()
     worker.wait(timeout=30)
