@@ -22,6 +22,7 @@ import yara
 from celery import Celery
 
 from helpers import BENCH_RULES, CORPUS, amqp_url, redis_url
+from tcpgate import free_port
 from stoq.archive import DirectoryArchive
 from stoq.tasks import state as st
 from stoq.tasks.join import describe_refs
@@ -60,13 +61,21 @@ def start_worker(work: Path, queues: list[str], *extra: str,
 
 def stop_worker(worker: subprocess.Popen[bytes], client: Celery) -> None:
     client.backend.result_consumer.stop()  # no pub/sub clean-up left for interpreter exit
-    # Celery's close() only drops its connection pool: closed here, or a process this one forks later
-    # (an embedded scan's pool, in a test run after this one) closes it again on the socket it shares
-    # with this process, and waits forever for the answer to a BRPOP this process already read.
-    client.pool.force_close_all()
     client.close()
     worker.terminate()
     worker.wait(timeout=30)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_pools_left() -> Iterator[None]:
+    """Closes kombu's connection pools when the module ends (Celery's close() only drops its reference
+    to them): else a process this one forks later (an embedded scan's pool, in a module run after this
+    one on the same xdist worker) closes them again on sockets it shares with this process, and waits
+    forever for the answer to a BRPOP this process already read."""
+    yield
+    from kombu import pools
+
+    pools.reset()
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +175,7 @@ def test_flower_lists_the_workers_and_a_finished_task_behind_basic_auth(tmp_path
                                                                           cluster: tuple[Celery, Path, Path]) -> None:
     # -E: task events, which Flower shows; a queue of its own, so that this worker (not the module's) runs it
     worker, client, _ = start_worker(tmp_path, ["flower-test"], "-E")
-    port = 15555
+    port = free_port()
     flower = subprocess.Popen([str(Path(sys.executable).parent / "celery"), "-A", "stoq", "flower",
                                f"--port={port}", "--address=127.0.0.1", "--basic-auth=analyst:s3cret"],
                               env=stoq_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL,
