@@ -24,8 +24,11 @@ tools:
 demo: setup
 	$(BIN)/stoq scan samples/invoice.zip --workers yara -o yara.rules=samples/demo.yar --format table
 
+# The suite on TEST_JOBS pytest-xdist workers, a module per worker at a time (tests/conftest.py gives
+# each worker its own Redis, RabbitMQ vhost and PostgreSQL databases); `make test TEST_JOBS=0` runs it serially.
+TEST_JOBS ?= 3
 test: setup
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder --durations=25
 
 bench: setup
 	$(BIN)/python bench/run.py

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
-from helpers import ROOT, TOOL_PACKAGES
+from helpers import AMQP_VHOST, REDIS_PORT_VAR, ROOT, TOOL_PACKAGES, WORKER_SUFFIX, XDIST_WORKER, shared_lock
 from stoq import model as stoq_model
 
 # Every document stoq assembles during the tests, in this process or in any stoq or celery process
@@ -30,6 +33,134 @@ os.environ["STOQDEV_DEFAULT_WORKERS"] = "none"
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+
+# ------------------------------------------------------------------------------ parallel runs (xdist)
+# `make test` runs `pytest -n 3 --dist loadfile` (README.md). Each xdist worker but gw0 gets a Redis
+# and a RabbitMQ virtual host of its own here (tests/helpers.py: redis_url, amqp_url, database);
+# two tests that cannot run at the same time as others hold locks (pytest_runtest_protocol below).
+
+#: The modules that take longest (a serial run's durations), sent to the workers first so that the last
+#: module to finish is a short one; the others follow in their usual order.
+SLOWEST_FIRST = (
+    "test_durability_services.py", "test_cluster.py", "test_durability.py", "test_dirmon.py", "test_blame.py",
+    "test_durability_kills.py", "test_cli_results_search.py", "test_cli.py", "test_ledger_sources.py",
+    "test_cluster_cli.py", "test_fuzz.py", "test_tasks.py", "test_web_api.py", "test_cli_interrupt.py",
+    "test_cli_install.py", "test_metrics.py", "test_cluster_intel.py", "test_cluster_inspect.py", "test_intake.py",
+    "test_tools_missing.py", "test_exports.py", "test_cli_results.py", "test_intel_service.py", "test_web_ui.py",
+    "test_cluster_exif_clamav.py", "test_cli_terminal.py", "test_dirmon_cluster.py",
+)
+#: Modules whose every test runs ``alone`` under xdist: the faults made for real (services restarted or
+#: cut, kill -9 at a seeded moment, 20,000 files through one worker) assert on timing and ordering
+#: that the load of other workers on the same cores upsets (seen: a restart that came after the last
+#: file, a kill that landed mid-publish and left a --no-wait client waiting).
+ALONE_MODULES = ("test_durability_services.py", "test_durability_kills.py")
+
+
+def _no_orphan() -> None:
+    """In the child, before exec: SIGTERM when the xdist worker that started it dies (PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _private_redis(config: pytest.Config) -> None:
+    """A ``redis-server`` of this worker's own (no persistence) on a free port, in REDIS_PORT_VAR;
+    stopped when the worker's session ends."""
+    import redis
+
+    from tcpgate import free_port
+
+    where = Path(tempfile.mkdtemp(prefix=f"stoq-redis-{XDIST_WORKER}-"))
+    config.add_cleanup(lambda: shutil.rmtree(where, ignore_errors=True))
+    for _ in range(5):  # the free port may be taken before redis-server binds it
+        port = free_port()
+        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", str(where), "--logfile", str(where / "redis.log")],
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_no_orphan)
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=port, socket_timeout=2).ping():
+                    break
+            except redis.RedisError:
+                time.sleep(0.05)
+        else:
+            proc.kill()
+            proc.wait()
+            continue
+
+        def stop(proc: subprocess.Popen[bytes] = proc) -> None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+        config.add_cleanup(stop)
+        os.environ[REDIS_PORT_VAR] = str(port)
+        return
+    raise RuntimeError(f"xdist worker {XDIST_WORKER}: its redis-server did not start (log: {where / 'redis.log'})")
+
+
+def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=120)
+
+
+def _private_vhost(config: pytest.Config) -> None:
+    """The RabbitMQ virtual host AMQP_VHOST, made empty for this worker (guest may use it); deleted when
+    the worker's session ends. Nothing when rabbitmqctl is missing (the RabbitMQ tests then fail as in a
+    serial run without RabbitMQ)."""
+    if shutil.which("rabbitmqctl") is None:
+        return
+    with shared_lock("rabbitmq"):
+        _rabbitmqctl("delete_vhost", AMQP_VHOST)  # one a killed run left
+        made = _rabbitmqctl("add_vhost", AMQP_VHOST)
+        assert made.returncode == 0, made.stderr
+        allowed = _rabbitmqctl("set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*")
+        assert allowed.returncode == 0, allowed.stderr
+
+    def delete() -> None:
+        with shared_lock("rabbitmq"):
+            _rabbitmqctl("delete_vhost", AMQP_VHOST)
+
+    config.add_cleanup(delete)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "rabbitmq(exclusive=False): uses the RabbitMQ on 127.0.0.1:5672 (helpers."
+                            "amqp_url); exclusive: restarts it, so no test using it runs meanwhile (xdist)")
+    config.addinivalue_line("markers", "alone: under xdist, no test of another worker runs meanwhile (it installs into "
+                            "the venv, or its timing cannot bear the load of other workers)")
+    if WORKER_SUFFIX and not os.environ.get(REDIS_PORT_VAR):
+        _private_redis(config)
+        _private_vhost(config)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Under xdist, across the workers: a test marked ``alone`` runs while no other test does (every
+    test holds the lock ``alone`` shared, such a test exclusive), and one marked
+    ``rabbitmq(exclusive=True)`` runs while no other test marked ``rabbitmq`` does."""
+    if not XDIST_WORKER:
+        yield
+        return
+    rabbit = item.get_closest_marker("rabbitmq")
+    with shared_lock("alone", exclusive=item.get_closest_marker("alone") is not None):
+        if rabbit is None:
+            yield
+        else:
+            with shared_lock("rabbitmq", exclusive=rabbit.kwargs.get("exclusive", False)):
+                yield
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (--no-loadscope-reorder), the slowest modules first (SLOWEST_FIRST); stable otherwise.
+    The tests of ALONE_MODULES are marked ``alone``."""
+    for item in items:
+        if item.path.name in ALONE_MODULES:
+            item.add_marker(pytest.mark.alone)
+    if XDIST_WORKER:
+        rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @functools.cache

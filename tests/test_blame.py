@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import pytest
 import redis
 
+from helpers import redis_url
 from test_cluster import BIN, Cluster, cluster_env, fresh_database, start
 
 pytestmark = pytest.mark.durability
@@ -244,7 +245,7 @@ def test_charges_and_verdicts_on_redis() -> None:
     hard-limit kill under a shorter limit not held against a longer one, copies share one record."""
     from stoq.tasks import guard as gd
 
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/13")
+    r = redis.Redis.from_url(redis_url(13))
     a, b, c = (hashlib.sha256(x).hexdigest() for x in (b"unit-a", b"unit-b", b"unit-c"))
     for sha in (a, b, c):
         r.delete(gd.blame_key("p", sha))
@@ -267,7 +268,7 @@ def test_charges_and_verdicts_on_redis() -> None:
 
 # -- the publisher's and collector's own steps: libmagic's typing and the dispatch rules -------------------
 
-BEGIN_URL = "redis://127.0.0.1:6379/13"
+BEGIN_URL = redis_url(13)
 
 CHARGE = r"""
 import os, signal, sys

@@ -20,6 +20,8 @@ Run = Callable[..., subprocess.CompletedProcess[bytes]]
 #: Every distribution this module may install (canonical names).
 MADE = ("stoq-test-sha3probe", "stoq-test-noplugin", "stoq-test-noplugin-dep")
 NO_NETWORK = ("--no-index", "--no-build-isolation")
+#: Under xdist each test runs alone: a plugin installed meanwhile would show in other tests' plugin lists.
+pytestmark = pytest.mark.alone
 
 
 def pip_list() -> dict[str, str]:

@@ -83,9 +83,12 @@ def mark(stoq_env: dict[str, str]) -> str:
 
 def test_a_pipe_closed_by_head_stops_the_scan_and_stores_what_was_printed(
         tmp_path: Path, stoq_env: dict[str, str], mark: str, run_stoq: Run) -> None:
-    # 500 documents (~700 B each) do not fit in the pipe: stoq meets the closed pipe mid-scan.
+    # 500 documents (~700 B each) do not fit in the pipe: stoq meets the closed pipe mid-scan. The pipe is
+    # a named one that head opens before stoq starts: on a busy machine (make test's parallel workers) a
+    # head started with stoq could come up late, and stoq store most of the files before the pipe closes.
     small_files(tmp_path / "in", 500)
-    script = f'"{STOQ}" scan in --recursive --jobs 2 2> err.txt | head -n 1 > first.txt; echo "${{PIPESTATUS[0]}}" > rc.txt'
+    script = (f'mkfifo out && {{ head -n 1 < out > first.txt & }}; "{STOQ}" scan in --recursive --jobs 2 2> err.txt > out; '
+              f'echo "$?" > rc.txt; wait')
     subprocess.run(["bash", "-c", script], cwd=tmp_path, env=stoq_env, check=True, timeout=300)
     assert (tmp_path / "rc.txt").read_text().strip() == "141"
     err = (tmp_path / "err.txt").read_text()

@@ -14,10 +14,10 @@ from typing import Callable
 
 import pytest
 
-from helpers import PG_URL, pg_admin
+from helpers import database, pg_admin, pg_url
 
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
-PG_DB = "stoq_cli_results"
+PG_DB = database("stoq_cli_results")
 
 
 def two_contents_sharing_a_prefix(length: int = 3) -> tuple[bytes, bytes, str]:
@@ -44,7 +44,7 @@ def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     with pg_admin().connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{PG_DB}"'))
-    return {"STOQ_DATABASE_URL": PG_URL.rsplit("/", 1)[0] + "/" + PG_DB}
+    return {"STOQ_DATABASE_URL": pg_url(PG_DB)}
 
 
 def test_results_takes_any_unambiguous_prefix(run_stoq: Run, tmp_path: Path, store_env: dict[str, str]) -> None:

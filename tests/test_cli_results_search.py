@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
-from helpers import CORPUS, PG_URL, ROOT, pg_admin
+from helpers import CORPUS, ROOT, database, pg_admin, pg_url as worker_pg_url
 
 Doc = dict[str, Any]
 SAMPLES = ROOT / "samples"
@@ -38,13 +38,13 @@ class Filled:
         return [d["scan_id"] for d in sorted(chosen, key=lambda d: (d["date"], d["scan_id"]), reverse=True)]
 
 
-def pg_url(database: str) -> str:
+def pg_url(name: str) -> str:
     from sqlalchemy import text
 
     with pg_admin().connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
-    return PG_URL.rsplit("/", 1)[0] + "/" + database
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{database(name)}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{database(name)}"'))
+    return worker_pg_url(name)
 
 
 def fill(work: Path, database_url: str) -> Filled:

@@ -23,7 +23,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from helpers import BENCH_RULES, CORPUS, PG_URL, pg_admin, validate
+from helpers import BENCH_RULES, CORPUS, amqp_url, database as pg_database, pg_admin, pg_url, redis_url, validate
 
 BIN = Path(sys.executable).parent
 DB = "stoq_cluster"
@@ -54,8 +54,8 @@ class Cluster:
 
 def cluster_env(work: Path, site: Path, dbs: tuple[int, int], database: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOQ_")}
-    env.update(STOQ_BROKER_URL=f"redis://127.0.0.1:6379/{dbs[0]}", STOQ_RESULT_BACKEND=f"redis://127.0.0.1:6379/{dbs[1]}",
-               STOQ_ARCHIVE=str(work / "archive"), STOQ_DATABASE_URL=PG_URL.rsplit("/", 1)[0] + "/" + database,
+    env.update(STOQ_BROKER_URL=redis_url(dbs[0]), STOQ_RESULT_BACKEND=redis_url(dbs[1]),
+               STOQ_ARCHIVE=str(work / "archive"), STOQ_DATABASE_URL=pg_url(database),
                HOME=str(work), XDG_DATA_HOME=str(work / "data"), XDG_CONFIG_HOME=str(work / "config"),
                PYTHONPATH=str(site), STOQ_MEASURE_MESSAGES="1")
     return env
@@ -63,8 +63,8 @@ def cluster_env(work: Path, site: Path, dbs: tuple[int, int], database: str) -> 
 
 def fresh_database(name: str) -> None:
     with pg_admin().connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{pg_database(name)}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{pg_database(name)}"'))
 
 
 def start(work: Path, env: dict[str, str], *args: str, fresh: bool = True) -> Cluster:
@@ -129,7 +129,7 @@ def dedicated_queue(work: Path, site: Path, database: str, queue: str) -> Iterat
         for worker in workers:
             worker.stop()
         with pg_admin().connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{pg_database(database)}" WITH (FORCE)'))
 
 
 def tasks_run(worker: Cluster) -> list[str]:
@@ -471,9 +471,10 @@ def test_a_visibility_timeout_shorter_than_the_longest_task_is_refused(tmp_path:
     assert b"visibility timeout (600 s) is not longer than the longest plugin task (16640 s" in got.stderr
 
 
+@pytest.mark.rabbitmq
 def test_rabbitmq_as_broker(tmp_path: Path, testplugins_site: Path, cluster: Cluster) -> None:
     """The whole pipeline with RabbitMQ carrying the tasks (Redis keeps the chords' results)."""
-    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}
+    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_BROKER_URL": amqp_url()}
     c = start(tmp_path, env, "-c", "1")
     try:
         got = c.stoq("submit", str(CORPUS / "test.zip"), "--workers", "yara", "-o", f"yara.rules={BENCH_RULES}",
@@ -488,12 +489,13 @@ def test_rabbitmq_as_broker(tmp_path: Path, testplugins_site: Path, cluster: Clu
         c.stop()
 
 
+@pytest.mark.rabbitmq
 def test_rabbitmq_redelivers_the_work_of_a_killed_worker(tmp_path: Path, testplugins_site: Path,
                                                         cluster: Cluster) -> None:
     """A whole worker killed while its plugin runs (main process and pool, as when its machine
     vanishes): RabbitMQ requeues the unacknowledged task when the connection drops, and a replacement
     worker finishes the scan with the plugin's answer: nothing lost, no error entry."""
-    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}
+    env = cluster_env(tmp_path, testplugins_site, (8, 9), DB) | {"STOQ_BROKER_URL": amqp_url()}
     homes = [tmp_path / name for name in ("own", "doomed", "spare")]
     for home in homes:
         home.mkdir()

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, redis_url
 from stoq.cli.workers import compare
 from stoq.plugin import SCAN_CATEGORIES
 from stoq.registry import Registry
@@ -93,10 +93,10 @@ def test_celery_inspect_answers_the_same_command(two_workers: tuple[Cluster, Clu
 
 
 def test_no_worker_is_exit_code_4(tmp_path: Path) -> None:
-    env = cluster_env(tmp_path, tmp_path, (8, 9), "unused") | {"STOQ_BROKER_URL": "redis://127.0.0.1:6379/5"}
+    env = cluster_env(tmp_path, tmp_path, (8, 9), "unused") | {"STOQ_BROKER_URL": redis_url(5)}
     proc = subprocess.run([str(BIN / "stoq"), "workers", "-t", "0.5"], env=env, capture_output=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (4, b"")
-    assert proc.stderr.decode() == "stoq: no worker answered within 0.5 s on redis://127.0.0.1:6379/5\n"
+    assert proc.stderr.decode() == f"stoq: no worker answered within 0.5 s on {redis_url(5)}\n"
 
 
 def test_compare_names_versions_that_differ_and_queues_nobody_serves() -> None:

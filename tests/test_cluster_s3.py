@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import BENCH_RULES, CORPUS, pg_admin, validate
+from helpers import BENCH_RULES, CORPUS, database, pg_admin, validate
 from mongowire import MongoWireServer
 from s3server import CREDENTIALS, flaky, raw_client, s3_server
 from sqlalchemy import text
@@ -66,5 +66,5 @@ def test_client_and_worker_share_payloads_only_through_s3(tmp_path: Path, testpl
         finally:
             c.stop()
             with pg_admin().connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)'))
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{database(DB)}" WITH (FORCE)'))
 

@@ -6,11 +6,12 @@ import orjson
 import pytest
 import redis
 
+from helpers import redis_url
 from stoq.limits import Budget, Limits
 from stoq.tasks import state as st
 from stoq.tasks.client import batch_size
 
-URL = "redis://127.0.0.1:6379/3"
+URL = redis_url(3)
 
 
 @pytest.fixture()

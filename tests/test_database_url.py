@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from helpers import CORPUS, PG_URL, pg_admin
+from helpers import CORPUS, PG_URL, database, pg_admin
 
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
-DB = "stoq_test_urls"
+DB = database("stoq_test_urls")
 
 
 @pytest.fixture

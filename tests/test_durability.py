@@ -17,7 +17,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from helpers import BENCH_RULES, validate
+from helpers import BENCH_RULES, redis_port, validate
 from tcpgate import Gate
 from test_cluster import BIN, cluster_env, fresh_database, start
 
@@ -237,7 +237,7 @@ def test_a_waiting_client_that_loses_redis_waits_on_the_ledger(env: dict[str, st
     prints every document, instead of exiting 4 ("lost the cluster")."""
     files = small_files(tmp_path / "in", 3)
     c = start(tmp_path, env, "-c", "1", "-Q", "stoq,stoq-collect")
-    proxy = Gate(6379)
+    proxy = Gate(redis_port())
     yara = None
     try:
         backend = f"redis://127.0.0.1:{proxy.port}/{env['STOQ_RESULT_BACKEND'].rsplit('/', 1)[1]}"

@@ -246,6 +246,7 @@ def rabbit_vhost() -> Iterator[str]:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
 
 
+@pytest.mark.rabbitmq
 def test_rabbitmq_unreachable_mid_run_loses_no_file(env: dict[str, str], tmp_path: Path, rabbit_vhost: str) -> None:
     """RabbitMQ as the broker, with quorum queues (``STOQ_QUEUE_TYPE=quorum``), reached through a
     proxy that is closed for 3 s while plugin tasks run: every connection to the broker drops (the
@@ -306,6 +307,7 @@ def rabbit_answers(vhost: str) -> bool:
             pass
 
 
+@pytest.mark.rabbitmq(exclusive=True)  # the node itself restarts: under xdist, no other RabbitMQ test meanwhile
 def test_rabbitmq_restarted_mid_run_loses_no_file(env: dict[str, str], tmp_path: Path, rabbit_vhost: str) -> None:
     """The machine's RabbitMQ node itself restarted while plugin tasks run (quorum queues,
     ``STOQ_QUEUE_TYPE=quorum``): ``rabbitmqctl stop_app``, 2 s, ``start_app``. The node closes every

@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterator
 import pytest
 import redis
 
-from helpers import ROOT
+from helpers import ROOT, amqp_url, redis_url
 
-REDIS = "redis://127.0.0.1:6379/2"
-AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+REDIS = redis_url(2)
+AMQP = amqp_url()
 
 
 def sha(data: bytes) -> str:
@@ -85,7 +85,7 @@ class AmqpBus:
         self.conn.release()
 
 
-@pytest.fixture(params=["redis", "amqp"])
+@pytest.fixture(params=["redis", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
 def bus(request: pytest.FixtureRequest) -> Iterator[Any]:
     name = f"stoq-test-intake-{uuid.uuid4().hex[:8]}"
     b = RedisBus(name) if request.param == "redis" else AmqpBus(name)

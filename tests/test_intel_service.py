@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import redis
+from helpers import redis_url
 from intelfake import FakeService, reply
 
-REDIS = "redis://127.0.0.1:6379/4"
+REDIS = redis_url(4)
 
 SCRIPT = """
 import hashlib, json, sys

@@ -17,11 +17,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
-from helpers import BENCH_RULES, CORPUS, ROOT
+from helpers import BENCH_RULES, CORPUS, ROOT, amqp_url
 from test_cluster import cluster_env, fresh_database, start
 from test_web_api import private_env, serve
 
@@ -256,13 +257,14 @@ def test_without_the_directory_nothing_is_recorded(stoq_env: dict[str, str], tmp
     assert list(prom.iterdir()) == []
 
 
+@pytest.mark.rabbitmq
 def test_amqp_queue_depth_is_a_passive_declare() -> None:
     """RabbitMQ: the messages ready in a queue; a queue never declared holds none."""
     from kombu import Connection, Exchange, Producer, Queue
 
     from stoq.metrics_live import amqp_depths
 
-    url = "amqp://guest:guest@127.0.0.1:5672//"
+    url = amqp_url()
     name = f"stoq-metrics-test-{uuid.uuid4().hex[:8]}"
     with Connection(url) as conn:
         queue = Queue(name, Exchange(""), routing_key=name, auto_delete=False)

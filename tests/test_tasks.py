@@ -21,13 +21,14 @@ import redis
 import yara
 from celery import Celery
 
-from helpers import BENCH_RULES, CORPUS
+from helpers import BENCH_RULES, CORPUS, amqp_url, redis_url
+from tcpgate import free_port
 from stoq.archive import DirectoryArchive
 from stoq.tasks import state as st
 from stoq.tasks.join import describe_refs
 
-BROKER = "redis://127.0.0.1:6379/14"
-BACKEND = "redis://127.0.0.1:6379/15"
+BROKER = redis_url(14)
+BACKEND = redis_url(15)
 
 
 def stoq_env(work: Path, broker: str = BROKER) -> dict[str, str]:
@@ -65,10 +66,22 @@ def stop_worker(worker: subprocess.Popen[bytes], client: Celery) -> None:
     worker.wait(timeout=30)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_pools_left() -> Iterator[None]:
+    """Closes kombu's connection pools when the module ends (Celery's close() only drops its reference
+    to them): else a process this one forks later (an embedded scan's pool, in a module run after this
+    one on the same xdist worker) closes them again on sockets it shares with this process, and waits
+    forever for the answer to a BRPOP this process already read."""
+    yield
+    from kombu import pools
+
+    pools.reset()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, Path, Path]]:
     for db in (14, 15):
-        redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()
+        redis.Redis.from_url(redis_url(db)).flushdb()
     work = tmp_path_factory.mktemp("cluster")
     worker, client, log = start_worker(work, ["yara", "peinfo"])
     try:
@@ -162,7 +175,7 @@ def test_flower_lists_the_workers_and_a_finished_task_behind_basic_auth(tmp_path
                                                                           cluster: tuple[Celery, Path, Path]) -> None:
     # -E: task events, which Flower shows; a queue of its own, so that this worker (not the module's) runs it
     worker, client, _ = start_worker(tmp_path, ["flower-test"], "-E")
-    port = 15555
+    port = free_port()
     flower = subprocess.Popen([str(Path(sys.executable).parent / "celery"), "-A", "stoq", "flower",
                                f"--port={port}", "--address=127.0.0.1", "--basic-auth=analyst:s3cret"],
                               env=stoq_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL,
@@ -207,9 +220,10 @@ def test_flower_lists_the_workers_and_a_finished_task_behind_basic_auth(tmp_path
         stop_worker(worker, client)
 
 
+@pytest.mark.rabbitmq
 def test_rabbitmq_as_broker(tmp_path: Path) -> None:
     """The same adapter with RabbitMQ as the broker (Redis keeps the results)."""
-    rabbit = "amqp://guest:guest@127.0.0.1:5672//"
+    rabbit = amqp_url()
     worker, client, _ = start_worker(tmp_path, ["peinfo"], broker=rabbit)
     try:
         ref = ref_for(tmp_path / "archive", "test.exe")

@@ -12,11 +12,12 @@ from kombu import Connection, Exchange, Queue
 from kombu.exceptions import OperationalError
 
 from fake_services import free_port
+from helpers import amqp_url, redis_url
 
 from stoq_plugins.queueconn import QueueConnector
 
-AMQP = "amqp://guest:guest@127.0.0.1:5672//"
-REDIS = "redis://127.0.0.1:6379/4"  # this module's database
+AMQP = amqp_url()
+REDIS = redis_url(4)  # this module's database
 
 
 def doc(i: int) -> dict[str, Any]:
@@ -29,6 +30,7 @@ def connector(**options: Any) -> QueueConnector:
     return plugin
 
 
+@pytest.mark.rabbitmq
 def test_amqp_messages_are_persistent_confirmed_and_carry_the_scan_id() -> None:
     name = f"stoq-test-{uuid.uuid4().hex[:8]}"
     plugin = connector(url=AMQP, exchange=name, queue=name, routing_key="r")
@@ -75,6 +77,7 @@ def test_a_url_of_another_kind_cannot_start() -> None:
         connector(url="http://example.invalid/")
 
 
+@pytest.mark.rabbitmq
 def test_an_unreachable_broker_is_caught_up_with_the_url_given_again(run_stoq: Any) -> None:
     """The URL is a secret option: the outbox does not keep it, `stoq connectors catch-up -o queue.url=...`
     supplies it; each scan is then published once to the real RabbitMQ."""
