@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import shutil
@@ -56,9 +55,12 @@ SLOWEST_FIRST = (
 ALONE_MODULES = ("test_durability_services.py", "test_durability_kills.py")
 
 
-def _no_orphan() -> None:
-    """In the child, before exec: SIGTERM when the xdist worker that started it dies (PR_SET_PDEATHSIG)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+def _kill_pidfile(pidfile: Path) -> None:
+    """SIGKILL to the process whose pid ``pidfile`` holds, if it still runs."""
+    try:
+        os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
 
 
 def _private_redis(config: pytest.Config) -> None:
@@ -72,28 +74,29 @@ def _private_redis(config: pytest.Config) -> None:
     config.add_cleanup(lambda: shutil.rmtree(where, ignore_errors=True))
     for _ in range(5):  # the free port may be taken before redis-server binds it
         port = free_port()
-        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", str(where), "--logfile", str(where / "redis.log")],
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_no_orphan)
+        pidfile = where / f"redis-{port}.pid"
+        # Daemonized: not a child of this process (tests/plugins/test_isolate.py counts this process's
+        # children); stopped by SHUTDOWN, or by the pid in its pidfile.
+        subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                        "--dir", str(where), "--logfile", str(where / "redis.log"), "--daemonize", "yes",
+                        "--pidfile", str(pidfile)], stdin=subprocess.DEVNULL, check=False, timeout=30)
         deadline = time.monotonic() + 20
-        while proc.poll() is None and time.monotonic() < deadline:
+        answered = False
+        while not answered and time.monotonic() < deadline:
             try:
-                if redis.Redis(port=port, socket_timeout=2).ping():
-                    break
+                answered = bool(redis.Redis(port=port, socket_timeout=2).ping())
             except redis.RedisError:
                 time.sleep(0.05)
-        else:
-            proc.kill()
-            proc.wait()
+        if not answered:
+            _kill_pidfile(pidfile)
             continue
 
-        def stop(proc: subprocess.Popen[bytes] = proc) -> None:
-            proc.terminate()
+        def stop(port: int = port, pidfile: Path = pidfile) -> None:
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                redis.Redis(port=port, socket_timeout=10).shutdown(nosave=True)
+            except redis.RedisError:
+                pass
+            _kill_pidfile(pidfile)
 
         config.add_cleanup(stop)
         os.environ[REDIS_PORT_VAR] = str(port)
