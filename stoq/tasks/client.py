@@ -288,10 +288,12 @@ class ClusterClient:
         entries = []
         for scan_id in sorted(waiting):
             state = found.get(scan_id)
-            if state == ledger.FINISHED:
-                doc = None if accepted else self.store.get(scan_id)
-                if accepted or doc is not None:
-                    entries.append(orjson.dumps({"accepted": [scan_id]} if accepted else doc))
+            if state == ledger.FINISHED and accepted:
+                entries.append(orjson.dumps({"accepted": [scan_id]}))
+            elif state == ledger.FINISHED:
+                doc = self.store.get(scan_id)
+                if doc is not None:
+                    entries.append(orjson.dumps(doc))
             elif state == ledger.FAILED:
                 row = ledger.status(self.store, scan_id) or {}
                 entries.append(orjson.dumps({"scan_id": scan_id, "refused": row.get("error") or "failed"}))

@@ -11,7 +11,7 @@ answered sends ``stoq.collect``. The answers are written once and read once, as 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import orjson
 import redis
@@ -75,15 +75,23 @@ def unanswered(fields: dict[bytes, bytes], parts: list[Any]) -> list[int]:
     return [part for part in range(len(parts)) if answer_field(part).encode() not in fields]
 
 
+def send_parts(app: Celery, wave_id: str, count: int,
+               tasks: Iterable[tuple[int, str, str, list[dict[str, Any]]]]) -> None:
+    """One ``group``: a plugin task per (part, plugin, profile, references) of a wave of ``count``
+    parts; each message carries the wave id and its part only (the references label it in Flower)."""
+    names = plugin_task_names(app)
+    group(signature(names[plugin], args=(profile, wave_id, part, count), queue=plugin, app=app,
+                    argsrepr=describe_refs(profile, refs), kwargsrepr="")
+          for part, plugin, profile, refs in tasks).apply_async()
+
+
 def send_again(app: Celery, wave_id: str, fields: dict[bytes, bytes], parts: list[Any], which: list[int]) -> None:
     """Sends the plugin tasks of the wave's parts ``which`` again, as ``Wave.send`` sent them: the
     same wave, part and count, so that a task that answers after all (and its resent twin) writes the
     same field, and the wave completes once."""
-    names = plugin_task_names(app)
-    group(signature(names[plugin], args=(profile, wave_id, part, len(parts)), queue=plugin, app=app,
-                    argsrepr=describe_refs(profile, orjson.loads(fields.get(part_field(part).encode(), b"[]"))),
-                    kwargsrepr="")
-          for part, (profile, plugin) in ((part, parts[part]) for part in which)).apply_async()
+    send_parts(app, wave_id, len(parts), ((part, parts[part][1], parts[part][0],
+                                           orjson.loads(fields.get(part_field(part).encode(), b"[]")))
+                                          for part in which))
 
 
 class Wave:
@@ -108,10 +116,6 @@ class Wave:
 
     def send(self, app: Celery) -> None:
         """One ``group``: a task per plugin per chunk; each message carries the wave id and its part."""
-        if not self.tasks:
-            return
-        names = plugin_task_names(app)
-        count = len(self.tasks)
-        group(signature(names[plugin], args=(profile, self.wave_id, i, count), queue=plugin, app=app,
-                        argsrepr=describe_refs(profile, chunk), kwargsrepr="")
-              for i, (plugin, profile, chunk) in enumerate(self.tasks)).apply_async()
+        if self.tasks:
+            send_parts(app, self.wave_id, len(self.tasks),
+                       ((i, plugin, profile, chunk) for i, (plugin, profile, chunk) in enumerate(self.tasks)))

@@ -24,8 +24,9 @@ of a scan"). A scan advances in *waves*, breadth first, exactly as ``Engine.scan
 
 Off the main path: a wave left unanswered for ``sweep_after`` seconds has its unanswered parts sent
 again by the sweeper (``stoq.tasks.sweeper``), then, still unanswered, is closed with what did arrive;
-a scan lost with its state is published again from the ledger. Every state change of a scan is one Redis transaction guarded by the wave token; a late or
-duplicated collector finds another token (or no wave) and changes nothing.
+a scan lost with its state is published again from the ledger. Every state change of a scan is one
+Redis transaction guarded by the wave token; a late or duplicated collector finds another token (or
+no wave) and changes nothing.
 
 Who is blamed when a worker dies: the guard (``stoq.tasks.guard``) charges the death to the content
 and step running in that process, by sha256: a plugin in step 2, ``libmagic`` or ``dispatch`` while
